@@ -1,0 +1,3 @@
+from kubefwd.cli import main
+
+main()

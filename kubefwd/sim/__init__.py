@@ -1,0 +1,1 @@
+"""A simulated Kubernetes cluster that speaks the real wire protocols, for tests and demos."""
