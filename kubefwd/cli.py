@@ -50,6 +50,10 @@ def _register_subcommands() -> None:
         context_settings={"help_option_names": ["-h", "--help"]},
     )(sim_command)
 
+    from kubefwd.svc_command import register
+
+    register(app)
+
 
 def _split_global(argv: list[str]) -> tuple[list[str], bool]:
     show_traceback = "--traceback" in argv

@@ -1,0 +1,367 @@
+"""``kubefwd svc`` (aliases ``services``, ``svcs``): flags, validation, then the orchestrator.
+
+Every value is checked here, before anything is touched (no hosts file read, no socket, no API
+call): a bad value is one line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Any
+
+import typer
+import yaml
+
+from kubefwd.errors import UsageError
+
+TRANSPORTS = ("auto", "spdy-ws", "spdy", "ws")
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+# RFC 1123 label (namespaces, and each dot-separated part of a domain).
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+HELP = (
+    "Forward the services of the chosen namespaces; their names go to the hosts file.\n\n"
+    "Each service gets its own loopback IP (127.1.27.1, ...) and listens there on its own "
+    "ports; each connection tunnels through the Kubernetes API to a ready pod, following "
+    "pods as they restart."
+)
+
+EPILOG = """\
+\b
+Examples:
+  sudo kubefwd svc -n shop,payments        # two namespaces
+  sudo kubefwd svc -n shop -l app=web      # only services labelled app=web
+  sudo kubefwd svc -x dev,qa -n shop       # two clusters: web.shop.dev, ...
+  sudo kubefwd svc -A -d dev.local         # all namespaces, + web.dev.local
+  sudo kubefwd svc -n shop -m 80:8080      # service port 80 listens on 8080
+  sudo kubefwd svc -n shop -r web:127.1.27.99
+  kubefwd svc -n shop --hosts-path ./hosts # no root for a file you own
+
+\b
+Then:  curl http://web:80/   or   curl http://web.shop:80/
+Ctrl-C stops and removes the lines kubefwd added to the hosts file.
+"""
+
+
+# -- parsing helpers (pure, unit-tested) ---------------------------------------------------
+
+
+def split_list(values: list[str] | None) -> list[str]:
+    """``-n a,b -n c`` → ``[a, b, c]``: repeatable and comma-separated, order kept, no dupes."""
+    out: list[str] = []
+    for value in values or []:
+        for part in value.split(","):
+            part = part.strip()
+            if part and part not in out:
+                out.append(part)
+    return out
+
+
+def parse_duration(text: str, flag: str) -> float:
+    """Seconds from ``300``, ``300s``, ``5m``, ``1h``, ``1m30s`` or ``500ms``; must be > 0."""
+    value = text.strip().lower()
+    seconds: float
+    try:
+        seconds = float(value)
+    except ValueError:
+        pos = 0
+        seconds = 0.0
+        for match in _DURATION_PART.finditer(value):
+            if match.start() != pos:
+                break
+            seconds += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+            pos = match.end()
+        if pos != len(value) or not value:
+            raise UsageError(
+                f"{flag}: '{text}' is not a duration (use seconds or e.g. 300s, 5m, 1h)"
+            ) from None
+    if seconds <= 0:
+        raise UsageError(f"{flag}: '{text}' must be longer than zero")
+    return seconds
+
+
+def _port(text: str, what: str, flag: str, raw: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise UsageError(f"{flag} '{raw}': {what} '{text}' is not a number") from None
+    if not 1 <= port <= 65535:
+        raise UsageError(f"{flag} '{raw}': {what} {port} is outside 1-65535")
+    return port
+
+
+def parse_mappings(values: list[str] | None) -> dict[int, int]:
+    """``-m 80:8080`` → ``{80: 8080}``: service port 80 listens on local port 8080."""
+    out: dict[int, int] = {}
+    for raw in split_list(values):
+        service, sep, local = raw.partition(":")
+        if not sep:
+            raise UsageError(f"-m/--mapping '{raw}': expected servicePort:localPort, e.g. 80:8080")
+        sport = _port(service, "service port", "-m/--mapping", raw)
+        lport = _port(local, "local port", "-m/--mapping", raw)
+        if sport in out and out[sport] != lport:
+            raise UsageError(f"-m/--mapping: service port {sport} is mapped twice")
+        out[sport] = lport
+    return out
+
+
+def check_loopback_ip(text: str, what: str) -> str:
+    try:
+        ip = ipaddress.IPv4Address(text.strip())
+    except ValueError:
+        raise UsageError(f"{what}: '{text}' is not an IPv4 address") from None
+    if not ip.is_loopback:
+        raise UsageError(f"{what}: {ip} is outside 127.0.0.0/8; kubefwd only uses loopback IPs")
+    if str(ip).endswith(".0") or str(ip).endswith(".255") or str(ip) == "127.0.0.1":
+        raise UsageError(f"{what}: {ip} cannot be given to a service")
+    return str(ip)
+
+
+def add_reservation(out: dict[str, str], name: str, ip: str, what: str) -> None:
+    name = name.strip()
+    if not name:
+        raise UsageError(f"{what}: empty service name")
+    ip = check_loopback_ip(ip, what)
+    if name in out and out[name] != ip:
+        raise UsageError(f"{what}: '{name}' is reserved twice ({out[name]} and {ip})")
+    for other, other_ip in out.items():
+        if other_ip == ip and other != name:
+            raise UsageError(f"{what}: {ip} is reserved for both '{other}' and '{name}'")
+    out[name] = ip
+
+
+def parse_reservations(values: list[str] | None) -> dict[str, str]:
+    """``-r web:127.1.27.99`` → ``{"web": "127.1.27.99"}``; loopback only, no duplicates."""
+    out: dict[str, str] = {}
+    for raw in split_list(values):
+        name, sep, ip = raw.rpartition(":")
+        if not sep or not name:
+            raise UsageError(f"-r/--reserve '{raw}': expected name:ip, e.g. web:127.1.27.99")
+        add_reservation(out, name, ip, f"-r/--reserve '{raw}'")
+    return out
+
+
+def load_fwd_conf(path: Path, reservations: dict[str, str]) -> str | None:
+    """Read ``-z FILE``: adds its reservations; returns its ``baseUnreservedIP`` if any."""
+    what = f"-z/--fwd-conf {path}"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"{what}: no such file") from None
+    except OSError as exc:
+        raise UsageError(f"{what}: cannot read it ({exc.strerror})") from None
+    try:
+        data: Any = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise UsageError(f"{what}: not valid YAML{where}") from None
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise UsageError(f"{what}: expected a mapping with baseUnreservedIP/serviceConfigurations")
+    unknown = set(data) - {"baseUnreservedIP", "serviceConfigurations"}
+    if unknown:
+        raise UsageError(f"{what}: unknown key(s) {', '.join(sorted(map(str, unknown)))}")
+    base = data.get("baseUnreservedIP")
+    if base is not None:
+        base = check_loopback_ip(str(base), f"{what}: baseUnreservedIP")
+    configs = data.get("serviceConfigurations") or []
+    if not isinstance(configs, list):
+        raise UsageError(f"{what}: serviceConfigurations must be a list of {{name, ip}}")
+    for i, item in enumerate(configs):
+        if not isinstance(item, dict) or "name" not in item or "ip" not in item:
+            raise UsageError(f"{what}: serviceConfigurations[{i}] needs 'name' and 'ip'")
+        add_reservation(reservations, str(item["name"]), str(item["ip"]), what)
+    return base
+
+
+def check_namespace(name: str) -> str:
+    if not _DNS_LABEL.match(name):
+        raise UsageError(
+            f"-n/--namespace: '{name}' is not a valid namespace name "
+            "(lowercase letters, digits and '-', at most 63)"
+        )
+    return name
+
+
+def check_domain(domain: str) -> str:
+    domain = domain.strip().strip(".").lower()
+    if domain and not all(_DNS_LABEL.match(part) for part in domain.split(".")):
+        raise UsageError(f"-d/--domain: '{domain}' is not a valid DNS domain")
+    return domain
+
+
+def check_hosts_path(path: Path) -> Path:
+    if path.is_dir():
+        raise UsageError(f"--hosts-path: {path} is a directory, not a hosts file")
+    if not path.exists() and not path.parent.is_dir():
+        raise UsageError(f"--hosts-path: directory {path.parent} does not exist")
+    return path
+
+
+# -- the command ---------------------------------------------------------------------------
+
+
+def svc(
+    kubeconfig: str = typer.Option(
+        None, "--kubeconfig", "-c", metavar="FILE",
+        help="Kubeconfig file (default: $KUBECONFIG, then ~/.kube/config).",
+    ),
+    context: list[str] = typer.Option(
+        None, "--context", "-x", metavar="CTX",
+        help="Context(s) to forward; repeatable and comma-separated (default: the current one).",
+    ),
+    namespace: list[str] = typer.Option(
+        None, "--namespace", "-n", metavar="NS",
+        help="Namespace(s); repeatable and comma-separated (default: the context's namespace).",
+    ),
+    all_namespaces: bool = typer.Option(
+        False, "--all-namespaces", "-A", help="Forward the services of every namespace."
+    ),
+    selector: str = typer.Option(
+        "", "--selector", "-l", metavar="SELECTOR",
+        help="Label selector for services, e.g. app=web,tier!=db.",
+    ),
+    field_selector: str = typer.Option(
+        "", "--field-selector", "-f", metavar="SELECTOR",
+        help="Field selector for services, e.g. metadata.name=web.",
+    ),
+    domain: str = typer.Option(
+        "", "--domain", "-d", metavar="DOMAIN",
+        help="Also write name.DOMAIN for the services of the first namespace.",
+    ),
+    mapping: list[str] = typer.Option(
+        None, "--mapping", "-m", metavar="SVC:LOCAL",
+        help="Listen on LOCAL for service port SVC (e.g. 80:8080); repeatable.",
+    ),
+    reserve: list[str] = typer.Option(
+        None, "--reserve", "-r", metavar="NAME:IP",
+        help="Give service NAME the loopback IP (e.g. web:127.1.27.99); repeatable.",
+    ),
+    fwd_conf: Path = typer.Option(
+        None, "--fwd-conf", "-z", metavar="FILE",
+        help="YAML with baseUnreservedIP and serviceConfigurations: [{name, ip}].",
+    ),
+    timeout: str = typer.Option(
+        "300", "--timeout", "-t", metavar="SECONDS",
+        help=(
+            "How long a connection waits for a service with no ready pod before it is closed; "
+            "a service still without one after this long gets a warning."
+        ),
+    ),
+    hosts_path: Path = typer.Option(
+        Path("/etc/hosts"), "--hosts-path", metavar="FILE",
+        help="Hosts file to write (every code path, cleanup included, uses it).",
+    ),
+    refresh_backup: bool = typer.Option(
+        False, "--refresh-backup", "-b",
+        help="Replace ~/hosts.original with the current hosts file before changing it.",
+    ),
+    purge_stale_ips: bool = typer.Option(
+        False, "--purge-stale-ips", "-p",
+        help="Remove hosts lines left by earlier kubefwd runs (dead ones go anyway).",
+    ),
+    resync_interval: str = typer.Option(
+        "5m", "--resync-interval", metavar="DURATION",
+        help="Re-list everything this often, as a safety net under the watches.",
+    ),
+    retry_interval: str = typer.Option(
+        "10s", "--retry-interval", metavar="DURATION",
+        help="Wait this long before retrying a failed list/watch (backing off from there).",
+    ),
+    auto_reconnect: bool = typer.Option(
+        False, "--auto-reconnect", "-a",
+        help=(
+            "Keep a tunnel open to every forwarded pod and re-open it as soon as it dies "
+            "(backing off 1s to 5m), instead of on the next connection."
+        ),
+    ),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every event in detail."),
+    transport: str = typer.Option(
+        "auto", "--transport", metavar="auto|spdy-ws|spdy|ws",
+        help="Tunnel protocol: SPDY in a WebSocket, plain SPDY, WebSocket v4, or auto.",
+    ),
+) -> int:
+    """Forward the services of the chosen namespaces; names go to the hosts file."""
+    from kubefwd.app import Kubefwd
+
+    options = build_options(
+        kubeconfig=kubeconfig, context=context, namespace=namespace,
+        all_namespaces=all_namespaces, selector=selector, field_selector=field_selector,
+        domain=domain, mapping=mapping, reserve=reserve, fwd_conf=fwd_conf, timeout=timeout,
+        hosts_path=hosts_path, refresh_backup=refresh_backup, purge_stale_ips=purge_stale_ips,
+        resync_interval=resync_interval, retry_interval=retry_interval,
+        auto_reconnect=auto_reconnect, verbose=verbose, transport=transport,
+    )
+    return Kubefwd(options).run()
+
+
+def build_options(
+    *,
+    kubeconfig: str | None = None,
+    context: list[str] | None = None,
+    namespace: list[str] | None = None,
+    all_namespaces: bool = False,
+    selector: str = "",
+    field_selector: str = "",
+    domain: str = "",
+    mapping: list[str] | None = None,
+    reserve: list[str] | None = None,
+    fwd_conf: Path | None = None,
+    timeout: str = "300",
+    hosts_path: Path = Path("/etc/hosts"),
+    refresh_backup: bool = False,
+    purge_stale_ips: bool = False,
+    resync_interval: str = "5m",
+    retry_interval: str = "10s",
+    auto_reconnect: bool = False,
+    verbose: bool = False,
+    transport: str = "auto",
+) -> Any:
+    """Validate the command line into ``SvcOptions``; raises ``UsageError`` (exit 2)."""
+    from kubefwd.app import SvcOptions
+
+    namespaces = [check_namespace(ns) for ns in split_list(namespace)]
+    if all_namespaces and namespaces:
+        raise UsageError("-A/--all-namespaces and -n/--namespace cannot be used together")
+    if transport not in TRANSPORTS:
+        raise UsageError(f"--transport: '{transport}' is not one of {', '.join(TRANSPORTS)}")
+    reservations = parse_reservations(reserve)
+    base_ip = load_fwd_conf(fwd_conf, reservations) if fwd_conf is not None else None
+    if kubeconfig is not None and not kubeconfig.strip():
+        raise UsageError("-c/--kubeconfig: empty file name")
+    return SvcOptions(
+        kubeconfig=kubeconfig,
+        contexts=split_list(context),
+        namespaces=namespaces,
+        all_namespaces=all_namespaces,
+        label_selector=selector.strip(),
+        field_selector=field_selector.strip(),
+        domain=check_domain(domain),
+        mappings=parse_mappings(mapping),
+        reservations=reservations,
+        base_ip=base_ip,
+        timeout=parse_duration(timeout, "-t/--timeout"),
+        hosts_path=check_hosts_path(hosts_path),
+        refresh_backup=refresh_backup,
+        purge_stale=purge_stale_ips,
+        resync_interval=parse_duration(resync_interval, "--resync-interval"),
+        retry_interval=parse_duration(retry_interval, "--retry-interval"),
+        auto_reconnect=auto_reconnect,
+        verbose=verbose,
+        transport=transport,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``svc`` and its hidden aliases ``services`` and ``svcs`` to the ``kubefwd`` app."""
+    settings = {"help_option_names": ["-h", "--help"]}
+    for name in ("svc", "services", "svcs"):
+        app.command(
+            name, help=HELP, epilog=EPILOG, context_settings=settings, hidden=name != "svc"
+        )(svc)
