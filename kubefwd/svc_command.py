@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 import yaml
@@ -206,86 +206,62 @@ def check_hosts_path(path: Path) -> Path:
 
 # -- the command ---------------------------------------------------------------------------
 
+_ETC_HOSTS = Path("/etc/hosts")
+_H_KUBECONFIG = "Kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)."
+_H_CONTEXT = "Context(s) to forward; repeatable and comma-separated (default: the current one)."
+_H_NS = "Namespace(s); repeatable and comma-separated (default: the context's namespace)."
+_H_ALL = "Forward the services of every namespace."
+_H_SELECTOR = "Label selector for services, e.g. app=web,tier!=db."
+_H_FIELD = "Field selector for services, e.g. metadata.name=web."
+_H_DOMAIN = "Also write name.DOMAIN for the services of the first namespace."
+_H_MAP = "Listen on LOCAL for service port SVC (e.g. 80:8080); repeatable."
+_H_RESERVE = "Give service NAME this loopback IP (e.g. web:127.1.27.99); repeatable."
+_H_FWDCONF = "YAML with baseUnreservedIP and serviceConfigurations: [{name, ip}]."
+_H_TIMEOUT = (
+    "How long a connection to a service with no ready pod waits for one before it is closed; "
+    "a service still without a ready pod after this long gets a warning."
+)
+_H_HOSTS = "Hosts file to write (every code path, cleanup included, uses it)."
+_H_BACKUP = "Replace ~/hosts.original with the current hosts file before changing it."
+_H_PURGE = "Remove hosts lines left by earlier kubefwd runs (those of dead runs go anyway)."
+_H_RESYNC = "Re-list everything this often, as a safety net under the watches (e.g. 5m)."
+_H_RETRY = "Wait this long before retrying a failed list/watch (e.g. 10s)."
+_H_AUTO = (
+    "Keep a tunnel open to every forwarded pod and re-open it as soon as it dies (backing "
+    "off 1s to 5m), instead of opening it on the next connection."
+)
+_H_TRANSPORT = "Tunnel protocol: SPDY in a WebSocket, plain SPDY, WebSocket v4, or auto."
+
+
+def _opt(short: str, long: str, metavar: str, help: str) -> Any:
+    names = [long, short] if short else [long]
+    return typer.Option(*names, metavar=metavar, help=help)
+
+
+def _flag(short: str, long: str, help: str) -> Any:
+    return typer.Option(long, short, help=help)
+
 
 def svc(
-    kubeconfig: str = typer.Option(
-        None, "--kubeconfig", "-c", metavar="FILE",
-        help="Kubeconfig file (default: $KUBECONFIG, then ~/.kube/config).",
-    ),
-    context: list[str] = typer.Option(
-        None, "--context", "-x", metavar="CTX",
-        help="Context(s) to forward; repeatable and comma-separated (default: the current one).",
-    ),
-    namespace: list[str] = typer.Option(
-        None, "--namespace", "-n", metavar="NS",
-        help="Namespace(s); repeatable and comma-separated (default: the context's namespace).",
-    ),
-    all_namespaces: bool = typer.Option(
-        False, "--all-namespaces", "-A", help="Forward the services of every namespace."
-    ),
-    selector: str = typer.Option(
-        "", "--selector", "-l", metavar="SELECTOR",
-        help="Label selector for services, e.g. app=web,tier!=db.",
-    ),
-    field_selector: str = typer.Option(
-        "", "--field-selector", "-f", metavar="SELECTOR",
-        help="Field selector for services, e.g. metadata.name=web.",
-    ),
-    domain: str = typer.Option(
-        "", "--domain", "-d", metavar="DOMAIN",
-        help="Also write name.DOMAIN for the services of the first namespace.",
-    ),
-    mapping: list[str] = typer.Option(
-        None, "--mapping", "-m", metavar="SVC:LOCAL",
-        help="Listen on LOCAL for service port SVC (e.g. 80:8080); repeatable.",
-    ),
-    reserve: list[str] = typer.Option(
-        None, "--reserve", "-r", metavar="NAME:IP",
-        help="Give service NAME the loopback IP (e.g. web:127.1.27.99); repeatable.",
-    ),
-    fwd_conf: Path = typer.Option(
-        None, "--fwd-conf", "-z", metavar="FILE",
-        help="YAML with baseUnreservedIP and serviceConfigurations: [{name, ip}].",
-    ),
-    timeout: str = typer.Option(
-        "300", "--timeout", "-t", metavar="SECONDS",
-        help=(
-            "How long a connection waits for a service with no ready pod before it is closed; "
-            "a service still without one after this long gets a warning."
-        ),
-    ),
-    hosts_path: Path = typer.Option(
-        Path("/etc/hosts"), "--hosts-path", metavar="FILE",
-        help="Hosts file to write (every code path, cleanup included, uses it).",
-    ),
-    refresh_backup: bool = typer.Option(
-        False, "--refresh-backup", "-b",
-        help="Replace ~/hosts.original with the current hosts file before changing it.",
-    ),
-    purge_stale_ips: bool = typer.Option(
-        False, "--purge-stale-ips", "-p",
-        help="Remove hosts lines left by earlier kubefwd runs (dead ones go anyway).",
-    ),
-    resync_interval: str = typer.Option(
-        "5m", "--resync-interval", metavar="DURATION",
-        help="Re-list everything this often, as a safety net under the watches.",
-    ),
-    retry_interval: str = typer.Option(
-        "10s", "--retry-interval", metavar="DURATION",
-        help="Wait this long before retrying a failed list/watch (backing off from there).",
-    ),
-    auto_reconnect: bool = typer.Option(
-        False, "--auto-reconnect", "-a",
-        help=(
-            "Keep a tunnel open to every forwarded pod and re-open it as soon as it dies "
-            "(backing off 1s to 5m), instead of on the next connection."
-        ),
-    ),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every event in detail."),
-    transport: str = typer.Option(
-        "auto", "--transport", metavar="auto|spdy-ws|spdy|ws",
-        help="Tunnel protocol: SPDY in a WebSocket, plain SPDY, WebSocket v4, or auto.",
-    ),
+    kubeconfig: Annotated[str | None, _opt("-c", "--kubeconfig", "FILE", _H_KUBECONFIG)] = None,
+    context: Annotated[list[str] | None, _opt("-x", "--context", "CTX", _H_CONTEXT)] = None,
+    namespace: Annotated[list[str] | None, _opt("-n", "--namespace", "NS", _H_NS)] = None,
+    all_namespaces: Annotated[bool, _flag("-A", "--all-namespaces", _H_ALL)] = False,
+    selector: Annotated[str, _opt("-l", "--selector", "SELECTOR", _H_SELECTOR)] = "",
+    field_selector: Annotated[str, _opt("-f", "--field-selector", "SELECTOR", _H_FIELD)] = "",
+    domain: Annotated[str, _opt("-d", "--domain", "DOMAIN", _H_DOMAIN)] = "",
+    mapping: Annotated[list[str] | None, _opt("-m", "--mapping", "SVC:LOCAL", _H_MAP)] = None,
+    reserve: Annotated[list[str] | None, _opt("-r", "--reserve", "NAME:IP", _H_RESERVE)] = None,
+    fwd_conf: Annotated[Path | None, _opt("-z", "--fwd-conf", "FILE", _H_FWDCONF)] = None,
+    timeout: Annotated[str, _opt("-t", "--timeout", "SECONDS", _H_TIMEOUT)] = "300",
+    hosts_path: Annotated[Path, _opt("", "--hosts-path", "FILE", _H_HOSTS)] = _ETC_HOSTS,
+    refresh_backup: Annotated[bool, _flag("-b", "--refresh-backup", _H_BACKUP)] = False,
+    purge_stale_ips: Annotated[bool, _flag("-p", "--purge-stale-ips", _H_PURGE)] = False,
+    resync_interval: Annotated[str, _opt("", "--resync-interval", "DURATION", _H_RESYNC)] = "5m",
+    retry_interval: Annotated[str, _opt("", "--retry-interval", "DURATION", _H_RETRY)] = "10s",
+    auto_reconnect: Annotated[bool, _flag("-a", "--auto-reconnect", _H_AUTO)] = False,
+    verbose: Annotated[bool, _flag("-v", "--verbose", "Log every event in detail.")] = False,
+    transport: Annotated[str, _opt("", "--transport", "|".join(TRANSPORTS), _H_TRANSPORT)] = "auto",
 ) -> int:
     """Forward the services of the chosen namespaces; names go to the hosts file."""
     from kubefwd.app import Kubefwd
