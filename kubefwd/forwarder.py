@@ -1,0 +1,375 @@
+"""Forwarders: one thread per forwarded service, owning its listeners on ``IP:port``.
+
+The thread runs a selector over the service's listening sockets (one per TCP port) and a wake
+pipe. Each accepted connection asks ``route(key, service_port)`` which pod tunnel to use *at
+that moment* (so a pod change takes effect for the very next connection, with no debounce) and
+hands the socket to ``tunnel.splice``, which relays it on the tunnel's own threads. The accept
+loop never blocks on the network.
+
+A connection that arrives while the service has no usable pod is held (not accepted into a
+tunnel, not closed) for at most ``hold_timeout`` seconds and spliced as soon as ``poke()``
+reports a change that gives it a route; after that it is closed, so a client sees EOF instead
+of hanging forever.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import selectors
+import socket
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from kubefwd.errors import NetworkError
+from kubefwd.threads import StoppableThread
+
+log = logging.getLogger(__name__)
+
+# Accept at most this many connections per listener per wake-up, so one busy port cannot
+# starve the others of the same service.
+_ACCEPT_BURST = 64
+# Connections held while a service has no ready pod; more are closed at once.
+_MAX_HELD = 256
+# While connections are held, re-ask for a route this often even without a poke (a tunnel
+# back-off may have expired).
+_HELD_RETRY = 0.25
+_BACKLOG = 1024
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+class Splicer(Protocol):
+    """What a route hands back: a ``PodTunnel`` (or anything that can take a socket)."""
+
+    def splice(self, local: socket.socket, port: int) -> None: ...
+
+
+Route = Callable[[str, int], "tuple[Splicer, int] | None"]
+
+
+@dataclass(frozen=True)
+class ListenPort:
+    """One TCP port of a service: clients connect to ``local_port``; ``port`` is the service
+    port handed to ``route`` (it resolves the pod's target port)."""
+
+    port: int
+    local_port: int
+    name: str = ""
+
+
+@dataclass
+class _Listener:
+    spec: ListenPort
+    sock: socket.socket
+
+
+@dataclass
+class _Held:
+    sock: socket.socket
+    port: int
+    deadline: float
+
+
+@dataclass
+class ForwardStats:
+    accepted: int = 0
+    spliced: int = 0
+    held: int = 0
+    dropped: int = 0
+
+
+def describe_holder(ip: str, port: int) -> str:
+    """``" (held by pid 42, nginx)"`` when psutil can tell who listens on ``ip:port``."""
+    try:
+        import psutil
+
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status != psutil.CONN_LISTEN or not conn.laddr or conn.laddr.port != port:
+                continue
+            if conn.laddr.ip not in (ip, "0.0.0.0", "::"):
+                continue
+            if conn.pid is None:
+                return " (by another process)"
+            try:
+                name = psutil.Process(conn.pid).name()
+            except psutil.Error:
+                name = "?"
+            return f" (by pid {conn.pid}, {name})"
+    except Exception:  # best effort only: psutil may lack permission or support
+        log.debug("could not find who listens on %s:%d", ip, port, exc_info=True)
+    return ""
+
+
+def bind_listener(ip: str, port: int) -> socket.socket:
+    """A non-blocking listening socket on ``ip:port``, or a ``NetworkError`` saying why not."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((ip, port))
+        sock.listen(_BACKLOG)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        where = f"{ip}:{port}"
+        if exc.errno == errno.EADDRINUSE:
+            raise NetworkError(
+                f"cannot listen on {where}: the address is already in use"
+                f"{describe_holder(ip, port)}"
+            ) from exc
+        if exc.errno == errno.EACCES:
+            raise NetworkError(
+                f"cannot listen on {where}: ports below 1024 need root "
+                "(or CAP_NET_BIND_SERVICE); run with sudo or map it with -m "
+                f"{port}:{port + 8000 if port + 8000 < 65536 else 8080}"
+            ) from exc
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise NetworkError(
+                f"cannot listen on {where}: {ip} is not configured on the loopback interface"
+            ) from exc
+        raise NetworkError(f"cannot listen on {where}: {exc.strerror or exc}") from exc
+    return sock
+
+
+class Forwarder(StoppableThread):
+    """Listeners and accept loop of one forwarded service (all of its TCP ports)."""
+
+    def __init__(
+        self,
+        key: str,
+        ip: str,
+        ports: Sequence[ListenPort],
+        route: Route,
+        *,
+        hold_timeout: float = 300.0,
+        thread_name: str | None = None,
+    ) -> None:
+        super().__init__(thread_name or f"forward/{key}")
+        self.key = key
+        self.route = route
+        self.hold_timeout = hold_timeout
+        self.stats = ForwardStats()
+        self._lock = threading.Lock()
+        self._ip = ip
+        self._wanted: list[ListenPort] = list(ports)
+        self._listeners: dict[int, _Listener] = {}  # by local port
+        self._held: deque[_Held] = deque()
+        self._changed = True
+        self._poked = False
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._no_route_logged = False
+
+    # -- called from other threads -------------------------------------------------------
+
+    @property
+    def ip(self) -> str:
+        return self._ip
+
+    def bound_ports(self) -> list[int]:
+        with self._lock:
+            return sorted(self._listeners)
+
+    def bind(self) -> list[NetworkError]:
+        """Bind every wanted port not yet bound; returns the errors (the rest still serve)."""
+        with self._lock:
+            return self._sync_listeners_locked()
+
+    def reconfigure(self, ip: str, ports: Sequence[ListenPort]) -> list[NetworkError]:
+        """New IP or ports: open what is new, close what is gone; returns bind errors."""
+        with self._lock:
+            if ip != self._ip:
+                for listener in self._listeners.values():
+                    listener.sock.close()
+                self._listeners.clear()
+                self._ip = ip
+            self._wanted = list(ports)
+            errors = self._sync_listeners_locked()
+        self._wake()
+        return errors
+
+    def poke(self) -> None:
+        """Routes may have changed (a pod became ready): retry held connections now."""
+        with self._lock:
+            self._poked = True
+        self._wake()
+
+    def on_stop(self) -> None:
+        self._wake()
+
+    # -- the thread ----------------------------------------------------------------------
+
+    def _sync_listeners_locked(self) -> list[NetworkError]:
+        errors: list[NetworkError] = []
+        wanted = {p.local_port: p for p in self._wanted}
+        for local_port in list(self._listeners):
+            if local_port not in wanted:
+                self._listeners.pop(local_port).sock.close()
+        for local_port, spec in wanted.items():
+            current = self._listeners.get(local_port)
+            if current is not None:
+                current.spec = spec
+                continue
+            try:
+                sock = bind_listener(self._ip, local_port)
+            except NetworkError as exc:
+                errors.append(exc)
+                continue
+            self._listeners[local_port] = _Listener(spec, sock)
+        self._changed = True
+        return errors
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"x")
+        except (BlockingIOError, OSError):
+            pass  # already woken, or closing
+
+    def run_loop(self) -> None:
+        selector = selectors.DefaultSelector()
+        selector.register(self._wake_r, selectors.EVENT_READ, None)
+        registered: dict[int, socket.socket] = {}
+        try:
+            while not self.stopping.is_set():
+                with self._lock:
+                    changed, self._changed = self._changed, False
+                    poked, self._poked = self._poked, False
+                    listeners = dict(self._listeners) if changed else None
+                if listeners is not None:
+                    self._register(selector, registered, listeners)
+                if poked or self._held:
+                    self._retry_held()
+                timeout = _HELD_RETRY if self._held else None
+                for key, _ in selector.select(timeout):
+                    if key.data is None:
+                        self._drain_wake()
+                    else:
+                        self._accept(key.fileobj, key.data)  # type: ignore[arg-type]
+        finally:
+            selector.close()
+            self._close_all()
+
+    def _register(
+        self,
+        selector: selectors.BaseSelector,
+        registered: dict[int, socket.socket],
+        listeners: dict[int, _Listener],
+    ) -> None:
+        for local_port, sock in list(registered.items()):
+            current = listeners.get(local_port)
+            if current is None or current.sock is not sock:
+                try:
+                    selector.unregister(sock)
+                except (KeyError, ValueError):
+                    pass
+                del registered[local_port]
+        for local_port, listener in listeners.items():
+            if local_port not in registered and listener.sock.fileno() >= 0:
+                selector.register(listener.sock, selectors.EVENT_READ, listener.spec.port)
+                registered[local_port] = listener.sock
+
+    def _drain_wake(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def _accept(self, listener: socket.socket, port: int) -> None:
+        for _ in range(_ACCEPT_BURST):
+            try:
+                conn, _addr = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE):
+                    log.warning("%s: out of file descriptors; refusing a connection", self.key)
+                return
+            self.stats.accepted += 1
+            conn.setblocking(True)
+            try:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+            if not self._dispatch(conn, port):
+                if len(self._held) >= _MAX_HELD or self.hold_timeout <= 0:
+                    self._drop(conn)
+                else:
+                    self.stats.held += 1
+                    deadline = time.monotonic() + self.hold_timeout
+                    self._held.append(_Held(conn, port, deadline))
+
+    def _dispatch(self, conn: socket.socket, port: int) -> bool:
+        """Splice ``conn`` into a tunnel if a route exists now; False when it has to wait."""
+        try:
+            route = self.route(self.key, port)
+        except Exception:
+            log.exception("%s: route lookup failed", self.key)
+            route = None
+        if route is None:
+            if not self._no_route_logged:
+                self._no_route_logged = True
+                log.info("%s: no ready pod right now; holding new connections for up to %gs",
+                         self.key, self.hold_timeout)
+            return False
+        self._no_route_logged = False
+        tunnel, target_port = route
+        try:
+            tunnel.splice(conn, target_port)
+        except Exception as exc:  # the tunnel owns the socket only once splice returned
+            log.warning("%s: could not hand a connection to the tunnel: %s", self.key, exc)
+            self._drop(conn)
+            return True
+        self.stats.spliced += 1
+        return True
+
+    def _retry_held(self) -> None:
+        now = time.monotonic()
+        for _ in range(len(self._held)):
+            held = self._held.popleft()
+            if self.stopping.is_set():
+                self._drop(held.sock)
+            elif self._dispatch(held.sock, held.port):
+                continue
+            elif now >= held.deadline:
+                log.warning("%s: closed a connection that waited %gs for a ready pod",
+                            self.key, self.hold_timeout)
+                self._drop(held.sock)
+            else:
+                self._held.append(held)
+
+    def _drop(self, conn: socket.socket) -> None:
+        self.stats.dropped += 1
+        try:
+            # An RST, not a FIN: the client learns at once that nothing answered.
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        except OSError:
+            pass
+        conn.close()
+
+    def _close_all(self) -> None:
+        with self._lock:
+            listeners = list(self._listeners.values())
+            self._listeners.clear()
+        for listener in listeners:
+            listener.sock.close()
+        while self._held:
+            self._drop(self._held.popleft().sock)
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def held_count(self) -> int:
+        return len(self._held)
+
+    def stop_and_join(self, timeout: float = 5.0) -> bool:
+        """Stop and join; a forwarder that never started still closes its listeners."""
+        if self.ident is None:
+            self.stopping.set()
+            self._close_all()
+            return True
+        return super().stop_and_join(timeout)

@@ -1,0 +1,191 @@
+"""Forwarder: listeners, accept-time routing, held connections, bind errors (real sockets)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from kubefwd.errors import NetworkError
+from kubefwd.forwarder import Forwarder, ListenPort, bind_listener
+
+IP = "127.1.99.1"
+
+
+class ReplySplicer:
+    """Stands in for a pod tunnel: answers each connection with ``<name>:<port>:<data>``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.threads: list[threading.Thread] = []
+
+    def splice(self, local: socket.socket, port: int) -> None:
+        def serve() -> None:
+            with local:
+                data = local.recv(1024)
+                local.sendall(f"{self.name}:{port}:".encode() + data)
+
+        thread = threading.Thread(target=serve, name=f"splice/{self.name}", daemon=True)
+        thread.start()
+        self.threads.append(thread)
+
+    def join(self) -> None:
+        for thread in self.threads:
+            thread.join(5)
+
+
+def free_port(ip: str = IP) -> int:
+    with socket.socket() as s:
+        s.bind((ip, 0))
+        return int(s.getsockname()[1])
+
+
+def ask(port: int, ip: str = IP, payload: bytes = b"hi", timeout: float = 5.0) -> bytes:
+    with socket.create_connection((ip, port), timeout=timeout) as c:
+        c.sendall(payload)
+        chunks = []
+        while True:
+            try:
+                chunk = c.recv(1024)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+@pytest.fixture
+def splicers() -> Iterator[dict[str, ReplySplicer]]:
+    made = {"a": ReplySplicer("a"), "b": ReplySplicer("b")}
+    yield made
+    for s in made.values():
+        s.join()
+
+
+def start(fwd: Forwarder) -> Forwarder:
+    assert fwd.bind() == []
+    fwd.start()
+    return fwd
+
+
+def test_each_connection_is_routed_at_accept_time(splicers: dict[str, ReplySplicer]) -> None:
+    current = {"pod": "a"}
+    port = free_port()
+    fwd = start(Forwarder("ctx/ns/web", IP, [ListenPort(80, port)],
+                          lambda key, p: (splicers[current["pod"]], p + 8000)))
+    try:
+        assert ask(port) == b"a:8080:hi"
+        current["pod"] = "b"  # the pod changed: the very next connection goes to b
+        assert ask(port) == b"b:8080:hi"
+        assert fwd.name == "forward/ctx/ns/web"
+    finally:
+        assert fwd.stop_and_join()
+
+
+def test_multi_port_service_routes_by_service_port(splicers: dict[str, ReplySplicer]) -> None:
+    p1, p2 = free_port(), free_port()
+    seen: list[tuple[str, int]] = []
+
+    def route(key: str, port: int) -> tuple[ReplySplicer, int]:
+        seen.append((key, port))
+        return splicers["a"], port
+
+    fwd = start(Forwarder("k", IP, [ListenPort(80, p1), ListenPort(443, p2)], route))
+    try:
+        assert ask(p1) == b"a:80:hi"
+        assert ask(p2) == b"a:443:hi"
+        assert seen == [("k", 80), ("k", 443)]
+    finally:
+        fwd.stop_and_join()
+
+
+def test_held_connection_is_spliced_when_a_pod_becomes_ready(
+    splicers: dict[str, ReplySplicer],
+) -> None:
+    ready = threading.Event()
+    port = free_port()
+    fwd = start(Forwarder("k", IP, [ListenPort(80, port)],
+                          lambda key, p: (splicers["a"], p) if ready.is_set() else None,
+                          hold_timeout=10))
+    try:
+        result: list[bytes] = []
+        client = threading.Thread(target=lambda: result.append(ask(port)), name="client")
+        client.start()
+        deadline = threading.Event()
+        for _ in range(200):
+            if fwd.held_count():
+                break
+            deadline.wait(0.01)
+        assert fwd.held_count() == 1
+        ready.set()
+        fwd.poke()
+        client.join(5)
+        assert result == [b"a:80:hi"]
+    finally:
+        fwd.stop_and_join()
+
+
+def test_connection_without_a_pod_is_closed_after_the_hold_timeout() -> None:
+    port = free_port()
+    fwd = start(Forwarder("k", IP, [ListenPort(80, port)], lambda key, p: None,
+                          hold_timeout=0.2))
+    try:
+        assert ask(port) == b""
+        assert ask(port, timeout=2) == b""
+        assert fwd.stats.dropped == 2
+    finally:
+        fwd.stop_and_join()
+
+
+def test_stop_closes_held_connections_and_listeners() -> None:
+    port = free_port()
+    fwd = start(Forwarder("k", IP, [ListenPort(80, port)], lambda key, p: None))
+    client = socket.create_connection((IP, port), timeout=5)
+    with client:
+        for _ in range(200):
+            if fwd.held_count():
+                break
+            threading.Event().wait(0.01)
+        assert fwd.stop_and_join()
+        try:
+            assert client.recv(10) == b""
+        except ConnectionResetError:
+            pass  # a reset is what a held connection gets
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((IP, port), timeout=2).close()
+
+
+def test_reconfigure_opens_new_ports_and_closes_old_ones(
+    splicers: dict[str, ReplySplicer],
+) -> None:
+    p1, p2 = free_port(), free_port()
+    fwd = start(Forwarder("k", IP, [ListenPort(80, p1)], lambda key, p: (splicers["a"], p)))
+    try:
+        assert fwd.reconfigure(IP, [ListenPort(81, p2)]) == []
+        assert fwd.bound_ports() == [p2]
+        assert ask(p2) == b"a:81:hi"
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((IP, p1), timeout=2).close()
+        other_ip = "127.1.99.2"
+        assert fwd.reconfigure(other_ip, [ListenPort(81, p2)]) == []
+        assert ask(p2, ip=other_ip) == b"a:81:hi"
+    finally:
+        fwd.stop_and_join()
+
+
+def test_port_in_use_is_a_clear_error_naming_the_address() -> None:
+    port = free_port()
+    holder = bind_listener(IP, port)
+    try:
+        fwd = Forwarder("k", IP, [ListenPort(80, port)], lambda key, p: None)
+        errors = fwd.bind()
+        assert len(errors) == 1
+        message = str(errors[0])
+        assert f"{IP}:{port}" in message and "already in use" in message
+        assert isinstance(errors[0], NetworkError)
+        fwd.stop_and_join()  # never started: still closes what it opened
+    finally:
+        holder.close()
