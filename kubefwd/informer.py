@@ -1,0 +1,217 @@
+"""Informers: list, then watch from the list's resourceVersion, forever.
+
+``informer_events`` is the pure loop: it takes a list callable and a watch callable (so tests
+feed it canned streams) and yields normalized events. ``Informer`` is the thread that runs it
+for one (context, namespace, resource) and hands each event to a callback.
+
+After every (re)list the loop yields one ``SYNC`` event carrying the complete set of objects:
+a consumer replaces what it knew of that resource with it, which also drops objects deleted
+while the watch was down. Between lists it yields the watch's ADDED, MODIFIED and DELETED
+events. BOOKMARKs only advance the resourceVersion. A 410 (expired resourceVersion) relists
+at once; any other error backs off (1 s doubling to a cap, reset once a watch proves healthy)
+and relists.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from kubefwd.errors import ApiError
+from kubefwd.threads import StoppableThread
+
+log = logging.getLogger(__name__)
+
+ListFn = Callable[[], tuple[list[dict[str, Any]], str]]
+WatchFn = Callable[[str], Iterable[dict[str, Any]]]
+
+ADDED = "ADDED"
+MODIFIED = "MODIFIED"
+DELETED = "DELETED"
+SYNC = "SYNC"
+
+
+class Waiter(Protocol):
+    """What the loop needs of its stop Event: tests pass a fake whose ``wait`` records."""
+
+    def is_set(self) -> bool: ...
+
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+
+@dataclass(frozen=True)
+class InformerEvent:
+    """``type`` is ADDED, MODIFIED, DELETED (``obj`` set) or SYNC (``objects`` set)."""
+
+    type: str
+    obj: dict[str, Any] | None = None
+    objects: tuple[dict[str, Any], ...] = ()
+    resource_version: str = ""
+
+
+@dataclass
+class Backoff:
+    """Delays between failed attempts: ``initial`` doubling up to ``cap``."""
+
+    initial: float = 1.0
+    cap: float = 30.0  # long enough not to hammer a sick API server, short enough to recover
+    _next: float = field(default=0.0, init=False)
+
+    def next_delay(self) -> float:
+        delay = self._next or self.initial
+        self._next = min(delay * 2, self.cap)
+        return delay
+
+    def reset(self) -> None:
+        self._next = 0.0
+
+
+def _is_expired(exc: BaseException) -> bool:
+    return isinstance(exc, ApiError) and exc.status == 410
+
+
+def informer_events(
+    list_fn: ListFn,
+    watch_fn: WatchFn,
+    *,
+    stop: Waiter,
+    backoff: Backoff | None = None,
+    on_error: Callable[[Exception, float], None] | None = None,
+    what: str = "objects",
+) -> Iterator[InformerEvent]:
+    """List→watch→relist loop until ``stop`` is set.
+
+    ``watch_fn(rv)`` returns raw watch events; it may end (a server timeout: watch again from
+    the newest RV), raise an ApiError with status 410 / yield an ERROR event with code 410
+    (relist), or raise anything else (back off, relist). ``on_error(exc, delay)`` is told of
+    each failure before waiting ``delay`` seconds on ``stop``.
+    """
+    backoff = backoff or Backoff()
+    expired_in_a_row = 0
+    while not stop.is_set():
+        try:
+            items, rv = list_fn()
+        except Exception as e:
+            delay = backoff.next_delay()
+            _report(on_error, e, delay, what)
+            stop.wait(delay)
+            continue
+        if stop.is_set():
+            return
+        yield InformerEvent(SYNC, objects=tuple(items), resource_version=rv)
+        relist = False
+        while not relist and not stop.is_set():
+            try:
+                for raw in watch_fn(rv):
+                    if stop.is_set():
+                        return
+                    kind = raw.get("type")
+                    obj = raw.get("object") or {}
+                    new_rv = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+                    if kind == "ERROR":
+                        code = int(obj.get("code") or 0)
+                        message = str(obj.get("message") or obj)
+                        raise ApiError(f"watch error: {message}", status=code or 500)
+                    if new_rv:
+                        rv = new_rv
+                    expired_in_a_row = 0
+                    backoff.reset()
+                    if kind in (ADDED, MODIFIED, DELETED):
+                        yield InformerEvent(kind, obj=obj, resource_version=rv)
+                # The server ended the watch (timeoutSeconds): a healthy stream.
+                backoff.reset()
+            except Exception as e:
+                if stop.is_set():
+                    return
+                relist = True
+                if _is_expired(e) and expired_in_a_row == 0:
+                    expired_in_a_row += 1
+                    log.debug("%s: resourceVersion %s expired, listing again", what, rv)
+                    continue
+                delay = backoff.next_delay()
+                _report(on_error, e, delay, what)
+                stop.wait(delay)
+
+
+def _report(
+    on_error: Callable[[Exception, float], None] | None, exc: Exception, delay: float, what: str
+) -> None:
+    if on_error is not None:
+        on_error(exc, delay)
+    else:
+        log.warning("%s: %s; retrying in %.0f s", what, exc, delay)
+
+
+class Informer(StoppableThread):
+    """One thread keeping one (context, namespace, resource) in sync, feeding ``callback``.
+
+    ``interrupt`` wakes a blocked watch (the KubeClient's ``interrupt``) so ``stop`` is
+    prompt. ``synced`` is set after the first successful list; ``last_error`` holds the most
+    recent failure (None once a list succeeds), for start-up checks.
+    """
+
+    def __init__(
+        self,
+        *,
+        context: str,
+        namespace: str,
+        resource: str,
+        list_fn: ListFn,
+        watch_fn: WatchFn,
+        callback: Callable[[InformerEvent], None],
+        interrupt: Callable[[threading.Event], None] | None = None,
+        backoff: Backoff | None = None,
+        on_error: Callable[[Informer, Exception, float], None] | None = None,
+    ) -> None:
+        super().__init__(f"informer/{context}/{namespace or '*'}/{resource}")
+        self.context = context
+        self.namespace = namespace
+        self.resource = resource
+        self._list_fn = list_fn
+        self._watch_fn = watch_fn
+        self._callback = callback
+        self._interrupt = interrupt
+        self._backoff = backoff or Backoff()
+        self._on_error = on_error
+        self.synced = threading.Event()
+        self.last_error: Exception | None = None
+
+    def _listed(self) -> tuple[list[dict[str, Any]], str]:
+        result = self._list_fn()
+        self.last_error = None
+        return result
+
+    def _error(self, exc: Exception, delay: float) -> None:
+        self.last_error = exc
+        if self._on_error is not None:
+            self._on_error(self, exc, delay)
+        else:
+            log.warning("%s: %s; retrying in %.0f s", self.name, exc, delay)
+
+    def run_loop(self) -> None:
+        events = informer_events(
+            self._listed,
+            self._watch_fn,
+            stop=self.stopping,
+            backoff=self._backoff,
+            on_error=self._error,
+            what=self.name,
+        )
+        for event in events:
+            try:
+                self._callback(event)
+            except Exception:  # a consumer bug must not stop the informer
+                log.exception("%s: handling a %s event failed", self.name, event.type)
+            if event.type == SYNC:
+                self.synced.set()
+
+    def on_stop(self) -> None:
+        if self._interrupt is not None:
+            self._interrupt(self.stopping)
+
+    def wait_synced(self, timeout: float) -> bool:
+        """True once the first list has been delivered; False on timeout or stop."""
+        return self.synced.wait(timeout)
