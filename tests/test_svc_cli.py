@@ -1,0 +1,159 @@
+"""``kubefwd svc`` command line: flags, aliases, and bad values rejected before anything runs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kubefwd.errors import ExitCode, UsageError
+from kubefwd.svc_command import build_options, parse_duration, parse_mappings, split_list
+
+HOSTS = b"127.0.0.1 localhost\r\n# keep me\n::1 ip6-localhost"
+
+
+def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "kubefwd", *args],
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+@pytest.fixture
+def hosts(tmp_path: Path) -> Path:
+    path = tmp_path / "hosts"
+    path.write_bytes(HOSTS)
+    return path
+
+
+def test_lists_are_repeatable_and_comma_separated() -> None:
+    assert split_list(["a,b", "c", "b", " d , "]) == ["a", "b", "c", "d"]
+    assert split_list(None) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("300", 300), ("300s", 300), ("5m", 300), ("1h", 3600), ("1m30s", 90), ("500ms", 0.5),
+     ("2.5", 2.5)],
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text, "--x") == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "5x", "m", "-1", "0", "5m3", "1h 2m"])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(UsageError):
+        parse_duration(text, "--x")
+
+
+def test_mappings() -> None:
+    assert parse_mappings(["80:8080", "443:8443,9090:9091"]) == {80: 8080, 443: 8443, 9090: 9091}
+
+
+def test_defaults(hosts: Path) -> None:
+    o = build_options(hosts_path=hosts)
+    assert (o.timeout, o.resync_interval, o.retry_interval) == (300, 300, 10)
+    assert o.transport == "auto" and not o.auto_reconnect and o.namespaces == []
+
+
+def test_fwd_conf_adds_reservations_and_base(tmp_path: Path, hosts: Path) -> None:
+    conf = tmp_path / "fwd.yaml"
+    conf.write_text(
+        "baseUnreservedIP: 127.1.30.1\n"
+        "serviceConfigurations:\n  - name: web\n    ip: 127.1.27.50\n"
+    )
+    o = build_options(hosts_path=hosts, fwd_conf=conf, reserve=["db:127.1.27.51"])
+    assert o.reservations == {"db": "127.1.27.51", "web": "127.1.27.50"}
+    assert o.base_ip == "127.1.30.1"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-A", "-n", "shop"], "-A/--all-namespaces and -n/--namespace"),
+        (["-m", "80"], "expected servicePort:localPort"),
+        (["-m", "80:70000"], "outside 1-65535"),
+        (["-m", "http:80"], "is not a number"),
+        (["-r", "web:10.0.0.1"], "outside 127.0.0.0/8"),
+        (["-r", "web:not-an-ip"], "not an IPv4 address"),
+        (["-r", "web"], "expected name:ip"),
+        (["-r", "a:127.1.27.9", "-r", "b:127.1.27.9"], "reserved for both"),
+        (["-t", "soon"], "-t/--timeout"),
+        (["--resync-interval", "5x"], "--resync-interval"),
+        (["--retry-interval", "0"], "--retry-interval"),
+        (["--transport", "carrier-pigeon"], "--transport"),
+        (["-z", "/nonexistent/fwd.yaml"], "no such file"),
+        (["-n", "Bad_Namespace"], "not a valid namespace name"),
+        (["-d", "bad..domain"], "not a valid DNS domain"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else " ".join(v),
+)
+def test_bad_values_are_usage_errors(args: list[str], message: str, hosts: Path) -> None:
+    with pytest.raises(UsageError, match=None) as info:
+        build_options(**_as_kwargs(args), hosts_path=hosts)
+    assert message in str(info.value)
+    assert hosts.read_bytes() == HOSTS
+
+
+def _as_kwargs(args: list[str]) -> dict[str, object]:
+    names = {
+        "-A": ("all_namespaces", None), "-n": ("namespace", list), "-m": ("mapping", list),
+        "-r": ("reserve", list), "-t": ("timeout", str), "--resync-interval":
+        ("resync_interval", str), "--retry-interval": ("retry_interval", str),
+        "--transport": ("transport", str), "-z": ("fwd_conf", Path), "-d": ("domain", str),
+    }
+    out: dict[str, object] = {}
+    i = 0
+    while i < len(args):
+        name, kind = names[args[i]]
+        if kind is None:
+            out[name] = True
+            i += 1
+            continue
+        value = args[i + 1]
+        if kind is list:
+            out.setdefault(name, [])
+            out[name].append(value)  # type: ignore[attr-defined]
+        else:
+            out[name] = kind(value)  # type: ignore[operator]
+        i += 2
+    return out
+
+
+def test_bad_fwd_conf_yaml(tmp_path: Path, hosts: Path) -> None:
+    conf = tmp_path / "fwd.yaml"
+    conf.write_text("serviceConfigurations: [ {name: web, ip: 8.8.8.8} ]\n")
+    with pytest.raises(UsageError, match="outside 127.0.0.0/8"):
+        build_options(hosts_path=hosts, fwd_conf=conf)
+    conf.write_text("serviceConfigurations: [ {name: web\n")
+    with pytest.raises(UsageError, match="not valid YAML"):
+        build_options(hosts_path=hosts, fwd_conf=conf)
+
+
+@pytest.mark.parametrize("command", ["svc", "services", "svcs", None])
+def test_usage_error_is_one_line_exit_2_and_touches_nothing(
+    command: str | None, hosts: Path
+) -> None:
+    args = [command] if command else []
+    result = run(*args, "-n", "shop", "-m", "80:0", "--hosts-path", str(hosts))
+    assert result.returncode == ExitCode.USAGE
+    lines = result.stderr.strip().splitlines()
+    assert lines == ["kubefwd: error: -m/--mapping '80:0': local port 0 is outside 1-65535"]
+    assert result.stdout == ""
+    assert hosts.read_bytes() == HOSTS
+
+
+def test_help_shows_every_flag_and_hides_the_aliases() -> None:
+    result = run("svc", "--help")
+    assert result.returncode == 0
+    for flag in ["--kubeconfig", "--context", "--namespace", "--all-namespaces", "--selector",
+                 "--field-selector", "--domain", "--mapping", "--reserve", "--fwd-conf",
+                 "--timeout", "--hosts-path", "--refresh-backup", "--purge-stale-ips",
+                 "--resync-interval", "--retry-interval", "--auto-reconnect", "--verbose",
+                 "--transport", "Examples"]:
+        assert flag in result.stdout, flag
+    commands = [line.split()[1] for line in run("--help").stdout.splitlines()
+                if line.startswith("│ ") and len(line.split()) > 2]
+    assert "svc" in commands and "services" not in commands and "svcs" not in commands
