@@ -125,7 +125,7 @@ def _as_kwargs(args: list[str]) -> dict[str, object]:
 def test_bad_fwd_conf_yaml(tmp_path: Path, hosts: Path) -> None:
     conf = tmp_path / "fwd.yaml"
     conf.write_text("serviceConfigurations: [ {name: web, ip: 8.8.8.8} ]\n")
-    with pytest.raises(UsageError, match="outside 127.0.0.0/8"):
+    with pytest.raises(UsageError, match=r"outside 127\.0\.0\.0/8"):
         build_options(hosts_path=hosts, fwd_conf=conf)
     conf.write_text("serviceConfigurations: [ {name: web\n")
     with pytest.raises(UsageError, match="not valid YAML"):
