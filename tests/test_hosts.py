@@ -1,0 +1,556 @@
+"""Hosts file: byte-exact parse/render, the writer thread, locking, purges, fallbacks."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import portalocker
+import pytest
+
+from kubefwd.errors import HostsFileError, PrivilegeError
+from kubefwd.hosts import (
+    MAX_LINE,
+    HostsWriter,
+    Marker,
+    backup_hosts,
+    format_entries,
+    invoking_user,
+    lock_path_for,
+    parse_hosts,
+    parse_marker,
+    process_start,
+    remove_owned_lines,
+    render_hosts,
+    rewrite_lines,
+    update_hosts,
+)
+
+FOREIGN_SAMPLES = [
+    b"",
+    b"127.0.0.1 localhost\n",
+    b"127.0.0.1 localhost",  # no final newline
+    b"127.0.0.1\tlocalhost\r\n::1\tip6-localhost\r\n",  # CRLF
+    b"127.0.0.1\tlocalhost\r\n# no newline at end, CRLF file",
+    b"# comment\n\n\n  \t 10.0.0.1    odd   spacing\t\n#127.1.27.1 web # kubefwd\n",
+    b"\xff\xfe not utf-8 \x00 bytes\nlone\rcarriage\n",
+    b"\n",
+    b"\r\n",
+    b"127.0.0.1 x # kubefwd pid=12 but more text\n# kubefwd pid=12\n",  # look-alikes
+]
+
+
+def _ours(pid: int = 4242, started: int | None = None) -> Marker:
+    return Marker(pid, started)
+
+
+# -- pure parse / render ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("foreign", FOREIGN_SAMPLES)
+def test_foreign_bytes_survive_add_and_remove(foreign: bytes) -> None:
+    with_ours = rewrite_lines(parse_hosts(foreign), _ours(), {"127.1.27.1": ["web", "web.ns"]})
+    assert with_ours.startswith(foreign)
+    assert b"127.1.27.1\tweb web.ns\t# kubefwd pid=4242" in with_ours
+    doc = parse_hosts(with_ours)
+    assert doc.foreign == foreign
+    assert [m.pid for _, m in doc.owned] == [4242]
+    assert rewrite_lines(doc, _ours(), None) == foreign
+
+
+def test_crlf_file_gets_crlf_lines() -> None:
+    out = rewrite_lines(parse_hosts(b"a b\r\n"), _ours(), {"127.1.27.1": ["web"]})
+    assert out == b"a b\r\n127.1.27.1\tweb\t# kubefwd pid=4242\r\n"
+
+
+def test_added_newline_is_marked_and_removed_again() -> None:
+    out = rewrite_lines(parse_hosts(b"a b"), _ours(), {"127.1.27.1": ["web"]})
+    assert out == b"a b\n127.1.27.1\tweb\t# kubefwd pid=4242 sep=lf\n"
+    assert parse_hosts(out).foreign == b"a b"
+
+
+def test_foreign_line_appended_after_ours_keeps_its_separator() -> None:
+    out = rewrite_lines(parse_hosts(b"a b"), _ours(), {"127.1.27.1": ["web"]})
+    edited = out + b"10.0.0.1 added-later\n"
+    assert rewrite_lines(parse_hosts(edited), _ours(), None) == b"a b\n10.0.0.1 added-later\n"
+
+
+@pytest.mark.parametrize(
+    "line, pid",
+    [
+        (b"127.1.27.1\tweb\t# kubefwd pid=12", 12),
+        (b"127.1.27.1 web web.ns # kubefwd pid=7 t=1700000000", 7),
+        (b"127.1.27.1\tweb\t# kubefwd pid=7 t=1 sep=crlf", 7),
+        (b"# kubefwd pid=12", None),
+        (b"127.1.27.1 web # kubefwd pid=12 trailing", None),
+        (b"127.1.27.1 web # kubefwd", None),
+        (b"127.1.27.1 web # Kubefwd pid=12", None),
+        (b"#127.1.27.1 web # kubefwd pid=12", None),
+    ],
+)
+def test_marker_detection_is_strict(line: bytes, pid: int | None) -> None:
+    marker = parse_marker(line)
+    assert (marker.pid if marker else None) == pid
+
+
+def test_long_name_lists_are_split_and_names_never_repeat() -> None:
+    names = [f"service-number-{i}.namespace.svc.cluster.local" for i in range(20)]
+    lines = format_entries(
+        {"127.1.27.1": names, "127.1.27.2": ["dup", names[0], "bad name", "#x", "ok"]},
+        _ours(),
+    )
+    assert len(lines) > 2
+    for line in lines:
+        body = line.split(b"\t# kubefwd")[0]
+        assert len(body) <= MAX_LINE
+    written = [n for line in lines for n in line.split(b"\t")[1].split(b" ")]
+    assert len(written) == len(set(written)) == 22
+    assert lines[-1].startswith(b"127.1.27.2\tdup ok\t")
+
+
+def test_render_without_lines_is_foreign() -> None:
+    doc = parse_hosts(b"x y")
+    assert render_hosts(doc, []) == b"x y"
+
+
+# -- liveness and purges ---------------------------------------------------------------
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.fixture
+def sleeper() -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(["sleep", "60"])
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_dead_owner_lines_are_purged_live_ones_kept(sleeper: subprocess.Popen[bytes]) -> None:
+    live = Marker(sleeper.pid, process_start(sleeper.pid)).render()
+    dead = Marker(_dead_pid()).render()
+    recycled = Marker(sleeper.pid, 1_000_000_000).render()  # same pid, other start time
+    data = (
+        b"127.0.0.1 localhost\n"
+        + b"127.1.27.9\tlive\t" + live + b"\n"
+        + b"127.1.27.8\tdead\t" + dead + b"\n"
+        + b"127.1.27.7\trecycled\t" + recycled + b"\n"
+    )
+    out = rewrite_lines(parse_hosts(data), _ours(), {"127.1.27.1": ["web"]})
+    assert b"\tlive\t" in out and b"\tdead\t" not in out and b"\trecycled\t" not in out
+    assert out.startswith(b"127.0.0.1 localhost\n") and out.endswith(b"pid=4242\n")
+
+
+def test_purge_stale_drops_unproven_owners(sleeper: subprocess.Popen[bytes]) -> None:
+    proven = Marker(sleeper.pid, process_start(sleeper.pid)).render()
+    unproven = Marker(sleeper.pid).render()  # no start time: cannot tell a recycled pid
+    data = b"127.1.27.9\tproven\t" + proven + b"\n127.1.27.8\tunproven\t" + unproven + b"\n"
+    normal = rewrite_lines(parse_hosts(data), _ours(), None)
+    assert b"proven" in normal and b"unproven" in normal
+    purged = rewrite_lines(parse_hosts(data), _ours(), None, purge_stale=True)
+    assert b"\tproven\t" in purged and b"unproven" not in purged
+
+
+# -- the writer thread on real files ---------------------------------------------------
+
+
+def _writer(path: Path, **kw: object) -> HostsWriter:
+    kw.setdefault("backup_dir", None)
+    return HostsWriter(path, **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("foreign", FOREIGN_SAMPLES)
+def test_start_publish_stop_leaves_file_byte_identical(tmp_path: Path, foreign: bytes) -> None:
+    hosts = tmp_path / "hosts"
+    hosts.write_bytes(foreign)
+    writer = _writer(hosts, backup_dir=tmp_path)
+    writer.start()
+    writer.publish({"127.1.27.1": ["web", "web.shop"], "127.1.27.2": ["db"]})
+    assert writer.flush()
+    content = hosts.read_bytes()
+    assert content.startswith(foreign) and b"127.1.27.2\tdb\t# kubefwd pid=" in content
+    assert writer.stop_and_join()
+    assert hosts.read_bytes() == foreign
+    assert (tmp_path / "hosts.original").read_bytes() == foreign
+    assert writer.writes == 2
+    assert writer.last_error is None
+    assert not list(tmp_path.glob(".hosts.*"))  # no temp files left
+
+
+def test_missing_file_is_created_and_emptied(tmp_path: Path) -> None:
+    hosts = tmp_path / "hosts"
+    writer = _writer(hosts)
+    writer.start()
+    writer.publish({"127.1.27.1": ["web"]})
+    assert writer.flush()
+    assert hosts.read_bytes().startswith(b"127.1.27.1\tweb\t")
+    writer.stop_and_join()
+    assert hosts.read_bytes() == b""
+
+
+def test_bursts_coalesce_into_a_handful_of_writes(tmp_path: Path) -> None:
+    hosts = tmp_path / "hosts"
+    hosts.write_bytes(b"127.0.0.1 localhost\n")
+    writer = _writer(hosts)
+    writer.start()
+    try:
+        for i in range(500):
+            writer.publish({f"127.1.27.{j % 254 + 1}": [f"s{j}"] for j in range(i + 1)})
+        assert writer.flush()
+        assert writer.writes <= 5, writer.writes
+        assert hosts.read_bytes().count(b"# kubefwd pid=") == 254
+    finally:
+        writer.stop_and_join()
+
+
+def test_unchanged_snapshot_is_not_rewritten(tmp_path: Path) -> None:
+    hosts = tmp_path / "hosts"
+    writer = _writer(hosts, min_interval=0)
+    writer.start()
+    try:
+        for _ in range(3):
+            writer.publish({"127.1.27.1": ["web"]})
+            assert writer.flush()
+        assert writer.writes == 1
+    finally:
+        writer.stop_and_join()
+
+
+def test_two_writers_in_one_process_keep_each_others_lines(tmp_path: Path) -> None:
+    hosts = tmp_path / "hosts"
+    hosts.write_bytes(b"# mine\n")
+    a = _writer(hosts, owner_pid=2_000_000_001, min_interval=0)
+    b = _writer(hosts, owner_pid=2_000_000_002, min_interval=0)
+    a.start()
+    b.start()
+    try:
+        for i in range(30):
+            a.publish({"127.1.27.1": [f"a{i}"]})
+            b.publish({"127.2.27.1": [f"b{i}"]})
+        assert a.flush() and b.flush()
+        text = hosts.read_bytes()
+        assert b"\ta29\t" in text and b"\tb29\t" in text
+        assert a.stop_and_join()
+        text = hosts.read_bytes()
+        assert b"\ta29\t" not in text and b"\tb29\t" in text
+    finally:
+        b.stop_and_join()
+    assert hosts.read_bytes() == b"# mine\n"
+
+
+def test_mode_and_owner_are_kept(tmp_path: Path) -> None:
+    hosts = tmp_path / "hosts"
+    hosts.write_bytes(b"127.0.0.1 localhost\n")
+    os.chmod(hosts, 0o640)
+    if os.geteuid() == 0:
+        os.chown(hosts, 65534, 65534)
+    before = os.stat(hosts)
+    writer = _writer(hosts)
+    writer.start()
+    writer.publish({"127.1.27.1": ["web"]})
+    assert writer.flush()
+    after = os.stat(hosts)
+    writer.stop_and_join()
+    assert after.st_ino != before.st_ino  # replaced by rename
+    assert (after.st_mode, after.st_uid, after.st_gid) == (
+        before.st_mode,
+        before.st_uid,
+        before.st_gid,
+    )
+    final = os.stat(hosts)
+    assert (final.st_mode, final.st_uid) == (before.st_mode, before.st_uid)
+
+
+def test_symlinked_hosts_file_stays_a_symlink(tmp_path: Path) -> None:
+    real = tmp_path / "real-hosts"
+    real.write_bytes(b"# real\n")
+    link = tmp_path / "hosts"
+    link.symlink_to(real)
+    update_hosts(link, _ours(), {"127.1.27.1": ["web"]})
+    assert link.is_symlink() and b"\tweb\t" in real.read_bytes()
+    remove_owned_lines(link, 4242)
+    assert real.read_bytes() == b"# real\n"
+
+
+def test_remove_owned_lines_keeps_others(tmp_path: Path) -> None:
+    hosts = tmp_path / "hosts"
+    hosts.write_bytes(b"x\n")
+    update_hosts(hosts, Marker(os.getpid()), {"127.1.27.1": ["mine"]})
+    assert remove_owned_lines(hosts, 999_999_999) is False  # nothing of that pid: no write
+    assert remove_owned_lines(hosts, os.getpid()) is True
+    assert hosts.read_bytes() == b"x\n"
+
+
+def test_lock_timeout_is_a_hosts_file_error(tmp_path: Path) -> None:
+    hosts = tmp_path / "hosts"
+    hosts.write_bytes(b"x\n")
+    with (
+        portalocker.Lock(str(lock_path_for(hosts)), timeout=1),
+        pytest.raises(HostsFileError, match="could not lock"),
+    ):
+        update_hosts(hosts, _ours(), {"127.1.27.1": ["web"]}, lock_timeout=0.1)
+    assert hosts.read_bytes() == b"x\n"
+
+
+def test_writer_retries_after_lock_timeout_and_reports(tmp_path: Path) -> None:
+    hosts = tmp_path / "hosts"
+    hosts.write_bytes(b"x\n")
+    writer = _writer(hosts, lock_timeout=0.05, min_interval=0)
+    writer.start()
+    try:
+        with portalocker.Lock(str(lock_path_for(hosts)), timeout=1):
+            writer.publish({"127.1.27.1": ["web"]})
+            assert writer.flush(timeout=0.3) is False
+            assert isinstance(writer.last_error, HostsFileError)
+        assert writer.flush(timeout=5)
+        assert b"\tweb\t" in hosts.read_bytes()
+    finally:
+        writer.stop_and_join()
+
+
+# -- backups ---------------------------------------------------------------------------
+
+
+def test_backup_once_then_refresh(tmp_path: Path) -> None:
+    hosts = tmp_path / "hosts"
+    home = tmp_path / "home"
+    home.mkdir()
+    hosts.write_bytes(b"v1\n")
+    assert backup_hosts(hosts, home) == home / "hosts.original"
+    hosts.write_bytes(b"v2\n")
+    assert backup_hosts(hosts, home) is None
+    assert (home / "hosts.original").read_bytes() == b"v1\n"
+    assert backup_hosts(hosts, home, refresh=True) is not None
+    assert (home / "hosts.original").read_bytes() == b"v2\n"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act for another user")
+def test_backup_belongs_to_sudo_user(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SUDO_USER", "nobody")
+    home, uid, gid = invoking_user()
+    assert (home, uid, gid) == (Path("/nonexistent"), 65534, 65534)
+    hosts = tmp_path / "hosts"
+    hosts.write_bytes(b"v1\n")
+    dest = backup_hosts(hosts, tmp_path)
+    assert dest is not None and dest.stat().st_uid == 65534
+
+
+def test_invoking_user_without_sudo(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SUDO_USER", raising=False)
+    assert invoking_user() == (Path.home(), os.getuid(), os.getgid())
+
+
+# -- other processes -------------------------------------------------------------------
+
+_CHILD = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from kubefwd.hosts import HostsWriter
+    path, tag, rounds = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    w = HostsWriter(path, backup_dir=None, min_interval=0)
+    w.start()
+    for i in range(rounds):
+        w.publish({f"127.{tag}.27.{k + 1}": [f"{tag}-{i}-{k}"] for k in range(5)})
+        if i % 5 == 0:
+            w.flush()
+    assert w.flush(10)
+    print("ready", w.writes, flush=True)
+    if sys.stdin.readline().strip() == "stop":
+        w.stop_and_join()
+        print("stopped", flush=True)
+    """
+)
+
+
+def _spawn(hosts: Path, tag: str, rounds: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(hosts), tag, str(rounds)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_ready(proc: subprocess.Popen[str]) -> None:
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("ready"), line
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write("stop\n")
+    proc.stdin.flush()
+    assert proc.stdout.readline().strip() == "stopped"
+    assert proc.wait(timeout=10) == 0
+
+
+@pytest.mark.e2e
+def test_two_processes_never_lose_each_others_lines(tmp_path: Path) -> None:
+    hosts = tmp_path / "hosts"
+    original = b"127.0.0.1\tlocalhost\r\n# keep me"
+    hosts.write_bytes(original)
+    one, two = _spawn(hosts, "1", 60), _spawn(hosts, "2", 60)
+    try:
+        _wait_ready(one)
+        _wait_ready(two)
+        text = hosts.read_bytes()
+        for k in range(5):
+            assert f"\t1-59-{k}\t".encode() in text
+            assert f"\t2-59-{k}\t".encode() in text
+        assert text.count(b"# kubefwd pid=") == 10
+        _stop(one)
+        text = hosts.read_bytes()
+        assert b"\t1-59-0\t" not in text and b"\t2-59-0\t" in text
+        _stop(two)
+    finally:
+        for proc in (one, two):
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+    assert hosts.read_bytes() == original
+
+
+@pytest.mark.e2e
+def test_kill_9_then_a_fresh_writer_purges_the_dead_lines(tmp_path: Path) -> None:
+    hosts = tmp_path / "hosts"
+    hosts.write_bytes(b"# foreign\n")
+    proc = _spawn(hosts, "3", 1)
+    try:
+        _wait_ready(proc)
+        assert b"# kubefwd pid=%d " % proc.pid in hosts.read_bytes()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert b"# kubefwd pid=%d " % proc.pid in hosts.read_bytes()  # left behind
+    writer = _writer(hosts)
+    writer.start()
+    writer.publish({"127.1.27.1": ["fresh"]})
+    assert writer.flush()
+    text = hosts.read_bytes()
+    assert b"pid=%d " % proc.pid not in text and b"\tfresh\t" in text
+    writer.stop_and_join()
+    assert hosts.read_bytes() == b"# foreign\n"
+
+
+# -- privileges and real-kernel fallbacks (root) ---------------------------------------
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory other users can enter (pytest's tmp_path is private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="kubefwd-hosts-"))
+    os.chmod(path, 0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root")
+def test_unwritable_file_names_the_file_and_the_fix(shared_dir: Path) -> None:
+    hosts = shared_dir / "hosts"
+    hosts.write_bytes(b"x\n")
+    os.chmod(hosts, 0o644)
+    code = (
+        "import sys\nfrom pathlib import Path\nfrom kubefwd.hosts import HostsWriter\n"
+        "from kubefwd.errors import PrivilegeError\n"
+        "try:\n    HostsWriter(Path(sys.argv[1]), backup_dir=None).start()\n"
+        "except PrivilegeError as e:\n    print(e)\n"
+    )
+    out = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+         sys.executable, "-c", code, str(hosts)],
+        capture_output=True, text=True, timeout=30, cwd="/",
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    assert f"cannot write the hosts file {hosts}" in out.stdout, out.stderr
+    assert "root" in out.stdout
+    assert PrivilegeError.exit_code == 5
+
+
+_KERNEL_SCRIPT = textwrap.dedent(
+    """
+    import json, os, subprocess, sys
+    from pathlib import Path
+    from kubefwd.errors import HostsFileError
+    from kubefwd.hosts import Marker, update_hosts, remove_owned_lines
+    base = Path(sys.argv[1])
+    result = {}
+    run = lambda *a: subprocess.run(a, check=True)
+    # 1. a bind-mounted hosts file: rename over a mount point fails with EBUSY
+    bound = base / "bound"
+    bound.mkdir()
+    hosts = bound / "hosts"
+    hosts.write_bytes(b"127.0.0.1 localhost\\n")
+    run("mount", "--bind", str(hosts), str(hosts))
+    ino = os.stat(hosts).st_ino
+    update_hosts(hosts, Marker(4242), {"127.1.27.1": ["web"]})
+    result["bind_content"] = hosts.read_bytes().decode()
+    result["bind_same_inode"] = os.stat(hosts).st_ino == ino
+    remove_owned_lines(hosts, 4242)
+    result["bind_restored"] = hosts.read_bytes() == b"127.0.0.1 localhost\\n"
+    # 2. a full filesystem: the original stays untouched, no temp file left
+    full = base / "full"
+    full.mkdir()
+    run("mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(full))
+    hosts = full / "hosts"
+    original = b"127.0.0.1 localhost\\n" * 20
+    hosts.write_bytes(original)
+    fd = os.open(full / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, b"x" * 512)
+    except OSError:
+        pass
+    os.close(fd)
+    big = {f"127.1.27.{i}": [f"service-{i}-{k}.ns.svc.cluster.local" for k in range(20)]
+           for i in range(1, 100)}
+    for mode in ("rename", "in-place"):
+        if mode == "in-place":
+            run("mount", "--bind", str(hosts), str(hosts))
+        try:
+            update_hosts(hosts, Marker(4242), big)
+            result[mode] = "written"
+        except HostsFileError as e:
+            result[mode] = str(e)
+        result[mode + "_unchanged"] = hosts.read_bytes() == original
+    result["leftovers"] = sorted(p.name for p in full.iterdir())
+    print(json.dumps(result))
+    """
+)
+
+
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root")
+def test_bind_mount_in_place_fallback_and_full_disk(tmp_path: Path) -> None:
+    out = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private",
+         sys.executable, "-c", _KERNEL_SCRIPT, str(tmp_path)],
+        capture_output=True, text=True, timeout=60,
+    )
+    if out.returncode != 0 and "unshare failed" in out.stderr:
+        pytest.skip("unshare not permitted here")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["bind_content"].startswith("127.0.0.1 localhost\n127.1.27.1\tweb\t# kubefwd")
+    assert result["bind_same_inode"] and result["bind_restored"]
+    assert "no space left" in result["rename"] and result["rename_unchanged"]
+    assert "no space left" in result["in-place"] and result["in-place_unchanged"]
+    assert result["leftovers"] == ["filler", "hosts", "hosts.kubefwd.lock"]
+
