@@ -1,0 +1,659 @@
+"""The simulated API server: HTTP/1.1 (TLS or plain) over real sockets, a thread per connection.
+
+It serves discovery, REST verbs on the store's kinds, chunked watch streams, and hands
+port-forward upgrades over to ``kubefwd.sim.portforward``. Errors are ``Status`` objects
+like a real API server's. Faults (dropped connections, 403s, latency) are injected by
+``SimCluster`` through this class.
+"""
+
+from __future__ import annotations
+
+import email.message
+import importlib
+import json
+import logging
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from kubefwd.sim import manifests
+from kubefwd.sim.store import (
+    BY_KIND,
+    RESOURCES,
+    Filter,
+    Obj,
+    ResourceInfo,
+    StatusError,
+    Store,
+    bad_request,
+    not_found,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_HEADER = 64 * 1024
+MAX_BODY = 32 * 1024 * 1024
+ALL_VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
+_BY_PATH: dict[tuple[str, str], ResourceInfo] = {(r.api_version, r.plural): r for r in RESOURCES}
+GROUP_VERSIONS = {"apps": "v1", "discovery.k8s.io": "v1"}
+
+
+class Backend(Protocol):
+    """What the API server needs from the cluster around it."""
+
+    store: Store
+
+    def delete_object(self, kind: str, namespace: str, name: str) -> Obj: ...
+
+    def pod_connector(self, namespace: str, name: str) -> Callable[[int], socket.socket]: ...
+
+    def is_forbidden(self, resource: str, verb: str) -> bool: ...
+
+    @property
+    def port_forward_delay(self) -> float: ...
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: email.message.Message
+    body: bytes
+
+    def arg(self, name: str, default: str = "") -> str:
+        values = self.query.get(name)
+        return values[0] if values else default
+
+
+class _Closed(Exception):
+    """The peer closed the connection (or it was dropped)."""
+
+
+@dataclass(eq=False)
+class _Connection:
+    sock: socket.socket
+    peer: str
+    dropped: threading.Event = field(default_factory=threading.Event)
+    buf: bytearray = field(default_factory=bytearray)
+    handed_over: bool = False
+
+    def drop(self) -> None:
+        """Abort from another thread: wake any blocked read or write on this socket."""
+        self.dropped.set()
+        try:
+            # The raw shutdown, not SSLSocket.shutdown, which is not safe across threads.
+            socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _fill(self) -> None:
+        try:
+            data = self.sock.recv(65536)
+        except (OSError, ssl.SSLError) as exc:
+            raise _Closed() from exc
+        if not data:
+            raise _Closed()
+        self.buf += data
+
+    def read_head(self) -> bytes | None:
+        """The request line and headers, or None at a clean end of the connection."""
+        while True:
+            end = self.buf.find(b"\r\n\r\n")
+            if end >= 0:
+                head = bytes(self.buf[:end])
+                del self.buf[: end + 4]
+                return head
+            if len(self.buf) > MAX_HEADER:
+                raise _Closed()
+            try:
+                self._fill()
+            except _Closed:
+                if not self.buf:
+                    return None
+                raise
+
+    def read_exact(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            self._fill()
+        data = bytes(self.buf[:n])
+        del self.buf[:n]
+        return data
+
+    def read_line(self) -> bytes:
+        while True:
+            end = self.buf.find(b"\r\n")
+            if end >= 0:
+                line = bytes(self.buf[:end])
+                del self.buf[: end + 2]
+                return line
+            if len(self.buf) > MAX_HEADER:
+                raise _Closed()
+            self._fill()
+
+    def send(self, data: bytes) -> None:
+        if self.dropped.is_set():
+            raise _Closed()
+        try:
+            self.sock.sendall(data)
+        except (OSError, ssl.SSLError) as exc:
+            raise _Closed() from exc
+
+
+_REASONS = {
+    200: "OK", 201: "Created", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized",
+    403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 406: "Not Acceptable",
+    409: "Conflict", 410: "Gone", 415: "Unsupported Media Type", 422: "Unprocessable Entity",
+    500: "Internal Server Error", 503: "Service Unavailable",
+}
+
+
+class ApiServer:
+    """Listens on ``host:port`` and serves the Kubernetes API from ``backend``."""
+
+    bookmark_interval = 5.0
+    default_watch_timeout = 1800.0
+
+    def __init__(self, backend: Backend, *, token: str, host: str = "127.0.0.1", port: int = 0,
+                 ssl_context: ssl.SSLContext | None = None, version: str = "v1.31.0") -> None:
+        self.backend = backend
+        self.token = token
+        self.ssl_context = ssl_context
+        self.version = version
+        self._listener = socket.create_server((host, port), backlog=512)
+        self.host, self.port = self._listener.getsockname()[:2]
+        self._lock = threading.Lock()
+        self._connections: set[_Connection] = set()
+        self._threads: set[threading.Thread] = set()
+        self._counter = 0
+        self._stopping = threading.Event()
+        self._accept_thread = threading.Thread(
+            target=self._accept_loop, name=f"sim-api-accept-{self.port}", daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.ssl_context else "http"
+        return f"{scheme}://{self.host}:{self.port}"
+
+    def start(self) -> None:
+        self._accept_thread.start()
+
+    def drop_connections(self) -> None:
+        """Drop every open connection (API calls, watches, port-forwards); keep listening."""
+        with self._lock:
+            conns = list(self._connections)
+        for conn in conns:
+            conn.drop()
+        self.backend.store.wake_watches()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._listener.close()
+        if self._accept_thread.is_alive():
+            self._accept_thread.join(5.0)
+        self.drop_connections()
+        deadline = time.monotonic() + 10.0
+        while True:
+            with self._lock:
+                threads = list(self._threads)
+            if not threads:
+                break
+            for t in threads:
+                t.join(max(0.0, deadline - time.monotonic()))
+            if time.monotonic() > deadline:
+                log.warning("API server threads still running: %s", [t.name for t in threads])
+                break
+
+    # -- connections ------------------------------------------------------------------------
+
+    def _accept_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                raw, addr = self._listener.accept()
+            except OSError:
+                if self._stopping.is_set():
+                    return
+                continue
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = _Connection(raw, f"{addr[0]}:{addr[1]}")
+            with self._lock:
+                if self._stopping.is_set():
+                    raw.close()
+                    return
+                self._counter += 1
+                thread = threading.Thread(
+                    target=self._serve_connection, args=(conn,),
+                    name=f"sim-api-conn-{self._counter}", daemon=True,
+                )
+                self._connections.add(conn)
+                self._threads.add(thread)
+            thread.start()
+
+    def _serve_connection(self, conn: _Connection) -> None:
+        try:
+            if self.ssl_context is not None:
+                conn.sock.settimeout(10.0)
+                tls = self.ssl_context.wrap_socket(conn.sock, server_side=True)
+                tls.settimeout(None)
+                conn.sock = tls
+            while not conn.dropped.is_set() and not self._stopping.is_set():
+                if not self._serve_request(conn):
+                    break
+        except (_Closed, OSError, ssl.SSLError):
+            pass
+        except Exception:
+            log.exception("API connection from %s failed", conn.peer)
+        finally:
+            try:
+                conn.sock.close()
+            except OSError:
+                pass
+            with self._lock:
+                self._connections.discard(conn)
+                self._threads.discard(threading.current_thread())
+
+    def _serve_request(self, conn: _Connection) -> bool:
+        """Serve one request; False when the connection must end."""
+        head = conn.read_head()
+        if head is None:
+            return False
+        try:
+            lines = head.decode("latin-1").split("\r\n")
+            method, target, version = lines[0].split(" ", 2)
+        except ValueError:
+            self._send(conn, 400, _status(400, "BadRequest", "malformed request line"), close=True)
+            return False
+        headers = email.message.Message()
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if sep:
+                headers[name.strip()] = value.strip()
+        body = self._read_body(conn, headers)
+        url = urlsplit(target)
+        req = Request(method.upper(), unquote(url.path), parse_qs(url.query), headers, body)
+        keep_alive = version == "HTTP/1.1" and (headers.get("Connection", "").lower() != "close")
+        try:
+            return self._dispatch(conn, req) and keep_alive
+        except StatusError as err:
+            self._send(conn, err.code, err.to_status())
+            return keep_alive
+
+    def _read_body(self, conn: _Connection, headers: email.message.Message) -> bytes:
+        if "chunked" in headers.get("Transfer-Encoding", "").lower():
+            parts: list[bytes] = []
+            total = 0
+            while True:
+                size = int(conn.read_line().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while conn.read_line():
+                        pass
+                    return b"".join(parts)
+                total += size
+                if total > MAX_BODY:
+                    raise _Closed()
+                parts.append(conn.read_exact(size))
+                conn.read_line()
+        length = int(headers.get("Content-Length", "0") or 0)
+        if length > MAX_BODY:
+            raise _Closed()
+        return conn.read_exact(length) if length else b""
+
+    def _send(self, conn: _Connection, code: int, obj: Any, *, close: bool = False,
+              content_type: str = "application/json") -> None:
+        body = json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+        head = (
+            f"HTTP/1.1 {code} {_REASONS.get(code, 'Unknown')}\r\n"
+            f"Content-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\n"
+            "Cache-Control: no-cache, private\r\n"
+            + ("Connection: close\r\n" if close else "")
+            + "\r\n"
+        )
+        conn.send(head.encode("latin-1") + body)
+
+    # -- routing ----------------------------------------------------------------------------
+
+    def _dispatch(self, conn: _Connection, req: Request) -> bool:
+        path = req.path.rstrip("/") or "/"
+        if path in ("/healthz", "/livez", "/readyz"):
+            conn.send(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                      b"Content-Length: 2\r\n\r\nok")
+            return True
+        if path == "/version":
+            self._send(conn, 200, self._version())
+            return True
+        auth = req.headers.get("Authorization", "")
+        if auth != f"Bearer {self.token}":
+            self._send(conn, 401, _status(401, "Unauthorized", "Unauthorized"))
+            return True
+        parts = [p for p in path.split("/") if p]
+        if parts == ["api"]:
+            self._send(conn, 200, {
+                "kind": "APIVersions", "versions": ["v1"],
+                "serverAddressByClientCIDRs": [
+                    {"clientCIDR": "0.0.0.0/0", "serverAddress": f"{self.host}:{self.port}"}
+                ],
+            })
+            return True
+        if parts == ["apis"]:
+            self._send(conn, 200, {"kind": "APIGroupList", "apiVersion": "v1",
+                                   "groups": [_group(g, v) for g, v in GROUP_VERSIONS.items()]})
+            return True
+        if len(parts) == 2 and parts[0] == "apis" and parts[1] in GROUP_VERSIONS:
+            self._send(conn, 200, {"kind": "APIGroup", "apiVersion": "v1",
+                                   **_group(parts[1], GROUP_VERSIONS[parts[1]])})
+            return True
+        if parts == ["api", "v1"]:
+            self._send(conn, 200, _resource_list("v1"))
+            return True
+        if len(parts) == 3 and parts[0] == "apis" and GROUP_VERSIONS.get(parts[1]) == parts[2]:
+            self._send(conn, 200, _resource_list(f"{parts[1]}/{parts[2]}"))
+            return True
+        if len(parts) >= 3 and parts[:2] == ["api", "v1"]:
+            return self._resource(conn, req, "v1", parts[2:])
+        if len(parts) >= 4 and parts[0] == "apis" and GROUP_VERSIONS.get(parts[1]) == parts[2]:
+            return self._resource(conn, req, f"{parts[1]}/{parts[2]}", parts[3:])
+        self._send(conn, 404, _status(404, "NotFound", "the server could not find the requested "
+                                      "resource"))
+        return True
+
+    def _version(self) -> Obj:
+        major, minor = self.version.lstrip("v").split(".")[:2]
+        return {
+            "major": major, "minor": minor, "gitVersion": self.version,
+            "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean",
+            "buildDate": "2024-08-13T07:28:49Z", "goVersion": "go1.22.5", "compiler": "gc",
+            "platform": "linux/amd64",
+        }
+
+    def _resource(self, conn: _Connection, req: Request, gv: str, rest: list[str]) -> bool:
+        namespace = ""
+        if len(rest) >= 3 and rest[0] == "namespaces":
+            namespace, rest = rest[1], rest[2:]
+        info = _BY_PATH.get((gv, rest[0]))
+        if info is None or (namespace and not info.namespaced) or len(rest) > 3:
+            raise StatusError(404, "NotFound",
+                              "the server could not find the requested resource")
+        name = rest[1] if len(rest) > 1 else ""
+        sub = rest[2] if len(rest) > 2 else ""
+        if sub and not (info.kind == "Pod" and sub in ("portforward", "status")):
+            raise StatusError(404, "NotFound",
+                              "the server could not find the requested resource")
+        verb = self._verb(req, name)
+        resource = f"{info.plural}/{sub}" if sub else info.plural
+        if self.backend.is_forbidden(resource, verb) or (
+            sub and self.backend.is_forbidden(info.plural, verb)
+        ):
+            raise _forbidden(info, resource, verb, namespace, name)
+        if sub == "portforward":
+            return self._portforward(conn, req, namespace, name)
+        if req.method == "GET":
+            if name:
+                obj = self.backend.store.get(info.kind, namespace, name)
+                if obj is None:
+                    raise not_found(info, name)
+                self._send(conn, 200, obj)
+                return True
+            flt = Filter.parse(info.kind, namespace or None, req.arg("labelSelector"),
+                               req.arg("fieldSelector"))
+            if verb == "watch":
+                return self._watch(conn, req, info, flt)
+            items, rv = self.backend.store.list_filtered(flt)
+            self._send(conn, 200, {
+                "kind": f"{info.kind}List", "apiVersion": info.api_version,
+                "metadata": {"resourceVersion": rv}, "items": items,
+            })
+            return True
+        if req.method == "POST" and not name:
+            obj = self._body(req, info, namespace)
+            if req.arg("dryRun"):
+                self._send(conn, 201, obj)
+                return True
+            self._send(conn, 201, self.backend.store.create(obj))
+            return True
+        if not name:
+            raise StatusError(405, "MethodNotAllowed",
+                              "the server does not allow this method on the requested resource")
+        if req.method == "PUT":
+            obj = self._body(req, info, namespace)
+            if (obj.get("metadata") or {}).get("name") != name:
+                raise bad_request("the name of the object does not match the name on the URL")
+            self._send(conn, 200, self.backend.store.replace(obj, keep_status=sub != "status"))
+            return True
+        if req.method == "PATCH":
+            self._send(conn, 200, self._patch(req, info, namespace, name, sub == "status"))
+            return True
+        if req.method == "DELETE":
+            self._send(conn, 200, self.backend.delete_object(info.kind, namespace, name))
+            return True
+        raise StatusError(405, "MethodNotAllowed",
+                          "the server does not allow this method on the requested resource")
+
+    @staticmethod
+    def _verb(req: Request, name: str) -> str:
+        if req.method == "GET":
+            if name:
+                return "get"
+            return "watch" if req.arg("watch") not in ("", "0", "false") else "list"
+        return {"POST": "create", "PUT": "update", "PATCH": "patch",
+                "DELETE": "delete" if name else "deletecollection"}.get(req.method, "get")
+
+    def _body(self, req: Request, info: ResourceInfo, namespace: str) -> Obj:
+        obj = manifests.parse_body(req.body, req.headers.get("Content-Type", ""))
+        kind = obj.get("kind")
+        if not kind:
+            text = req.body[:200].decode(errors="replace")
+            raise bad_request(f"Object 'Kind' is missing in '{text}'")
+        if kind != info.kind:
+            raise bad_request(
+                f"the API version in the data ({obj.get('apiVersion')}) and kind ({kind}) do "
+                f"not match the expected {info.api_version} {info.kind}"
+            )
+        if obj.get("apiVersion") != info.api_version:
+            raise bad_request(
+                f"the API version in the data ({obj.get('apiVersion')}) does not match the "
+                f"expected API version ({info.api_version})"
+            )
+        meta = obj.setdefault("metadata", {})
+        if not isinstance(meta, dict):
+            raise bad_request("metadata must be an object")
+        if info.namespaced:
+            if meta.get("namespace") and meta["namespace"] != namespace:
+                raise bad_request("the namespace of the provided object does not match the "
+                                  "namespace sent on the request")
+            meta["namespace"] = namespace
+        return obj
+
+    def _patch(self, req: Request, info: ResourceInfo, namespace: str, name: str,
+               status: bool) -> Obj:
+        store = self.backend.store
+        current = store.get(info.kind, namespace, name)
+        if current is None:
+            raise not_found(info, name)
+        content_type = req.headers.get("Content-Type", "").split(";")[0].strip()
+        try:
+            patch = json.loads(req.body)
+        except ValueError as exc:
+            raise bad_request(f"error decoding patch: {exc}") from exc
+        if content_type == "application/strategic-merge-patch+json":
+            new = manifests.strategic_merge_patch(current, patch)
+        elif content_type == "application/merge-patch+json":
+            new = manifests.json_merge_patch(current, patch)
+        elif content_type == "application/json-patch+json":
+            new = manifests.json_patch(current, patch)
+        else:
+            raise StatusError(415, "UnsupportedMediaType",
+                              "the body of the request was in an unknown format - accepted "
+                              "media types include: application/json-patch+json, "
+                              "application/merge-patch+json, "
+                              "application/strategic-merge-patch+json")
+        if not isinstance(new, dict):
+            raise bad_request("patch produced a non-object")
+        new["kind"] = info.kind
+        new["apiVersion"] = info.api_version
+        meta = new.setdefault("metadata", {})
+        meta["name"] = name
+        if info.namespaced:
+            meta["namespace"] = namespace
+        if meta.get("resourceVersion") != current["metadata"]["resourceVersion"] and (
+            isinstance(patch, dict) and (patch.get("metadata") or {}).get("resourceVersion")
+        ):
+            pass  # an explicit stale resourceVersion in the patch: replace() answers 409
+        else:
+            meta.pop("resourceVersion", None)
+        if status:
+            result = store.patch_status(info.kind, namespace, name, new.get("status") or {})
+            if result is None:
+                raise not_found(info, name)
+            return result
+        return store.replace(new, keep_status=True)
+
+    # -- watch ------------------------------------------------------------------------------
+
+    def _watch(self, conn: _Connection, req: Request, info: ResourceInfo, flt: Filter) -> bool:
+        try:
+            timeout = float(req.arg("timeoutSeconds") or self.default_watch_timeout)
+        except ValueError as exc:
+            raise bad_request("timeoutSeconds must be a number") from exc
+        bookmarks = req.arg("allowWatchBookmarks") in ("true", "1")
+        conn.send(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\nCache-Control: no-cache, private\r\n\r\n"
+        )
+        deadline = time.monotonic() + timeout
+        try:
+            watch = self.backend.store.watch(flt, req.arg("resourceVersion"))
+        except StatusError as err:
+            if err.code != 410:
+                raise
+            self._chunk(conn, {"type": "ERROR", "object": err.to_status()})
+            conn.send(b"0\r\n\r\n")
+            return True
+        last_sent = time.monotonic()
+
+        def cancelled() -> bool:
+            return conn.dropped.is_set() or self._stopping.is_set()
+
+        while True:
+            now = time.monotonic()
+            if now >= deadline or cancelled():
+                break
+            wait = deadline - now
+            if bookmarks:
+                wait = min(wait, max(0.0, last_sent + self.bookmark_interval - now))
+            try:
+                events = watch.next_events(wait, cancelled)
+            except StatusError as err:
+                self._chunk(conn, {"type": "ERROR", "object": err.to_status()})
+                break
+            if events:
+                data = b"".join(
+                    json.dumps({"type": t, "object": o}, separators=(",", ":")).encode() + b"\n"
+                    for t, o in events
+                )
+                self._raw_chunk(conn, data)
+                last_sent = time.monotonic()
+            elif bookmarks and time.monotonic() >= last_sent + self.bookmark_interval:
+                self._chunk(conn, {"type": "BOOKMARK", "object": {
+                    "kind": info.kind, "apiVersion": info.api_version,
+                    "metadata": {"resourceVersion": str(watch.position)},
+                }})
+                last_sent = time.monotonic()
+        if cancelled():
+            return False
+        conn.send(b"0\r\n\r\n")
+        return True
+
+    def _chunk(self, conn: _Connection, event: Obj) -> None:
+        self._raw_chunk(conn, json.dumps(event, separators=(",", ":")).encode() + b"\n")
+
+    @staticmethod
+    def _raw_chunk(conn: _Connection, data: bytes) -> None:
+        conn.send(b"%x\r\n" % len(data) + data + b"\r\n")
+
+    # -- port-forward -----------------------------------------------------------------------
+
+    def _portforward(self, conn: _Connection, req: Request, namespace: str, name: str) -> bool:
+        if req.method not in ("GET", "POST"):
+            raise StatusError(405, "MethodNotAllowed",
+                              "the server does not allow this method on the requested resource")
+        pod = self.backend.store.get("Pod", namespace, name)
+        if pod is None:
+            raise not_found(BY_KIND["Pod"], name)
+        if (pod.get("status") or {}).get("phase") != "Running":
+            raise bad_request(f"pod {name} is not running; current phase: "
+                              f"{(pod.get('status') or {}).get('phase', 'Pending')}")
+        try:
+            portforward: Any = importlib.import_module("kubefwd.sim.portforward")
+        except ImportError as exc:
+            raise StatusError(503, "ServiceUnavailable",
+                              "port-forward is not available in this build") from exc
+        pf_request = portforward.PortForwardRequest(
+            method=req.method,
+            headers=req.headers,
+            query=req.query,
+            namespace=namespace,
+            pod=name,
+            pod_uid=pod["metadata"].get("uid", ""),
+            connect=self.backend.pod_connector(namespace, name),
+            latency=self.backend.port_forward_delay,
+            stopping=conn.dropped,
+        )
+        conn.handed_over = True
+        portforward.serve_portforward(conn.sock, pf_request)
+        return False
+
+
+def _status(code: int, reason: str, message: str) -> Obj:
+    return StatusError(code, reason, message).to_status()
+
+
+def _forbidden(info: ResourceInfo, resource: str, verb: str, namespace: str,
+               name: str) -> StatusError:
+    where = f' in the namespace "{namespace}"' if namespace else " at the cluster scope"
+    target = f'{resource}' + (f' "{name}"' if name else "")
+    return StatusError(
+        403, "Forbidden",
+        f'{target} is forbidden: User "sim-user" cannot {verb} resource "{resource}" in API '
+        f'group "{info.group}"{where}',
+        details={"name": name, "group": info.group, "kind": resource},
+    )
+
+
+def _group(group: str, version: str) -> Obj:
+    gv = {"groupVersion": f"{group}/{version}", "version": version}
+    return {"name": group, "versions": [gv], "preferredVersion": gv}
+
+
+def _resource_list(group_version: str) -> Obj:
+    resources: list[Obj] = []
+    for r in RESOURCES:
+        if r.api_version != group_version:
+            continue
+        entry: Obj = {
+            "name": r.plural, "singularName": r.singular, "namespaced": r.namespaced,
+            "kind": r.kind, "verbs": ALL_VERBS,
+        }
+        if r.short_names:
+            entry["shortNames"] = list(r.short_names)
+        if r.categories:
+            entry["categories"] = list(r.categories)
+        resources.append(entry)
+        if r.kind == "Pod":
+            resources.append({"name": "pods/portforward", "singularName": "",
+                              "namespaced": True, "kind": "PodPortForwardOptions",
+                              "verbs": ["create", "get"]})
+            resources.append({"name": "pods/status", "singularName": "", "namespaced": True,
+                              "kind": "Pod", "verbs": ["get", "patch", "update"]})
+    return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version,
+            "resources": resources}

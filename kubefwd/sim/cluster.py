@@ -1,0 +1,375 @@
+"""``SimCluster``: the store, controllers, kubelet and API server, started and stopped as one.
+
+    with SimCluster(manifests=[...], contexts=("sim", "sim2")) as cluster:
+        subprocess.run(["kubectl", "--kubeconfig", cluster.kubeconfig_path, "get", "pods"])
+
+The kubeconfig is written (temp file + rename) only once the server accepts connections, so a
+script can wait for the file to appear. Fault-injection helpers drop connections, expire the
+watch history, answer 403s, slow port-forwards down, and kill, un-ready or delete pods.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from kubefwd.sim import tls as tlsgen
+from kubefwd.sim.apiserver import ApiServer
+from kubefwd.sim.controllers import Admission, Controllers, mark_terminating
+from kubefwd.sim.manifests import parse_documents
+from kubefwd.sim.store import BY_KIND, Obj, StatusError, Store
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Manifests = str | Path | Obj | Iterable[Any] | None
+SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+# Deleting these is refused, as a real API server does.
+_PROTECTED_NAMESPACES = ("default", "kube-system", "kube-public")
+# Namespaced kinds in the order a namespace deletion removes them (owners before pods).
+_CASCADE_ORDER = ("Deployment", "StatefulSet", "Service", "Pod", "Endpoints", "EndpointSlice")
+
+
+class _TrackedSocket(socket.socket):
+    """A pod connection that unregisters from the kubelet when it is closed."""
+
+    _untrack: Callable[[], None] | None = None
+
+    def close(self) -> None:
+        super().close()
+        untrack, self._untrack = self._untrack, None
+        if untrack is not None:
+            with contextlib.suppress(Exception):
+                untrack()
+
+
+class SimCluster:
+    """A simulated Kubernetes cluster served over real sockets."""
+
+    def __init__(
+        self,
+        *,
+        manifests: Manifests = None,
+        contexts: Iterable[str] = ("sim",),
+        port: int = 0,
+        tls: bool = True,
+        start_delay: float = 0.0,
+        host: str = "127.0.0.1",
+        kubeconfig_path: str | Path | None = None,
+        version: str = "v1.31.0",
+        pod_ip_range: str = "127.1.0.0/20",
+    ) -> None:
+        self.contexts = list(contexts) or ["sim"]
+        self._manifests = manifests
+        self._port = port
+        self._tls = tls
+        self._start_delay = start_delay
+        self._host = host
+        self._version = version
+        self._pod_ip_range = pod_ip_range
+        self._own_dir: str | None = None
+        if kubeconfig_path is None:
+            self._own_dir = tempfile.mkdtemp(prefix="kubefwd-sim-")
+            kubeconfig_path = Path(self._own_dir) / "kubeconfig"
+        self.kubeconfig_path = Path(kubeconfig_path)
+        self.token = secrets.token_urlsafe(24)
+        self.credentials: tlsgen.Credentials | None = None
+        self._forbidden: set[tuple[str, str | None]] = set()
+        self._pf_latency = 0.0
+        self._lock = threading.Lock()
+        self.store = Store(admit=Admission(lambda: self.store))
+        self.kubelet: Any = None
+        self.controllers: Controllers | None = None
+        self.api: ApiServer | None = None
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    def __enter__(self) -> SimCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> SimCluster:
+        try:
+            for name in SYSTEM_NAMESPACES:
+                self.store.create({"apiVersion": "v1", "kind": "Namespace",
+                                   "metadata": {"name": name}})
+            self.kubelet = _make_kubelet(self._on_pod_status, self._start_delay,
+                                         self._pod_ip_range)
+            self.controllers = Controllers(self.store, self.kubelet, self.delete_object)
+            self.store.add_listener(self.controllers.on_event)
+            if self._manifests is not None:
+                self.apply(self._manifests)
+            context = None
+            if self._tls:
+                self.credentials = tlsgen.generate()
+                context = self.credentials.server_context()
+            self.api = ApiServer(self, token=self.token, host=self._host, port=self._port,
+                                 ssl_context=context, version=self._version)
+            self.api.start()
+            self._write_kubeconfig()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        if self.api is not None:
+            self.api.stop()
+        self.store.close()
+        if self.kubelet is not None:
+            self.kubelet.close()
+        if self._own_dir is not None:
+            shutil.rmtree(self._own_dir, ignore_errors=True)
+            self._own_dir = None
+
+    @property
+    def url(self) -> str:
+        assert self.api is not None, "the cluster is not started"
+        return self.api.url
+
+    @property
+    def port(self) -> int:
+        assert self.api is not None, "the cluster is not started"
+        return self.api.port
+
+    @property
+    def ca_pem(self) -> bytes | None:
+        return self.credentials.ca_pem if self.credentials else None
+
+    def kubeconfig(self) -> Obj:
+        import base64
+
+        cluster: Obj = {"server": self.url}
+        if self.credentials is not None:
+            cluster["certificate-authority-data"] = base64.b64encode(
+                self.credentials.ca_pem).decode("ascii")
+        return {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "preferences": {},
+            "clusters": [{"name": ctx, "cluster": dict(cluster)} for ctx in self.contexts],
+            "users": [{"name": "sim-user", "user": {"token": self.token}}],
+            "contexts": [{"name": ctx, "context": {"cluster": ctx, "user": "sim-user",
+                                                   "namespace": "default"}}
+                         for ctx in self.contexts],
+            "current-context": self.contexts[0],
+        }
+
+    def _write_kubeconfig(self) -> None:
+        path = self.kubeconfig_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".kubeconfig-", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                yaml.safe_dump(self.kubeconfig(), f, sort_keys=False)
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    # -- what the API server needs ----------------------------------------------------------
+
+    def _on_pod_status(self, namespace: str, name: str, status: Obj) -> None:
+        pod = self.store.get("Pod", namespace, name)
+        if pod is None:
+            return
+        merged = dict(pod.get("status") or {})
+        merged.update(status)
+        self.store.patch_status("Pod", namespace, name, merged)
+
+    def delete_object(self, kind: str, namespace: str, name: str) -> Obj:
+        """Delete like the API server: pods terminate first, namespaces take their contents."""
+        if kind == "Pod":
+            pod = self.store.update("Pod", namespace, name, mark_terminating)
+            if pod is None:
+                raise StatusError(404, "NotFound", f'pods "{name}" not found',
+                                  details={"name": name, "kind": "pods"})
+            if self.controllers is not None:
+                self.controllers.stop_pod(namespace, name, pod["metadata"]["uid"])
+            return self.store.delete("Pod", namespace, name)
+        if kind == "Namespace":
+            if name in _PROTECTED_NAMESPACES:
+                raise StatusError(403, "Forbidden", f'namespaces "{name}" is forbidden: this '
+                                  "namespace may not be deleted",
+                                  details={"name": name, "kind": "namespaces"})
+
+            def terminating(obj: Obj) -> None:
+                mark_terminating(obj)
+                obj["status"] = {"phase": "Terminating"}
+
+            if self.store.update("Namespace", "", name, terminating) is None:
+                raise StatusError(404, "NotFound", f'namespaces "{name}" not found',
+                                  details={"name": name, "kind": "namespaces"})
+            for cascade_kind in _CASCADE_ORDER:
+                for obj in self.store.list(cascade_kind, name)[0]:
+                    with contextlib.suppress(StatusError):
+                        self.delete_object(cascade_kind, name, obj["metadata"]["name"])
+            return self.store.delete("Namespace", "", name)
+        return self.store.delete(kind, namespace, name)
+
+    def pod_connector(self, namespace: str, name: str) -> Callable[[int], socket.socket]:
+        kubelet = self.kubelet
+
+        def connect(port: int) -> socket.socket:
+            ip = kubelet.pod_ip(namespace, name)
+            if ip is None:
+                raise ConnectionRefusedError(f"pod {namespace}/{name} has no IP")
+            raw = socket.create_connection((ip, port), timeout=5.0)
+            raw.settimeout(None)
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock = _TrackedSocket(raw.family, raw.type, raw.proto, fileno=raw.detach())
+            tracking = kubelet.track(namespace, name, sock)
+            tracking.__enter__()
+            sock._untrack = lambda: tracking.__exit__(None, None, None)
+            return sock
+
+        return connect
+
+    def is_forbidden(self, resource: str, verb: str) -> bool:
+        with self._lock:
+            return (resource, None) in self._forbidden or (resource, verb) in self._forbidden
+
+    @property
+    def port_forward_delay(self) -> float:
+        return self._pf_latency
+
+    # -- helpers for tests and demos ----------------------------------------------------------
+
+    def apply(self, manifests: Manifests) -> list[Obj]:
+        """Create or update objects from YAML text, a file path, a dict or a list of dicts.
+
+        Namespaces the objects name are created when missing (a convenience for tests).
+        """
+        objs = _load(manifests)
+        result = []
+        for obj in objs:
+            info = BY_KIND.get(obj.get("kind", ""))
+            if info is None:
+                raise StatusError(404, "NotFound", f"no kind {obj.get('kind')!r} is served here")
+            meta = obj.setdefault("metadata", {})
+            if info.namespaced:
+                ns = meta.setdefault("namespace", "default")
+                if self.store.get("Namespace", "", ns) is None:
+                    self.store.create({"apiVersion": "v1", "kind": "Namespace",
+                                       "metadata": {"name": ns}})
+            else:
+                ns = ""
+            current = self.store.get(info.kind, ns, meta.get("name", ""))
+            if current is None:
+                result.append(self.store.create(obj))
+            else:
+                obj = dict(obj)
+                obj["metadata"] = {k: v for k, v in meta.items() if k != "resourceVersion"}
+                result.append(self.store.replace(obj))
+        return result
+
+    def delete(self, kind: str, namespace: str, name: str) -> Obj:
+        return self.delete_object(kind, namespace, name)
+
+    def delete_pod(self, namespace: str, name: str) -> Obj:
+        return self.delete_object("Pod", namespace, name)
+
+    def kill_pod(self, namespace: str, name: str) -> None:
+        self.kubelet.kill_pod(namespace, name)
+
+    def set_pod_ready(self, namespace: str, name: str, ready: bool) -> None:
+        self.kubelet.set_ready(namespace, name, ready)
+
+    def restart_apiserver(self) -> None:
+        """Drop every connection (API calls, watches, port-forwards); state, port, CA stay."""
+        assert self.api is not None
+        self.api.drop_connections()
+
+    def expire_watch_history(self) -> None:
+        """Open watches end with 410 and no known resourceVersion can be resumed from."""
+        self.store.expire_watch_history()
+
+    def forbid(self, resource: str, verb: str | None = None) -> None:
+        """Answer 403 to ``verb`` (every verb when None) on ``resource`` (e.g. "pods")."""
+        with self._lock:
+            self._forbidden.add((resource, verb))
+
+    def allow(self, resource: str, verb: str | None = None) -> None:
+        """Undo ``forbid`` for the same arguments."""
+        with self._lock:
+            self._forbidden.discard((resource, verb))
+
+    def port_forward_latency(self, seconds: float) -> None:
+        """Add ``seconds`` of delay to port-forward traffic (new port-forwards)."""
+        self._pf_latency = seconds
+
+    def pods(self, namespace: str | None = None, label_selector: str = "") -> list[Obj]:
+        return self.store.list("Pod", namespace, label_selector=label_selector)[0]
+
+    def wait_for(self, predicate: Callable[[], T | None], timeout: float = 10.0,
+                 interval: float = 0.02) -> T:
+        """Poll ``predicate`` until it returns something truthy; TimeoutError otherwise."""
+        deadline = time.monotonic() + timeout
+        wake = threading.Event()
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"condition not met within {timeout}s")
+            wake.wait(interval)
+
+    def wait_ready(self, namespace: str | None = None, timeout: float = 10.0) -> list[Obj]:
+        """Wait until every pod (of ``namespace``) is Running and Ready and workloads are full."""
+
+        def ready() -> list[Obj] | None:
+            pods = self.pods(namespace)
+            for pod in pods:
+                status = pod.get("status") or {}
+                if status.get("phase") != "Running" or not any(
+                    c.get("type") == "Ready" and c.get("status") == "True"
+                    for c in status.get("conditions") or []
+                ):
+                    return None
+            for kind in ("Deployment", "StatefulSet"):
+                for obj in self.store.list(kind, namespace)[0]:
+                    want = (obj.get("spec") or {}).get("replicas", 1)
+                    if (obj.get("status") or {}).get("readyReplicas", 0) != want:
+                        return None
+            return pods or [{}]
+
+        result = self.wait_for(ready, timeout)
+        return [p for p in result if p]
+
+
+def _load(manifests: Manifests) -> list[Obj]:
+    if manifests is None:
+        return []
+    if isinstance(manifests, Path):
+        return parse_documents(manifests.read_text())
+    if isinstance(manifests, str):
+        return parse_documents(manifests)
+    if isinstance(manifests, dict):
+        return [dict(manifests)]
+    out: list[Obj] = []
+    for item in manifests:
+        out.extend(_load(item))
+    return out
+
+
+def _make_kubelet(on_status: Callable[[str, str, Obj], None], start_delay: float,
+                  ip_range: str) -> Any:
+    from kubefwd.sim.kubelet import Kubelet
+
+    return Kubelet(on_status=on_status, start_delay=start_delay, ip_range=ip_range)

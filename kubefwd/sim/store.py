@@ -1,0 +1,692 @@
+"""The simulated cluster's object store: resourceVersions, selectors, watch history, listeners.
+
+Objects are plain JSON-like dicts exactly as the API returns them. Every change takes the next
+value of one global counter as its resourceVersion and is appended to a bounded history, from
+which watches resume; a watch from a version older than the history answers 410 Expired.
+Listeners (the controllers) get every change in order on one dispatcher thread, never while
+the store lock is held.
+"""
+
+from __future__ import annotations
+
+import bisect
+import copy
+import datetime
+import logging
+import re
+import threading
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+Listener = Callable[[str, Obj], None]
+Admission = Callable[[Obj, "Obj | None"], None]
+ObjList = list[Obj]
+Events = list[tuple[str, Obj]]
+
+
+@dataclass(frozen=True)
+class ResourceInfo:
+    """How one kind is served: its REST name, group/version, scope and discovery facts."""
+
+    kind: str
+    plural: str
+    singular: str
+    group: str
+    version: str
+    namespaced: bool
+    short_names: tuple[str, ...] = ()
+    categories: tuple[str, ...] = ()
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    @property
+    def qualified(self) -> str:
+        """``pods`` or ``deployments.apps``, as Status messages name resources."""
+        return f"{self.plural}.{self.group}" if self.group else self.plural
+
+
+RESOURCES: tuple[ResourceInfo, ...] = (
+    ResourceInfo("Namespace", "namespaces", "namespace", "", "v1", False, ("ns",)),
+    ResourceInfo("Service", "services", "service", "", "v1", True, ("svc",), ("all",)),
+    ResourceInfo("Pod", "pods", "pod", "", "v1", True, ("po",), ("all",)),
+    ResourceInfo("Endpoints", "endpoints", "endpoints", "", "v1", True, ("ep",)),
+    ResourceInfo(
+        "EndpointSlice", "endpointslices", "endpointslice", "discovery.k8s.io", "v1", True
+    ),
+    ResourceInfo("Deployment", "deployments", "deployment", "apps", "v1", True, ("deploy",),
+                 ("all",)),
+    ResourceInfo("StatefulSet", "statefulsets", "statefulset", "apps", "v1", True, ("sts",),
+                 ("all",)),
+)
+BY_KIND: dict[str, ResourceInfo] = {r.kind: r for r in RESOURCES}
+
+
+class StatusError(Exception):
+    """An API error, rendered as a ``Status`` object like a real API server's."""
+
+    def __init__(
+        self,
+        code: int,
+        reason: str,
+        message: str,
+        *,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+        self.message = message
+        self.details = details
+
+    def to_status(self) -> Obj:
+        status: Obj = {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "code": self.code,
+        }
+        if self.details is not None:
+            status["details"] = self.details
+        return status
+
+
+def not_found(info: ResourceInfo, name: str) -> StatusError:
+    return StatusError(
+        404, "NotFound", f'{info.qualified} "{name}" not found',
+        details={"name": name, "group": info.group, "kind": info.plural},
+    )
+
+
+def bad_request(message: str) -> StatusError:
+    return StatusError(400, "BadRequest", message)
+
+
+def invalid(kind: str, name: str, field_path: str, value: Any, detail: str) -> StatusError:
+    cause = f"Invalid value: {_quote(value)}: {detail}"
+    return StatusError(
+        422, "Invalid", f'{kind} "{name}" is invalid: {field_path}: {cause}',
+        details={
+            "name": name, "group": BY_KIND[kind].group if kind in BY_KIND else "", "kind": kind,
+            "causes": [{"reason": "FieldValueInvalid", "message": cause, "field": field_path}],
+        },
+    )
+
+
+def _quote(value: Any) -> str:
+    return f'"{value}"' if isinstance(value, str) else str(value)
+
+
+def now_rfc3339() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# ---------------------------------------------------------------------------------------------
+# Names
+
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_DNS1123_SUBDOMAIN = re.compile(
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+)
+
+
+def name_problem(kind: str, name: str) -> str | None:
+    """Why ``name`` is not a valid name for ``kind``, or None (the API server's wording)."""
+    if kind in ("Namespace",):
+        if len(name) > 63 or not _DNS1123_LABEL.match(name):
+            return (
+                "a lowercase RFC 1123 label must consist of lower case alphanumeric characters "
+                "or '-', and must start and end with an alphanumeric character (e.g. 'my-name',"
+                "  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')"
+            )
+    elif kind == "Service":
+        if len(name) > 63 or not _DNS1035_LABEL.match(name):
+            return (
+                "a DNS-1035 label must consist of lower case alphanumeric characters or '-', "
+                "start with an alphabetic character, and end with an alphanumeric character "
+                "(e.g. 'my-name',  or 'abc-123', regex used for validation is "
+                "'[a-z]([-a-z0-9]*[a-z0-9])?')"
+            )
+    elif len(name) > 253 or not _DNS1123_SUBDOMAIN.match(name):
+        return (
+            "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, "
+            "'-' or '.', and must start and end with an alphanumeric character (e.g. "
+            "'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+            "(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
+        )
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Selectors
+
+@dataclass(frozen=True)
+class Requirement:
+    key: str
+    op: str  # "=", "!=", "in", "notin", "exists", "!exists"
+    values: tuple[str, ...] = ()
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        if self.op == "exists":
+            return self.key in labels
+        if self.op == "!exists":
+            return self.key not in labels
+        if self.op in ("=", "in"):
+            return self.key in labels and labels[self.key] in self.values
+        # "!=" and "notin" match objects without the label, as in Kubernetes.
+        return labels.get(self.key) not in self.values
+
+
+_LABEL_KEY = re.compile(r"^([a-z0-9A-Z]([-a-z0-9A-Z_.]*[a-z0-9A-Z])?/)?"
+                        r"[a-z0-9A-Z]([-a-z0-9A-Z_.]*[a-z0-9A-Z])?$")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+
+def _split_terms(selector: str) -> list[str]:
+    terms, depth, start = [], 0, 0
+    for i, ch in enumerate(selector):
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            terms.append(selector[start:i])
+            start = i + 1
+    terms.append(selector[start:])
+    return [t.strip() for t in terms]
+
+
+def parse_label_selector(selector: str) -> list[Requirement]:
+    """Parse ``a=b,c!=d,e in (f,g),h notin (i),j,!k``; raises StatusError 400."""
+    selector = selector.strip()
+    if not selector:
+        return []
+    result = []
+    for term in _split_terms(selector):
+        req = _parse_term(term)
+        if not _LABEL_KEY.match(req.key) or any(not _LABEL_VALUE.match(v) for v in req.values):
+            raise bad_request(f"unable to parse requirement: invalid label selector {term!r}")
+        result.append(req)
+    return result
+
+
+def _parse_term(term: str) -> Requirement:
+    m = re.match(r"^(\S+)\s+(in|notin)\s*\((.*)\)$", term)
+    if m:
+        values = tuple(v.strip() for v in m.group(3).split(",") if v.strip())
+        return Requirement(m.group(1), m.group(2), values)
+    for op, norm in (("==", "="), ("!=", "!="), ("=", "=")):
+        if op in term:
+            key, _, value = term.partition(op)
+            return Requirement(key.strip(), norm, (value.strip(),))
+    if term.startswith("!"):
+        return Requirement(term[1:].strip(), "!exists")
+    if term and not re.search(r"[\s()]", term):
+        return Requirement(term, "exists")
+    raise bad_request(f"unable to parse requirement: found '{term}', expected: identifier")
+
+
+def selector_from_match_labels(match_labels: dict[str, str]) -> list[Requirement]:
+    return [Requirement(k, "=", (v,)) for k, v in sorted(match_labels.items())]
+
+
+def labels_match(requirements: Iterable[Requirement], labels: dict[str, str] | None) -> bool:
+    labels = labels or {}
+    return all(r.matches(labels) for r in requirements)
+
+
+_FIELDS: dict[str, tuple[str, ...]] = {
+    "metadata.name": ("metadata", "name"),
+    "metadata.namespace": ("metadata", "namespace"),
+    "status.phase": ("status", "phase"),
+    "spec.nodeName": ("spec", "nodeName"),
+}
+
+
+def parse_field_selector(kind: str, selector: str) -> list[tuple[str, str, str]]:
+    """Parse ``metadata.name=x,status.phase!=Running`` into (field, op, value) triples."""
+    selector = selector.strip()
+    if not selector:
+        return []
+    allowed = {"metadata.name", "metadata.namespace"}
+    if kind == "Pod":
+        allowed |= {"status.phase", "spec.nodeName"}
+    result = []
+    for term in selector.split(","):
+        term = term.strip()
+        match = re.match(r"^([^=!]+)(==|!=|=)(.*)$", term)
+        if not match:
+            raise bad_request(f"invalid selector: '{selector}'; can't understand '{term}'")
+        key, op, value = match.group(1).strip(), match.group(2), match.group(3)
+        norm = "!=" if op == "!=" else "="
+        if key not in allowed:
+            raise bad_request(
+                f'field label not supported: {key}'
+            )
+        result.append((key, norm, value.strip()))
+    return result
+
+
+def fields_match(terms: Iterable[tuple[str, str, str]], obj: Obj) -> bool:
+    for key, op, value in terms:
+        a, b = _FIELDS[key]
+        actual = (obj.get(a) or {}).get(b) or ""
+        if (actual == value) != (op == "="):
+            return False
+    return True
+
+
+@dataclass(frozen=True)
+class Filter:
+    """What a list or watch asks for: a kind, a namespace (None: all) and selectors."""
+
+    kind: str
+    namespace: str | None = None
+    labels: tuple[Requirement, ...] = ()
+    fields: tuple[tuple[str, str, str], ...] = ()
+
+    @classmethod
+    def parse(cls, kind: str, namespace: str | None, label_selector: str = "",
+              field_selector: str = "") -> Filter:
+        return cls(kind, namespace or None, tuple(parse_label_selector(label_selector)),
+                   tuple(parse_field_selector(kind, field_selector)))
+
+    def matches(self, obj: Obj) -> bool:
+        meta = obj.get("metadata") or {}
+        if self.namespace is not None and meta.get("namespace") != self.namespace:
+            return False
+        return labels_match(self.labels, meta.get("labels")) and fields_match(self.fields, obj)
+
+
+# ---------------------------------------------------------------------------------------------
+# Store
+
+@dataclass
+class Change:
+    """One entry of the watch history."""
+
+    rv: int
+    type: str  # ADDED, MODIFIED, DELETED
+    kind: str
+    obj: Obj
+    old: Obj | None = None
+
+
+@dataclass
+class _Dispatch:
+    queue: deque[tuple[str, Obj]] = field(default_factory=deque)
+    cond: threading.Condition = field(default_factory=threading.Condition)
+    stopping: bool = False
+    busy: bool = False
+
+
+class Store:
+    """Thread-safe object store with one global resourceVersion counter."""
+
+    def __init__(self, *, history: int = 20000, admit: Admission | None = None) -> None:
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
+        self._objects: dict[str, dict[tuple[str, str], Obj]] = {r.kind: {} for r in RESOURCES}
+        self._rv = 0
+        self._history: list[Change] = []
+        self._history_rvs: list[int] = []
+        self._history_cap = history
+        self._min_rv = 0  # the oldest resourceVersion a watch may resume from
+        self._generation = 0  # bumped to end every open watch (forced expiry, shutdown)
+        self._closed = False
+        self.admit = admit
+        self._listeners: list[Listener] = []
+        self._dispatch = _Dispatch()
+        self._dispatcher = threading.Thread(
+            target=self._dispatch_loop, name="sim-store-dispatch", daemon=True
+        )
+        self._dispatcher.start()
+
+    # -- reads ------------------------------------------------------------------------------
+
+    @property
+    def resource_version(self) -> str:
+        with self._lock:
+            return str(self._rv)
+
+    def get(self, kind: str, namespace: str, name: str) -> Obj | None:
+        with self._lock:
+            obj = self._objects[kind].get((namespace or "", name))
+            return copy.deepcopy(obj) if obj is not None else None
+
+    def list(self, kind: str, namespace: str | None = None, *, label_selector: str = "",
+             field_selector: str = "") -> tuple[ObjList, str]:
+        flt = Filter.parse(kind, namespace, label_selector, field_selector)
+        return self.list_filtered(flt)
+
+    def list_filtered(self, flt: Filter) -> tuple[ObjList, str]:
+        with self._lock:
+            items = [copy.deepcopy(o) for key, o in sorted(self._objects[flt.kind].items())
+                     if flt.matches(o)]
+            return items, str(self._rv)
+
+    # -- writes -----------------------------------------------------------------------------
+
+    def create(self, obj: Obj) -> Obj:
+        obj = copy.deepcopy(obj)
+        kind = obj.get("kind", "")
+        info = BY_KIND.get(kind)
+        if info is None:
+            raise StatusError(404, "NotFound", f"no kind {kind!r} is served here")
+        obj["apiVersion"] = info.api_version
+        meta = obj.setdefault("metadata", {})
+        if not isinstance(meta, dict):
+            raise bad_request("metadata must be an object")
+        namespace = meta.get("namespace") or "" if info.namespaced else ""
+        if info.namespaced and not namespace:
+            namespace = "default"
+        if info.namespaced:
+            meta["namespace"] = namespace
+        else:
+            meta.pop("namespace", None)
+        with self._lock:
+            name = meta.get("name") or ""
+            if not name and meta.get("generateName"):
+                name = self._generate_name(kind, namespace, meta["generateName"])
+                meta["name"] = name
+            if not name:
+                raise invalid(kind, "", "metadata.name", "", "name or generateName is required")
+            problem = name_problem(kind, name)
+            if problem:
+                raise invalid(kind, name, "metadata.name", name, problem)
+            if info.namespaced and ("", namespace) not in self._objects["Namespace"]:
+                raise StatusError(
+                    404, "NotFound", f'namespaces "{namespace}" not found',
+                    details={"name": namespace, "kind": "namespaces"},
+                )
+            if (namespace, name) in self._objects[kind]:
+                raise StatusError(
+                    409, "AlreadyExists", f'{info.qualified} "{name}" already exists',
+                    details={"name": name, "group": info.group, "kind": info.plural},
+                )
+            meta["uid"] = str(uuid.uuid4())
+            meta["creationTimestamp"] = now_rfc3339()
+            meta.pop("deletionTimestamp", None)
+            if kind in ("Deployment", "StatefulSet"):
+                meta["generation"] = 1
+            if self.admit is not None:
+                self.admit(obj, None)
+            self._commit("ADDED", kind, namespace, name, obj, None)
+            return copy.deepcopy(obj)
+
+    def _generate_name(self, kind: str, namespace: str, prefix: str) -> str:
+        for _ in range(100):
+            name = prefix + random_suffix(5)
+            if (namespace, name) not in self._objects[kind]:
+                return name
+        raise StatusError(500, "InternalError", "could not generate a unique name")
+
+    def replace(self, obj: Obj, *, keep_status: bool = True) -> Obj:
+        """Full update of an existing object (a PUT); a stale resourceVersion is a 409."""
+        obj = copy.deepcopy(obj)
+        kind = obj.get("kind", "")
+        info = BY_KIND[kind]
+        meta = obj.setdefault("metadata", {})
+        namespace = (meta.get("namespace") or "default") if info.namespaced else ""
+        name = meta.get("name", "")
+        with self._lock:
+            old = self._objects[kind].get((namespace, name))
+            if old is None:
+                raise not_found(info, name)
+            rv = meta.get("resourceVersion")
+            if rv and rv != old["metadata"]["resourceVersion"]:
+                raise StatusError(
+                    409, "Conflict",
+                    f'Operation cannot be fulfilled on {info.qualified} "{name}": the object has '
+                    "been modified; please apply your changes to the latest version and try "
+                    "again",
+                    details={"name": name, "group": info.group, "kind": info.plural},
+                )
+            old_meta = old["metadata"]
+            obj["apiVersion"] = info.api_version
+            if info.namespaced:
+                meta["namespace"] = namespace
+            for key in ("uid", "creationTimestamp", "deletionTimestamp", "generation"):
+                if key in old_meta:
+                    meta[key] = old_meta[key]
+            if keep_status and "status" in old:
+                obj["status"] = copy.deepcopy(old["status"])
+            if "generation" in old_meta and obj.get("spec") != old.get("spec"):
+                meta["generation"] = old_meta["generation"] + 1
+            if self.admit is not None:
+                self.admit(obj, old)
+            if _same(obj, old):
+                return copy.deepcopy(old)
+            self._commit("MODIFIED", kind, namespace, name, obj, old)
+            return copy.deepcopy(obj)
+
+    def update(self, kind: str, namespace: str, name: str,
+               mutate: Callable[[Obj], None]) -> Obj | None:
+        """Read-modify-write under the lock; returns the new object or None if it is gone."""
+        with self._lock:
+            obj = self.get(kind, namespace, name)
+            if obj is None:
+                return None
+            obj["metadata"].pop("resourceVersion", None)
+            mutate(obj)
+            return self.replace(obj, keep_status=False)
+
+    def patch_status(self, kind: str, namespace: str, name: str, status: Obj) -> Obj | None:
+        with self._lock:
+            old = self._objects[kind].get((namespace or "", name))
+            if old is None:
+                return None
+            if old.get("status") == status:
+                return copy.deepcopy(old)
+            obj = copy.deepcopy(old)
+            obj["status"] = copy.deepcopy(status)
+            self._commit("MODIFIED", kind, namespace or "", name, obj, old)
+            return copy.deepcopy(obj)
+
+    def delete(self, kind: str, namespace: str, name: str) -> Obj:
+        info = BY_KIND[kind]
+        namespace = namespace or "" if info.namespaced else ""
+        with self._lock:
+            old = self._objects[kind].get((namespace, name))
+            if old is None:
+                raise not_found(info, name)
+            obj = copy.deepcopy(old)
+            self._commit("DELETED", kind, namespace, name, obj, old)
+            return copy.deepcopy(obj)
+
+    def _commit(self, kind_of_change: str, kind: str, namespace: str, name: str, obj: Obj,
+                old: Obj | None) -> None:
+        # Called with the lock held.
+        self._rv += 1
+        obj["metadata"]["resourceVersion"] = str(self._rv)
+        if kind_of_change == "DELETED":
+            del self._objects[kind][(namespace, name)]
+        else:
+            self._objects[kind][(namespace, name)] = obj
+        self._history.append(Change(self._rv, kind_of_change, kind, obj, old))
+        self._history_rvs.append(self._rv)
+        if len(self._history) > 2 * self._history_cap:
+            drop = len(self._history) - self._history_cap
+            self._min_rv = self._history_rvs[drop - 1]
+            del self._history[:drop]
+            del self._history_rvs[:drop]
+        self._cond.notify_all()
+        if self._listeners:
+            event = copy.deepcopy(obj)
+            with self._dispatch.cond:
+                self._dispatch.queue.append((kind_of_change, event))
+                self._dispatch.cond.notify_all()
+
+    # -- listeners --------------------------------------------------------------------------
+
+    def add_listener(self, fn: Listener) -> None:
+        with self._lock:
+            self._listeners.append(fn)
+
+    def _dispatch_loop(self) -> None:
+        d = self._dispatch
+        while True:
+            with d.cond:
+                while not d.queue and not d.stopping:
+                    d.busy = False
+                    d.cond.notify_all()
+                    d.cond.wait()
+                if d.stopping:
+                    d.busy = False
+                    d.cond.notify_all()
+                    return
+                event_type, obj = d.queue.popleft()
+                d.busy = True
+            for fn in list(self._listeners):
+                try:
+                    fn(event_type, obj)
+                except Exception:
+                    log.exception("store listener failed on %s %s", event_type, obj.get("kind"))
+
+    def wait_idle(self, timeout: float = 5.0) -> bool:
+        """Wait until every queued change has been handed to the listeners."""
+        d = self._dispatch
+        with d.cond:
+            return d.cond.wait_for(lambda: d.stopping or (not d.queue and not d.busy), timeout)
+
+    # -- watch ------------------------------------------------------------------------------
+
+    def watch(self, flt: Filter, resource_version: str = "") -> Watch:
+        """Open a watch; raises StatusError 410 when ``resource_version`` is too old."""
+        with self._lock:
+            initial: Events = []
+            if resource_version in ("", "0"):
+                items, rv = self.list_filtered(flt)
+                initial = [("ADDED", o) for o in items]
+                start = int(rv)
+            else:
+                try:
+                    start = int(resource_version)
+                except ValueError as exc:
+                    raise bad_request(
+                        f'invalid resource version "{resource_version}"'
+                    ) from exc
+                if start < self._min_rv:
+                    raise self._too_old(start)
+            return Watch(self, flt, start, initial, self._generation)
+
+    def _too_old(self, rv: int) -> StatusError:
+        return StatusError(410, "Expired", f"too old resource version: {rv} ({self._min_rv})")
+
+    def expire_watch_history(self) -> None:
+        """Forget the history: every open watch and every resume from a known version gets 410."""
+        with self._lock:
+            self._rv += 1
+            self._min_rv = self._rv
+            self._history.clear()
+            self._history_rvs.clear()
+            self._generation += 1
+            self._cond.notify_all()
+
+    def wake_watches(self) -> None:
+        """Wake every waiting watch so it can notice its connection is gone."""
+        with self._lock:
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._cond.notify_all()
+        with self._dispatch.cond:
+            self._dispatch.stopping = True
+            self._dispatch.cond.notify_all()
+        if threading.current_thread() is not self._dispatcher:
+            self._dispatcher.join(5.0)
+
+
+class Watch:
+    """One open watch: yields the changes after its start version that match its filter."""
+
+    def __init__(self, store: Store, flt: Filter, start: int, initial: list[tuple[str, Obj]],
+                 generation: int) -> None:
+        self._store = store
+        self.filter = flt
+        self.position = start
+        self._pending = initial
+        self._generation = generation
+
+    def next_events(self, timeout: float,
+                    cancelled: Callable[[], bool] = lambda: False) -> list[tuple[str, Obj]]:
+        """Changes since the last call (waiting up to ``timeout``); StatusError 410 if expired.
+
+        Returns an empty list on timeout, on cancel and when the store closes.
+        """
+        if self._pending:
+            pending, self._pending = self._pending, []
+            return pending
+        store = self._store
+        with store._cond:
+            deadline = _monotonic() + timeout
+            while True:
+                if store._generation != self._generation or self.position < store._min_rv:
+                    raise store._too_old(self.position)
+                if store._closed or cancelled():
+                    return []
+                if store._rv > self.position:
+                    i = bisect.bisect_right(store._history_rvs, self.position)
+                    changes = store._history[i:]
+                    self.position = store._rv
+                    out = [e for e in (self._translate(c) for c in changes) if e is not None]
+                    if out:
+                        return out
+                    continue
+                remaining = deadline - _monotonic()
+                if remaining <= 0:
+                    return []
+                store._cond.wait(remaining)
+
+    def _translate(self, change: Change) -> tuple[str, Obj] | None:
+        if change.kind != self.filter.kind:
+            return None
+        now = self.filter.matches(change.obj)
+        if change.type == "MODIFIED" and change.old is not None:
+            before = self.filter.matches(change.old)
+            if now and not before:
+                return "ADDED", copy.deepcopy(change.obj)
+            if before and not now:
+                return "DELETED", copy.deepcopy(change.obj)
+        if not now:
+            return None
+        return change.type, copy.deepcopy(change.obj)
+
+
+def _monotonic() -> float:
+    import time
+
+    return time.monotonic()
+
+
+def _same(a: Obj, b: Obj) -> bool:
+    def strip(o: Obj) -> Obj:
+        o = dict(o)
+        meta = dict(o.get("metadata") or {})
+        meta.pop("resourceVersion", None)
+        o["metadata"] = meta
+        return o
+
+    return strip(a) == strip(b)
+
+
+_SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
+
+
+def random_suffix(n: int) -> str:
+    import secrets
+
+    return "".join(secrets.choice(_SUFFIX_ALPHABET) for _ in range(n))
