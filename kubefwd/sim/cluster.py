@@ -42,19 +42,6 @@ _PROTECTED_NAMESPACES = ("default", "kube-system", "kube-public")
 _CASCADE_ORDER = ("Deployment", "StatefulSet", "Service", "Pod", "Endpoints", "EndpointSlice")
 
 
-class _TrackedSocket(socket.socket):
-    """A pod connection that unregisters from the kubelet when it is closed."""
-
-    _untrack: Callable[[], None] | None = None
-
-    def close(self) -> None:
-        super().close()
-        untrack, self._untrack = self._untrack, None
-        if untrack is not None:
-            with contextlib.suppress(Exception):
-                untrack()
-
-
 class SimCluster:
     """A simulated Kubernetes cluster served over real sockets."""
 
@@ -227,16 +214,7 @@ class SimCluster:
         kubelet = self.kubelet
 
         def connect(port: int) -> socket.socket:
-            ip = kubelet.pod_ip(namespace, name)
-            if ip is None:
-                raise ConnectionRefusedError(f"pod {namespace}/{name} has no IP")
-            raw = socket.create_connection((ip, port), timeout=5.0)
-            raw.settimeout(None)
-            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock = _TrackedSocket(raw.family, raw.type, raw.proto, fileno=raw.detach())
-            tracking = kubelet.track(namespace, name, sock)
-            tracking.__enter__()
-            sock._untrack = lambda: tracking.__exit__(None, None, None)
+            sock: socket.socket = kubelet.connect(namespace, name, port)
             return sock
 
         return connect

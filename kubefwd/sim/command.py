@@ -2,9 +2,84 @@
 
 from __future__ import annotations
 
-from kubefwd.errors import KubefwdError
+import signal
+import threading
+from importlib import resources
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Optional
+
+import typer
+
+from kubefwd.errors import ConfigError, NetworkError, UsageError
 
 
-def sim_command() -> None:
-    """Serve a simulated Kubernetes cluster until Ctrl-C (being built)."""
-    raise KubefwdError("the simulated cluster is not built yet")
+def _sample_manifests() -> str:
+    return resources.files("kubefwd.sim").joinpath("sample.yaml").read_text(encoding="utf-8")
+
+
+def sim_command(
+    kubeconfig_out: Annotated[
+        Path,
+        typer.Option("--kubeconfig-out", "-o", help="Where to write the kubeconfig (atomically, "
+                     "once the server is ready).", dir_okay=False),
+    ],
+    filename: Annotated[
+        Optional[list[Path]],  # noqa: UP045 - typer reads this annotation at run time
+        typer.Option("--filename", "-f", help="Manifest file(s) to load instead of the sample "
+                     "cluster (YAML or JSON, multi-document).", exists=True, dir_okay=False),
+    ] = None,
+    port: Annotated[int, typer.Option("--port", help="Port to listen on (0: any free port).",
+                                      min=0, max=65535)] = 0,
+    plain_http: Annotated[bool, typer.Option("--plain-http",
+                                             help="Serve plain HTTP instead of HTTPS.")] = False,
+    context: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option("--context", help="Context name(s) to write; repeat for more contexts "
+                     "pointing at the same server. Default: sim."),
+    ] = None,
+    start_delay: Annotated[float, typer.Option("--start-delay", min=0.0,
+                                               help="Seconds a pod stays Pending.")] = 0.0,
+) -> None:
+    """Serve a simulated Kubernetes cluster until Ctrl-C.
+
+    Writes a kubeconfig for it (HTTPS with its own CA and a bearer token) once it is ready;
+    without -f it serves a sample cluster (namespaces shop and payments).
+    """
+    from kubefwd.sim.cluster import SimCluster
+    from kubefwd.sim.store import StatusError
+
+    contexts = [c for item in (context or ["sim"]) for c in item.split(",") if c]
+    try:
+        manifests: list[str] = (
+            [p.read_text(encoding="utf-8") for p in filename] if filename
+            else [_sample_manifests()]
+        )
+    except OSError as exc:
+        raise UsageError(f"cannot read manifest: {exc}") from exc
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    cluster = SimCluster(manifests=manifests, contexts=contexts, port=port, tls=not plain_http,
+                         start_delay=start_delay, kubeconfig_path=kubeconfig_out)
+    try:
+        try:
+            cluster.start()
+        except StatusError as exc:
+            raise ConfigError(f"manifest rejected: {exc.message}") from exc
+        except OSError as exc:
+            raise NetworkError(f"cannot serve on port {port}: {exc.strerror or exc}") from exc
+        path = cluster.kubeconfig_path
+        typer.echo(f"kubefwd sim: serving {cluster.url}; kubeconfig written to {path}")
+        typer.echo(f"Try: kubectl --kubeconfig {path} get svc -A   "
+                   f"(or: sudo kubefwd svc -c {path} -n shop)   Ctrl-C stops.")
+        while not stop.wait(1.0):
+            pass
+        typer.echo("kubefwd sim: stopping")
+    finally:
+        cluster.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
