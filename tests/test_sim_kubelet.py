@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import psutil
 import pytest
 
 from kubefwd.sim.kubelet import Kubelet, expand
@@ -324,3 +325,30 @@ def test_many_pods_start_fast_without_a_thread_each(kubelet: Kubelet,
     assert threading.active_count() - threads_before < 5
     ips = {kubelet.pod_ip(NS, f"web-{i}") for i in range(200)}
     assert len(ips) == 200
+
+
+def test_crashing_command_restarts_with_its_exit_code_in_last_state(
+        kubelet: Kubelet, statuses: Statuses) -> None:
+    kubelet.start_pod(pod("crash-1", ports=(), command=["python3", "-c", "raise SystemExit(3)"]))
+    again = statuses.wait("crash-1", lambda s: s["containerStatuses"][0]["restartCount"] >= 1)
+    last = again["containerStatuses"][0]["lastState"]["terminated"]
+    assert last["exitCode"] == 3 and last["reason"] == "Error"
+    assert again["phase"] == "Running"
+
+
+def test_stop_kills_the_whole_process_group_after_the_grace_period(
+        kubelet: Kubelet, statuses: Statuses) -> None:
+    manifest = pod("stubborn-1", ports=(), command=["sh", "-c"],
+                   args=["trap '' TERM; sleep 30 & sleep 30; wait"])
+    manifest["spec"]["terminationGracePeriodSeconds"] = 1
+    kubelet.start_pod(manifest)
+    statuses.wait("stubborn-1", ready)
+    me = psutil.Process()
+    deadline = time.monotonic() + 5
+    while len(me.children(recursive=True)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(me.children(recursive=True)) == 3
+    started = time.monotonic()
+    kubelet.stop_pod(NS, "stubborn-1")
+    assert 0.9 < time.monotonic() - started < 3
+    assert me.children(recursive=True) == []

@@ -42,7 +42,8 @@ RESTART_DELAY = 0.5
 MAX_RESTART_DELAY = 10.0
 # A container that ran this long before dying starts its back-off from the beginning again.
 BACKOFF_RESET_AFTER = 10.0
-# SIGTERM first, SIGKILL after this many seconds, as terminationGracePeriodSeconds would.
+# SIGTERM first, SIGKILL after terminationGracePeriodSeconds, but never more than this: the
+# sim's pods are stopped on the API server's thread and in test teardown.
 STOP_GRACE = 2.0
 # Readiness of a command container: its declared ports are probed until they accept.
 PROBE_FIRST = 0.01
@@ -190,6 +191,7 @@ class _Pod:
     restart_policy: str
     containers: list[_Container]
     scheduled_at: str
+    grace: float = 2.0
     start_time: str = ""
     forced_unready: bool = False
     stopped: bool = False
@@ -270,6 +272,8 @@ class Kubelet:
                 return
             self.stop_pod(ns, name)
         spec = pod.get("spec") or {}
+        grace = spec.get("terminationGracePeriodSeconds")
+        grace = min(float(grace), STOP_GRACE) if isinstance(grace, (int, float)) else STOP_GRACE
         containers = []
         for c in spec.get("containers") or []:
             command = [str(x) for x in c.get("command") or []]
@@ -283,7 +287,7 @@ class Kubelet:
             record = _Pod(namespace=ns, name=name, uid=uid, obj=copy.deepcopy(pod),
                           ip=self._ips.allocate(),
                           restart_policy=spec.get("restartPolicy") or "Always",
-                          containers=containers, scheduled_at=timestamp())
+                          containers=containers, scheduled_at=timestamp(), grace=grace)
             self._pods[(ns, name)] = record
             self._want_report(record)
         self._sched.call_later(self._start_delay, functools.partial(self._start_all, record))
@@ -302,7 +306,7 @@ class Kubelet:
             servers, procs = self._detach(pod, terminated=False)
             for s in servers:
                 s.stop()
-            _terminate(procs, STOP_GRACE)
+            _terminate(procs, pod.grace)
         with self._lock:
             self._ips.release(pod.ip)
 
@@ -320,9 +324,7 @@ class Kubelet:
             for s in servers:
                 s.stop()
             for proc in procs:
-                _killpg(proc, signal.SIGKILL)
-            for proc in procs:
-                proc.wait()
+                _reap(proc)
             for sock in tracked:
                 _shutdown(sock)
             with self._lock:
@@ -548,22 +550,22 @@ class Kubelet:
                 self._proc_watch = False
         for pod, c, proc, gen in running:
             assert proc is not None
-            code = proc.poll()
-            if code is not None:
-                self._on_exit(pod, c, gen, code)
+            if _exited(proc):
+                self._on_exit(pod, c, gen)
         if running:
             self._sched.call_later(PROCESS_POLL, self._watch_processes)
 
-    def _on_exit(self, pod: _Pod, c: _Container, gen: int, code: int) -> None:
+    def _on_exit(self, pod: _Pod, c: _Container, gen: int) -> None:
         with pod.op_lock:
             with self._lock:
                 if pod.stopped or c.generation != gen or c.proc is None:
                     return
                 proc, c.proc = c.proc, None
+            code = _reap(proc)
+            with self._lock:
                 self._set_terminated(c, code, "Completed" if code == 0 else "Error", "")
                 gen = c.generation
                 self._want_report(pod)
-            _killpg(proc, signal.SIGKILL)  # what the main process left behind in its group
         log.info("pod %s/%s: container %s exited with %s", pod.namespace, pod.name, c.name, code)
         self._maybe_restart(pod, c, gen)
 
@@ -722,10 +724,29 @@ def _shutdown(sock: socket.socket) -> None:
 
 
 def _killpg(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    """Signal the container's process group (its leader is alive or an unreaped zombie)."""
+    if proc.returncode is not None:
+        return  # reaped: the group id may belong to someone else by now
     try:
         os.killpg(proc.pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _exited(proc: subprocess.Popen[bytes]) -> bool:
+    """True once the process has exited; it stays unreaped so its group id stays ours."""
+    if proc.returncode is not None:
+        return True
+    try:
+        return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
+
+
+def _reap(proc: subprocess.Popen[bytes]) -> int:
+    """Kill whatever is left in the process group, then reap the leader; its exit code."""
+    _killpg(proc, signal.SIGKILL)
+    return proc.wait()
 
 
 def _terminate(procs: list[subprocess.Popen[bytes]], grace: float) -> None:
@@ -733,10 +754,9 @@ def _terminate(procs: list[subprocess.Popen[bytes]], grace: float) -> None:
     for proc in procs:
         _killpg(proc, signal.SIGTERM)
     deadline = time.monotonic() + grace
+    pause = 0.001
+    while not all(_exited(p) for p in procs) and time.monotonic() < deadline:
+        time.sleep(pause)  # a poll with a deadline: there is no event for a child's exit
+        pause = min(pause * 2, 0.05)
     for proc in procs:
-        try:
-            proc.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            _killpg(proc, signal.SIGKILL)
-            proc.wait()
-        _killpg(proc, signal.SIGKILL)
+        _reap(proc)
