@@ -337,6 +337,8 @@ class ApiServer:
             self._send(conn, 401, _status(401, "Unauthorized", "Unauthorized"))
             return True
         parts = [p for p in path.split("/") if p]
+        if parts[:2] == ["openapi", "v3"]:
+            return self._openapi_v3(conn, parts[2:])
         if parts == ["api"]:
             self._send(conn, 200, {
                 "kind": "APIVersions", "versions": ["v1"],
@@ -365,6 +367,23 @@ class ApiServer:
             return self._resource(conn, req, f"{parts[1]}/{parts[2]}", parts[3:])
         self._send(conn, 404, _status(404, "NotFound", "the server could not find the requested "
                                       "resource"))
+        return True
+
+    def _openapi_v3(self, conn: _Connection, rest: list[str]) -> bool:
+        # Just enough OpenAPI v3 for kubectl: it looks for the PATCH operation of a kind and its
+        # fieldValidation parameter to decide that the server validates (so it need not), and
+        # without a strategic-merge request body it computes apply patches from built-in types.
+        gvs = {"api/v1": "v1", **{f"apis/{g}/{v}": f"{g}/{v}" for g, v in GROUP_VERSIONS.items()}}
+        if not rest:
+            self._send(conn, 200, {"paths": {
+                key: {"serverRelativeURL": f"/openapi/v3/{key}?hash={_OPENAPI_HASH}"}
+                for key in gvs
+            }})
+            return True
+        gv = gvs.get("/".join(rest))
+        if gv is None:
+            raise StatusError(404, "NotFound", "the server could not find the requested resource")
+        self._send(conn, 200, _openapi_doc(gv, self.version))
         return True
 
     def _version(self) -> Obj:
@@ -628,6 +647,31 @@ def _forbidden(info: ResourceInfo, resource: str, verb: str, namespace: str,
         f'group "{info.group}"{where}',
         details={"name": name, "group": info.group, "kind": resource},
     )
+
+
+_OPENAPI_HASH = "6b756265667764"
+
+
+def _openapi_doc(group_version: str, version: str) -> Obj:
+    paths: Obj = {}
+    for r in RESOURCES:
+        if r.api_version != group_version:
+            continue
+        prefix = "/api/v1" if not r.group else f"/apis/{r.api_version}"
+        scope = "/namespaces/{namespace}" if r.namespaced else ""
+        paths[f"{prefix}{scope}/{r.plural}/{{name}}"] = {"patch": {
+            "operationId": f"patch{r.kind}",
+            "parameters": [
+                {"name": "fieldValidation", "in": "query", "schema": {"type": "string"}},
+                {"name": "fieldManager", "in": "query", "schema": {"type": "string"}},
+            ],
+            "responses": {"200": {"description": "OK"}},
+            "x-kubernetes-action": "patch",
+            "x-kubernetes-group-version-kind": {"group": r.group, "version": r.version,
+                                                "kind": r.kind},
+        }}
+    return {"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": version},
+            "paths": paths, "components": {"schemas": {}}}
 
 
 def _group(group: str, version: str) -> Obj:
