@@ -148,6 +148,7 @@ def _report(
 class Informer(StoppableThread):
     """One thread keeping one (context, namespace, resource) in sync, feeding ``callback``.
 
+    ``stop``, when given, becomes ``self.stopping`` (bind the watch callable to it first).
     ``interrupt`` wakes a blocked watch (the KubeClient's ``interrupt``) so ``stop`` is
     prompt. ``synced`` is set after the first successful list; ``last_error`` holds the most
     recent failure (None once a list succeeds), for start-up checks.
@@ -165,8 +166,11 @@ class Informer(StoppableThread):
         interrupt: Callable[[threading.Event], None] | None = None,
         backoff: Backoff | None = None,
         on_error: Callable[[Informer, Exception, float], None] | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         super().__init__(f"informer/{context}/{namespace or '*'}/{resource}")
+        if stop is not None:  # the Event the watch callable was bound to
+            self.stopping = stop
         self.context = context
         self.namespace = namespace
         self.resource = resource

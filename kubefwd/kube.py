@@ -1,0 +1,612 @@
+"""The Kubernetes adapter: kubeconfig contexts and a small list/watch client.
+
+This is the only product module that imports ``kubernetes``. It uses the official kubeconfig
+loader (tokens, token files, client certificates, exec plugins, insecure-skip-tls-verify,
+certificate authorities) and turns each chosen context into an ``ApiTarget`` for the tunnels
+plus a ``KubeClient`` for the informers. List and watch talk HTTP/1.1 with ``http.client``
+and hand back raw JSON dicts: deserializing hundreds of objects into the generated models
+would cost more than the rest of start-up.
+"""
+
+from __future__ import annotations
+
+import atexit
+import http.client
+import json
+import logging
+import os
+import shutil
+import socket
+import ssl
+import tempfile
+import threading
+import urllib.parse
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+from kubernetes import client as k8s_client
+from kubernetes import config as k8s_config
+from kubernetes.config.config_exception import ConfigException
+
+from kubefwd.errors import ApiError, ConfigError, ExitCode
+from kubefwd.informer import Backoff, Informer, InformerEvent
+from kubefwd.tunnel import ApiTarget
+
+log = logging.getLogger(__name__)
+
+DEFAULT_KUBECONFIG = "~/.kube/config"
+
+# resource -> (API path prefix, kind) for the resources kubefwd reads.
+_RESOURCES: dict[str, str] = {
+    "services": "/api/v1",
+    "pods": "/api/v1",
+    "endpoints": "/api/v1",
+    "namespaces": "/api/v1",
+    "endpointslices": "/apis/discovery.k8s.io/v1",
+}
+
+
+class WatchExpired(ApiError):
+    """The watch's resourceVersion is too old (410 Gone): the caller must list again."""
+
+
+@dataclass
+class ClusterContext:
+    """One kubeconfig context chosen on the command line, in command-line order."""
+
+    name: str
+    index: int  # position among the chosen contexts: picks 127.[1+index].x.y
+    namespace: str  # the context's default namespace ("default" when unset)
+    target: ApiTarget
+    server: str = ""  # the server URL, for messages
+
+
+# --- kubeconfig -------------------------------------------------------------------------
+
+_private_dir_lock = threading.Lock()
+_private_dir: str | None = None
+
+
+def _credentials_dir() -> str:
+    """A 0700 directory for certificate/key data from the kubeconfig, removed at exit.
+
+    ``ssl`` can only load client certificates from files; they go here, never next to the
+    user's kubeconfig (which, under sudo, would leave root-owned files in ``~/.kube``).
+    """
+    global _private_dir
+    with _private_dir_lock:
+        if _private_dir is None or not os.path.isdir(_private_dir):
+            _private_dir = tempfile.mkdtemp(prefix="kubefwd-creds-")  # mode 0700
+            atexit.register(shutil.rmtree, _private_dir, True)
+        return _private_dir
+
+
+def kubeconfig_paths(kubeconfig: str | None) -> list[str]:
+    """The files a kubeconfig setting names: ``-c`` wins, then KUBECONFIG, then the default."""
+    raw = kubeconfig or os.environ.get("KUBECONFIG") or DEFAULT_KUBECONFIG
+    return [os.path.expanduser(p) for p in raw.split(os.pathsep) if p]
+
+
+def _read_kubeconfigs(paths: list[str]) -> list[tuple[str, dict[str, Any]]]:
+    docs = []
+    for path in paths:
+        try:
+            with open(path) as f:
+                doc = yaml.safe_load(f) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError(f"cannot read kubeconfig {path}: {e}") from e
+        if not isinstance(doc, dict):
+            raise ConfigError(f"invalid kubeconfig {path}: not a mapping")
+        docs.append((path, doc))
+    return docs
+
+
+def _list_contexts(
+    docs: list[tuple[str, dict[str, Any]]],
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Contexts merged as kubectl does (first file wins per name) and the current context
+    (the first file that sets one)."""
+    contexts: dict[str, dict[str, Any]] = {}
+    current: str | None = None
+    for _, doc in docs:
+        for entry in doc.get("contexts") or []:
+            if isinstance(entry, dict) and entry.get("name") is not None:
+                contexts.setdefault(str(entry["name"]), entry)
+        if current is None and doc.get("current-context"):
+            current = str(doc["current-context"])
+    return list(contexts.values()), current
+
+
+def load_contexts(kubeconfig: str | None, contexts: Sequence[str]) -> list[ClusterContext]:
+    """Resolve the chosen contexts (default: the current one) into API targets.
+
+    Raises ConfigError for a missing kubeconfig, an unknown context, or credentials that
+    cannot be loaded.
+    """
+    paths = kubeconfig_paths(kubeconfig)
+    existing = [p for p in paths if os.path.isfile(p)]
+    if not existing:
+        raise ConfigError(
+            f"no kubeconfig found (looked in {', '.join(paths)}); "
+            "pass --kubeconfig or set KUBECONFIG"
+        )
+    docs = _read_kubeconfigs(existing)
+    available, current = _list_contexts(docs)
+    names = [str(c.get("name")) for c in available]
+    chosen = list(dict.fromkeys(contexts)) if contexts else []
+    if not chosen:
+        if not current:
+            raise ConfigError(
+                "the kubeconfig has no current-context; pass --context "
+                f"(available: {', '.join(names) or 'none'})"
+            )
+        chosen = [current]
+    result = []
+    for index, name in enumerate(chosen):
+        if name not in names:
+            raise ConfigError(
+                f"context {name!r} not found in {os.pathsep.join(existing)} "
+                f"(available: {', '.join(names) or 'none'})"
+            )
+        entry = next(c for c in available if c.get("name") == name)
+        namespace = (entry.get("context") or {}).get("namespace") or "default"
+        target, server = _load_target(existing, docs, name)
+        result.append(ClusterContext(name, index, namespace, target, server))
+    return result
+
+
+def _load_target(
+    paths: list[str], docs: list[tuple[str, dict[str, Any]]], context: str
+) -> tuple[ApiTarget, str]:
+    configuration = k8s_client.Configuration()
+    try:
+        k8s_config.load_kube_config(
+            config_file=os.pathsep.join(paths),
+            context=context,
+            client_configuration=configuration,
+            persist_config=False,
+            temp_file_path=_credentials_dir(),
+        )
+    except (ConfigException, OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"cannot load context {context!r} from the kubeconfig: {e}") from e
+    server = str(configuration.host or "")
+    url = urllib.parse.urlsplit(server)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise ConfigError(f"context {context!r}: invalid server URL {server!r}")
+    scheme = url.scheme
+    port = url.port or (443 if scheme == "https" else 80)
+    ssl_context = _ssl_context(configuration, context) if scheme == "https" else None
+    auth = _Credentials(configuration, _token_file(docs, context))
+    target = ApiTarget(
+        host=url.hostname,
+        port=port,
+        scheme=scheme,
+        base_path=url.path.rstrip("/"),
+        ssl_context=ssl_context,
+        server_hostname=getattr(configuration, "tls_server_name", None) or None,
+        auth_headers=auth.headers,
+    )
+    return target, server
+
+
+def _ssl_context(configuration: Any, context: str) -> ssl.SSLContext:
+    try:
+        ctx = ssl.create_default_context(cafile=configuration.ssl_ca_cert or None)
+        if not configuration.verify_ssl:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        if configuration.cert_file:
+            ctx.load_cert_chain(configuration.cert_file, configuration.key_file or None)
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError(f"context {context!r}: cannot load TLS material: {e}") from e
+    # The port-forward upgrades need HTTP/1.1; never let ALPN pick h2.
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+def _token_file(docs: list[tuple[str, dict[str, Any]]], context: str) -> str | None:
+    """The user's ``tokenFile`` when no inline token is set: re-read on change, like kubectl."""
+    user_name = None
+    for _, doc in docs:
+        for c in doc.get("contexts") or []:
+            if c.get("name") == context:
+                user_name = (c.get("context") or {}).get("user")
+                break
+        if user_name is not None:
+            break
+    for path, doc in docs:
+        for u in doc.get("users") or []:
+            if u.get("name") == user_name:
+                user = u.get("user") or {}
+                if user.get("token") or not user.get("tokenFile"):
+                    return None
+                return os.path.join(os.path.dirname(os.path.abspath(path)), user["tokenFile"])
+    return None
+
+
+class _Credentials:
+    """Fresh Authorization headers: exec-plugin tokens are refreshed when they expire."""
+
+    def __init__(self, configuration: Any, token_file: str | None) -> None:
+        self._configuration = configuration
+        self._lock = threading.Lock()
+        self._token_file = token_file
+        self._token_file_mtime: float | None = None
+        self._file_token = ""
+
+    def headers(self) -> dict[str, str]:
+        with self._lock:
+            cfg = self._configuration
+            hook = cfg.refresh_api_key_hook
+            if hook is not None:
+                try:
+                    hook(cfg)
+                except Exception as e:  # an exec plugin failing must not kill a thread
+                    log.warning("refreshing credentials failed: %s", e)
+            if self._token_file:
+                self._reread_token_file()
+            token = self._file_token or cfg.api_key.get("BearerToken")
+            return {"Authorization": str(token)} if token else {}
+
+    def _reread_token_file(self) -> None:
+        assert self._token_file is not None
+        try:
+            mtime = os.stat(self._token_file).st_mtime
+            if mtime == self._token_file_mtime:
+                return
+            with open(self._token_file) as f:
+                token = f.read().strip()
+        except OSError as e:
+            log.warning("cannot read token file %s: %s", self._token_file, e)
+            return
+        self._token_file_mtime = mtime
+        if token:
+            self._file_token = f"Bearer {token}"
+
+
+# --- HTTP client ------------------------------------------------------------------------
+
+
+class _Connection(http.client.HTTPConnection):
+    """HTTP or HTTPS to an ApiTarget, with its TLS context and SNI name."""
+
+    def __init__(self, target: ApiTarget, timeout: float) -> None:
+        super().__init__(target.host, target.port, timeout=timeout)
+        self._target = target
+
+    def connect(self) -> None:
+        super().connect()
+        t = self._target
+        if t.scheme == "https":
+            ctx = t.ssl_context or ssl.create_default_context()
+            self.sock = ctx.wrap_socket(self.sock, server_hostname=t.server_hostname or t.host)
+
+
+def _status_message(body: bytes) -> str:
+    try:
+        status = json.loads(body)
+        if isinstance(status, dict) and status.get("message"):
+            return str(status["message"])
+    except ValueError:
+        pass
+    return body.decode("utf-8", "replace").strip()[:200]
+
+
+_STATUS_WORDS = {401: "unauthorized", 403: "forbidden", 404: "not found"}
+
+
+@dataclass
+class _Watch:
+    stop: threading.Event
+    conn: _Connection
+    sock: socket.socket | None = field(default=None)
+
+
+class KubeClient:
+    """List and watch raw objects of one context. Thread-safe: every call has its own
+    connection (lists are few; a watch holds its connection for its whole life)."""
+
+    def __init__(self, context: ClusterContext, *, timeout: float = 30.0) -> None:
+        self.context = context
+        self.target = context.target
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        self._watches: list[_Watch] = []
+        self._closed = False
+
+    @property
+    def url(self) -> str:
+        t = self.target
+        return f"{t.scheme}://{t.host}:{t.port}{t.base_path}"
+
+    # -- requests
+
+    def _path(self, resource: str, namespace: str, name: str = "") -> str:
+        prefix = _RESOURCES.get(resource)
+        if prefix is None:
+            raise ValueError(f"unsupported resource {resource!r}")
+        base = self.target.base_path + prefix
+        if resource == "namespaces":
+            path = f"{base}/namespaces"
+        elif namespace:
+            path = f"{base}/namespaces/{urllib.parse.quote(namespace, safe='')}/{resource}"
+        else:
+            path = f"{base}/{resource}"
+        return f"{path}/{urllib.parse.quote(name, safe='')}" if name else path
+
+    def _where(self, resource: str, namespace: str) -> str:
+        if resource == "namespaces":
+            return resource
+        return f"{resource} in namespace {namespace}" if namespace else f"{resource} cluster-wide"
+
+    def _request(
+        self, verb: str, resource: str, namespace: str, path: str, timeout: float
+    ) -> tuple[_Connection, http.client.HTTPResponse]:
+        conn = _Connection(self.target, timeout)
+        headers = {"Accept": "application/json", "User-Agent": "kubefwd"}
+        try:
+            headers.update(self.target.auth_headers())
+            conn.request("GET", path, headers=headers)
+            resp = conn.getresponse()
+        except ssl.SSLError as e:
+            conn.close()
+            raise ApiError(
+                f"TLS error talking to the API server at {self.url} "
+                f"(context {self.context.name}): {e}"
+            ) from e
+        except (OSError, http.client.HTTPException) as e:
+            conn.close()
+            raise ApiError(
+                f"cannot reach the API server at {self.url} "
+                f"(context {self.context.name}): {e or type(e).__name__}"
+            ) from e
+        return conn, resp
+
+    def _raise_for(
+        self, verb: str, resource: str, namespace: str, status: int, body: bytes
+    ) -> None:
+        message = _status_message(body)
+        what = self._where(resource, namespace)
+        if status == 410:
+            raise WatchExpired(f"{verb} {what}: {message}", status=410, reason="Expired")
+        word = _STATUS_WORDS.get(status, "error")
+        exit_code = ExitCode.CONFIG if status == 404 else None
+        hint = ""
+        if status in (401, 403):
+            hint = f" (context {self.context.name})"
+        raise ApiError(
+            f"{word}: cannot {verb} {what} ({status}): {message}{hint}",
+            status=status,
+            reason=word,
+            exit_code=exit_code,
+        )
+
+    def _get_json(self, verb: str, resource: str, namespace: str, path: str) -> dict[str, Any]:
+        conn, resp = self._request(verb, resource, namespace, path, self._timeout)
+        try:
+            body = resp.read()
+        except (OSError, http.client.HTTPException) as e:
+            raise ApiError(
+                f"connection to the API server at {self.url} broke while reading "
+                f"{self._where(resource, namespace)}: {e}"
+            ) from e
+        finally:
+            conn.close()
+        if resp.status != 200:
+            self._raise_for(verb, resource, namespace, resp.status, body)
+        try:
+            data = json.loads(body)
+        except ValueError as e:
+            raise ApiError(f"invalid JSON from {self.url}{path}: {e}") from e
+        if not isinstance(data, dict):
+            raise ApiError(f"unexpected answer from {self.url}{path}")
+        return data
+
+    # -- public API
+
+    def list_namespaces(self) -> list[str]:
+        """Names of all namespaces, sorted (for --all-namespaces)."""
+        items, _ = self.list("namespaces", "")
+        return sorted(str(i["metadata"]["name"]) for i in items)
+
+
+    def list(
+        self,
+        resource: str,
+        namespace: str,
+        *,
+        label_selector: str = "",
+        field_selector: str = "",
+    ) -> tuple[list[dict[str, Any]], str]:
+        """All objects of ``resource`` in ``namespace`` ("" = all), and the list's RV."""
+        query = {}
+        if label_selector:
+            query["labelSelector"] = label_selector
+        if field_selector:
+            query["fieldSelector"] = field_selector
+        path = self._path(resource, namespace)
+        if query:
+            path += "?" + urllib.parse.urlencode(query)
+        data = self._get_json("list", resource, namespace, path)
+        items = data.get("items") or []
+        rv = str((data.get("metadata") or {}).get("resourceVersion") or "")
+        return list(items), rv
+
+    def watch(
+        self,
+        resource: str,
+        namespace: str,
+        resource_version: str,
+        *,
+        label_selector: str = "",
+        field_selector: str = "",
+        timeout_seconds: int = 300,
+        stop: threading.Event,
+    ) -> Iterator[dict[str, Any]]:
+        """Raw watch events (ADDED, MODIFIED, DELETED, BOOKMARK) after ``resource_version``.
+
+        Ends when the server ends the stream (``timeout_seconds``) or when ``stop`` is set
+        and ``interrupt(stop)`` is called; raises WatchExpired on 410 and ApiError otherwise.
+        """
+        query = {
+            "watch": "1",
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": str(timeout_seconds),
+        }
+        if resource_version:
+            query["resourceVersion"] = resource_version
+        if label_selector:
+            query["labelSelector"] = label_selector
+        if field_selector:
+            query["fieldSelector"] = field_selector
+        path = self._path(resource, namespace) + "?" + urllib.parse.urlencode(query)
+        if stop.is_set():
+            return
+        # A dead server must not hang the watch forever: allow a margin past the timeout.
+        conn, resp = self._request("watch", resource, namespace, path, timeout_seconds + 30)
+        w = _Watch(stop, conn, conn.sock)
+        with self._lock:
+            self._watches.append(w)
+        try:
+            if resp.status != 200:
+                body = resp.read()
+                self._raise_for("watch", resource, namespace, resp.status, body)
+            while not stop.is_set():
+                try:
+                    line = resp.readline()
+                except (OSError, ValueError, http.client.HTTPException) as e:
+                    if stop.is_set():
+                        return
+                    raise ApiError(
+                        f"watch of {self._where(resource, namespace)} at {self.url} "
+                        f"broke: {e or type(e).__name__}"
+                    ) from e
+                if not line:
+                    return
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    event = json.loads(line)
+                except ValueError as e:
+                    raise ApiError(f"invalid watch event from {self.url}: {e}") from e
+                if event.get("type") == "ERROR":
+                    status = event.get("object") or {}
+                    code = int(status.get("code") or 0)
+                    raise_body = json.dumps(status).encode()
+                    self._raise_for("watch", resource, namespace, code or 500, raise_body)
+                yield event
+        finally:
+            with self._lock:
+                if w in self._watches:
+                    self._watches.remove(w)
+            conn.close()
+
+    def interrupt(self, stop: threading.Event) -> None:
+        """Wake the watches started with ``stop`` (set it first) so they return at once."""
+        with self._lock:
+            watches = [w for w in self._watches if w.stop is stop]
+        for w in watches:
+            _shutdown(w.sock)
+
+    def namespace_exists(self, namespace: str) -> bool:
+        path = self._path("namespaces", "", namespace)
+        try:
+            self._get_json("get", "namespaces", "", path)
+        except ApiError as e:
+            if e.status == 404:
+                return False
+            raise
+        return True
+
+    def close(self) -> None:
+        """Interrupt every running watch; they return at once."""
+        with self._lock:
+            watches = list(self._watches)
+        for w in watches:
+            w.stop.set()
+            _shutdown(w.sock)
+
+
+def _shutdown(sock: socket.socket | None) -> None:
+    if sock is None:
+        return
+    try:
+        # The plain socket's shutdown: SSLSocket.shutdown would drop its SSL object under
+        # the reading thread's feet.
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def watch_callables(
+    client: KubeClient,
+    resource: str,
+    namespace: str,
+    *,
+    label_selector: str = "",
+    field_selector: str = "",
+    timeout_seconds: int = 300,
+    stop: threading.Event,
+) -> tuple[
+    Callable[[], tuple[list[dict[str, Any]], str]],
+    Callable[[str], Iterator[dict[str, Any]]],
+]:
+    """The list and watch callables an informer loop needs, bound to one resource."""
+
+    def list_fn() -> tuple[list[dict[str, Any]], str]:
+        return client.list(
+            resource, namespace, label_selector=label_selector, field_selector=field_selector
+        )
+
+    def watch_fn(rv: str) -> Iterator[dict[str, Any]]:
+        return client.watch(
+            resource,
+            namespace,
+            rv,
+            label_selector=label_selector,
+            field_selector=field_selector,
+            timeout_seconds=timeout_seconds,
+            stop=stop,
+        )
+
+    return list_fn, watch_fn
+
+
+def make_informer(
+    client: KubeClient,
+    resource: str,
+    namespace: str,
+    callback: Callable[[InformerEvent], None],
+    *,
+    label_selector: str = "",
+    field_selector: str = "",
+    timeout_seconds: int = 300,
+    backoff: Backoff | None = None,
+    on_error: Callable[[Informer, Exception, float], None] | None = None,
+) -> Informer:
+    """An Informer thread (not started) for one resource of one namespace of ``client``."""
+    stop = threading.Event()
+    list_fn, watch_fn = watch_callables(
+        client,
+        resource,
+        namespace,
+        label_selector=label_selector,
+        field_selector=field_selector,
+        timeout_seconds=timeout_seconds,
+        stop=stop,
+    )
+    return Informer(
+        context=client.context.name,
+        namespace=namespace,
+        resource=resource,
+        list_fn=list_fn,
+        watch_fn=watch_fn,
+        callback=callback,
+        interrupt=client.interrupt,
+        backoff=backoff,
+        on_error=on_error,
+        stop=stop,
+    )
