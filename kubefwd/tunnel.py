@@ -1,0 +1,796 @@
+"""Port-forward tunnels to pods through the Kubernetes API server: the hot path.
+
+A ``PodTunnel`` multiplexes every TCP connection forwarded to one pod over one SPDY/3.1
+session (tunnelled in a WebSocket, or through the plain HTTP upgrade): per connection an
+error stream and a data stream, with half-close both ways. When the server refuses both SPDY
+forms, each connection gets a WebSocket ``v4.channel.k8s.io`` of its own instead.
+
+Threads per tunnel, whatever the number of connections: one *pump* thread reads every local
+socket of the tunnel (a selector) and writes DATA frames, opens and closes streams and sends
+keepalive pings; one *reader* thread parses frames from the API server and writes each DATA
+payload straight into its local socket. Only the v4 fallback adds a thread per connection.
+All local sockets are closed by the pump, so a descriptor is never reused under a reader.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import selectors
+import socket
+import ssl
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from kubefwd.errors import TunnelError
+from kubefwd.tunnel_ws import (
+    FINAL_STATUSES,
+    PORTFORWARD_PROTOCOL,
+    PROTOCOL_SPDY_WS,
+    PrefixedSocket,
+    UpgradeRefused,
+    V4Connection,
+    close_quietly,
+    dial_upgrade,
+    dial_websocket,
+    hard_shutdown,
+)
+from kubefwd.wire import spdy as wire_spdy
+from kubefwd.wire.websocket import WebSocketByteStream
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TRANSPORTS", "ApiTarget", "PodTunnel", "TunnelPool", "UpgradeRefused"]
+
+TRANSPORTS = ("auto", "spdy-ws", "spdy", "ws")
+# How much one local read may carry into one DATA frame (SPDY allows up to 16 MiB).
+_CHUNK = 256 * 1024
+# Default seconds between keepalive pings; no frame at all for two intervals = dead.
+PING_INTERVAL = 7.0
+
+_DATA_FIN = wire_spdy.FLAG_FIN
+_SYN_STREAM, _SYN_REPLY = wire_spdy.SYN_STREAM, wire_spdy.SYN_REPLY
+_RST_STREAM = wire_spdy.RST_STREAM
+_PING, _GOAWAY, _HEADERS = wire_spdy.PING, wire_spdy.GOAWAY, wire_spdy.HEADERS
+
+_IDLE, _OPENING, _OPEN, _DEAD, _CLOSED = "idle", "opening", "open", "dead", "closed"
+
+Stream = PrefixedSocket | WebSocketByteStream
+
+
+@dataclass(frozen=True)
+class ApiTarget:
+    """Where and how to reach one cluster's API server (built from a kubeconfig context)."""
+
+    host: str
+    port: int
+    scheme: str
+    base_path: str = ""
+    ssl_context: ssl.SSLContext | None = None
+    server_hostname: str | None = None
+    # Called for every new connection, so refreshed tokens are picked up.
+    auth_headers: Callable[[], dict[str, str]] = dict
+
+
+class _Conn:
+    """One forwarded TCP connection: a local socket and its stream pair (or v4 WebSocket)."""
+
+    __slots__ = (
+        "closed",
+        "data_id",
+        "error",
+        "error_id",
+        "local_done",
+        "port",
+        "remote_done",
+        "rid",
+        "sock",
+        "v4",
+    )
+
+    def __init__(self, sock: socket.socket, port: int, rid: int) -> None:
+        self.sock = sock
+        self.port = port
+        self.rid = rid
+        self.error_id = 0
+        self.data_id = 0
+        self.local_done = False  # local EOF seen, FIN sent
+        self.remote_done = False  # FIN received, local write side shut down
+        self.error = b""
+        self.closed = False
+        self.v4: V4Connection | None = None
+
+
+class PodTunnel:
+    """One multiplexed port-forward connection to one pod; see the module docstring."""
+
+    def __init__(self, target: ApiTarget, namespace: str, pod: str, *,
+                 transport: str = "auto",
+                 on_dead: Callable[[PodTunnel], None] | None = None,
+                 ping_interval: float = PING_INTERVAL, open_timeout: float = 10.0,
+                 prefer: str = "") -> None:
+        if transport not in TRANSPORTS:
+            raise ValueError(f"unknown transport {transport!r}; one of {', '.join(TRANSPORTS)}")
+        self.target = target
+        self.namespace = namespace
+        self.pod = pod
+        self.transport = transport
+        self.on_dead = on_dead
+        self.ping_interval = ping_interval
+        self.open_timeout = open_timeout
+        # With "auto": start negotiating at this transport (one that worked before).
+        self.prefer = prefer
+        self.on_open: Callable[[PodTunnel], None] | None = None
+        self.transport_name = ""  # what was negotiated: spdy-ws, spdy or ws
+        self.alive = True
+        self.last_error: TunnelError | None = None
+        self._bytes_in = 0  # written by the reader thread only
+        self.bytes_out = 0  # written by the pump thread only
+        self._v4_bytes_in = 0
+        self.connections = 0  # connections spliced so far
+        self._path = f"/api/v1/namespaces/{namespace}/pods/{pod}/portforward"
+        self._lock = threading.Lock()
+        self._state = _IDLE
+        self._pending: list[tuple[socket.socket, int]] = []
+        self._opened = threading.Event()
+        self._cmds: deque[Callable[[], None]] = deque()
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
+        self._pump: threading.Thread | None = None
+        self._reader: threading.Thread | None = None
+        self._v4_threads: set[threading.Thread] = set()
+        self._v4_conns: set[_Conn] = set()
+        self._stream: Stream | None = None
+        self._dialing: Any = None
+        self._wlock = threading.Lock()
+        self._compress = wire_spdy.HeaderCompressor()
+        self._decompress = wire_spdy.HeaderDecompressor()
+        self._conns: dict[int, _Conn] = {}  # stream id -> connection (error and data ids)
+        self._next_stream = 1
+        self._next_request = 0
+        self._next_ping = 1
+        self._last_rx = 0.0
+        self._delivering = False
+        self._sel: selectors.BaseSelector | None = None
+
+    # -- public API ---------------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        return f"<PodTunnel {self.namespace}/{self.pod} {self._state} {self.transport_name}>"
+
+    @property
+    def bytes_in(self) -> int:
+        """Bytes delivered from the pod to local clients."""
+        return self._bytes_in + self._v4_bytes_in + sum(
+            c.v4.bytes_in for c in list(self._v4_conns) if c.v4 is not None)
+
+    def open(self, timeout: float | None = None) -> None:
+        """Connect now (if not yet); raises TunnelError when the tunnel cannot be opened."""
+        with self._lock:
+            if self._state == _IDLE:
+                if timeout is not None:
+                    self.open_timeout = timeout
+                self._begin_opening()
+            state = self._state
+        if state in (_OPENING, _OPEN):
+            self._opened.wait()
+        with self._lock:
+            if self._state == _OPEN:
+                return
+            if self._state == _CLOSED:
+                raise TunnelError(f"tunnel to {self.namespace}/{self.pod} is closed")
+        raise self.last_error or TunnelError(f"tunnel to {self.namespace}/{self.pod} is dead")
+
+    def splice(self, local: socket.socket, port: int) -> None:
+        """Take ownership of a connected local socket and relay it to ``port`` of the pod.
+
+        Returns at once. If the tunnel is dead or closed, or fails to open, the socket is
+        closed (the caller routes the next connection elsewhere).
+        """
+        with self._lock:
+            state = self._state
+            if state in (_IDLE, _OPENING):
+                self._pending.append((local, port))
+                if state == _IDLE:
+                    self._begin_opening()
+                return
+            if state == _OPEN:
+                self._post(lambda: self._start_conn(local, port))
+                return
+        log.debug("tunnel %s/%s is %s; dropping a connection", self.namespace, self.pod, state)
+        _close_local(local)
+
+    def close(self) -> None:
+        """Close every connection of the tunnel and join its threads."""
+        with self._lock:
+            if self._state == _CLOSED:
+                return
+            self._state = _CLOSED
+            self.alive = False
+            pending, self._pending = self._pending, []
+        for sock, _port in pending:
+            _close_local(sock)
+        if self._dialing is not None:
+            hard_shutdown(self._dialing)
+        self._shutdown_stream()
+        self._wake()
+        me = threading.current_thread()
+        for thread in [self._pump, self._reader, *list(self._v4_threads)]:
+            if thread is not None and thread is not me:
+                thread.join(10.0)
+        self._opened.set()
+        self._release()
+
+    # -- opening ------------------------------------------------------------------------
+
+    def _begin_opening(self) -> None:
+        """Start the pump thread, which dials; called with the lock held."""
+        self._state = _OPENING
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_w.setblocking(False)
+        self._pump = threading.Thread(target=self._pump_main, daemon=True,
+                                      name=f"tunnel {self.namespace}/{self.pod}")
+        self._pump.start()
+
+    def _track(self, sock: Any) -> None:
+        self._dialing = sock
+        if sock is not None and self._state == _CLOSED:
+            hard_shutdown(sock)
+
+    def _negotiate(self) -> tuple[str, Stream | None]:
+        """Dial the transports in order; the first that upgrades wins."""
+        order = [self.transport]
+        if self.transport == "auto":
+            order = ["spdy-ws", "spdy", "ws"]
+            if self.prefer in order:
+                order = order[order.index(self.prefer):]
+        timeout = self.open_timeout
+        refused: UpgradeRefused | None = None
+        for name in order:
+            if name == "ws":
+                return "ws", None  # dialed per connection
+            try:
+                if name == "spdy-ws":
+                    wsock = dial_websocket(self.target, self._path, PROTOCOL_SPDY_WS,
+                                           timeout=timeout, what="SPDY-over-WebSocket upgrade",
+                                           track=self._track)
+                    return name, WebSocketByteStream(wsock)
+                sock, head = dial_upgrade(
+                    self.target, self._path, method="POST", timeout=timeout,
+                    what="SPDY upgrade", track=self._track,
+                    headers={"Connection": "Upgrade", "Upgrade": "SPDY/3.1",
+                             "X-Stream-Protocol-Version": PORTFORWARD_PROTOCOL})
+                return name, PrefixedSocket(sock, head.rest)
+            except UpgradeRefused as e:
+                if e.status in FINAL_STATUSES or name == order[-1]:
+                    raise
+                log.debug("%s/%s: %s; trying the next transport", self.namespace, self.pod, e)
+                refused = e
+        raise refused or TunnelError("no transport")
+
+    def _pump_main(self) -> None:
+        try:
+            name, stream = self._negotiate()
+        except TunnelError as e:
+            self._open_failed(e)
+            return
+        except Exception as e:  # a bug must not leave the tunnel opening forever
+            log.exception("tunnel %s/%s: opening failed", self.namespace, self.pod)
+            self._open_failed(TunnelError(f"opening failed: {e}"))
+            return
+        with self._lock:
+            if self._state != _OPENING:  # closed meanwhile
+                if stream is not None:
+                    stream.close()
+                self._opened.set()
+                return
+            self._state = _OPEN
+            self.transport_name = name
+            self._stream = stream
+            pending, self._pending = self._pending, []
+            if stream is not None:
+                self._last_rx = time.monotonic()
+                self._reader = threading.Thread(
+                    target=self._reader_main, args=(stream,), daemon=True,
+                    name=f"tunnel-rx {self.namespace}/{self.pod}")
+                self._reader.start()
+        log.debug("tunnel %s/%s open over %s", self.namespace, self.pod, name)
+        self._opened.set()
+        if self.on_open is not None:
+            self.on_open(self)
+        for sock, port in pending:
+            self._cmds.append(lambda s=sock, p=port: self._start_conn(s, p))  # type: ignore[misc]
+        try:
+            self._pump_loop()
+        except Exception:
+            log.exception("tunnel %s/%s: pump failed", self.namespace, self.pod)
+            self._die("internal error")
+        finally:
+            self._cleanup()
+
+    def _open_failed(self, error: TunnelError) -> None:
+        self.last_error = error
+        with self._lock:
+            closed = self._state == _CLOSED
+            if not closed:
+                self._state = _DEAD
+                self.alive = False
+            pending, self._pending = self._pending, []
+        for sock, _port in pending:
+            _close_local(sock)
+        self._opened.set()
+        if not closed:
+            log.warning("port-forward to %s/%s: %s", self.namespace, self.pod, error)
+            self._report_dead()
+
+    # -- the pump thread: local → pod, stream setup and teardown, keepalive ---------------
+
+    def _post(self, cmd: Callable[[], None]) -> None:
+        self._cmds.append(cmd)
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._wake_w is not None:
+            try:
+                self._wake_w.send(b"\0")
+            except OSError:
+                pass  # full (a wake-up is pending anyway) or closed
+
+    def _pump_loop(self) -> None:
+        sel = self._sel = selectors.DefaultSelector()
+        assert self._wake_r is not None
+        sel.register(self._wake_r, selectors.EVENT_READ, None)
+        buf = bytearray(8 + _CHUNK)
+        view = memoryview(buf)
+        spdy = self._stream is not None
+        next_ping = time.monotonic() + self.ping_interval
+        while self._state == _OPEN:
+            timeout = max(0.0, next_ping - time.monotonic()) if spdy else None
+            for key, _events in sel.select(timeout):
+                conn = key.data
+                if conn is None:
+                    try:
+                        self._wake_r.recv(4096)
+                    except OSError:
+                        pass
+                elif spdy:
+                    self._local_readable(conn, buf, view)
+                else:
+                    self._v4_local_readable(conn, view)
+            while self._cmds:
+                self._cmds.popleft()()
+            if spdy and time.monotonic() >= next_ping:
+                next_ping = time.monotonic() + self.ping_interval
+                self._keepalive()
+
+    def _local_readable(self, conn: _Conn, buf: bytearray, view: memoryview) -> None:
+        try:
+            n = conn.sock.recv_into(view[8:])
+        except OSError:
+            n = -1
+        if n > 0:
+            # Header in front of the payload in the same buffer: one write, no copy.
+            struct.pack_into(">II", buf, 0, conn.data_id, n)
+            self._send(view[: 8 + n])
+            self.bytes_out += n
+        elif n == 0:
+            self._unregister(conn)
+            conn.local_done = True
+            self._send(struct.pack(">II", conn.data_id, _DATA_FIN << 24))
+            if conn.remote_done:
+                self._finish(conn)
+        else:
+            self._abort(conn, reset=True)
+
+    def _send(self, data: Any) -> None:
+        stream = self._stream
+        if stream is None:
+            return
+        try:
+            with self._wlock:
+                stream.sendall(data)
+        except (OSError, ValueError, AttributeError) as e:
+            self._die(f"connection to the API server lost ({e})")
+
+    def _start_conn(self, sock: socket.socket, port: int) -> None:
+        if self._state != _OPEN:
+            _close_local(sock)
+            return
+        conn = _Conn(sock, port, self._next_request)
+        self._next_request += 1
+        self.connections += 1
+        try:
+            sock.setblocking(True)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        if self._stream is None:
+            self._start_v4(conn)
+            return
+        conn.error_id, conn.data_id = self._next_stream, self._next_stream + 2
+        self._next_stream += 4
+        self._conns[conn.error_id] = conn
+        self._conns[conn.data_id] = conn
+        headers = {"streamtype": "error", "port": str(port), "requestid": str(conn.rid)}
+        with self._wlock:  # compress and send in one order: the zlib context is shared
+            frames = [self._syn_stream(conn.error_id, headers),
+                      struct.pack(">II", conn.error_id, _DATA_FIN << 24)]
+            headers["streamtype"] = "data"
+            frames.append(self._syn_stream(conn.data_id, headers))
+            stream = self._stream
+            try:
+                stream.sendall(b"".join(frames))
+            except (OSError, ValueError, AttributeError) as e:
+                err: Exception | None = e
+            else:
+                err = None
+        if err is not None:
+            self._die(f"connection to the API server lost ({err})")
+            return
+        self._register(conn)
+
+    def _syn_stream(self, stream_id: int, headers: dict[str, str]) -> bytes:
+        return wire_spdy.syn_stream_frame(stream_id, self._compress.compress(headers))
+
+    def _register(self, conn: _Conn) -> None:
+        assert self._sel is not None
+        try:
+            self._sel.register(conn.sock, selectors.EVENT_READ, conn)
+        except (ValueError, KeyError, OSError):
+            self._abort(conn, reset=True)
+
+    def _unregister(self, conn: _Conn) -> None:
+        if self._sel is not None:
+            try:
+                self._sel.unregister(conn.sock)
+            except (KeyError, ValueError):
+                pass
+
+    def _finish(self, conn: _Conn) -> None:
+        """Both directions ended: close the local socket, forget the data stream."""
+        if conn.closed:
+            return
+        conn.closed = True
+        self._unregister(conn)
+        self._conns.pop(conn.data_id, None)
+        _close_local(conn.sock)
+
+    def _abort(self, conn: _Conn, *, reset: bool) -> None:
+        """Cut a connection now; with ``reset`` tell the server to drop its streams."""
+        if conn.closed:
+            return
+        conn.closed = True
+        self._unregister(conn)
+        self._conns.pop(conn.data_id, None)
+        self._conns.pop(conn.error_id, None)
+        if reset and self._stream is not None and self._state == _OPEN:
+            self._send(wire_spdy.rst_stream_frame(conn.data_id, wire_spdy.CANCEL)
+                       + wire_spdy.rst_stream_frame(conn.error_id, wire_spdy.CANCEL))
+        if conn.v4 is not None:
+            conn.v4.shutdown()
+        _close_local(conn.sock)
+
+    def _keepalive(self) -> None:
+        silent = time.monotonic() - self._last_rx
+        if silent > 2 * self.ping_interval and not self._delivering:
+            self._die(f"no answer to keepalive pings for {silent:.0f}s")
+            return
+        ping_id = self._next_ping
+        self._next_ping += 2
+        self._send(wire_spdy.ping_frame(ping_id))
+
+    # -- the reader thread: pod → local --------------------------------------------------
+
+    def _reader_main(self, stream: Stream) -> None:
+        try:
+            reason = self._read_frames(stream)
+        except (OSError, ValueError, AttributeError, EOFError, wire_spdy.SpdyError) as e:
+            reason = f"connection to the API server lost ({e})"
+        except Exception as e:
+            log.exception("tunnel %s/%s: reader failed", self.namespace, self.pod)
+            reason = f"internal error ({e})"
+        self._die(reason)
+
+    def _read_frames(self, stream: Stream) -> str:
+        buf = bytearray(_CHUNK + 8)
+        view = memoryview(buf)
+        start = end = 0
+        recv = stream.recv_into
+        conns = self._conns
+        while True:
+            while end - start < 8:
+                if start:
+                    buf[: end - start] = buf[start:end]
+                    end -= start
+                    start = 0
+                got = recv(view[end:])
+                if not got:
+                    return "the API server closed the connection"
+                end += got
+            self._last_rx = time.monotonic()
+            word, length = struct.unpack_from(">II", buf, start)
+            flags = length >> 24
+            length &= 0xFFFFFF
+            start += 8
+            if word & 0x80000000:  # control frame: read it whole
+                if length > len(buf) - 8:
+                    return f"control frame too large ({length} bytes)"
+                while end - start < length:
+                    if start + length > len(buf):
+                        buf[: end - start] = buf[start:end]
+                        end -= start
+                        start = 0
+                    got = recv(view[end:])
+                    if not got:
+                        return "the API server closed the connection"
+                    end += got
+                frame = bytes(buf[start:start + length])
+                start += length
+                verdict = self._control_frame((word >> 16) & 0x7FFF, flags, frame)
+                if verdict:
+                    return verdict
+                continue
+            conn = conns.get(word)
+            remaining = length
+            while True:
+                take = min(remaining, end - start)
+                if take and conn is not None:
+                    self._deliver(conn, word, view[start:start + take])
+                start += take
+                remaining -= take
+                if not remaining:
+                    break
+                start = end = 0
+                got = recv(view)
+                if not got:
+                    return "the API server closed the connection"
+                end = got
+            if flags & _DATA_FIN and conn is not None:
+                self._remote_fin(conn, word)
+
+    def _deliver(self, conn: _Conn, stream_id: int, data: memoryview) -> None:
+        if stream_id == conn.error_id:
+            conn.error += data.tobytes()
+            return
+        if conn.closed:
+            return
+        self._delivering = True
+        try:
+            conn.sock.sendall(data)
+        except OSError:
+            self._post(lambda: self._abort(conn, reset=True))
+        else:
+            self._bytes_in += len(data)
+        finally:
+            self._delivering = False
+
+    def _remote_fin(self, conn: _Conn, stream_id: int) -> None:
+        if stream_id == conn.error_id:
+            self._conns.pop(stream_id, None)
+            if conn.error:
+                log.warning("port-forward to %s/%s port %d: %s", self.namespace, self.pod,
+                            conn.port, conn.error.decode("utf-8", "replace").strip())
+                self._post(lambda: self._abort(conn, reset=False))
+            return
+        conn.remote_done = True
+        if not conn.closed:
+            try:
+                conn.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+        self._post(lambda: self._finish(conn) if conn.local_done else None)
+
+    def _control_frame(self, kind: int, flags: int, frame: bytes) -> str:
+        """Handle one control frame; returns a reason when the session must end."""
+        if kind == _PING:
+            (ping_id,) = struct.unpack_from(">I", frame)
+            if not ping_id & 1:  # the server's ping: echo it
+                self._send(wire_spdy.control_frame(_PING, 0, frame[:4]))
+        elif kind in (_SYN_REPLY, _HEADERS):
+            self._decompress.decompress(frame[4:])
+        elif kind == _RST_STREAM:
+            stream_id, _status = struct.unpack_from(">II", frame)
+            conn = self._conns.get(stream_id)
+            if conn is not None:
+                self._post(lambda: self._abort(conn, reset=False))
+        elif kind == _SYN_STREAM:
+            self._decompress.decompress(frame[10:])
+            (stream_id,) = struct.unpack_from(">I", frame)
+            self._send(wire_spdy.rst_stream_frame(stream_id, wire_spdy.REFUSED_STREAM))
+        elif kind == _GOAWAY:
+            return "the API server sent GOAWAY"
+        return ""
+
+    # -- v4 fallback: one WebSocket and one thread per connection ---------------------------
+
+    def _start_v4(self, conn: _Conn) -> None:
+        conn.v4 = V4Connection(conn.sock, conn.port)
+        self._v4_conns.add(conn)
+        thread = threading.Thread(target=self._v4_main, args=(conn,), daemon=True,
+                                  name=f"tunnel-ws {self.namespace}/{self.pod}#{conn.rid}")
+        self._v4_threads.add(thread)
+        thread.start()
+
+    def _v4_main(self, conn: _Conn) -> None:
+        v4 = conn.v4
+        assert v4 is not None
+        try:
+            try:
+                v4.dial(self.target, self._path, self.open_timeout)
+            except TunnelError as e:
+                log.warning("port-forward to %s/%s port %d: %s", self.namespace, self.pod,
+                            conn.port, e)
+                if isinstance(e, UpgradeRefused) and e.status in FINAL_STATUSES:
+                    self.last_error = e
+                    self._die(str(e))
+                self._post(lambda: self._abort(conn, reset=False))
+                return
+            self._post(lambda: self._register(conn) if not conn.closed else None)
+            clean = v4.relay_remote()
+            if v4.error:
+                log.warning("port-forward to %s/%s port %d: %s", self.namespace, self.pod,
+                            conn.port, v4.error.strip())
+            if not clean or v4.error:
+                self._post(lambda: self._abort(conn, reset=False))
+            else:
+                conn.remote_done = True
+                self._post(lambda: self._finish(conn))
+        finally:
+            v4.close()
+            with self._lock:
+                self._v4_bytes_in += v4.bytes_in
+                self._v4_conns.discard(conn)
+                self._v4_threads.discard(threading.current_thread())
+
+    def _v4_local_readable(self, conn: _Conn, view: memoryview) -> None:
+        assert conn.v4 is not None
+        try:
+            n = conn.sock.recv_into(view)
+        except OSError:
+            n = -1
+        if n > 0:
+            try:
+                conn.v4.send(view[:n])
+            except (OSError, ValueError, AttributeError):
+                self._abort(conn, reset=False)
+                return
+            self.bytes_out += n
+        else:
+            # v4 has no half-close: a local EOF ends the whole connection.
+            self._abort(conn, reset=False)
+
+    # -- death and teardown ---------------------------------------------------------------
+
+    def _die(self, reason: str) -> None:
+        """Mark the tunnel dead (from any thread); the pump then closes everything."""
+        with self._lock:
+            if self._state != _OPEN:
+                return
+            self._state = _DEAD
+            self.alive = False
+        if self.last_error is None or str(self.last_error) != reason:
+            self.last_error = TunnelError(f"tunnel to {self.namespace}/{self.pod}: {reason}")
+        log.warning("tunnel to %s/%s died: %s", self.namespace, self.pod, reason)
+        self._shutdown_stream()
+        self._wake()
+
+    def _shutdown_stream(self) -> None:
+        stream = self._stream
+        if isinstance(stream, PrefixedSocket):
+            stream.shutdown()
+        elif stream is not None:
+            hard_shutdown(stream.ws.sock)
+
+    def _cleanup(self) -> None:
+        """Pump thread, on its way out: close every connection, then report death."""
+        for conn in list(self._conns.values()) + list(self._v4_conns):
+            self._abort(conn, reset=False)
+        for conn in list(self._v4_conns):
+            if conn.v4 is not None:
+                conn.v4.shutdown()
+        while self._cmds:  # connections that were queued for the pump
+            try:
+                self._cmds.popleft()()
+            except Exception:
+                log.exception("tunnel %s/%s: cleanup step failed", self.namespace, self.pod)
+        if self._sel is not None:
+            self._sel.close()
+        with self._lock:
+            closed = self._state == _CLOSED
+        if not closed:
+            self._report_dead()
+
+    def _report_dead(self) -> None:
+        if self.on_dead is not None:
+            try:
+                self.on_dead(self)
+            except Exception:
+                log.exception("on_dead callback failed")
+
+    def _release(self) -> None:
+        """Close descriptors once every thread is gone."""
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.close()
+        for sock in (self._wake_r, self._wake_w):
+            if sock is not None:
+                close_quietly(sock)
+
+
+def _close_local(sock: socket.socket) -> None:
+    """Close a local socket, waking any thread blocked sending to it."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    close_quietly(sock)
+
+
+class TunnelPool:
+    """One ``PodTunnel`` per (context, namespace, pod), shared by every forward to that pod.
+
+    A dead tunnel is replaced on the next ``get``. The transport that worked for a context is
+    tried first by later tunnels of that context (saves refused upgrades on every pod).
+    """
+
+    def __init__(self, *, transport: str = "auto", ping_interval: float = PING_INTERVAL,
+                 on_dead: Callable[[str, str, str], None] | None = None) -> None:
+        if transport not in TRANSPORTS:
+            raise ValueError(f"unknown transport {transport!r}")
+        self.transport = transport
+        self.ping_interval = ping_interval
+        self.on_dead = on_dead
+        self._lock = threading.Lock()
+        self._tunnels: dict[tuple[str, str, str], PodTunnel] = {}
+        self._learned: dict[str, str] = {}
+        self._closed = False
+
+    def get(self, target: ApiTarget, context: str, namespace: str, pod: str) -> PodTunnel:
+        key = (context, namespace, pod)
+        with self._lock:
+            if self._closed:
+                raise TunnelError("tunnel pool is closed")
+            tunnel = self._tunnels.get(key)
+            if tunnel is not None and tunnel.alive and tunnel.target == target:
+                return tunnel
+            old = tunnel
+            tunnel = PodTunnel(target, namespace, pod, transport=self.transport,
+                               ping_interval=self.ping_interval,
+                               prefer=self._learned.get(context, ""),
+                               on_dead=functools.partial(self._tunnel_died, key))
+            tunnel.on_open = functools.partial(self._learn, context)
+            self._tunnels[key] = tunnel
+        if old is not None:
+            old.close()
+        return tunnel
+
+    def _tunnel_died(self, key: tuple[str, str, str], _tunnel: PodTunnel) -> None:
+        if self.on_dead is not None:
+            self.on_dead(*key)
+
+    def _learn(self, context: str, tunnel: PodTunnel) -> None:
+        self._learned[context] = tunnel.transport_name
+
+    def drop(self, context: str, namespace: str, pod: str) -> None:
+        """The pod is gone: close its tunnel and every connection on it."""
+        with self._lock:
+            tunnel = self._tunnels.pop((context, namespace, pod), None)
+        if tunnel is not None:
+            tunnel.close()
+
+    def tunnels(self) -> list[PodTunnel]:
+        with self._lock:
+            return list(self._tunnels.values())
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            tunnels = list(self._tunnels.values())
+            self._tunnels.clear()
+        for tunnel in tunnels:
+            tunnel.close()
