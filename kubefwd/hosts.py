@@ -51,6 +51,8 @@ _LOCK_FLAGS = portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKI
 
 # Owner pids of the writers running in this process: always alive, whatever psutil says.
 _local_owners: dict[int, int] = {}
+# Owners whose lines were removed for good (second Ctrl-C): their writers add nothing more.
+_retired_owners: set[tuple[int, str]] = set()
 _local_owners_lock = threading.Lock()
 
 
@@ -234,20 +236,32 @@ def lock_path_for(path: Path) -> Path:
 
 @contextlib.contextmanager
 def _locked(path: Path, timeout: float) -> Iterator[bool]:
-    """Hold the cross-process lock for ``path``; yields True when a rename is allowed.
+    """Hold the cross-process lock for ``path``; yields True when a rename may be tried.
 
-    The lock lives on a sidecar file. Where the directory does not let us create one, the
-    directory cannot take a rename either, so we lock the hosts file itself and the write
-    goes in place (the inode then never changes, so that lock stays valid).
+    The lock lives on a sidecar file (read access is enough for flock, so an instance that
+    cannot write the sidecar another one created still shares its lock). Where no sidecar
+    exists and none can be created, the directory cannot take a rename either, so we lock the
+    hosts file itself and the write goes in place (its inode never changes, so that lock
+    stays valid).
     """
     sidecar = lock_path_for(path)
-    handle: IO[bytes]
+    handle: IO[bytes] | None = None
     rename_ok = True
-    try:
-        handle = open(sidecar, "ab")  # noqa: SIM115 - closed in the finally below
-    except OSError:
-        handle = open(path, "rb")  # noqa: SIM115
+    for mode in ("ab", "rb"):
+        try:
+            handle = open(sidecar, mode)  # noqa: SIM115 - closed in the finally below
+            break
+        except OSError:
+            continue
+    if handle is None:
         rename_ok = False
+        try:
+            handle = open(path, "rb")  # noqa: SIM115
+        except OSError as e:
+            raise PrivilegeError(
+                f"cannot lock or create the hosts file {path}: {e.strerror} "
+                f"(run as root or give this user write permission on {path.parent})"
+            ) from None
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -260,7 +274,7 @@ def _locked(path: Path, timeout: float) -> Iterator[bool]:
                         f"could not lock {path} within {timeout:g}s "
                         f"(another kubefwd holds {sidecar if rename_ok else path})"
                     ) from None
-                time.sleep(0.005)
+                time.sleep(0.005)  # poll with a deadline: flock has no timed wait
         try:
             yield rename_ok
         finally:
@@ -274,10 +288,6 @@ def _read(path: Path) -> bytes:
         return path.read_bytes()
     except FileNotFoundError:
         return b""
-    except PermissionError:
-        raise PrivilegeError(
-            f"cannot read the hosts file {path}: run as root or grant read permission"
-        ) from None
     except OSError as e:
         raise HostsFileError(f"cannot read the hosts file {path}: {e.strerror}") from None
 
@@ -318,7 +328,10 @@ def _write_atomic(path: Path, data: bytes) -> None:
                 view = view[os.write(fd, view) :]
             os.fsync(fd)
             if st is not None:
-                with contextlib.suppress(PermissionError):
+                mine = os.fstat(fd)
+                if (mine.st_uid, mine.st_gid) != (st.st_uid, st.st_gid):
+                    # Cannot keep the owner (not root)? Then a rename would change it:
+                    # PermissionError sends the caller to the in-place write instead.
                     os.fchown(fd, st.st_uid, st.st_gid)
                 os.fchmod(fd, st.st_mode & 0o7777)
             else:
@@ -388,7 +401,13 @@ def update_hosts(
 
 
 def remove_owned_lines(path: Path, owner_pid: int, *, lock_timeout: float = 5.0) -> bool:
-    """Remove the lines of ``owner_pid`` (and of dead owners) now, without a thread."""
+    """Remove the lines of ``owner_pid`` (and of dead owners) now, without a thread.
+
+    A writer thread of that owner still running in this process writes no more lines after
+    this (shutdown cut short by a second signal must not be undone by a late write).
+    """
+    with _local_owners_lock:
+        _retired_owners.add((owner_pid, os.path.realpath(path)))
     return update_hosts(Path(path), Marker(owner_pid), None, lock_timeout=lock_timeout)
 
 
@@ -444,8 +463,11 @@ class HostsWriter(StoppableThread):
 
     ``publish`` hands over a full snapshot ip → names; the thread writes only the newest one
     (bursts coalesce), at most once per ``min_interval`` unless someone is waiting in
-    ``flush``. ``stop`` removes our lines, then the thread ends. ``backup_dir=None`` means
-    no backup (production passes ``default_backup_dir()``).
+    ``flush``. ``stop`` removes our lines, then the thread ends.
+
+    ``backup``: copy the file to ``hosts.original`` in ``backup_dir`` (default: the invoking
+    user's home, ``SUDO_USER``'s under sudo) before the first write; ``refresh_backup``
+    overwrites an existing copy.
     """
 
     def __init__(
@@ -453,7 +475,8 @@ class HostsWriter(StoppableThread):
         path: Path,
         *,
         owner_pid: int | None = None,
-        backup_dir: Path | None,
+        backup_dir: Path | None = None,
+        backup: bool = True,
         refresh_backup: bool = False,
         purge_stale: bool = False,
         min_interval: float = 0.1,
@@ -464,6 +487,7 @@ class HostsWriter(StoppableThread):
         pid = os.getpid() if owner_pid is None else owner_pid
         self.owner = Marker(pid, process_start(pid))
         self.backup_dir = backup_dir
+        self.backup = backup
         self.refresh_backup = refresh_backup
         self.purge_stale = purge_stale
         self.min_interval = min_interval
@@ -484,8 +508,9 @@ class HostsWriter(StoppableThread):
         target = Path(os.path.realpath(self.path))
         if target.exists():
             if not os.access(target, os.R_OK):
-                raise PrivilegeError(
-                    f"cannot read the hosts file {self.path}: run as root or grant read permission"
+                raise HostsFileError(
+                    f"cannot read the hosts file {self.path}: permission denied "
+                    "(run as root or grant read permission)"
                 )
             if not os.access(target, os.W_OK):
                 raise PrivilegeError(
@@ -502,8 +527,9 @@ class HostsWriter(StoppableThread):
     def start(self) -> None:
         """Check access and make the backup in the caller's thread (errors raise here)."""
         self.check_access()
-        if self.backup_dir is not None:
-            written = backup_hosts(self.path, self.backup_dir, refresh=self.refresh_backup)
+        if self.backup:
+            backup_dir = self.backup_dir or default_backup_dir()
+            written = backup_hosts(self.path, backup_dir, refresh=self.refresh_backup)
             if written:
                 log.info("backed up %s to %s", self.path, written)
         with _local_owners_lock:
@@ -575,6 +601,9 @@ class HostsWriter(StoppableThread):
             self._final_cleanup()
 
     def _write(self, entries: Mapping[str, Sequence[str]] | None) -> bool:
+        with _local_owners_lock:
+            if (self.owner.pid, os.path.realpath(self.path)) in _retired_owners:
+                entries = None
         try:
             if update_hosts(
                 self.path,

@@ -169,7 +169,7 @@ def test_purge_stale_drops_unproven_owners(sleeper: subprocess.Popen[bytes]) -> 
 
 
 def _writer(path: Path, **kw: object) -> HostsWriter:
-    kw.setdefault("backup_dir", None)
+    kw.setdefault("backup", False)
     return HostsWriter(path, **kw)  # type: ignore[arg-type]
 
 
@@ -177,7 +177,7 @@ def _writer(path: Path, **kw: object) -> HostsWriter:
 def test_start_publish_stop_leaves_file_byte_identical(tmp_path: Path, foreign: bytes) -> None:
     hosts = tmp_path / "hosts"
     hosts.write_bytes(foreign)
-    writer = _writer(hosts, backup_dir=tmp_path)
+    writer = _writer(hosts, backup=True, backup_dir=tmp_path)
     writer.start()
     writer.publish({"127.1.27.1": ["web", "web.shop"], "127.1.27.2": ["db"]})
     assert writer.flush()
@@ -362,7 +362,7 @@ _CHILD = textwrap.dedent(
     from pathlib import Path
     from kubefwd.hosts import HostsWriter
     path, tag, rounds = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-    w = HostsWriter(path, backup_dir=None, min_interval=0)
+    w = HostsWriter(path, backup=False, min_interval=0)
     w.start()
     for i in range(rounds):
         w.publish({f"127.{tag}.27.{k + 1}": [f"{tag}-{i}-{k}"] for k in range(5)})
@@ -470,7 +470,7 @@ def test_unwritable_file_names_the_file_and_the_fix(shared_dir: Path) -> None:
     code = (
         "import sys\nfrom pathlib import Path\nfrom kubefwd.hosts import HostsWriter\n"
         "from kubefwd.errors import PrivilegeError\n"
-        "try:\n    HostsWriter(Path(sys.argv[1]), backup_dir=None).start()\n"
+        "try:\n    HostsWriter(Path(sys.argv[1]), backup=False).start()\n"
         "except PrivilegeError as e:\n    print(e)\n"
     )
     out = subprocess.run(
@@ -554,3 +554,83 @@ def test_bind_mount_in_place_fallback_and_full_disk(tmp_path: Path) -> None:
     assert "no space left" in result["in-place"] and result["in-place_unchanged"]
     assert result["leftovers"] == ["filler", "hosts", "hosts.kubefwd.lock"]
 
+
+
+def _as_nobody(code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
+         sys.executable, "-c", code, *args],
+        capture_output=True, text=True, timeout=30, cwd="/",
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+
+
+_NOBODY_UPDATE = (
+    "import os, sys\nfrom pathlib import Path\n"
+    "from kubefwd.hosts import Marker, update_hosts\n"
+    "update_hosts(Path(sys.argv[1]), Marker(os.getpid()), {'127.1.27.1': ['web']})\n"
+    "print(Path(sys.argv[1]).read_text(), end='')\n"
+)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root")
+@pytest.mark.parametrize("dir_owner", [0, 65534])
+def test_user_who_can_write_the_file_keeps_its_owner(shared_dir: Path, dir_owner: int) -> None:
+    # Directory not writable (no sidecar, no temp file possible), or writable but the file
+    # belongs to root (a rename would hand it to the user): both write in place.
+    os.chown(shared_dir, dir_owner, dir_owner)
+    hosts = shared_dir / "hosts"
+    hosts.write_bytes(b"# root's file\n")
+    os.chmod(hosts, 0o666)
+    ino = hosts.stat().st_ino
+    out = _as_nobody(_NOBODY_UPDATE, str(hosts))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("# root's file\n127.1.27.1\tweb\t# kubefwd pid=")
+    st = hosts.stat()
+    assert (st.st_ino, st.st_uid, st.st_mode & 0o777) == (ino, 0, 0o666)
+    assert not [p for p in shared_dir.iterdir() if p.name.startswith(".hosts.")]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root")
+def test_unreadable_file_is_a_hosts_file_error(shared_dir: Path) -> None:
+    hosts = shared_dir / "hosts"
+    hosts.write_bytes(b"secret\n")
+    os.chmod(hosts, 0o600)
+    code = (
+        "import sys\nfrom pathlib import Path\nfrom kubefwd.hosts import HostsWriter\n"
+        "from kubefwd.errors import HostsFileError\n"
+        "try:\n    HostsWriter(Path(sys.argv[1]), backup=False).start()\n"
+        "except HostsFileError as e:\n    print(type(e).__name__, e)\n"
+    )
+    out = _as_nobody(code, str(hosts))
+    assert out.stdout.startswith(f"HostsFileError cannot read the hosts file {hosts}"), out.stderr
+
+
+def test_default_backup_goes_to_the_invoking_users_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SUDO_USER", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    hosts = tmp_path / "hosts"
+    hosts.write_bytes(b"original\n")
+    writer = HostsWriter(hosts)
+    writer.start()
+    writer.stop_and_join()
+    assert (tmp_path / "home" / "hosts.original").read_bytes() == b"original\n"
+
+
+def test_after_remove_owned_lines_a_late_write_adds_nothing(tmp_path: Path) -> None:
+    hosts = tmp_path / "hosts"
+    hosts.write_bytes(b"x\n")
+    writer = _writer(hosts, owner_pid=2_000_000_003, min_interval=0)
+    writer.start()
+    try:
+        writer.publish({"127.1.27.1": ["web"]})
+        assert writer.flush()
+        remove_owned_lines(hosts, 2_000_000_003)
+        writer.publish({"127.1.27.1": ["web", "late"]})
+        assert writer.flush()
+        assert hosts.read_bytes() == b"x\n"
+    finally:
+        writer.stop_and_join()
