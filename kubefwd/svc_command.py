@@ -6,15 +6,14 @@ call): a bad value is one line and exit code 2.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
 
 from kubefwd.errors import UsageError
+from kubefwd.fwdconf import build_reservations
 
 TRANSPORTS = ("auto", "spdy-ws", "spdy", "ws")
 
@@ -107,77 +106,6 @@ def parse_mappings(values: list[str] | None) -> dict[int, int]:
             raise UsageError(f"-m/--mapping: service port {sport} is mapped twice")
         out[sport] = lport
     return out
-
-
-def check_loopback_ip(text: str, what: str) -> str:
-    try:
-        ip = ipaddress.IPv4Address(text.strip())
-    except ValueError:
-        raise UsageError(f"{what}: '{text}' is not an IPv4 address") from None
-    if not ip.is_loopback:
-        raise UsageError(f"{what}: {ip} is outside 127.0.0.0/8; kubefwd only uses loopback IPs")
-    if str(ip).endswith(".0") or str(ip).endswith(".255") or str(ip) == "127.0.0.1":
-        raise UsageError(f"{what}: {ip} cannot be given to a service")
-    return str(ip)
-
-
-def add_reservation(out: dict[str, str], name: str, ip: str, what: str) -> None:
-    name = name.strip()
-    if not name:
-        raise UsageError(f"{what}: empty service name")
-    ip = check_loopback_ip(ip, what)
-    if name in out and out[name] != ip:
-        raise UsageError(f"{what}: '{name}' is reserved twice ({out[name]} and {ip})")
-    for other, other_ip in out.items():
-        if other_ip == ip and other != name:
-            raise UsageError(f"{what}: {ip} is reserved for both '{other}' and '{name}'")
-    out[name] = ip
-
-
-def parse_reservations(values: list[str] | None) -> dict[str, str]:
-    """``-r web:127.1.27.99`` → ``{"web": "127.1.27.99"}``; loopback only, no duplicates."""
-    out: dict[str, str] = {}
-    for raw in split_list(values):
-        name, sep, ip = raw.rpartition(":")
-        if not sep or not name:
-            raise UsageError(f"-r/--reserve '{raw}': expected name:ip, e.g. web:127.1.27.99")
-        add_reservation(out, name, ip, f"-r/--reserve '{raw}'")
-    return out
-
-
-def load_fwd_conf(path: Path, reservations: dict[str, str]) -> str | None:
-    """Read ``-z FILE``: adds its reservations; returns its ``baseUnreservedIP`` if any."""
-    what = f"-z/--fwd-conf {path}"
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"{what}: no such file") from None
-    except OSError as exc:
-        raise UsageError(f"{what}: cannot read it ({exc.strerror})") from None
-    try:
-        data: Any = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise UsageError(f"{what}: not valid YAML{where}") from None
-    if data is None:
-        return None
-    if not isinstance(data, dict):
-        raise UsageError(f"{what}: expected a mapping with baseUnreservedIP/serviceConfigurations")
-    unknown = set(data) - {"baseUnreservedIP", "serviceConfigurations"}
-    if unknown:
-        raise UsageError(f"{what}: unknown key(s) {', '.join(sorted(map(str, unknown)))}")
-    base = data.get("baseUnreservedIP")
-    if base is not None:
-        base = check_loopback_ip(str(base), f"{what}: baseUnreservedIP")
-    configs = data.get("serviceConfigurations") or []
-    if not isinstance(configs, list):
-        raise UsageError(f"{what}: serviceConfigurations must be a list of {{name, ip}}")
-    for i, item in enumerate(configs):
-        if not isinstance(item, dict) or "name" not in item or "ip" not in item:
-            raise UsageError(f"{what}: serviceConfigurations[{i}] needs 'name' and 'ip'")
-        add_reservation(reservations, str(item["name"]), str(item["ip"]), what)
-    return base
 
 
 def check_namespace(name: str) -> str:
@@ -307,8 +235,7 @@ def build_options(
         raise UsageError("-A/--all-namespaces and -n/--namespace cannot be used together")
     if transport not in TRANSPORTS:
         raise UsageError(f"--transport: '{transport}' is not one of {', '.join(TRANSPORTS)}")
-    reservations = parse_reservations(reserve)
-    base_ip = load_fwd_conf(fwd_conf, reservations) if fwd_conf is not None else None
+    reservations, base_ip = build_reservations(split_list(reserve), fwd_conf)
     if kubeconfig is not None and not kubeconfig.strip():
         raise UsageError("-c/--kubeconfig: empty file name")
     return SvcOptions(

@@ -76,15 +76,15 @@ def test_fwd_conf_adds_reservations_and_base(tmp_path: Path, hosts: Path) -> Non
         (["-m", "80"], "expected servicePort:localPort"),
         (["-m", "80:70000"], "outside 1-65535"),
         (["-m", "http:80"], "is not a number"),
-        (["-r", "web:10.0.0.1"], "outside 127.0.0.0/8"),
+        (["-r", "web:10.0.0.1"], "outside the loopback range 127.0.0.0/8"),
         (["-r", "web:not-an-ip"], "not an IPv4 address"),
         (["-r", "web"], "expected name:ip"),
-        (["-r", "a:127.1.27.9", "-r", "b:127.1.27.9"], "reserved for both"),
+        (["-r", "a:127.1.27.9", "-r", "b:127.1.27.9"], "one IP per service"),
         (["-t", "soon"], "-t/--timeout"),
         (["--resync-interval", "5x"], "--resync-interval"),
         (["--retry-interval", "0"], "--retry-interval"),
         (["--transport", "carrier-pigeon"], "--transport"),
-        (["-z", "/nonexistent/fwd.yaml"], "no such file"),
+        (["-z", "/nonexistent/fwd.yaml"], "cannot read it"),
         (["-n", "Bad_Namespace"], "not a valid namespace name"),
         (["-d", "bad..domain"], "not a valid DNS domain"),
     ],
@@ -125,10 +125,10 @@ def _as_kwargs(args: list[str]) -> dict[str, object]:
 def test_bad_fwd_conf_yaml(tmp_path: Path, hosts: Path) -> None:
     conf = tmp_path / "fwd.yaml"
     conf.write_text("serviceConfigurations: [ {name: web, ip: 8.8.8.8} ]\n")
-    with pytest.raises(UsageError, match=r"outside 127\.0\.0\.0/8"):
+    with pytest.raises(UsageError, match=r"outside the loopback range"):
         build_options(hosts_path=hosts, fwd_conf=conf)
     conf.write_text("serviceConfigurations: [ {name: web\n")
-    with pytest.raises(UsageError, match="not valid YAML"):
+    with pytest.raises(UsageError, match=r"fwd\.yaml:\d"):
         build_options(hosts_path=hosts, fwd_conf=conf)
 
 
