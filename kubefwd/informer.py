@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -81,13 +82,17 @@ def informer_events(
     backoff: Backoff | None = None,
     on_error: Callable[[Exception, float], None] | None = None,
     what: str = "objects",
+    clock: Callable[[], float] = time.monotonic,
+    min_quiet_watch: float = 1.0,
 ) -> Iterator[InformerEvent]:
     """List→watch→relist loop until ``stop`` is set.
 
     ``watch_fn(rv)`` returns raw watch events; it may end (a server timeout: watch again from
     the newest RV), raise an ApiError with status 410 / yield an ERROR event with code 410
     (relist), or raise anything else (back off, relist). ``on_error(exc, delay)`` is told of
-    each failure before waiting ``delay`` seconds on ``stop``.
+    each failure before waiting ``delay`` seconds on ``stop``. A watch that ends cleanly
+    without a single event sooner than ``min_quiet_watch`` seconds also backs off (a proxy
+    cutting every watch short must not make us spin).
     """
     backoff = backoff or Backoff()
     expired_in_a_row = 0
@@ -104,8 +109,11 @@ def informer_events(
         yield InformerEvent(SYNC, objects=tuple(items), resource_version=rv)
         relist = False
         while not relist and not stop.is_set():
+            started = clock()
+            seen = False
             try:
                 for raw in watch_fn(rv):
+                    seen = True
                     if stop.is_set():
                         return
                     kind = raw.get("type")
@@ -121,8 +129,13 @@ def informer_events(
                     backoff.reset()
                     if kind in (ADDED, MODIFIED, DELETED):
                         yield InformerEvent(kind, obj=obj, resource_version=rv)
-                # The server ended the watch (timeoutSeconds): a healthy stream.
-                backoff.reset()
+                # The server ended the watch (timeoutSeconds): healthy, unless suspiciously soon.
+                if seen or clock() - started >= min_quiet_watch:
+                    backoff.reset()
+                elif not stop.is_set():
+                    delay = backoff.next_delay()
+                    log.debug("%s: watch ended at once; waiting %.1f s", what, delay)
+                    stop.wait(delay)
             except Exception as e:
                 if stop.is_set():
                     return

@@ -243,3 +243,21 @@ def test_backoff_schedule(initial: float, cap: float, expected: list[float]) -> 
     assert [b.next_delay() for _ in expected] == expected
     b.reset()
     assert b.next_delay() == initial
+
+
+def test_a_watch_that_ends_at_once_without_events_backs_off() -> None:
+    stop = FakeStop()
+    now = [0.0]
+    a, b = ev("ADDED", svc("a", "2")), ev("ADDED", svc("b", "3"))
+    script = Script(lists=[([], "1")], watches=[[], [], [a], [], [b]])
+
+    def clock() -> float:
+        now[0] += 0.01
+        return now[0]
+
+    gen = informer_events(script.list_fn, script.watch_fn, stop=stop, clock=clock)
+    assert [e.type for e in take(gen, 3)] == [SYNC, "ADDED", "ADDED"]
+    # two quick empty watches back off 1, 2; an event resets; the next quick one waits 1 again
+    assert stop.waits == [1.0, 2.0, 1.0]
+    assert script.watched_from == ["1", "1", "1", "2", "2"]
+    gen.close()
