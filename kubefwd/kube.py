@@ -83,9 +83,23 @@ def _credentials_dir() -> str:
         return _private_dir
 
 
+def _wipe_credentials_dir() -> None:
+    """The SSL context holds the material now: don't leave key files lying around."""
+    with _private_dir_lock:
+        if _private_dir is None:
+            return
+        for name in os.listdir(_private_dir):
+            try:
+                os.unlink(os.path.join(_private_dir, name))
+            except OSError:
+                pass
+
+
 def kubeconfig_paths(kubeconfig: str | None) -> list[str]:
     """The files a kubeconfig setting names: ``-c`` wins, then KUBECONFIG, then the default."""
-    raw = kubeconfig or os.environ.get("KUBECONFIG") or DEFAULT_KUBECONFIG
+    if kubeconfig:
+        return [os.path.expanduser(kubeconfig)]
+    raw = os.environ.get("KUBECONFIG") or DEFAULT_KUBECONFIG
     return [os.path.expanduser(p) for p in raw.split(os.pathsep) if p]
 
 
@@ -178,6 +192,7 @@ def _load_target(
     scheme = url.scheme
     port = url.port or (443 if scheme == "https" else 80)
     ssl_context = _ssl_context(configuration, context) if scheme == "https" else None
+    _wipe_credentials_dir()
     auth = _Credentials(configuration, _token_file(docs, context))
     target = ApiTarget(
         host=url.hostname,
@@ -512,12 +527,16 @@ class KubeClient:
             _shutdown(w.sock)
 
     def namespace_exists(self, namespace: str) -> bool:
+        """False only when the server says 404. Users with namespace-scoped rights often may
+        not get Namespace objects: a 403 counts as "exists" (the lists will tell)."""
         path = self._path("namespaces", "", namespace)
         try:
             self._get_json("get", "namespaces", "", path)
         except ApiError as e:
             if e.status == 404:
                 return False
+            if e.status == 403:
+                return True
             raise
         return True
 

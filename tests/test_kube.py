@@ -6,6 +6,7 @@ import base64
 import os
 import socket
 import ssl
+import stat
 import sys
 import textwrap
 import threading
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+from kubefwd import kube
 from kubefwd.errors import ApiError, ConfigError, ExitCode
 from kubefwd.informer import SYNC, Backoff, Informer, InformerEvent
 from kubefwd.ipalloc import IpAllocator
@@ -121,6 +123,9 @@ def test_client_certificate_data_goes_to_a_private_temp_dir(no_env: Path) -> Non
     path = write(kube_dir / "config", kubeconfig(user=user, cluster=cluster))
     [ctx] = load_contexts(None, [])
     assert path and sorted(os.listdir(kube_dir)) == ["config"]  # nothing written next to it
+    private = kube._credentials_dir()
+    assert stat.S_IMODE(os.stat(private).st_mode) == 0o700
+    assert os.listdir(private) == []  # loaded into the SSL context, then removed
     sslctx = ctx.target.ssl_context
     assert isinstance(sslctx, ssl.SSLContext) and sslctx.verify_mode == ssl.CERT_REQUIRED
     assert any(c.get("subject") for c in sslctx.get_ca_certs())
@@ -271,6 +276,8 @@ def test_forbidden_names_the_verb_and_resource(cluster: SimCluster, client: Kube
         client.list("services", "shop")
     assert str(info.value).startswith("forbidden: cannot list services in namespace shop (403): ")
     assert info.value.status == 403 and info.value.exit_code == ExitCode.API
+    cluster.forbid("namespaces", "get")
+    assert client.namespace_exists("shop")  # cannot tell: assume it exists
     cluster.forbid("pods", "watch")
     stop = threading.Event()
     with pytest.raises(ApiError, match=r"forbidden: cannot watch pods in namespace shop \(403\)"):
