@@ -113,9 +113,9 @@ def test_pod_goes_pending_then_running_and_ready_with_a_real_status() -> None:
     statuses = Statuses()
     with Kubelet(on_status=statuses, start_delay=0.2) as kubelet:
         kubelet.start_pod(pod("web-1"))
-        pending = statuses.wait("web-1", lambda s: True)
         running = statuses.wait("web-1", ready)
         ip = kubelet.pod_ip(NS, "web-1")
+    pending = statuses.of("web-1")[0]
     phases = [s["phase"] for s in statuses.of("web-1")]
     assert phases[0] == "Pending" and phases[-1] == "Running"
     assert phases == sorted(phases, key=["Pending", "Running"].index)
@@ -352,3 +352,21 @@ def test_stop_kills_the_whole_process_group_after_the_grace_period(
     kubelet.stop_pod(NS, "stubborn-1")
     assert 0.9 < time.monotonic() - started < 3
     assert me.children(recursive=True) == []
+
+
+def test_close_ends_open_connections_and_processes(statuses: Statuses) -> None:
+    kubelet = Kubelet(on_status=statuses)
+    try:
+        web = run_pod(kubelet, statuses, pod("web-1"))
+        echo = run_pod(kubelet, statuses, pod("echo-1", image="echo", ports=(7,)))
+        run_pod(kubelet, statuses, pod("sleeper-1", ports=(), command=["sleep", "30"]))
+        idle = [socket.create_connection((web, 8080), timeout=5),
+                socket.create_connection((echo, 7), timeout=5)]
+        idle[1].sendall(b"x")
+        assert idle[1].recv(1) == b"x"
+    finally:
+        kubelet.close()
+    for sock in idle:
+        assert ended(sock)
+        sock.close()
+    assert psutil.Process().children() == []
