@@ -106,25 +106,25 @@ def _split_lines(data: bytes) -> Iterator[tuple[bytes, bytes]]:
 
 
 def parse_hosts(data: bytes) -> HostsDoc:
-    foreign: list[tuple[bytes, bytes]] = []
+    foreign: list[bytes] = []  # raw lines, ending included
     owned: list[tuple[bytes, Marker]] = []
-    synthetic_after: int | None = None  # index of a foreign line whose ending we added
+    synthetic: tuple[int, bytes] | None = None  # (foreign line index, the newline we added)
     newline: bytes | None = None
     for body, ending in _split_lines(data):
         marker = parse_marker(body)
         if marker is None:
-            foreign.append((body, ending))
+            foreign.append(body + ending)
             if newline is None and ending:
                 newline = ending
             continue
-        if marker.sep and foreign and foreign[-1][1] == marker.sep:
-            synthetic_after = len(foreign) - 1
+        if marker.sep and foreign and foreign[-1].endswith(marker.sep):
+            synthetic = (len(foreign) - 1, marker.sep)
         owned.append((body, marker))
-    if synthetic_after is not None and synthetic_after == len(foreign) - 1:
-        body, _ = foreign[-1]
-        foreign[-1] = (body, b"")
-    text = b"".join(body + ending for body, ending in foreign)
-    return HostsDoc(text, owned, newline or b"\n")
+    # The newline we added after foreign text that had none is ours to take back, but only
+    # while that text is still the end of the foreign part.
+    if synthetic is not None and synthetic[0] == len(foreign) - 1:
+        foreign[-1] = foreign[-1][: -len(synthetic[1])]
+    return HostsDoc(b"".join(foreign), owned, newline or b"\n")
 
 
 def _clean_names(names: Sequence[str], seen: set[str]) -> list[bytes]:
@@ -479,7 +479,7 @@ class HostsWriter(StoppableThread):
         backup: bool = True,
         refresh_backup: bool = False,
         purge_stale: bool = False,
-        min_interval: float = 0.1,
+        min_interval: float = 0.25,
         lock_timeout: float = 10.0,
     ) -> None:
         super().__init__(name="hosts-writer")

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import portalocker
 import pytest
 
+from kubefwd import hosts as hosts_module
 from kubefwd.errors import HostsFileError, PrivilegeError
 from kubefwd.hosts import (
     MAX_LINE,
@@ -48,6 +51,21 @@ FOREIGN_SAMPLES = [
 ]
 
 
+@contextlib.contextmanager
+def mock_local_owners(pids: Iterable[int]) -> Iterator[None]:
+    """Count fake owner pids as alive, as writers running in this process are."""
+    wanted = list(pids)
+    with hosts_module._local_owners_lock:
+        for pid in wanted:
+            hosts_module._local_owners[pid] = hosts_module._local_owners.get(pid, 0) + 1
+    try:
+        yield
+    finally:
+        with hosts_module._local_owners_lock:
+            for pid in wanted:
+                hosts_module._local_owners.pop(pid, None)
+
+
 def _ours(pid: int = 4242, started: int | None = None) -> Marker:
     return Marker(pid, started)
 
@@ -64,6 +82,27 @@ def test_foreign_bytes_survive_add_and_remove(foreign: bytes) -> None:
     assert doc.foreign == foreign
     assert [m.pid for _, m in doc.owned] == [4242]
     assert rewrite_lines(doc, _ours(), None) == foreign
+
+
+def test_random_foreign_texts_survive_many_owners() -> None:
+    """Seeded fuzz: any foreign text, several owners adding and removing lines in any order."""
+    rng = random.Random(1234)
+    tokens = [b"127.0.0.1", b" ", b"\t", b"\n", b"\r\n", b"\r", b"#", b"# kubefwd", b"pid=",
+              b"12", b"host", b"\xff", b"", b"kubefwd pid=7", b" sep=lf", b"::1"]
+    for _ in range(400):
+        foreign = b"".join(rng.choice(tokens) for _ in range(rng.randint(0, 30)))
+        if any(parse_marker(line) for line in foreign.replace(b"\r", b"").split(b"\n")):
+            continue
+        data = foreign
+        owners = [Marker(2_000_000_100 + k) for k in range(3)]
+        with mock_local_owners(o.pid for o in owners):
+            for owner in owners:
+                data = rewrite_lines(parse_hosts(data), owner, {"127.1.27.1": [f"n{owner.pid}"]})
+            rng.shuffle(owners)
+            for owner in owners:
+                assert parse_hosts(data).foreign == foreign
+                data = rewrite_lines(parse_hosts(data), owner, None)
+        assert data == foreign
 
 
 def test_crlf_file_gets_crlf_lines() -> None:
