@@ -41,7 +41,7 @@ MARKER_TAG = b"# kubefwd pid="
 BACKUP_NAME = "hosts.original"
 LOCK_SUFFIX = ".kubefwd.lock"
 MAX_LINE = 200  # some resolvers mishandle very long lines; split name lists past this
-_MARKER = re.compile(rb"#\s?kubefwd pid=(\d+)(?: t=(\d+))?(?: sep=(lf|crlf))?[ \t]*$")
+_MARKER = re.compile(rb"# kubefwd pid=(\d+)(?: t=(\d+))?(?: sep=(lf|crlf))?[ \t]*$")
 _LINE = re.compile(rb"^[ \t]*[0-9A-Fa-f.:]+[ \t]+[^#]*" + _MARKER.pattern)
 _SEP_FLAG = re.compile(rb" sep=(?:lf|crlf)(?=[ \t]*$)")
 _VALID_NAME = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?$")
