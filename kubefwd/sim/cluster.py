@@ -56,7 +56,7 @@ class SimCluster:
         host: str = "127.0.0.1",
         kubeconfig_path: str | Path | None = None,
         version: str = "v1.31.0",
-        pod_ip_range: str = "127.1.0.0/20",
+        pod_ip_range: str | None = None,
     ) -> None:
         self.contexts = list(contexts) or ["sim"]
         self._manifests = manifests
@@ -65,7 +65,7 @@ class SimCluster:
         self._start_delay = start_delay
         self._host = host
         self._version = version
-        self._pod_ip_range = pod_ip_range
+        self._pod_ip_range = pod_ip_range or random_pod_range()
         self._own_dir: str | None = None
         if kubeconfig_path is None:
             self._own_dir = tempfile.mkdtemp(prefix="kubefwd-sim-")
@@ -329,6 +329,17 @@ class SimCluster:
 
         result = self.wait_for(ready, timeout)
         return [p for p in result if p]
+
+
+def random_pod_range() -> str:
+    """A /20 of pod IPs far from kubefwd's 127.[1+cluster].[27+ns].x addresses.
+
+    Chosen at random so that clusters in concurrent processes (parallel test runs) do not
+    hand out the same pod IP:port.
+    """
+    second = secrets.randbelow(64) + 64  # 127.64.0.0 - 127.127.255.255
+    third = secrets.randbelow(16) * 16
+    return f"127.{second}.{third}.0/20"
 
 
 def _load(manifests: Manifests) -> list[Obj]:
