@@ -370,3 +370,21 @@ def test_close_ends_open_connections_and_processes(statuses: Statuses) -> None:
         assert ended(sock)
         sock.close()
     assert psutil.Process().children() == []
+
+
+def test_addresses_taken_by_someone_else_are_skipped(statuses: Statuses) -> None:
+    # Another simulated cluster on this machine already serves 127.1.13.1 and .2 on 8080.
+    others = []
+    for ip in ("127.1.13.1", "127.1.13.2"):
+        other = socket.socket()
+        other.bind((ip, 8080))
+        other.listen()
+        others.append(other)
+    try:
+        with Kubelet(on_status=statuses, ip_range="127.1.13.0/30") as kubelet:
+            assert run_pod(kubelet, statuses, pod("web-1")) == "127.1.13.3"
+            # A pod on other ports may share the addresses the other cluster uses.
+            assert run_pod(kubelet, statuses, pod("web-2", ports=(9090,))) != "127.1.13.3"
+    finally:
+        for other in others:
+            other.close()

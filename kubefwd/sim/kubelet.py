@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import errno
 import functools
 import heapq
 import ipaddress
 import itertools
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -25,7 +27,7 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,20 +61,26 @@ def timestamp() -> str:
 
 
 class IpPool:
-    """Pod IPs from a range, handed out round-robin so a freed IP is not reused at once."""
+    """Pod IPs from a range, handed out round-robin so a freed IP is not reused at once.
+
+    Several simulated clusters may run on one machine (parallel tests, a demo next to a test
+    run), each with its own pool over the same range: every pool starts at a random place and
+    skips addresses where one of the pod's ports is already taken.
+    """
 
     def __init__(self, cidr: str) -> None:
         net = ipaddress.ip_network(cidr)
         # Skip the .0 and .255 of every /24 to keep the addresses plain.
         self._addresses = [str(a) for a in net if a.packed[-1] not in (0, 255)]
         self._used: set[str] = set()
-        self._next = 0
+        self._next = random.randrange(len(self._addresses)) if self._addresses else 0
 
-    def allocate(self) -> str:
+    def allocate(self, ports: Iterable[int] = ()) -> str:
+        ports = list(ports)
         for _ in range(len(self._addresses)):
             ip = self._addresses[self._next]
             self._next = (self._next + 1) % len(self._addresses)
-            if ip not in self._used:
+            if ip not in self._used and _bindable(ip, ports):
                 self._used.add(ip)
                 return ip
         raise RuntimeError("the pod IP range is exhausted")
@@ -83,6 +91,19 @@ class IpPool:
     @property
     def in_use(self) -> int:
         return len(self._used)
+
+
+def _bindable(ip: str, ports: list[int]) -> bool:
+    """Whether nothing else on this machine listens on ``ip`` at any of ``ports``."""
+    for port in ports:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((ip, port))
+            except OSError as e:
+                if e.errno == errno.EADDRINUSE:
+                    return False
+    return True
 
 
 def expand(text: str, env: Mapping[str, str]) -> str:
@@ -285,7 +306,7 @@ class Kubelet:
             if self._closed:
                 raise RuntimeError("the kubelet is closed")
             record = _Pod(namespace=ns, name=name, uid=uid, obj=copy.deepcopy(pod),
-                          ip=self._ips.allocate(),
+                          ip=self._ips.allocate(p for c in containers for p in c.ports),
                           restart_policy=spec.get("restartPolicy") or "Always",
                           containers=containers, scheduled_at=timestamp(), grace=grace)
             self._pods[(ns, name)] = record
