@@ -221,7 +221,9 @@ def service(name: str, ns: str = "shop") -> dict[str, Any]:
 
 @pytest.fixture
 def cluster() -> Iterator[SimCluster]:
-    with SimCluster(manifests=MANIFESTS, contexts=("sim", "sim2")) as c:
+    # A pod range of our own: other suites may run simulated pods at the same time.
+    with SimCluster(manifests=MANIFESTS, contexts=("sim", "sim2"),
+                    pod_ip_range="127.1.112.0/20") as c:
         yield c
 
 
