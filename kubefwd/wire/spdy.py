@@ -221,6 +221,21 @@ class Transport(Protocol):
     def close(self) -> None: ...
 
 
+def shutdown_transport(transport: Any) -> None:
+    """Wake every thread blocked on ``transport`` without closing its descriptor.
+
+    For sockets this is the raw ``shutdown``: ``SSLSocket.shutdown`` drops the TLS state
+    under the feet of other threads, which is not safe.
+    """
+    try:
+        if isinstance(transport, socket.socket):
+            socket.socket.shutdown(transport, socket.SHUT_RDWR)
+        elif hasattr(transport, "shutdown"):
+            transport.shutdown(socket.SHUT_RDWR)
+    except (OSError, ValueError):
+        pass
+
+
 # --- streams and the session ---------------------------------------------------------------
 
 DataCallback = Callable[[memoryview], None]
@@ -357,6 +372,11 @@ class SpdySession:
         self._thread = threading.Thread(target=self._run, name=f"{self.name}-reader", daemon=True)
         self._thread.start()
         return self
+
+    def serve(self) -> None:
+        """Run the reader loop in the calling thread until the session ends."""
+        self._thread = threading.current_thread()
+        self._run()
 
     def close(self, timeout: float = 5.0) -> None:
         """End the session: wake the reader, close the transport, join the reader thread."""
@@ -510,12 +530,7 @@ class SpdySession:
                 self._streams.pop(stream.id, None)
 
     def _shutdown_transport(self) -> None:
-        shutdown = getattr(self.transport, "shutdown", None)
-        if shutdown is not None:
-            try:
-                shutdown(socket.SHUT_RDWR)
-            except (OSError, ValueError):
-                pass
+        shutdown_transport(self.transport)
 
     # -- reading --
 

@@ -393,10 +393,25 @@ class WebSocket:
             pass
 
     def shutdown(self) -> None:
-        """Wake a blocked reader and writers without closing the descriptor."""
+        """Wake a blocked reader and writers without closing the descriptor.
+
+        A close frame goes out first when no other thread is in the middle of a write.
+        """
+        if not self.close_sent and self._wlock.acquire(blocking=False):
+            try:
+                self.close_sent = True
+                self.sock.sendall(encode_frame(OP_CLOSE, close_payload(CLOSE_GOING_AWAY),
+                                               masked=self.client))
+            except (OSError, ValueError):
+                pass
+            finally:
+                self._wlock.release()
         try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
+            if isinstance(self.sock, socket.socket):
+                socket.socket.shutdown(self.sock, socket.SHUT_RDWR)  # raw: thread-safe for TLS
+            else:
+                self.sock.shutdown(socket.SHUT_RDWR)
+        except (OSError, ValueError):
             pass
 
     # -- low-level reading --
