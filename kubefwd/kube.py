@@ -629,3 +629,43 @@ def make_informer(
         on_error=on_error,
         stop=stop,
     )
+
+
+def namespace_informers(
+    client: KubeClient,
+    namespace: str,
+    handle: Callable[[str, str, str, InformerEvent], None],
+    *,
+    label_selector: str = "",
+    field_selector: str = "",
+    timeout_seconds: int = 300,
+    backoff: Callable[[], Backoff] | None = None,
+    on_error: Callable[[Informer, Exception, float], None] | None = None,
+) -> list[Informer]:
+    """The three informers kubefwd runs per (context, namespace), not started.
+
+    The selectors pick services (``-l``/``-f``); pods and EndpointSlices are watched whole,
+    since each service's own selector decides which pods it uses. ``handle(context,
+    namespace, resource, event)`` is ``Registry.handle``.
+    """
+    informers = []
+    for resource in ("services", "pods", "endpointslices"):
+        is_services = resource == "services"
+
+        def callback(event: InformerEvent, resource: str = resource) -> None:
+            handle(client.context.name, namespace, resource, event)
+
+        informers.append(
+            make_informer(
+                client,
+                resource,
+                namespace,
+                callback,
+                label_selector=label_selector if is_services else "",
+                field_selector=field_selector if is_services else "",
+                timeout_seconds=timeout_seconds,
+                backoff=backoff() if backoff else None,
+                on_error=on_error,
+            )
+        )
+    return informers

@@ -22,7 +22,13 @@ from kubefwd import kube
 from kubefwd.errors import ApiError, ConfigError, ExitCode
 from kubefwd.informer import SYNC, Backoff, Informer, InformerEvent
 from kubefwd.ipalloc import IpAllocator
-from kubefwd.kube import KubeClient, WatchExpired, load_contexts, make_informer
+from kubefwd.kube import (
+    KubeClient,
+    WatchExpired,
+    load_contexts,
+    make_informer,
+    namespace_informers,
+)
 from kubefwd.registry import ForwardKey, Registry
 from kubefwd.sim import SimCluster
 from kubefwd.sim import tls as simtls
@@ -380,11 +386,13 @@ def test_registry_fed_by_real_informers_picks_a_ready_pod(
 ) -> None:
     cluster.wait_ready("shop")
     registry = Registry(allocator=IpAllocator(), contexts=["sim"], namespaces=["shop"])
-    informers = []
-    for resource in ("services", "pods", "endpointslices"):
-        informers.append(
-            start_informer(client, resource, "shop", registry.callback("sim", "shop", resource))
-        )
+    informers = namespace_informers(client, "shop", registry.handle, label_selector="tier=front",
+                                    backoff=lambda: Backoff(initial=0.05, cap=0.2))
+    assert [i.name for i in informers] == [
+        "informer/sim/shop/services", "informer/sim/shop/pods", "informer/sim/shop/endpointslices"
+    ]
+    for informer in informers:
+        informer.start()
     key = ForwardKey("sim", "shop", "web")
     try:
         first = cluster.wait_for(lambda: registry.pick_pod(key, 80), 5)
@@ -394,7 +402,8 @@ def test_registry_fed_by_real_informers_picks_a_ready_pod(
         # the chosen pod is deleted: the registry moves on to the other one at once
         cluster.delete_pod("shop", first.name)
         cluster.wait_for(lambda: (p := registry.pick_pod(key, 80)) and p.name != first.name, 5)
-        assert registry.pick_pod(ForwardKey("sim", "shop", "db")) is None  # no pods
+        # db is not labelled tier=front: not forwarded at all
+        assert [str(f.key) for f in registry.snapshot().forwards] == ["sim/shop/web"]
     finally:
         for inf in informers:
             assert inf.stop_and_join(3)
