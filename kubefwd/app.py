@@ -1,9 +1,54 @@
-"""The orchestrator (being built)."""
+"""The orchestrator: contexts → informers → registry → forwarders, plus the hosts writer.
+
+``Kubefwd`` wires the pieces together, owns their start and shutdown order and the signal
+handling of ``kubefwd svc``; tests and the benchmark can also drive it in-process
+(``start()``, ``wait_ready()``, ``shutdown()``).
+
+Shutdown order (each step in its own ``try`` so one failure does not skip the rest): stop the
+informers (no new commands), stop the forwarders (listeners close), close the tunnels, stop the
+hosts writer (it removes our lines), undo loopback aliases.
+"""
 
 from __future__ import annotations
 
+import functools
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from kubefwd.errors import (
+    ApiError,
+    ConfigError,
+    ExitCode,
+    HostsFileError,
+    KubefwdError,
+    PrivilegeError,
+)
+from kubefwd.forwarder import Forwarder, ListenPort
+from kubefwd.hosts import HostsWriter, default_backup_dir, remove_owned_lines
+from kubefwd.informer import Backoff, Informer
+from kubefwd.ipalloc import DEFAULT_BASE, IpAllocator
+from kubefwd.kube import ClusterContext, KubeClient, load_contexts, watch_callables
+from kubefwd.loopback import LoopbackStrategy, loopback_strategy
+from kubefwd.output import Output
+from kubefwd.privileges import needs_root_reasons
+from kubefwd.registry import ForwardRemove, ForwardUpsert, HostsSnapshot, Registry
+from kubefwd.threads import StoppableThread
+from kubefwd.tunnel import ApiTarget, PodTunnel, TunnelPool
+
+log = logging.getLogger("kubefwd.app")
+
+# A pod whose tunnel keeps failing is avoided for 1 s, then 2, 4, … up to 5 minutes; the
+# delay resets once a connection through it works again.
+BACKOFF_INITIAL = 1.0
+BACKOFF_CAP = 300.0
 
 
 @dataclass
@@ -29,11 +74,618 @@ class SvcOptions:
     auto_reconnect: bool = False
     verbose: bool = False
     transport: str = "auto"
+    # Not flags: where ~/hosts.original goes (None: the invoking user's home).
+    backup_dir: Path | None = None
+    make_backup: bool = True
+
+
+class PodBackoff:
+    """Per-pod failure back-off: 1 s doubling to 5 min, reset on success. Thread-safe."""
+
+    def __init__(
+        self,
+        *,
+        initial: float = BACKOFF_INITIAL,
+        cap: float = BACKOFF_CAP,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.initial = initial
+        self.cap = cap
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._state: dict[Any, tuple[float, float]] = {}  # key -> (delay, not_before)
+
+    def failed(self, key: Any) -> float:
+        """Record a failure; returns how long the pod is now avoided."""
+        with self._lock:
+            delay, _ = self._state.get(key, (0.0, 0.0))
+            delay = self.initial if delay == 0 else min(delay * 2, self.cap)
+            self._state[key] = (delay, self._clock() + delay)
+            return delay
+
+    def succeeded(self, key: Any) -> None:
+        with self._lock:
+            self._state.pop(key, None)
+
+    def forget(self, key: Any) -> None:
+        self.succeeded(key)
+
+    def usable(self, key: Any) -> bool:
+        with self._lock:
+            state = self._state.get(key)
+        return state is None or self._clock() >= state[1]
+
+    def remaining(self, key: Any) -> float:
+        with self._lock:
+            state = self._state.get(key)
+        return 0.0 if state is None else max(0.0, state[1] - self._clock())
+
+
+@dataclass
+class _Forward:
+    """What the app knows of one live forward (a service, or one pod of a headless one)."""
+
+    key: Any  # registry.ForwardKey
+    forwarder: Forwarder
+    upsert: Any  # the last registry.ForwardUpsert
+    announced: bool = False
+    no_pod_since: float | None = None
+    warned_no_pod: bool = False
 
 
 class Kubefwd:
-    def __init__(self, options: SvcOptions) -> None:
+    """One run of ``kubefwd svc``: ``run()`` for the CLI, or ``start()``/``shutdown()``."""
+
+    def __init__(self, options: SvcOptions, *, output: Output | None = None) -> None:
         self.options = options
+        self.output = output or Output(verbose=options.verbose)
+        self.stop_requested = threading.Event()
+        self.ready = threading.Event()
+        self.started_at = 0.0
+        self._signals = 0
+        self._lock = threading.Lock()
+        self._forwards: dict[str, _Forward] = {}
+        self._informers: list[Informer] = []
+        self._clients: list[KubeClient] = []
+        self._targets: dict[str, ApiTarget] = {}
+        self._informer_stop = threading.Event()
+        self._registry: Registry | None = None
+        self._pool: TunnelPool | None = None
+        self._hosts: HostsWriter | None = None
+        self._loopback: LoopbackStrategy | None = None
+        self._housekeeper: _Housekeeper | None = None
+        self._backoff = PodBackoff()
+        self._pod_last_used: dict[tuple[str, str, str], float] = {}
+        self._shut_down = False
+
+    # -- whole-process entry ---------------------------------------------------------------
 
     def run(self) -> int:
-        raise NotImplementedError
+        """Start, serve until SIGINT/SIGTERM, shut down; returns the exit code."""
+        self.output.install()
+        previous = self._install_signals()
+        try:
+            try:
+                self.start()
+            except BaseException:
+                self.shutdown()
+                raise
+            if self.stop_requested.is_set() and not self.ready.is_set():
+                self.shutdown()
+                return int(ExitCode.INTERRUPTED)
+            self.stop_requested.wait()
+            self.output.info("stopping: closing forwards and removing hosts entries")
+            self.shutdown()
+            return int(ExitCode.OK)
+        finally:
+            self._restore_signals(previous)
+            self.output.uninstall()
+
+    def _install_signals(self) -> dict[int, Any]:
+        previous: dict[int, Any] = {}
+        if threading.current_thread() is not threading.main_thread():
+            return previous
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, self._on_signal)
+        return previous
+
+    @staticmethod
+    def _restore_signals(previous: dict[int, Any]) -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            self.stop_requested.set()
+            return
+        # A second signal: only make sure the hosts file is clean, then leave at once.
+        try:
+            remove_owned_lines(self.options.hosts_path, os.getpid(), lock_timeout=2.0)
+        except Exception as exc:  # nothing may keep us from exiting now
+            os.write(2, f"kubefwd: could not clean the hosts file: {exc}\n".encode())
+        os._exit(int(ExitCode.ERROR))
+
+    # -- start -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Check, connect, list everything, bind every listener, write the hosts file.
+
+        Returns once all of that is done (``ready`` is set) or a stop was requested; raises a
+        ``KubefwdError`` for anything the user must fix (call ``shutdown()`` afterwards).
+        """
+        o = self.options
+        self.started_at = time.monotonic()
+        reasons = needs_root_reasons(o.hosts_path, [])
+        if reasons:
+            raise PrivilegeError("root is needed: " + "; ".join(reasons))
+        contexts = load_contexts(o.kubeconfig, o.contexts)
+        namespaces = self._namespaces(contexts)
+        if self.stop_requested.is_set():
+            return
+        allocator = IpAllocator(reservations=o.reservations, base=o.base_ip or DEFAULT_BASE)
+        self._registry = Registry(
+            allocator=allocator,
+            contexts=[c.name for c in contexts],
+            namespaces={c.name: namespaces[c.name] for c in contexts},
+            domain=o.domain,
+            mappings=o.mappings,
+        )
+        self._registry.subscribe(self._on_commands)
+        self._pool = TunnelPool(transport=o.transport, on_dead=self._tunnel_died)
+        self._loopback = loopback_strategy()
+        self._hosts = HostsWriter(
+            o.hosts_path,
+            backup_dir=(o.backup_dir or default_backup_dir()) if o.make_backup else None,
+            refresh_backup=o.refresh_backup,
+            purge_stale=o.purge_stale,
+        )
+        self._hosts.start()
+        # Pods first, then services: every service then meets its pods in its first batch, so
+        # IPs come out in the same order on every run (headless pods next to their service).
+        for resources in (("pods", "endpointslices"), ("services",)):
+            for ctx in contexts:
+                scope = namespaces[ctx.name] if not o.all_namespaces else [""]
+                self._start_informers(ctx, scope, resources)
+            self._wait_synced()
+        if self.stop_requested.is_set():
+            return
+        if not self._hosts.flush(timeout=30.0):
+            error = self._hosts.last_error
+            raise error or HostsFileError(f"could not write the hosts file {o.hosts_path}")
+        self._announce_all()
+        self._housekeeper = _Housekeeper(self)
+        self._housekeeper.start()
+        with self._lock:
+            count = len({f.key[:3] for f in self._forwards.values()})
+            addresses = len(self._forwards)
+        self.output.ready(count, addresses, time.monotonic() - self.started_at)
+        self.ready.set()
+
+    def _namespaces(self, contexts: Sequence[ClusterContext]) -> dict[str, list[str]]:
+        """The namespaces of each context, checked to exist (``-A``: all of them, listed)."""
+        o = self.options
+        result: dict[str, list[str]] = {}
+        for ctx in contexts:
+            client = KubeClient(ctx)
+            self._clients.append(client)
+            self._targets[ctx.name] = ctx.target
+            if o.all_namespaces:
+                result[ctx.name] = client.list_namespaces()
+                continue
+            chosen = list(o.namespaces) or [ctx.namespace]
+            for ns in chosen:
+                try:
+                    exists = client.namespace_exists(ns)
+                except ApiError as exc:
+                    if exc.status != 403:  # may not read namespaces: the lists will tell
+                        raise
+                    exists = True
+                if not exists:
+                    raise ConfigError(f"namespace {ns!r} not found in context {ctx.name!r}")
+            result[ctx.name] = chosen
+        return result
+
+    def _start_informers(
+        self, ctx: ClusterContext, namespaces: Sequence[str], resources: Sequence[str]
+    ) -> None:
+        o = self.options
+        assert self._registry is not None
+        client = next(c for c in self._clients if c.context is ctx)
+        watch_timeout = int(max(1, min(300.0, o.resync_interval)))
+        for ns in namespaces:
+            for resource in resources:
+                selectors = resource == "services"
+                list_fn, watch_fn = watch_callables(
+                    client, resource, ns,
+                    label_selector=o.label_selector if selectors else "",
+                    field_selector=o.field_selector if selectors else "",
+                    timeout_seconds=watch_timeout,
+                    stop=self._informer_stop,
+                )
+                informer = Informer(
+                    context=ctx.name,
+                    namespace=ns,
+                    resource=resource,
+                    list_fn=list_fn,
+                    watch_fn=_resyncing(watch_fn, o.resync_interval),
+                    callback=self._registry.callback(ctx.name, ns, resource),
+                    interrupt=functools.partial(self._interrupt_watches, client),
+                    backoff=Backoff(initial=min(1.0, o.retry_interval), cap=o.retry_interval),
+                    on_error=self._informer_error,
+                )
+                self._informers.append(informer)
+                informer.start()
+
+    def _interrupt_watches(self, client: KubeClient, _stop: threading.Event) -> None:
+        client.interrupt(self._informer_stop)
+
+    def _informer_error(self, informer: Informer, exc: Exception, delay: float) -> None:
+        if self.ready.is_set():
+            self.output.warning("%s: %s; retrying in %.0fs", informer.name, exc, delay)
+        else:
+            self.output.debug("%s: %s; retrying in %.0fs", informer.name, exc, delay)
+
+    def _wait_synced(self) -> None:
+        """Wait for every informer's first list; a failing one is fatal at start-up."""
+        deadline = time.monotonic() + max(30.0, self.options.retry_interval * 3)
+        while not self.stop_requested.is_set():
+            pending = [i for i in self._informers if not i.synced.is_set()]
+            if not pending:
+                return
+            for informer in pending:
+                error = informer.last_error
+                if error is None:
+                    continue
+                if informer.resource == "endpointslices" and isinstance(error, ApiError) \
+                        and error.status == 403:
+                    # Readiness comes from the pods themselves; slices only fill gaps.
+                    self.output.warning("%s; continuing without EndpointSlices", error)
+                    informer.stopping.set()  # it is between lists: no watch to interrupt
+                    informer.synced.set()
+                    continue
+                if isinstance(error, KubefwdError):
+                    raise error
+                raise ApiError(f"{informer.name}: {error}")
+            if time.monotonic() > deadline:
+                names = ", ".join(i.name for i in pending)
+                raise ApiError(f"timed out listing {names}")
+            self.stop_requested.wait(0.02)
+
+    # -- registry commands (on informer threads, in order, outside the registry lock) --------
+
+    def _on_commands(self, commands: list[Any]) -> None:
+        for command in commands:
+            try:
+                if isinstance(command, ForwardUpsert):
+                    self._upsert(command)
+                elif isinstance(command, ForwardRemove):
+                    self._remove(command.key)
+                elif isinstance(command, HostsSnapshot) and self._hosts is not None:
+                    self._hosts.publish(command.entries)
+            except KubefwdError as exc:
+                self.output.warning("%s", exc)
+
+    def _listen_ports(self, upsert: Any) -> list[ListenPort]:
+        return [ListenPort(p.port, p.local_port, p.name) for p in upsert.ports]
+
+    def _upsert(self, upsert: Any) -> None:
+        name = str(upsert.key)
+        with self._lock:
+            if self._shut_down:
+                return
+            state = self._forwards.get(name)
+        if state is None:
+            if self._loopback is not None:
+                self._loopback.ensure(upsert.ip)
+            forwarder = Forwarder(
+                name, upsert.ip, self._listen_ports(upsert), self._route,
+                hold_timeout=self.options.timeout, thread_name=f"forward/{name}",
+            )
+            errors = forwarder.bind()
+            state = _Forward(upsert.key, forwarder, upsert)
+            with self._lock:
+                self._forwards[name] = state
+            forwarder.start()
+            for error in errors:
+                self.output.warning("%s: %s", name, error)
+        else:
+            old = state.upsert
+            state.upsert = upsert
+            if old.ip != upsert.ip or old.ports != upsert.ports:
+                if self._loopback is not None and old.ip != upsert.ip:
+                    self._loopback.ensure(upsert.ip)
+                for error in state.forwarder.reconfigure(upsert.ip, self._listen_ports(upsert)):
+                    self.output.warning("%s: %s", name, error)
+            state.forwarder.poke()
+            if old.pods[:1] != upsert.pods[:1] and upsert.pods and self.ready.is_set():
+                self.output.debug("%s now goes to pod %s", name, upsert.pods[0].name)
+        if upsert.pods:
+            state.no_pod_since = None
+            if state.warned_no_pod:
+                state.warned_no_pod = False
+                self.output.info("%s: pod %s is ready", name, upsert.pods[0].name)
+        elif state.no_pod_since is None:
+            state.no_pod_since = time.monotonic()
+        if self.ready.is_set() and not state.announced:
+            self._announce(state)
+
+    def _announce(self, state: _Forward) -> None:
+        state.announced = True
+        u = state.upsert
+        ports = [str(p.local_port) for p in u.ports]
+        key = u.key
+        pod = f"{key.namespace}/{u.pods[0].name}" if u.pods else None
+        if len(self._targets) > 1 and pod:
+            pod = f"{key.context}/{pod}"
+        self.output.forwarded(u.names or [str(key)], u.ip, ports, pod)
+
+    def _announce_all(self) -> None:
+        with self._lock:
+            states = sorted(self._forwards.values(), key=lambda s: tuple(s.key))
+        for state in states:
+            if not state.announced:
+                self._announce(state)
+
+    def _remove(self, key: Any) -> None:
+        name = str(key)
+        with self._lock:
+            state = self._forwards.pop(name, None)
+        if state is None:
+            return
+        state.forwarder.stop_and_join()
+        self.output.removed(name, state.upsert.ip)
+
+    # -- the hot path: which tunnel takes a new connection -----------------------------------
+
+    def _route(self, name: str, port: int) -> tuple[PodTunnel, int] | None:
+        """Called by a forwarder for each accepted connection: the first ready pod that is
+        not backing off and has the port; ``None`` holds the connection."""
+        state = self._forwards.get(name)
+        pool = self._pool
+        if state is None or pool is None:
+            return None
+        key = state.key
+        target = self._targets.get(key.context)
+        if target is None:
+            return None
+        for pod in state.upsert.pods:
+            target_port = pod.target_port(port)
+            if target_port is None:
+                self.output.warning_once(
+                    f"noport/{name}/{pod.name}/{port}",
+                    "%s: pod %s has no container port for service port %s; skipped",
+                    name, pod.name, port,
+                )
+                continue
+            pod_key = (key.context, key.namespace, pod.name)
+            if not self._backoff.usable(pod_key):
+                continue
+            try:
+                tunnel = pool.get(target, key.context, key.namespace, pod.name)
+            except KubefwdError:
+                return None
+            if tunnel.transport_name:
+                self._backoff.succeeded(pod_key)  # it opened: the pod answers again
+            else:
+                _wake_when_open(tunnel)
+            self._pod_last_used[pod_key] = time.monotonic()
+            return tunnel, target_port
+        return None
+
+    def _tunnel_died(self, context: str, namespace: str, pod: str) -> None:
+        delay = self._backoff.failed((context, namespace, pod))
+        self.output.debug("tunnel to %s/%s failed; avoiding that pod for %.0fs",
+                          namespace, pod, delay)
+        with self._lock:
+            states = list(self._forwards.values())
+        for state in states:
+            if any(p.name == pod for p in state.upsert.pods) and state.key.context == context:
+                state.forwarder.poke()
+
+    # -- housekeeping ------------------------------------------------------------------------
+
+    def housekeeping(self) -> None:
+        """Once a second: -t warnings, tunnels of vanished pods, -a re-opening."""
+        now = time.monotonic()
+        with self._lock:
+            states = list(self._forwards.values())
+        wanted: set[tuple[str, str, str]] = set()
+        for state in states:
+            key = state.key
+            for pod in state.upsert.pods:
+                wanted.add((key.context, key.namespace, pod.name))
+            since = state.no_pod_since
+            if since is not None and not state.warned_no_pod \
+                    and now - since >= self.options.timeout:
+                state.warned_no_pod = True
+                self.output.warning(
+                    "%s: no ready pod after %gs; connections wait up to -t/--timeout for one",
+                    key, self.options.timeout,
+                )
+        pool = self._pool
+        if pool is None:
+            return
+        for tunnel in pool.tunnels():
+            ctx = next((c for c, t in self._targets.items() if t is tunnel.target), "")
+            pod_key = (ctx, tunnel.namespace, tunnel.pod)
+            if pod_key not in wanted:
+                last = self._pod_last_used.get(pod_key, 0.0)
+                if now - last > _UNUSED_TUNNEL_GRACE:
+                    pool.drop(*pod_key)
+                    self._pod_last_used.pop(pod_key, None)
+                    self._backoff.forget(pod_key)
+        if self.options.auto_reconnect:
+            self._keep_tunnels_open(states)
+
+    def _keep_tunnels_open(self, states: list[_Forward]) -> None:
+        pool = self._pool
+        assert pool is not None
+        for state in states:
+            key = state.key
+            target = self._targets.get(key.context)
+            for pod in state.upsert.pods[:1]:
+                pod_key = (key.context, key.namespace, pod.name)
+                if target is None or not self._backoff.usable(pod_key):
+                    continue
+                tunnel = pool.get(target, key.context, key.namespace, pod.name)
+                if tunnel.transport_name and tunnel.alive:
+                    continue
+                try:
+                    tunnel.open(timeout=5.0)
+                    self._backoff.succeeded(pod_key)
+                except KubefwdError as exc:
+                    delay = self._backoff.failed(pod_key)
+                    self.output.warning("%s: %s; retrying in %.0fs", key, exc, delay)
+                if self._housekeeper is not None and self._housekeeper.stopping.is_set():
+                    return
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for tests and the benchmark."""
+        with self._lock:
+            forwards = list(self._forwards.values())
+        return {
+            "forwards": len(forwards),
+            "hosts_writes": self._hosts.writes if self._hosts is not None else 0,
+            "tunnels": len(self._pool.tunnels()) if self._pool is not None else 0,
+            "accepted": sum(f.forwarder.stats.accepted for f in forwards),
+            "dropped": sum(f.forwarder.stats.dropped for f in forwards),
+        }
+
+    def forwards(self) -> dict[str, tuple[str, list[str], list[int]]]:
+        """name → (ip, host names, local ports) of every live forward."""
+        with self._lock:
+            return {
+                name: (s.upsert.ip, list(s.upsert.names), [p.local_port for p in s.upsert.ports])
+                for name, s in self._forwards.items()
+            }
+
+    # -- shutdown ----------------------------------------------------------------------------
+
+    def wait_ready(self, timeout: float) -> bool:
+        return self.ready.wait(timeout)
+
+    def request_stop(self) -> None:
+        self.stop_requested.set()
+
+    def shutdown(self) -> None:
+        """Stop informers → forwarders → tunnels → hosts lines → loopback; each step isolated,
+        so one failure does not skip the rest. Safe to call more than once."""
+        with self._lock:
+            if self._shut_down:
+                return
+            self._shut_down = True
+        self.stop_requested.set()
+        _step("stop informers", self._stop_informers)
+        _step("stop housekeeping", self._stop_housekeeper)
+        _step("stop forwarders", self._stop_forwarders)
+        _step("close tunnels", self._close_tunnels)
+        _step("remove hosts entries", self._stop_hosts)
+        _step("remove loopback addresses", self._cleanup_loopback)
+
+    def _stop_informers(self) -> None:
+        self._informer_stop.set()
+        for informer in self._informers:
+            informer.stop()
+        for client in self._clients:
+            client.close()
+        stuck = [i.name for i in self._informers if not i.stop_and_join(5.0)]
+        if stuck:
+            log.warning("informers did not stop in time: %s", ", ".join(stuck))
+
+    def _stop_housekeeper(self) -> None:
+        if self._housekeeper is not None:
+            self._housekeeper.stop_and_join()
+
+    def _stop_forwarders(self) -> None:
+        with self._lock:
+            states = list(self._forwards.values())
+            self._forwards.clear()
+        for state in states:
+            state.forwarder.stop()
+        for state in states:
+            state.forwarder.stop_and_join()
+
+    def _close_tunnels(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+
+    def _stop_hosts(self) -> None:
+        if self._hosts is None:
+            return
+        if self._hosts.ident is None:
+            return
+        if not self._hosts.stop_and_join(10.0):
+            raise HostsFileError(f"timed out removing our lines from {self.options.hosts_path}")
+        if self._hosts.last_error is not None:
+            raise self._hosts.last_error
+
+    def _cleanup_loopback(self) -> None:
+        if self._loopback is not None:
+            for error in self._loopback.cleanup():
+                log.warning("%s", error)
+
+
+# Tunnels of pods that no forward uses any more are closed after this long.
+_UNUSED_TUNNEL_GRACE = 30.0
+
+
+def _wake_when_open(tunnel: PodTunnel) -> None:
+    """Make a tunnel that is still opening serve its queued connections as soon as it is open.
+
+    The tunnel queues connections spliced while it opens and its pump only looks at that queue
+    when its selector wakes; a wake-up right after opening makes that immediate instead of
+    waiting for the first keepalive tick.
+    """
+    if getattr(tunnel, "_kubefwd_wake_hook", False):
+        return
+    previous = tunnel.on_open
+    wake = getattr(tunnel, "_wake", None)
+
+    def opened(t: PodTunnel) -> None:
+        if previous is not None:
+            previous(t)
+        if wake is not None:
+            wake()
+
+    tunnel.on_open = opened
+    tunnel._kubefwd_wake_hook = True  # type: ignore[attr-defined]
+
+
+def _step(what: str, fn: Callable[[], None]) -> None:
+    try:
+        fn()
+    except Exception as exc:
+        log.error("shutdown: %s failed: %s", what, exc)
+
+
+def _resyncing(
+    watch_fn: Callable[[str], Iterable[dict[str, Any]]], every: float
+) -> Callable[[str], Iterator[dict[str, Any]]]:
+    """Wrap a watch so that, ``every`` seconds after the last list, it ends with an
+    "expired" error: the informer lists everything again (the --resync-interval)."""
+    listed_at = [time.monotonic()]
+
+    def watch(rv: str) -> Iterator[dict[str, Any]]:
+        if time.monotonic() - listed_at[0] >= every:
+            listed_at[0] = time.monotonic()
+            raise ApiError("periodic resync", status=410, reason="Expired")
+        yield from watch_fn(rv)
+        if time.monotonic() - listed_at[0] >= every:
+            listed_at[0] = time.monotonic()
+            raise ApiError("periodic resync", status=410, reason="Expired")
+
+    return watch
+
+
+class _Housekeeper(StoppableThread):
+    def __init__(self, app: Kubefwd) -> None:
+        super().__init__("kubefwd/housekeeping")
+        self.app = app
+
+    def run_loop(self) -> None:
+        while not self.stopping.wait(1.0):
+            try:
+                self.app.housekeeping()
+            except Exception:
+                log.exception("housekeeping failed")
