@@ -84,6 +84,7 @@ def informer_events(
     what: str = "objects",
     clock: Callable[[], float] = time.monotonic,
     min_quiet_watch: float = 1.0,
+    resync_interval: float | None = None,
 ) -> Iterator[InformerEvent]:
     """List→watch→relist loop until ``stop`` is set.
 
@@ -92,7 +93,9 @@ def informer_events(
     (relist), or raise anything else (back off, relist). ``on_error(exc, delay)`` is told of
     each failure before waiting ``delay`` seconds on ``stop``. A watch that ends cleanly
     without a single event sooner than ``min_quiet_watch`` seconds also backs off (a proxy
-    cutting every watch short must not make us spin).
+    cutting every watch short must not make us spin). With ``resync_interval``, a watch that
+    ends after that many seconds since the last list is followed by a full relist (and SYNC);
+    pass a watch timeout no longer than the interval.
     """
     backoff = backoff or Backoff()
     expired_in_a_row = 0
@@ -106,6 +109,7 @@ def informer_events(
             continue
         if stop.is_set():
             return
+        listed_at = clock()
         yield InformerEvent(SYNC, objects=tuple(items), resource_version=rv)
         relist = False
         while not relist and not stop.is_set():
@@ -132,6 +136,8 @@ def informer_events(
                 # The server ended the watch (timeoutSeconds): healthy, unless suspiciously soon.
                 if seen or clock() - started >= min_quiet_watch:
                     backoff.reset()
+                    if resync_interval is not None and clock() - listed_at >= resync_interval:
+                        relist = True
                 elif not stop.is_set():
                     delay = backoff.next_delay()
                     log.debug("%s: watch ended at once; waiting %.1f s", what, delay)
@@ -180,6 +186,7 @@ class Informer(StoppableThread):
         backoff: Backoff | None = None,
         on_error: Callable[[Informer, Exception, float], None] | None = None,
         stop: threading.Event | None = None,
+        resync_interval: float | None = None,
     ) -> None:
         super().__init__(f"informer/{context}/{namespace or '*'}/{resource}")
         if stop is not None:  # the Event the watch callable was bound to
@@ -193,6 +200,7 @@ class Informer(StoppableThread):
         self._interrupt = interrupt
         self._backoff = backoff or Backoff()
         self._on_error = on_error
+        self._resync_interval = resync_interval
         self.synced = threading.Event()
         self.last_error: Exception | None = None
 
@@ -216,6 +224,7 @@ class Informer(StoppableThread):
             backoff=self._backoff,
             on_error=self._error,
             what=self.name,
+            resync_interval=self._resync_interval,
         )
         for event in events:
             try:

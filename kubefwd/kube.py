@@ -605,9 +605,15 @@ def make_informer(
     timeout_seconds: int = 300,
     backoff: Backoff | None = None,
     on_error: Callable[[Informer, Exception, float], None] | None = None,
+    resync_interval: float | None = None,
 ) -> Informer:
-    """An Informer thread (not started) for one resource of one namespace of ``client``."""
+    """An Informer thread (not started) for one resource of one namespace of ``client``.
+
+    With ``resync_interval`` (``--resync-interval``) each watch lasts at most that long and
+    is followed by a full relist."""
     stop = threading.Event()
+    if resync_interval is not None:
+        timeout_seconds = max(1, min(timeout_seconds, int(resync_interval)))
     list_fn, watch_fn = watch_callables(
         client,
         resource,
@@ -628,6 +634,7 @@ def make_informer(
         backoff=backoff,
         on_error=on_error,
         stop=stop,
+        resync_interval=resync_interval,
     )
 
 
@@ -641,6 +648,7 @@ def namespace_informers(
     timeout_seconds: int = 300,
     backoff: Callable[[], Backoff] | None = None,
     on_error: Callable[[Informer, Exception, float], None] | None = None,
+    resync_interval: float | None = None,
 ) -> list[Informer]:
     """The three informers kubefwd runs per (context, namespace), not started.
 
@@ -666,6 +674,7 @@ def namespace_informers(
                 timeout_seconds=timeout_seconds,
                 backoff=backoff() if backoff else None,
                 on_error=on_error,
+                resync_interval=resync_interval,
             )
         )
     return informers

@@ -261,3 +261,22 @@ def test_a_watch_that_ends_at_once_without_events_backs_off() -> None:
     assert stop.waits == [1.0, 2.0, 1.0]
     assert script.watched_from == ["1", "1", "1", "2", "2"]
     gen.close()
+
+
+def test_resync_interval_relists_after_a_watch_ends() -> None:
+    stop = FakeStop()
+    now = [0.0]
+    script = Script(lists=[([], "1"), ([svc("a", "5")], "5")],
+                    watches=[[ev("ADDED", svc("a", "2"))], [ev("ADDED", svc("b", "3"))]])
+
+    def clock() -> float:
+        now[0] += 100.0  # every look at the clock is 100 s later
+        return now[0]
+
+    gen = informer_events(script.list_fn, script.watch_fn, stop=stop, clock=clock,
+                          resync_interval=300)
+    types = [e.type for e in take(gen, 3)]
+    assert types == [SYNC, "ADDED", "ADDED"]  # the first clean end came too soon
+    assert next(gen).type == SYNC  # the second one is past the interval: relist
+    assert script.watched_from == ["1", "2"]
+    gen.close()
