@@ -673,3 +673,59 @@ def test_after_remove_owned_lines_a_late_write_adds_nothing(tmp_path: Path) -> N
         assert hosts.read_bytes() == b"x\n"
     finally:
         writer.stop_and_join()
+
+
+_RESOLVER_SCRIPT = textwrap.dedent(
+    """
+    import json, os, subprocess, sys
+    from pathlib import Path
+    from kubefwd.hosts import HostsWriter
+    fake = Path(sys.argv[1])
+    run = lambda *a: subprocess.run(a, check=True)
+    # Private mount namespace: /etc read-only here, our temp file bound over /etc/hosts.
+    run("mount", "--bind", "/etc", "/etc")
+    run("mount", "-o", "remount,bind,ro", "/etc")
+    run("mount", "--bind", str(fake), "/etc/hosts")
+    if os.stat("/etc/hosts").st_ino != os.stat(fake).st_ino or os.access("/etc", os.W_OK):
+        sys.exit("refusing: /etc/hosts is not the bound test file")
+    getent = lambda name: subprocess.run(
+        ["getent", "hosts", name], capture_output=True, text=True).stdout.split()
+    out = {}
+    writer = HostsWriter(Path("/etc/hosts"), backup=False)
+    writer.start()
+    writer.publish({"127.1.27.1": ["web", "web.shop", "web.shop.svc.cluster.local"]})
+    out["flushed"] = writer.flush()
+    out["web"] = getent("web.shop")
+    out["long"] = getent("web.shop.svc.cluster.local")
+    writer.stop_and_join()
+    out["after"] = getent("web.shop")
+    out["error"] = str(writer.last_error or "")
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.mark.root
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("getent"),
+    reason="needs root, unshare and getent",
+)
+def test_real_resolver_sees_names_on_a_bind_mounted_etc_hosts(tmp_path: Path) -> None:
+    fake = tmp_path / "hosts"
+    original = Path("/etc/hosts").read_bytes()
+    fake.write_bytes(b"127.0.0.1\tlocalhost\n# container hosts")
+    out = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private",
+         sys.executable, "-c", _RESOLVER_SCRIPT, str(fake)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert Path("/etc/hosts").read_bytes() == original  # the real file never changes
+    if out.returncode != 0 and "unshare failed" in out.stderr:
+        pytest.skip("unshare not permitted here")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["flushed"] and result["error"] == ""
+    assert result["web"][:1] == ["127.1.27.1"] and "web.shop" in result["web"]
+    assert result["long"][:1] == ["127.1.27.1"]
+    assert result["after"] == []
+    assert fake.read_bytes() == b"127.0.0.1\tlocalhost\n# container hosts"
