@@ -48,7 +48,7 @@ def validate_reservations(reservations: Mapping[str, str]) -> dict[str, str]:
     owners: dict[str, str] = {}
     result: dict[str, str] = {}
     for name, value in reservations.items():
-        clean = name.strip()
+        clean = name.strip().lower()  # host names are case-insensitive
         if not clean:
             raise UsageError(f"reservation with an empty service name for IP {value!r}")
         ip = str(parse_loopback_ip(value, what=f"reservation {clean}"))
@@ -139,7 +139,7 @@ class IpAllocator:
             if held is not None:
                 return held
             for name in names:
-                ip = self._reservations.get(name)
+                ip = self._reservations.get(name.lower())
                 if ip is None:
                     continue
                 owner = self._by_ip.get(ip)

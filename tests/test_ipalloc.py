@@ -88,7 +88,9 @@ def test_bad_base_is_usage_error() -> None:
 
 
 def test_validate_reservations_normalises() -> None:
-    assert validate_reservations({" web ": " 127.1.27.9 "}) == {"web": "127.1.27.9"}
+    assert validate_reservations({" Web ": " 127.1.27.9 "}) == {"web": "127.1.27.9"}
+    alloc = IpAllocator(reservations={"DB": "127.1.27.9"})
+    assert alloc.allocate("k", 0, 0, ["db"]) == "127.1.27.9"
 
 
 def test_exhaustion_names_the_namespace_and_never_uses_0_or_255() -> None:
