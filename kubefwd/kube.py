@@ -657,6 +657,19 @@ def namespace_informers(
     namespace, resource, event)`` is ``Registry.handle``.
     """
     informers = []
+
+    def slices_error(informer: Informer, exc: Exception, delay: float) -> None:
+        # EndpointSlices only back up pods without a Ready condition: a user who may not
+        # read them still gets every forward, so give up quietly instead of failing.
+        if isinstance(exc, ApiError) and exc.status in (401, 403, 404):
+            log.info("%s: %s; going on without EndpointSlices", informer.name, exc)
+            informer.synced.set()
+            informer.stopping.set()
+        elif on_error is not None:
+            on_error(informer, exc, delay)
+        else:
+            log.warning("%s: %s; retrying in %.0f s", informer.name, exc, delay)
+
     for resource in ("services", "pods", "endpointslices"):
         is_services = resource == "services"
 
@@ -673,7 +686,7 @@ def namespace_informers(
                 field_selector=field_selector if is_services else "",
                 timeout_seconds=timeout_seconds,
                 backoff=backoff() if backoff else None,
-                on_error=on_error,
+                on_error=slices_error if resource == "endpointslices" else on_error,
                 resync_interval=resync_interval,
             )
         )

@@ -407,3 +407,21 @@ def test_registry_fed_by_real_informers_picks_a_ready_pod(
     finally:
         for inf in informers:
             assert inf.stop_and_join(3)
+
+
+def test_forbidden_endpointslices_are_not_fatal(cluster: SimCluster, client: KubeClient) -> None:
+    cluster.forbid("endpointslices")
+    errors: list[Exception] = []
+    informers = namespace_informers(client, "shop", lambda *args: None,
+                                    on_error=lambda inf, exc, delay: errors.append(exc))
+    for informer in informers:
+        informer.start()
+    try:
+        for informer in informers:
+            assert informer.wait_synced(5)
+        slices = informers[2]
+        slices.join(5)
+        assert not slices.is_alive() and errors == []
+    finally:
+        for informer in informers:
+            assert informer.stop_and_join(3)
