@@ -386,6 +386,9 @@ def test_plain_http_option() -> None:
         config = yaml.safe_load(c.kubeconfig_path.read_text())
         assert "certificate-authority-data" not in config["clusters"][0]["cluster"]
         assert call(c, "GET", "/api/v1/namespaces")[0] == 200
+        # kubectl sends no token over plain HTTP, so plain HTTP is open by default.
+        assert call(c, "GET", "/api/v1/namespaces", token=False)[0] == 200
+    with SimCluster(tls=False, require_token=True) as c:
         assert_status(call(c, "GET", "/api/v1/namespaces", token=False), 401, "Unauthorized")
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from kubefwd.sim import manifests
+from kubefwd.sim import manifests, tables
 from kubefwd.sim.store import (
     BY_KIND,
     RESOURCES,
@@ -160,9 +160,11 @@ class ApiServer:
     default_watch_timeout = 1800.0
 
     def __init__(self, backend: Backend, *, token: str, host: str = "127.0.0.1", port: int = 0,
-                 ssl_context: ssl.SSLContext | None = None, version: str = "v1.31.0") -> None:
+                 ssl_context: ssl.SSLContext | None = None, version: str = "v1.31.0",
+                 require_token: bool = True) -> None:
         self.backend = backend
         self.token = token
+        self.require_token = require_token
         self.ssl_context = ssl_context
         self.version = version
         self._listener = socket.create_server((host, port), backlog=512)
@@ -333,7 +335,7 @@ class ApiServer:
             self._send(conn, 200, self._version())
             return True
         auth = req.headers.get("Authorization", "")
-        if auth != f"Bearer {self.token}":
+        if auth != f"Bearer {self.token}" and (self.require_token or auth):
             self._send(conn, 401, _status(401, "Unauthorized", "Unauthorized"))
             return True
         parts = [p for p in path.split("/") if p]
@@ -416,18 +418,26 @@ class ApiServer:
             raise _forbidden(info, resource, verb, namespace, name)
         if sub == "portforward":
             return self._portforward(conn, req, namespace, name)
+        table = req.method == "GET" and tables.wants_table(req.headers.get("Accept", ""))
+        include = req.arg("includeObject", "Metadata")
         if req.method == "GET":
             if name:
                 obj = self.backend.store.get(info.kind, namespace, name)
                 if obj is None:
                     raise not_found(info, name)
+                if table:
+                    obj = tables.table(info.kind, [obj], obj["metadata"]["resourceVersion"],
+                                       include_object=include)
                 self._send(conn, 200, obj)
                 return True
             flt = Filter.parse(info.kind, namespace or None, req.arg("labelSelector"),
                                req.arg("fieldSelector"))
             if verb == "watch":
-                return self._watch(conn, req, info, flt)
+                return self._watch(conn, req, info, flt, table)
             items, rv = self.backend.store.list_filtered(flt)
+            if table:
+                self._send(conn, 200, tables.table(info.kind, items, rv, include_object=include))
+                return True
             self._send(conn, 200, {
                 "kind": f"{info.kind}List", "apiVersion": info.api_version,
                 "metadata": {"resourceVersion": rv}, "items": items,
@@ -539,7 +549,8 @@ class ApiServer:
 
     # -- watch ------------------------------------------------------------------------------
 
-    def _watch(self, conn: _Connection, req: Request, info: ResourceInfo, flt: Filter) -> bool:
+    def _watch(self, conn: _Connection, req: Request, info: ResourceInfo, flt: Filter,
+               table: bool = False) -> bool:
         try:
             timeout = float(req.arg("timeoutSeconds") or self.default_watch_timeout)
         except ValueError as exc:
@@ -576,8 +587,11 @@ class ApiServer:
                 self._chunk(conn, {"type": "ERROR", "object": err.to_status()})
                 break
             if events:
+                include = req.arg("includeObject", "Metadata")
                 data = b"".join(
-                    json.dumps({"type": t, "object": o}, separators=(",", ":")).encode() + b"\n"
+                    json.dumps({"type": t, "object": tables.table(
+                        info.kind, [o], o["metadata"]["resourceVersion"], include_object=include
+                    ) if table else o}, separators=(",", ":")).encode() + b"\n"
                     for t, o in events
                 )
                 self._raw_chunk(conn, data)
@@ -627,7 +641,9 @@ class ApiServer:
             connect=self.backend.pod_connector(namespace, name),
             latency=self.backend.port_forward_delay,
             stopping=conn.dropped,
+            initial=bytes(conn.buf),
         )
+        conn.buf.clear()
         conn.handed_over = True
         portforward.serve_portforward(conn.sock, pf_request)
         return False

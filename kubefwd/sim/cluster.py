@@ -57,6 +57,7 @@ class SimCluster:
         kubeconfig_path: str | Path | None = None,
         version: str = "v1.31.0",
         pod_ip_range: str | None = None,
+        require_token: bool | None = None,
     ) -> None:
         self.contexts = list(contexts) or ["sim"]
         self._manifests = manifests
@@ -66,6 +67,9 @@ class SimCluster:
         self._host = host
         self._version = version
         self._pod_ip_range = pod_ip_range or random_pod_range()
+        # kubectl sends no credentials to a plain-HTTP server, so by default plain HTTP is
+        # open (like the API server's old insecure port); a wrong token is still refused.
+        self._require_token = tls if require_token is None else require_token
         self._own_dir: str | None = None
         if kubeconfig_path is None:
             self._own_dir = tempfile.mkdtemp(prefix="kubefwd-sim-")
@@ -105,7 +109,8 @@ class SimCluster:
                 self.credentials = tlsgen.generate()
                 context = self.credentials.server_context()
             self.api = ApiServer(self, token=self.token, host=self._host, port=self._port,
-                                 ssl_context=context, version=self._version)
+                                 ssl_context=context, version=self._version,
+                                 require_token=self._require_token)
             self.api.start()
             self._write_kubeconfig()
         except BaseException:

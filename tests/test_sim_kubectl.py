@@ -1,0 +1,270 @@
+"""Real kubectl against the simulated cluster: get, apply, re-apply, delete, watch; and the
+``kubefwd sim`` command in the foreground."""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kubefwd.sim import SimCluster
+
+KUBECTL = shutil.which("kubectl")
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed"),
+]
+
+APP = """
+apiVersion: v1
+kind: Namespace
+metadata: {name: demo}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: hello, namespace: demo}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: hello}}
+  template:
+    metadata: {labels: {app: hello}}
+    spec:
+      containers: [{name: hello, image: sim/http, ports: [{name: http, containerPort: 8080}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: hello, namespace: demo}
+spec:
+  selector: {app: hello}
+  ports: [{name: http, port: 80, targetPort: http}]
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: store, namespace: demo}
+spec:
+  serviceName: store
+  replicas: 2
+  selector: {matchLabels: {app: store}}
+  template:
+    metadata: {labels: {app: store}}
+    spec:
+      containers: [{name: store, image: sim/echo, ports: [{containerPort: 6379}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: store, namespace: demo}
+spec:
+  clusterIP: None
+  selector: {app: store}
+  ports: [{port: 6379}]
+"""
+
+
+def kubectl(cluster: SimCluster, *args: str, check: bool = True,
+            context: str | None = None) -> subprocess.CompletedProcess[str]:
+    cmd = [str(KUBECTL), "--kubeconfig", str(cluster.kubeconfig_path)]
+    if context:
+        cmd += ["--context", context]
+    result = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=60)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+@pytest.fixture
+def cluster() -> Iterator[SimCluster]:
+    with SimCluster(manifests=APP, contexts=("sim", "sim2")) as c:
+        c.wait_ready("demo")
+        yield c
+
+
+def test_get_every_kind(cluster: SimCluster) -> None:
+    out = kubectl(cluster, "get", "ns,svc,pods,deploy,sts,ep", "-n", "demo").stdout
+    for name in ("namespace/demo", "service/hello", "service/store", "pod/store-0",
+                 "pod/store-1", "deployment.apps/hello", "statefulset.apps/store",
+                 "endpoints/hello", "pod/hello-"):
+        assert name in out, out
+    wide = kubectl(cluster, "get", "pods", "-n", "demo", "-o", "wide").stdout
+    assert "Running" in wide and "1/1" in wide
+    # The second context names the same server.
+    names = kubectl(cluster, "get", "pods", "-n", "demo", "-o", "name",
+                    context="sim2").stdout.split()
+    assert "pod/store-0" in names and len(names) == 3
+
+
+def test_get_single_objects_and_jsonpath(cluster: SimCluster) -> None:
+    ip = kubectl(cluster, "get", "svc", "hello", "-n", "demo",
+                 "-o", "jsonpath={.spec.clusterIP}").stdout
+    assert ip.startswith("10.9")
+    missing = kubectl(cluster, "get", "pod", "nope", "-n", "demo", check=False)
+    assert missing.returncode != 0 and 'pods "nope" not found' in missing.stderr
+
+
+def test_apply_create_unchanged_and_configured(tmp_path: Path) -> None:
+    with SimCluster() as cluster:
+        manifest = tmp_path / "app.yaml"
+        manifest.write_text(APP)
+        out = kubectl(cluster, "apply", "-f", str(manifest)).stdout
+        assert "deployment.apps/hello created" in out and "service/hello created" in out
+        out = kubectl(cluster, "apply", "-f", str(manifest)).stdout
+        assert "deployment.apps/hello unchanged" in out and "service/hello unchanged" in out
+        manifest.write_text(APP.replace("replicas: 1", "replicas: 3")
+                            .replace("port: 80,", "port: 8080,"))
+        out = kubectl(cluster, "apply", "-f", str(manifest)).stdout
+        assert "deployment.apps/hello configured" in out and "service/hello configured" in out
+        cluster.wait_for(lambda: len(cluster.pods("demo", "app=hello")) == 3, 5.0)
+        svc = cluster.store.get("Service", "demo", "hello")
+        assert svc is not None and [p["port"] for p in svc["spec"]["ports"]] == [8080]
+        annotations = svc["metadata"]["annotations"]
+        assert "kubectl.kubernetes.io/last-applied-configuration" in annotations
+        # Deleting a namespace through kubectl takes its contents along (at once, here).
+        assert 'namespace "demo" deleted' in kubectl(cluster, "delete", "ns", "demo").stdout
+        assert cluster.store.get("Namespace", "", "demo") is None
+        assert cluster.pods("demo") == []
+
+
+def test_apply_rejects_bad_manifests(tmp_path: Path) -> None:
+    with SimCluster() as cluster:
+        bad = tmp_path / "bad.yaml"
+        bad.write_text("apiVersion: v1\nkind: Pod\nmetadata: {name: Bad_Name}\n"
+                       "spec: {containers: [{name: c, image: x}]}\n")
+        result = kubectl(cluster, "apply", "-f", str(bad), check=False)
+        assert result.returncode != 0 and "is invalid" in result.stderr
+        assert kubectl(cluster, "get", "pods").returncode == 0
+
+
+def _watch_events(proc: subprocess.Popen[str], until: Any, timeout: float) -> list[Any]:
+    """Decode the JSON objects kubectl prints until ``until(events)`` or the deadline."""
+    assert proc.stdout is not None
+    decoder = json.JSONDecoder()
+    buf = ""
+    events: list[Any] = []
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while not until(events) and time.monotonic() < deadline:
+            if not sel.select(max(0.0, deadline - time.monotonic())):
+                break
+            chunk = os.read(proc.stdout.fileno(), 65536).decode()
+            if not chunk:
+                break
+            buf += chunk
+            while True:
+                buf = buf.lstrip()
+                try:
+                    obj, end = decoder.raw_decode(buf)
+                except ValueError:
+                    break
+                events.append(obj)
+                buf = buf[end:]
+    return events
+
+
+def test_delete_pod_seen_by_get_pods_watch(cluster: SimCluster) -> None:
+    cmd = [str(KUBECTL), "--kubeconfig", str(cluster.kubeconfig_path), "get", "pods", "-n",
+           "demo", "-l", "app=hello", "-w", "--output-watch-events", "-o", "json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        initial = _watch_events(proc, lambda ev: len(ev) >= 1, 20.0)
+        assert initial and initial[0]["type"] == "ADDED"
+        old = initial[0]["object"]["metadata"]["name"]
+        deleted = kubectl(cluster, "delete", "pod", "-n", "demo", old).stdout
+        assert f'pod "{old}" deleted' in deleted
+
+        def saw_replacement(events: list[Any]) -> bool:
+            gone = any(e["type"] == "DELETED" and e["object"]["metadata"]["name"] == old
+                       for e in events)
+            new_running = any(e["object"]["metadata"]["name"] != old
+                              and e["object"].get("status", {}).get("phase") == "Running"
+                              for e in events)
+            return gone and new_running
+
+        events = _watch_events(proc, saw_replacement, 20.0)
+        assert saw_replacement(events), [(e["type"], e["object"]["metadata"]["name"])
+                                          for e in events]
+        terminating = [e for e in events if e["object"]["metadata"]["name"] == old
+                       and e["type"] == "MODIFIED"]
+        assert terminating and terminating[0]["object"]["metadata"].get("deletionTimestamp")
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+def test_statefulset_pod_comes_back_under_the_same_name(cluster: SimCluster) -> None:
+    uid = cluster.store.get("Pod", "demo", "store-0")["metadata"]["uid"]  # type: ignore[index]
+    kubectl(cluster, "delete", "pod", "store-0", "-n", "demo")
+    cluster.wait_for(lambda: (cluster.store.get("Pod", "demo", "store-0") or {}).get(
+        "metadata", {}).get("uid") not in (None, uid), 5.0)
+    kubectl(cluster, "wait", "--for=condition=Ready", "pod/store-0", "-n", "demo",
+            "--timeout=10s")
+
+
+def _start_sim(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "kubefwd", "sim", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_file(path: Path, proc: subprocess.Popen[str], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "kubeconfig never appeared"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_sim_command_serves_the_sample_until_a_signal(tmp_path: Path,
+                                                       sig: signal.Signals) -> None:
+    kubeconfig = tmp_path / "kc"
+    proc = _start_sim("--kubeconfig-out", str(kubeconfig), "--context", "a",
+                      "--context", "b")
+    try:
+        _wait_file(kubeconfig, proc)
+        cmd = [str(KUBECTL), "--kubeconfig", str(kubeconfig)]
+        for context in ("a", "b"):
+            out = subprocess.run([*cmd, "--context", context, "get", "svc", "-A", "-o", "name"],
+                                 capture_output=True, text=True, timeout=60)
+            assert "service/web" in out.stdout and "service/db" in out.stdout, out.stderr
+    finally:
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert str(kubeconfig) in out and "kubectl" in out
+
+
+def test_sim_command_loads_given_manifests_over_plain_http(tmp_path: Path) -> None:
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(APP)
+    kubeconfig = tmp_path / "kc"
+    proc = _start_sim("--kubeconfig-out", str(kubeconfig), "-f", str(manifest),
+                      "--plain-http")
+    try:
+        _wait_file(kubeconfig, proc)
+        assert "server: http://127.0.0.1:" in kubeconfig.read_text()
+        out = subprocess.run([str(KUBECTL), "--kubeconfig", str(kubeconfig), "get", "sts",
+                              "-n", "demo", "-o", "name"],
+                             capture_output=True, text=True, timeout=60)
+        assert out.stdout.split() == ["statefulset.apps/store"], out.stderr
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=20)
+    assert proc.returncode == 0
+
+
+def test_sim_command_rejects_a_bad_manifest(tmp_path: Path) -> None:
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text("kind: Widget\napiVersion: v1\nmetadata: {name: w}\n")
+    proc = _start_sim("--kubeconfig-out", str(tmp_path / "kc"), "-f", str(manifest))
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode != 0 and "kubefwd: error:" in err
+    assert not (tmp_path / "kc").exists()
