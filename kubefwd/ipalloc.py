@@ -56,6 +56,8 @@ def validate_reservations(reservations: Mapping[str, str]) -> dict[str, str]:
             raise UsageError(
                 f"reservation {clean}:{ip} duplicates {owners[ip]}:{ip}; one IP per service"
             )
+        if result.get(clean, ip) != ip:
+            raise UsageError(f"reservation {clean} is given twice: {result[clean]} and {ip}")
         owners[ip] = clean
         result[clean] = ip
     return result

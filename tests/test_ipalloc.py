@@ -75,6 +75,7 @@ def test_base_shifts_ranges() -> None:
         ({"web": "127.0.0.0"}, "not a usable host address"),
         ({"web": "127.1.27.5", "db": "127.1.27.5"}, "duplicates web:127.1.27.5"),
         ({" ": "127.1.27.5"}, "empty service name"),
+        ({"web": "127.1.27.5", "WEB": "127.1.27.6"}, "given twice"),
     ],
 )
 def test_bad_reservations_are_usage_errors(reservations: dict[str, str], message: str) -> None:
