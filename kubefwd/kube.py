@@ -15,6 +15,7 @@ import http.client
 import json
 import logging
 import os
+import pwd
 import shutil
 import socket
 import ssl
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_KUBECONFIG = "~/.kube/config"
 
-# resource -> (API path prefix, kind) for the resources kubefwd reads.
+# resource -> API path prefix, for the resources kubefwd reads.
 _RESOURCES: dict[str, str] = {
     "services": "/api/v1",
     "pods": "/api/v1",
@@ -96,11 +97,25 @@ def _wipe_credentials_dir() -> None:
 
 
 def kubeconfig_paths(kubeconfig: str | None) -> list[str]:
-    """The files a kubeconfig setting names: ``-c`` wins, then KUBECONFIG, then the default."""
+    """The files a kubeconfig setting names: ``-c`` wins, then KUBECONFIG, then the default.
+
+    Under sudo, HOME is often root's: when root has no ``~/.kube/config``, the invoking
+    user's (``SUDO_USER``) is used, as that is the one the user meant.
+    """
     if kubeconfig:
         return [os.path.expanduser(kubeconfig)]
-    raw = os.environ.get("KUBECONFIG") or DEFAULT_KUBECONFIG
-    return [os.path.expanduser(p) for p in raw.split(os.pathsep) if p]
+    raw = os.environ.get("KUBECONFIG")
+    if raw:
+        return [os.path.expanduser(p) for p in raw.split(os.pathsep) if p]
+    default = os.path.expanduser(DEFAULT_KUBECONFIG)
+    sudo_user = os.environ.get("SUDO_USER")
+    if sudo_user and not os.path.isfile(default):
+        try:
+            home = pwd.getpwnam(sudo_user).pw_dir
+        except KeyError:
+            return [default]
+        return [default, os.path.join(home, ".kube", "config")]
+    return [default]
 
 
 def _read_kubeconfigs(paths: list[str]) -> list[tuple[str, dict[str, Any]]]:
@@ -141,6 +156,8 @@ def load_contexts(kubeconfig: str | None, contexts: Sequence[str]) -> list[Clust
     """
     paths = kubeconfig_paths(kubeconfig)
     existing = [p for p in paths if os.path.isfile(p)]
+    if existing and not kubeconfig and not os.environ.get("KUBECONFIG"):
+        existing = existing[:1]  # the default file, or the sudo user's, not a merge
     if not existing:
         raise ConfigError(
             f"no kubeconfig found (looked in {', '.join(paths)}); "

@@ -80,6 +80,20 @@ def test_no_kubeconfig_is_a_clear_config_error(no_env: Path) -> None:
     assert info.value.exit_code == ExitCode.CONFIG
 
 
+def test_under_sudo_the_invoking_users_kubeconfig_is_used(
+    no_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pwd
+
+    me = pwd.getpwuid(os.getuid())
+    monkeypatch.setenv("SUDO_USER", me.pw_name)
+    user_config = Path(me.pw_dir) / ".kube" / "config"
+    paths = kube.kubeconfig_paths(None)
+    assert paths == [str(no_env / "home" / ".kube" / "config"), str(user_config)]
+    monkeypatch.setenv("KUBECONFIG", str(no_env / "kc"))  # an explicit choice wins
+    assert kube.kubeconfig_paths(None) == [str(no_env / "kc")]
+
+
 def test_default_context_is_the_current_one_and_namespace_defaults(no_env: Path) -> None:
     path = write(no_env / "kc", kubeconfig(contexts=("dev", "qa")))
     [ctx] = load_contexts(path, [])
