@@ -465,9 +465,9 @@ class HostsWriter(StoppableThread):
     (bursts coalesce), at most once per ``min_interval`` unless someone is waiting in
     ``flush``. ``stop`` removes our lines, then the thread ends.
 
-    ``backup``: copy the file to ``hosts.original`` in ``backup_dir`` (default: the invoking
-    user's home, ``SUDO_USER``'s under sudo) before the first write; ``refresh_backup``
-    overwrites an existing copy.
+    ``backup_dir``: copy the file to ``hosts.original`` there before the first write (kubefwd
+    passes ``default_backup_dir()``, the invoking user's home, ``SUDO_USER``'s under sudo);
+    None: no backup. ``refresh_backup`` overwrites an existing copy.
     """
 
     def __init__(
@@ -476,7 +476,6 @@ class HostsWriter(StoppableThread):
         *,
         owner_pid: int | None = None,
         backup_dir: Path | None = None,
-        backup: bool = True,
         refresh_backup: bool = False,
         purge_stale: bool = False,
         min_interval: float = 0.25,
@@ -487,7 +486,6 @@ class HostsWriter(StoppableThread):
         pid = os.getpid() if owner_pid is None else owner_pid
         self.owner = Marker(pid, process_start(pid))
         self.backup_dir = backup_dir
-        self.backup = backup
         self.refresh_backup = refresh_backup
         self.purge_stale = purge_stale
         self.min_interval = min_interval
@@ -527,9 +525,8 @@ class HostsWriter(StoppableThread):
     def start(self) -> None:
         """Check access and make the backup in the caller's thread (errors raise here)."""
         self.check_access()
-        if self.backup:
-            backup_dir = self.backup_dir or default_backup_dir()
-            written = backup_hosts(self.path, backup_dir, refresh=self.refresh_backup)
+        if self.backup_dir is not None:
+            written = backup_hosts(self.path, self.backup_dir, refresh=self.refresh_backup)
             if written:
                 log.info("backed up %s to %s", self.path, written)
         with _local_owners_lock:

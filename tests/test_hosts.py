@@ -25,6 +25,7 @@ from kubefwd.hosts import (
     HostsWriter,
     Marker,
     backup_hosts,
+    default_backup_dir,
     format_entries,
     invoking_user,
     lock_path_for,
@@ -208,7 +209,6 @@ def test_purge_stale_drops_unproven_owners(sleeper: subprocess.Popen[bytes]) -> 
 
 
 def _writer(path: Path, **kw: object) -> HostsWriter:
-    kw.setdefault("backup", False)
     return HostsWriter(path, **kw)  # type: ignore[arg-type]
 
 
@@ -216,7 +216,7 @@ def _writer(path: Path, **kw: object) -> HostsWriter:
 def test_start_publish_stop_leaves_file_byte_identical(tmp_path: Path, foreign: bytes) -> None:
     hosts = tmp_path / "hosts"
     hosts.write_bytes(foreign)
-    writer = _writer(hosts, backup=True, backup_dir=tmp_path)
+    writer = _writer(hosts, backup_dir=tmp_path)
     writer.start()
     writer.publish({"127.1.27.1": ["web", "web.shop"], "127.1.27.2": ["db"]})
     assert writer.flush()
@@ -401,7 +401,7 @@ _CHILD = textwrap.dedent(
     from pathlib import Path
     from kubefwd.hosts import HostsWriter
     path, tag, rounds = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-    w = HostsWriter(path, backup=False, min_interval=0)
+    w = HostsWriter(path, min_interval=0)
     w.start()
     for i in range(rounds):
         w.publish({f"127.{tag}.27.{k + 1}": [f"{tag}-{i}-{k}"] for k in range(5)})
@@ -509,7 +509,7 @@ def test_unwritable_file_names_the_file_and_the_fix(shared_dir: Path) -> None:
     code = (
         "import sys\nfrom pathlib import Path\nfrom kubefwd.hosts import HostsWriter\n"
         "from kubefwd.errors import PrivilegeError\n"
-        "try:\n    HostsWriter(Path(sys.argv[1]), backup=False).start()\n"
+        "try:\n    HostsWriter(Path(sys.argv[1])).start()\n"
         "except PrivilegeError as e:\n    print(e)\n"
     )
     out = subprocess.run(
@@ -638,7 +638,7 @@ def test_unreadable_file_is_a_hosts_file_error(shared_dir: Path) -> None:
     code = (
         "import sys\nfrom pathlib import Path\nfrom kubefwd.hosts import HostsWriter\n"
         "from kubefwd.errors import HostsFileError\n"
-        "try:\n    HostsWriter(Path(sys.argv[1]), backup=False).start()\n"
+        "try:\n    HostsWriter(Path(sys.argv[1])).start()\n"
         "except HostsFileError as e:\n    print(type(e).__name__, e)\n"
     )
     out = _as_nobody(code, str(hosts))
@@ -653,7 +653,7 @@ def test_default_backup_goes_to_the_invoking_users_home(
     (tmp_path / "home").mkdir()
     hosts = tmp_path / "hosts"
     hosts.write_bytes(b"original\n")
-    writer = HostsWriter(hosts)
+    writer = HostsWriter(hosts, backup_dir=default_backup_dir())
     writer.start()
     writer.stop_and_join()
     assert (tmp_path / "home" / "hosts.original").read_bytes() == b"original\n"
@@ -691,7 +691,7 @@ _RESOLVER_SCRIPT = textwrap.dedent(
     getent = lambda name: subprocess.run(
         ["getent", "hosts", name], capture_output=True, text=True).stdout.split()
     out = {}
-    writer = HostsWriter(Path("/etc/hosts"), backup=False)
+    writer = HostsWriter(Path("/etc/hosts"))
     writer.start()
     writer.publish({"127.1.27.1": ["web", "web.shop", "web.shop.svc.cluster.local"]})
     out["flushed"] = writer.flush()
