@@ -349,7 +349,8 @@ class SpdySession:
         self.last_received = time.monotonic()  # when the last frame arrived
         self.goaway_received = False
         self.error: BaseException | None = None
-        self.closed = threading.Event()  # set when the session has ended
+        self.closed = threading.Event()  # set once the session has ended and on_close ran
+        self._ended = False  # no more writes: the transport is (being) closed
         self._closing = False
         self._lock = threading.Lock()  # streams, ids, pings
         self._wlock = threading.Lock()  # the transport's write side and the compressor
@@ -414,7 +415,7 @@ class SpdySession:
         fin: bool = False,
     ) -> SpdyStream:
         """Send SYN_STREAM with ``headers``; returns at once (see ``wait_reply``)."""
-        if self.closed.is_set() or self._closing:
+        if self._ended or self._closing:
             raise ConnectionError("SPDY session is closed")
         if self.goaway_received:
             raise ConnectionError("SPDY peer sent GOAWAY")
@@ -471,7 +472,7 @@ class SpdySession:
             raise ConnectionError(str(e)) from e
 
     def _write(self, frame: bytes) -> None:
-        if self.closed.is_set():
+        if self._ended:
             raise ConnectionError("SPDY session is closed")
         with self._wlock:
             self._sendall(frame)
@@ -490,7 +491,7 @@ class SpdySession:
             raise ConnectionResetError(f"SPDY stream {stream.id} was reset")
         if stream.local_closed:
             raise BrokenPipeError(f"SPDY stream {stream.id} is half-closed")
-        if self.closed.is_set():
+        if self._ended:
             raise ConnectionError("SPDY session is closed")
         view = memoryview(data)
         total = len(view)
@@ -555,12 +556,13 @@ class SpdySession:
             self._finish(error)
 
     def _finish(self, error: BaseException | None) -> None:
-        if self.closed.is_set():
-            return
+        with self._lock:
+            if self._ended:
+                return
+            self._ended = True
         self.error = error
         self._shutdown_transport()
         with self._wlock:
-            self.closed.set()
             try:
                 self.transport.close()
             except Exception:  # closing a broken transport may fail in many ways
@@ -581,6 +583,7 @@ class SpdySession:
                 self.on_close(self, error)
             except Exception:
                 log.exception("%s: on_close failed", self.name)
+        self.closed.set()
 
     def _notify_reset(self, stream: SpdyStream, status: int) -> None:
         callback = stream.on_reset
