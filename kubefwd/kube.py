@@ -23,7 +23,7 @@ import tempfile
 import threading
 import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -330,10 +330,11 @@ _STATUS_WORDS = {401: "unauthorized", 403: "forbidden", 404: "not found"}
 
 
 @dataclass
-class _Watch:
-    stop: threading.Event
-    conn: _Connection
-    sock: socket.socket | None = field(default=None)
+class _Active:
+    """A request in flight that ``interrupt(stop)`` may cut short."""
+
+    stop: threading.Event | None
+    sock: socket.socket | None
 
 
 class KubeClient:
@@ -345,8 +346,7 @@ class KubeClient:
         self.target = context.target
         self._timeout = timeout
         self._lock = threading.Lock()
-        self._watches: list[_Watch] = []
-        self._closed = False
+        self._active: list[_Active] = []
 
     @property
     def url(self) -> str:
@@ -374,27 +374,44 @@ class KubeClient:
         return f"{resource} in namespace {namespace}" if namespace else f"{resource} cluster-wide"
 
     def _request(
-        self, verb: str, resource: str, namespace: str, path: str, timeout: float
-    ) -> tuple[_Connection, http.client.HTTPResponse]:
+        self,
+        path: str,
+        timeout: float,
+        stop: threading.Event | None,
+    ) -> tuple[_Connection, http.client.HTTPResponse, _Active]:
+        """Send a GET; the caller must ``_finish`` the returned handle."""
         conn = _Connection(self.target, timeout)
         headers = {"Accept": "application/json", "User-Agent": "kubefwd"}
+        active = _Active(stop, None)
         try:
             headers.update(self.target.auth_headers())
+            conn.connect()
+            active.sock = conn.sock
+            with self._lock:
+                self._active.append(active)
+            if stop is not None and stop.is_set():
+                raise ConnectionAbortedError("stopped")
             conn.request("GET", path, headers=headers)
             resp = conn.getresponse()
         except ssl.SSLError as e:
-            conn.close()
+            self._finish(conn, active)
             raise ApiError(
                 f"TLS error talking to the API server at {self.url} "
                 f"(context {self.context.name}): {e}"
             ) from e
         except (OSError, http.client.HTTPException) as e:
-            conn.close()
+            self._finish(conn, active)
             raise ApiError(
                 f"cannot reach the API server at {self.url} "
                 f"(context {self.context.name}): {e or type(e).__name__}"
             ) from e
-        return conn, resp
+        return conn, resp, active
+
+    def _finish(self, conn: _Connection, active: _Active) -> None:
+        with self._lock:
+            if active in self._active:
+                self._active.remove(active)
+        conn.close()
 
     def _raise_for(
         self, verb: str, resource: str, namespace: str, status: int, body: bytes
@@ -415,17 +432,24 @@ class KubeClient:
             exit_code=exit_code,
         )
 
-    def _get_json(self, verb: str, resource: str, namespace: str, path: str) -> dict[str, Any]:
-        conn, resp = self._request(verb, resource, namespace, path, self._timeout)
+    def _get_json(
+        self,
+        verb: str,
+        resource: str,
+        namespace: str,
+        path: str,
+        stop: threading.Event | None = None,
+    ) -> dict[str, Any]:
+        conn, resp, active = self._request(path, self._timeout, stop)
         try:
             body = resp.read()
         except (OSError, http.client.HTTPException) as e:
             raise ApiError(
                 f"connection to the API server at {self.url} broke while reading "
-                f"{self._where(resource, namespace)}: {e}"
+                f"{self._where(resource, namespace)}: {e or type(e).__name__}"
             ) from e
         finally:
-            conn.close()
+            self._finish(conn, active)
         if resp.status != 200:
             self._raise_for(verb, resource, namespace, resp.status, body)
         try:
@@ -443,7 +467,6 @@ class KubeClient:
         items, _ = self.list("namespaces", "")
         return sorted(str(i["metadata"]["name"]) for i in items)
 
-
     def list(
         self,
         resource: str,
@@ -451,8 +474,11 @@ class KubeClient:
         *,
         label_selector: str = "",
         field_selector: str = "",
+        stop: threading.Event | None = None,
     ) -> tuple[list[dict[str, Any]], str]:
-        """All objects of ``resource`` in ``namespace`` ("" = all), and the list's RV."""
+        """All objects of ``resource`` in ``namespace`` ("" = all), and the list's RV.
+
+        With ``stop``, ``interrupt(stop)`` aborts the request (it raises ApiError)."""
         query = {}
         if label_selector:
             query["labelSelector"] = label_selector
@@ -461,7 +487,7 @@ class KubeClient:
         path = self._path(resource, namespace)
         if query:
             path += "?" + urllib.parse.urlencode(query)
-        data = self._get_json("list", resource, namespace, path)
+        data = self._get_json("list", resource, namespace, path, stop)
         items = data.get("items") or []
         rv = str((data.get("metadata") or {}).get("resourceVersion") or "")
         return list(items), rv
@@ -497,10 +523,7 @@ class KubeClient:
         if stop.is_set():
             return
         # A dead server must not hang the watch forever: allow a margin past the timeout.
-        conn, resp = self._request("watch", resource, namespace, path, timeout_seconds + 30)
-        w = _Watch(stop, conn, conn.sock)
-        with self._lock:
-            self._watches.append(w)
+        conn, resp, active = self._request(path, timeout_seconds + 30, stop)
         try:
             if resp.status != 200:
                 body = resp.read()
@@ -531,17 +554,15 @@ class KubeClient:
                     self._raise_for("watch", resource, namespace, code or 500, raise_body)
                 yield event
         finally:
-            with self._lock:
-                if w in self._watches:
-                    self._watches.remove(w)
-            conn.close()
+            self._finish(conn, active)
 
     def interrupt(self, stop: threading.Event) -> None:
-        """Wake the watches started with ``stop`` (set it first) so they return at once."""
+        """Cut short the lists and watches started with ``stop`` (set it first): a watch
+        returns at once, a list raises ApiError."""
         with self._lock:
-            watches = [w for w in self._watches if w.stop is stop]
-        for w in watches:
-            _shutdown(w.sock)
+            active = [a for a in self._active if a.stop is stop]
+        for a in active:
+            _shutdown(a.sock)
 
     def namespace_exists(self, namespace: str) -> bool:
         """False only when the server says 404. Users with namespace-scoped rights often may
@@ -558,12 +579,13 @@ class KubeClient:
         return True
 
     def close(self) -> None:
-        """Interrupt every running watch; they return at once."""
+        """Interrupt every request in flight; watches return at once."""
         with self._lock:
-            watches = list(self._watches)
-        for w in watches:
-            w.stop.set()
-            _shutdown(w.sock)
+            active = list(self._active)
+        for a in active:
+            if a.stop is not None:
+                a.stop.set()
+            _shutdown(a.sock)
 
 
 def _shutdown(sock: socket.socket | None) -> None:
@@ -594,7 +616,11 @@ def watch_callables(
 
     def list_fn() -> tuple[list[dict[str, Any]], str]:
         return client.list(
-            resource, namespace, label_selector=label_selector, field_selector=field_selector
+            resource,
+            namespace,
+            label_selector=label_selector,
+            field_selector=field_selector,
+            stop=stop,
         )
 
     def watch_fn(rv: str) -> Iterator[dict[str, Any]]:

@@ -439,3 +439,32 @@ def test_forbidden_endpointslices_are_not_fatal(cluster: SimCluster, client: Kub
     finally:
         for informer in informers:
             assert informer.stop_and_join(3)
+
+
+def test_a_hanging_list_is_cut_short_by_interrupt(tmp_path: Path) -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        [ctx] = load_contexts(write(tmp_path / "kc", kubeconfig(server=f"http://127.0.0.1:{port}")),
+                              [])
+        client = KubeClient(ctx, timeout=30)
+        stop = threading.Event()
+        outcome: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                client.list("services", "shop", stop=stop)
+            except ApiError as e:
+                outcome.append(e)
+
+        thread = threading.Thread(target=run, name="hanging-list")
+        thread.start()
+        conn, _ = server.accept()  # the server never answers
+        with conn:
+            t0 = time.monotonic()
+            stop.set()
+            client.interrupt(stop)
+            thread.join(5)
+        assert not thread.is_alive() and time.monotonic() - t0 < 2
+        assert outcome and isinstance(outcome[0], ApiError)
