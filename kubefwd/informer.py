@@ -103,6 +103,8 @@ def informer_events(
         try:
             items, rv = list_fn()
         except Exception as e:
+            if stop.is_set():  # the list was cut short because we are stopping
+                return
             delay = backoff.next_delay()
             _report(on_error, e, delay, what)
             stop.wait(delay)
