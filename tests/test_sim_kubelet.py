@@ -388,3 +388,38 @@ def test_addresses_taken_by_someone_else_are_skipped(statuses: Statuses) -> None
     finally:
         for other in others:
             other.close()
+
+
+def read_response(reader: Any, *, head: bool = False) -> tuple[bytes, dict[str, str], bytes]:
+    status = reader.readline().rstrip(b"\r\n")
+    headers = {}
+    while (line := reader.readline()) != b"\r\n":
+        key, _, value = line.decode().partition(":")
+        headers[key.lower()] = value.strip()
+    return status, headers, b"" if head else reader.read(int(headers["content-length"]))
+
+
+def test_http_handles_pipelining_chunks_head_and_bad_requests(kubelet: Kubelet,
+                                                              statuses: Statuses) -> None:
+    ip = run_pod(kubelet, statuses, pod("web-1"))
+    with socket.create_connection((ip, 8080), timeout=5) as sock:
+        reader = sock.makefile("rb")
+        sock.sendall(b"GET /nope HTTP/1.1\r\n\r\n"
+                     b"HEAD /bytes/100 HTTP/1.1\r\n\r\n"
+                     b"POST /up HTTP/1.1\r\nTransfer-Encoding: chunked\r\n"
+                     b"Expect: 100-continue\r\n\r\n"
+                     b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: 1\r\n\r\n"
+                     b"DELETE / HTTP/1.1\r\n\r\n")
+        assert read_response(reader)[0] == b"HTTP/1.1 404 Not Found"
+        status, headers, _ = read_response(reader, head=True)
+        assert status == b"HTTP/1.1 200 OK"
+        assert headers["content-length"] == "100"
+        assert reader.readline() == b"HTTP/1.1 100 Continue\r\n"
+        assert reader.readline() == b"\r\n"
+        status, _, body = read_response(reader)
+        assert json.loads(body) == {"length": 11,
+                                    "sha256": hashlib.sha256(b"hello world").hexdigest()}
+        assert read_response(reader)[0] == b"HTTP/1.1 405 Method Not Allowed"
+        sock.sendall(b"NONSENSE\r\n\r\n")
+        assert read_response(reader)[0] == b"HTTP/1.1 400 Bad Request"
+        assert reader.read() == b""

@@ -8,6 +8,7 @@ large reusable buffer per connection with ``recv_into`` and ``sendall`` of memor
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -178,7 +179,8 @@ class PodServers:
             return len(self._conns)
 
     def _on_accept(self, conn: socket.socket, *, port: int) -> None:
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with contextlib.suppress(OSError):  # the peer may already have reset it
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with self._lock:
             if self._stopped:
                 conn.close()
@@ -186,7 +188,12 @@ class PodServers:
             thread = threading.Thread(target=self._serve, args=(conn,), daemon=True,
                                       name=f"pod-{self.kind} {self.label}:{port}")
             self._conns[conn] = thread
-            thread.start()
+            try:
+                thread.start()
+            except RuntimeError:  # out of threads: refuse this one connection
+                del self._conns[conn]
+                conn.close()
+                log.warning("pod %s: no thread for a new connection", self.label)
 
     def _serve(self, conn: socket.socket) -> None:
         try:
