@@ -407,3 +407,16 @@ def test_snapshot_lists_forwards_in_order() -> None:
     snap = reg.snapshot()
     assert [str(f.key) for f in snap.forwards] == ["sim/shop/a", "sim/shop/b", "sim/pay/z"]
     assert snap.hosts["127.1.28.1"][0] == "z.pay"
+
+
+def test_cluster_wide_informers_bucket_objects_by_namespace() -> None:
+    reg, rec = make(namespaces=("a", "b"))
+    sync(reg, "pods", [pod("web-1", "a"), pod("web-2", "b")], ns="")
+    sync(reg, "services", [service("web", "a"), service("web", "b")], ns="")
+    ups = upserts(rec.take())
+    assert ups["sim/a/web"].ip == "127.1.27.1" and ups["sim/b/web"].ip == "127.1.28.1"
+    assert [p.name for p in ups["sim/b/web"].pods] == ["web-2"]
+    event(reg, "pods", "DELETED", pod("web-2", "b"), ns="")
+    assert upserts(rec.take())["sim/b/web"].pods == []
+    sync(reg, "services", [service("web", "a")], ns="")  # b's service went away meanwhile
+    assert ForwardRemove(ForwardKey("sim", "b", "web")) in rec.take()
