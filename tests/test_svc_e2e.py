@@ -1,0 +1,801 @@
+"""``kubefwd svc`` end to end: the real process against ``kubefwd.sim``, a hosts file in a temp
+directory, real clients (sockets, curl, redis-cli, getent) reaching the services."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from kubefwd.sim.cluster import SimCluster
+
+pytestmark = pytest.mark.e2e
+
+T = TypeVar("T")
+
+# Pods get addresses from a range no other test suite uses, so parallel runs do not collide.
+POD_RANGE = "127.250.0.0/20"
+# Foreign content that must come back byte for byte: CRLF, comments, no final newline.
+ORIGINAL_HOSTS = (
+    b"127.0.0.1\tlocalhost\r\n# a comment the user wrote\n::1 ip6-localhost ip6-loopback\n"
+    b"10.0.0.5 build-server  # trailing comment"
+)
+
+MANIFESTS = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: shop}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: web, image: sim/http, ports: [{name: http, containerPort: 8080}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: http}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: cart, namespace: shop}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: cart}}
+  template:
+    metadata: {labels: {app: cart}}
+    spec:
+      containers:
+        - name: cart
+          image: sim/http
+          ports: [{name: http, containerPort: 8080}, {name: admin, containerPort: 9090}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: cart, namespace: shop}
+spec:
+  selector: {app: cart}
+  ports:
+    - {name: http, port: 8080, targetPort: http}
+    - {name: admin, port: 9090, targetPort: admin}
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db, namespace: shop}
+spec:
+  serviceName: db
+  replicas: 2
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: db}}
+    spec:
+      containers: [{name: db, image: sim/echo, ports: [{name: pg, containerPort: 5432}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: shop}
+spec:
+  clusterIP: None
+  selector: {app: db}
+  ports: [{name: pg, port: 5432, targetPort: pg}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: api, namespace: payments}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: api}}
+  template:
+    metadata: {labels: {app: api}}
+    spec:
+      containers: [{name: api, image: sim/http, ports: [{containerPort: 8080}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: api, namespace: payments}
+spec:
+  selector: {app: api}
+  ports:
+    - {name: http, port: 80, targetPort: 8080}
+    - {name: dns, port: 53, protocol: UDP, targetPort: 53}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: legacy, namespace: payments}
+spec:
+  ports: [{port: 80}]
+"""
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def wait_for(predicate: Callable[[], T | None], timeout: float = 10.0, what: str = "") -> T:
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        pause.wait(0.02)
+
+
+def hosts_entries(path: Path) -> dict[str, str]:
+    """name → IP of kubefwd's lines in a hosts file."""
+    names: dict[str, str] = {}
+    for line in path.read_bytes().decode().splitlines():
+        if "# kubefwd pid=" not in line:
+            continue
+        fields = line.split("#", 1)[0].split()
+        for name in fields[1:]:
+            names[name] = fields[0]
+    return names
+
+
+def http_get(ip: str, port: int, path: str = "/", timeout: float = 5.0) -> str:
+    """Body of ``GET path`` (HTTP/1.0, so the server closes when done)."""
+    with socket.create_connection((ip, port), timeout=timeout) as sock:
+        sock.sendall(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1."), head[:80]
+    return body.decode()
+
+
+def echo(ip: str, port: int, payload: bytes = b"ping", timeout: float = 5.0) -> bytes:
+    with socket.create_connection((ip, port), timeout=timeout) as sock:
+        sock.sendall(payload)
+        got = b""
+        while len(got) < len(payload):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+    return got
+
+
+def try_http(ip: str, port: int) -> str | None:
+    try:
+        return http_get(ip, port, timeout=2.0)
+    except (OSError, AssertionError):
+        return None
+
+
+class Kubefwd:
+    """``python -m kubefwd svc ...`` as a child process, with its output collected."""
+
+    def __init__(self, cluster: SimCluster, hosts: Path, *args: str, home: Path) -> None:
+        env = dict(os.environ, HOME=str(home), PYTHONUNBUFFERED="1")
+        env.pop("SUDO_USER", None)
+        self.argv = [sys.executable, "-m", "kubefwd", "svc", "-c", str(cluster.kubeconfig_path),
+                     "--hosts-path", str(hosts), *args]
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, env=env)
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self._reader = threading.Thread(target=self._read, name="kubefwd-output", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self._cond:
+                self.lines.append(line.rstrip("\n"))
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    @property
+    def output(self) -> str:
+        with self._cond:
+            return "\n".join(self.lines)
+
+    def wait_line(self, pattern: str, timeout: float = 15.0, start: int = 0) -> str:
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for line in self.lines[start:]:
+                    if regex.search(line):
+                        return line
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
+                    raise AssertionError(
+                        f"no line matching {pattern!r}; output so far:\n" + "\n".join(self.lines)
+                    )
+                self._cond.wait(min(left, 0.2))
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        self.wait_line(r"ready: \d+ services", timeout)
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 20.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+            raise AssertionError("kubefwd did not stop in time:\n" + self.output) from None
+        self._reader.join(5)
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._reader.join(5)
+
+
+@pytest.fixture
+def cluster() -> Iterator[SimCluster]:
+    with SimCluster(manifests=MANIFESTS, contexts=("one", "two"), pod_ip_range=POD_RANGE) as c:
+        c.wait_ready(timeout=15)
+        yield c
+
+
+@pytest.fixture
+def hosts(tmp_path: Path) -> Path:
+    path = tmp_path / "hosts"
+    path.write_bytes(ORIGINAL_HOSTS)
+    return path
+
+
+@pytest.fixture
+def run(cluster: SimCluster, hosts: Path, tmp_path: Path) -> Iterator[Callable[..., Kubefwd]]:
+    started: list[Kubefwd] = []
+
+    def start(*args: str, hosts_path: Path = hosts) -> Kubefwd:
+        fwd = Kubefwd(cluster, hosts_path, *args, home=tmp_path)
+        started.append(fwd)
+        return fwd
+
+    yield start
+    for fwd in started:
+        fwd.kill()
+
+
+def assert_foreign_lines_kept(hosts: Path) -> None:
+    data = hosts.read_bytes()
+    assert data.startswith(b"127.0.0.1\tlocalhost\r\n# a comment the user wrote\n")
+    for line in ORIGINAL_HOSTS.splitlines(keepends=True)[:-1]:
+        assert line in data
+    assert b"10.0.0.5 build-server  # trailing comment" in data
+
+
+# -- forwarding ----------------------------------------------------------------------------
+
+
+def test_namespaces_normal_headless_and_multiport_services(
+    run: Callable[..., Kubefwd], hosts: Path
+) -> None:
+    fwd = run("-n", "shop,payments")
+    fwd.wait_ready()
+    names = hosts_entries(hosts)
+    # First namespace: bare names; every namespace: the qualified forms.
+    for name in ["web", "web.shop", "web.shop.svc", "web.shop.svc.cluster.local", "cart",
+                 "db", "db-0.db", "db-1.db.shop", "api.payments", "api.payments.svc"]:
+        assert name in names, name
+    assert "api" not in names and "legacy.payments" not in names
+    assert_foreign_lines_kept(hosts)
+    # A normal service with a named target port; a multi-port one; a plain numeric one.
+    assert http_get(names["web"], 80).startswith("web-")
+    assert http_get(names["cart"], 8080).startswith("cart-")
+    assert http_get(names["cart.shop"], 9090).startswith("cart-")
+    assert http_get(names["api.payments"], 80).startswith("api-")
+    # Headless: each pod under its own name and IP, the service name goes to the first pod.
+    assert len({names["db"], names["db-0.db"], names["db-1.db"]}) == 3
+    assert echo(names["db-0.db"], 5432, b"to zero") == b"to zero"
+    assert echo(names["db-1.db.shop"], 5432, b"to one") == b"to one"
+    assert echo(names["db"], 5432) == b"ping"
+    # The log: one line per forward, with names → IP:port → pod; warnings for what is skipped.
+    line = fwd.wait_line(r"Forwarding web, web\.shop")
+    assert f"{names['web']}:80" in line and "shop/web-" in line
+    fwd.wait_line(r"WARNING .*legacy.*no selector")
+    fwd.wait_line(r"WARNING .*api.*53/UDP")
+    assert fwd.stop() == 0
+    assert hosts.read_bytes() == ORIGINAL_HOSTS
+
+
+def test_two_contexts_get_their_own_ranges_and_qualified_names(
+    run: Callable[..., Kubefwd], hosts: Path
+) -> None:
+    fwd = run("-x", "one,two", "-n", "shop")
+    fwd.wait_ready()
+    names = hosts_entries(hosts)
+    assert names["web.shop.one"].startswith("127.1.27.")
+    assert names["web.shop.two"].startswith("127.2.27.")
+    assert names["web"] == names["web.shop.one"] and names["web.shop"] == names["web"]
+    assert http_get(names["web.shop.two"], 80).startswith("web-")
+    assert http_get(names["cart.shop.svc.two"], 9090).startswith("cart-")
+    assert fwd.stop() == 0
+    assert hosts.read_bytes() == ORIGINAL_HOSTS
+
+
+def test_mappings_reservations_and_fwd_conf(
+    run: Callable[..., Kubefwd], hosts: Path, tmp_path: Path
+) -> None:
+    conf = tmp_path / "fwd.yaml"
+    conf.write_text("serviceConfigurations:\n  - {name: cart, ip: 127.1.27.88}\n")
+    fwd = run("-n", "shop", "-m", "80:8081", "-r", "web:127.1.27.77", "-z", str(conf),
+              "-d", "dev.local")
+    fwd.wait_ready()
+    names = hosts_entries(hosts)
+    assert names["web"] == names["web.dev.local"] == "127.1.27.77"
+    assert names["cart"] == "127.1.27.88"
+    assert http_get("127.1.27.77", 8081).startswith("web-")
+    with pytest.raises(OSError):
+        http_get("127.1.27.77", 80, timeout=1)
+    assert fwd.stop() == 0
+    assert hosts.read_bytes() == ORIGINAL_HOSTS
+
+
+# -- changes while running -----------------------------------------------------------------
+
+NEW_SERVICE = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: search, namespace: shop}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: search}}
+  template:
+    metadata: {labels: {app: search}}
+    spec:
+      containers: [{name: s, image: sim/http, ports: [{containerPort: 8080}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: search, namespace: shop}
+spec:
+  selector: {app: search}
+  ports: [{port: 7700, targetPort: 8080}]
+"""
+
+
+def test_service_added_and_deleted_while_running(
+    run: Callable[..., Kubefwd], cluster: SimCluster, hosts: Path
+) -> None:
+    fwd = run("-n", "shop")
+    fwd.wait_ready()
+    cluster.apply(NEW_SERVICE)
+    started = time.monotonic()
+    ip = wait_for(lambda: hosts_entries(hosts).get("search.shop"), 5, "search in hosts")
+    body = wait_for(lambda: try_http(ip, 7700), 5, "search answering")
+    assert body.startswith("search-")
+    assert time.monotonic() - started < 3.0
+    cluster.delete("Service", "shop", "search")
+    wait_for(lambda: "search" not in hosts_entries(hosts), 5, "search gone from hosts")
+    fwd.wait_line(r"Stopped forwarding .*search")
+    with pytest.raises(OSError):
+        socket.create_connection((ip, 7700), timeout=1).close()
+    assert fwd.stop() == 0
+    assert hosts.read_bytes() == ORIGINAL_HOSTS
+
+
+class Traffic:
+    """Requests in a loop on a thread: which pods answered, and the longest outage."""
+
+    def __init__(self, request: Callable[[], str | None]) -> None:
+        self.request = request
+        self.answers: list[tuple[float, str | None]] = []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="traffic", daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while not self.stopping.is_set():
+            self.answers.append((time.monotonic(), self.request()))
+            self.stopping.wait(0.01)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(10)
+
+    def bodies(self) -> list[str]:
+        return [a for _, a in self.answers if a]
+
+
+def test_deployment_pod_deleted_mid_run_with_traffic(
+    run: Callable[..., Kubefwd], cluster: SimCluster, hosts: Path
+) -> None:
+    fwd = run("-n", "shop")
+    fwd.wait_ready()
+    ip = hosts_entries(hosts)["web"]
+    (old,) = [p["metadata"]["name"] for p in cluster.pods("shop", "app=web")]
+    traffic = Traffic(lambda: try_http(ip, 80))
+    try:
+        wait_for(lambda: old + "\n" in traffic.bodies(), 5, "traffic to the old pod")
+        cluster.delete_pod("shop", old)
+        new = wait_for(lambda: [b for b in traffic.bodies() if b != old + "\n"], 10,
+                       "traffic reaching the replacement pod")
+    finally:
+        traffic.stop()
+    assert new[0].startswith("web-") and new[-1] != old + "\n"
+    assert fwd.stop() == 0
+    assert hosts.read_bytes() == ORIGINAL_HOSTS
+
+
+def test_statefulset_pod_deleted_mid_run_comes_back_under_its_name(
+    run: Callable[..., Kubefwd], cluster: SimCluster, hosts: Path
+) -> None:
+    fwd = run("-n", "shop")
+    fwd.wait_ready()
+    ip = hosts_entries(hosts)["db-0.db"]
+    assert echo(ip, 5432) == b"ping"
+    with socket.create_connection((ip, 5432), timeout=5) as open_conn:
+        open_conn.sendall(b"x")
+        assert open_conn.recv(10) == b"x"
+        uid = cluster.store.get("Pod", "shop", "db-0")["metadata"]["uid"]  # type: ignore[index]
+        cluster.delete_pod("shop", "db-0")
+        # The connection to the deleted pod ends; it does not hang.
+        open_conn.settimeout(5)
+        try:
+            assert open_conn.recv(10) == b""
+        except ConnectionResetError:
+            pass
+
+    def replaced() -> bool:
+        pod = cluster.store.get("Pod", "shop", "db-0")
+        return bool(pod and pod["metadata"]["uid"] != uid)
+
+    wait_for(replaced, 10, "db-0 recreated")
+
+    def answers() -> bool:
+        try:
+            return echo(ip, 5432, timeout=2) == b"ping"
+        except OSError:
+            return False
+
+    wait_for(answers, 10, "db-0.db answering again")
+    # The replacement gets the same name, and the same address back.
+    wait_for(lambda: hosts_entries(hosts).get("db-0.db") == ip, 5, "db-0.db in hosts again")
+    assert fwd.stop() == 0
+    assert hosts.read_bytes() == ORIGINAL_HOSTS
+
+
+def test_watch_expired_410_mid_run_relists(
+    run: Callable[..., Kubefwd], cluster: SimCluster, hosts: Path
+) -> None:
+    fwd = run("-n", "shop")
+    fwd.wait_ready()
+    cluster.expire_watch_history()
+    cluster.apply(NEW_SERVICE)
+    ip = wait_for(lambda: hosts_entries(hosts).get("search"), 10, "search after a 410")
+    assert wait_for(lambda: try_http(ip, 7700), 10).startswith("search-")
+    assert fwd.stop() == 0
+    assert hosts.read_bytes() == ORIGINAL_HOSTS
+
+
+def test_api_server_restart_mid_run(
+    run: Callable[..., Kubefwd], cluster: SimCluster, hosts: Path
+) -> None:
+    fwd = run("-n", "shop")
+    fwd.wait_ready()
+    ip = hosts_entries(hosts)["web"]
+    assert http_get(ip, 80).startswith("web-")
+    cluster.restart_apiserver()
+    # Tunnels and watches were cut: new connections and new services work again.
+    assert wait_for(lambda: try_http(ip, 80), 10, "web after the restart").startswith("web-")
+    cluster.apply(NEW_SERVICE)
+    search = wait_for(lambda: hosts_entries(hosts).get("search"), 10, "search after restart")
+    assert wait_for(lambda: try_http(search, 7700), 10).startswith("search-")
+    assert fwd.stop() == 0
+    assert hosts.read_bytes() == ORIGINAL_HOSTS
+
+
+def test_service_without_ready_pod_holds_then_closes_after_timeout(
+    run: Callable[..., Kubefwd], cluster: SimCluster, hosts: Path
+) -> None:
+    cluster.apply(NEW_SERVICE.replace("replicas: 1", "replicas: 0"))
+    fwd = run("-n", "shop", "-t", "1")
+    fwd.wait_ready()
+    ip = hosts_entries(hosts)["search"]
+    started = time.monotonic()
+    with socket.create_connection((ip, 7700), timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        try:
+            assert sock.recv(100) == b""
+        except ConnectionResetError:
+            pass
+    assert 0.8 < time.monotonic() - started < 4
+    fwd.wait_line(r"WARNING .*search.*no ready pod after 1s", timeout=5)
+    # A held connection is served as soon as a pod becomes ready.
+    result: list[str | None] = []
+    client = threading.Thread(target=lambda: result.append(try_http(ip, 7700)), name="client")
+    fwd2_deadline = time.monotonic() + 0.5
+    client.start()
+    while time.monotonic() < fwd2_deadline:
+        threading.Event().wait(0.05)
+    cluster.apply(NEW_SERVICE)
+    client.join(10)
+    assert result and result[0] and result[0].startswith("search-")
+    assert fwd.stop() == 0
+    assert hosts.read_bytes() == ORIGINAL_HOSTS
+
+
+# -- the hosts file: sharing, crashes, signals ---------------------------------------------
+
+
+def test_two_instances_share_one_hosts_file(
+    run: Callable[..., Kubefwd], hosts: Path, tmp_path: Path
+) -> None:
+    conf = tmp_path / "second.yaml"
+    conf.write_text("baseUnreservedIP: 127.1.40.1\n")
+    first = run("-n", "shop")
+    second = run("-n", "payments", "-z", str(conf))
+    first.wait_ready()
+    second.wait_ready()
+    def both() -> dict[str, str] | None:
+        entries = hosts_entries(hosts)
+        return entries if "api.payments" in entries and "web" in entries else None
+
+    names = wait_for(both, 10, "both instances in the hosts file")
+    assert names["api.payments"].startswith("127.1.40.")
+    assert http_get(names["web"], 80).startswith("web-")
+    assert http_get(names["api.payments"], 80).startswith("api-")
+    assert first.stop() == 0
+    left = hosts_entries(hosts)
+    assert "web" not in left and "api.payments" in left
+    assert_foreign_lines_kept(hosts)
+    assert second.stop() == 0
+    assert hosts.read_bytes() == ORIGINAL_HOSTS
+
+
+def test_kill_9_then_a_fresh_run_purges_the_stale_lines(
+    run: Callable[..., Kubefwd], hosts: Path
+) -> None:
+    crashed = run("-n", "shop")
+    crashed.wait_ready()
+    crashed.kill()
+    stale = hosts.read_bytes()
+    assert f"pid={crashed.proc.pid}".encode() in stale  # left behind by the crash
+    fresh = run("-n", "shop")
+    fresh.wait_ready()
+    text = hosts.read_bytes()
+    assert f"pid={crashed.proc.pid}".encode() not in text
+    assert f"pid={fresh.proc.pid}".encode() in text
+    assert fresh.stop() == 0
+    assert hosts.read_bytes() == ORIGINAL_HOSTS
+
+
+def test_sigterm_stops_cleanly_and_a_second_signal_only_cleans_hosts(
+    run: Callable[..., Kubefwd], hosts: Path
+) -> None:
+    fwd = run("-n", "shop")
+    fwd.wait_ready()
+    assert fwd.stop(signal.SIGTERM) == 0
+    assert hosts.read_bytes() == ORIGINAL_HOSTS
+    again = run("-n", "shop")
+    again.wait_ready()
+    again.proc.send_signal(signal.SIGINT)
+    again.proc.send_signal(signal.SIGINT)
+    assert again.stop() in (0, 1)  # 1 when the second signal cut the shutdown short
+    assert hosts.read_bytes() == ORIGINAL_HOSTS
+
+
+# -- errors the user must fix --------------------------------------------------------------
+
+
+def _run_to_end(
+    args: list[str], home: Path, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, HOME=str(home))
+    return subprocess.run([sys.executable, "-m", "kubefwd", "svc", *args], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+@pytest.mark.parametrize(
+    ("extra", "code", "message"),
+    [
+        (["-x", "nope"], 3, "context 'nope' not found"),
+        (["-n", "missing"], 3, "namespace 'missing' not found in context 'one'"),
+    ],
+    ids=["unknown-context", "unknown-namespace"],
+)
+def test_config_errors_are_one_line_and_touch_nothing(
+    cluster: SimCluster, hosts: Path, tmp_path: Path, extra: list[str], code: int, message: str
+) -> None:
+    result = _run_to_end(["-c", str(cluster.kubeconfig_path), "--hosts-path", str(hosts),
+                          *extra], tmp_path)
+    assert result.returncode == code, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert hosts.read_bytes() == ORIGINAL_HOSTS
+
+
+def test_missing_kubeconfig(hosts: Path, tmp_path: Path) -> None:
+    result = _run_to_end(["-c", str(tmp_path / "nope"), "--hosts-path", str(hosts)], tmp_path)
+    assert result.returncode == 3
+    assert "no kubeconfig found" in result.stderr and len(result.stderr.splitlines()) == 1
+    assert hosts.read_bytes() == ORIGINAL_HOSTS
+
+
+def test_unreachable_api_server(hosts: Path, tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = tmp_path / "kubeconfig"
+    config.write_text(textwrap.dedent(f"""\
+        apiVersion: v1
+        kind: Config
+        clusters: [{{name: c, cluster: {{server: "http://127.0.0.1:{port}"}}}}]
+        users: [{{name: u, user: {{token: t}}}}]
+        contexts: [{{name: gone, context: {{cluster: c, user: u, namespace: shop}}}}]
+        current-context: gone
+        """))
+    result = _run_to_end(["-c", str(config), "--hosts-path", str(hosts)], tmp_path)
+    assert result.returncode == 4, result.stderr
+    assert "cannot reach the API server" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    assert hosts.read_bytes() == ORIGINAL_HOSTS
+
+
+def test_forbidden_pods_names_verb_and_resource(
+    cluster: SimCluster, hosts: Path, tmp_path: Path
+) -> None:
+    cluster.forbid("pods", "list")
+    result = _run_to_end(["-c", str(cluster.kubeconfig_path), "-n", "shop", "--hosts-path",
+                          str(hosts)], tmp_path)
+    assert result.returncode == 4, result.stderr
+    assert "list pods in namespace shop" in result.stderr and "403" in result.stderr
+    assert hosts.read_bytes() == ORIGINAL_HOSTS
+
+
+def test_port_in_use_is_reported_and_the_rest_still_forwards(
+    run: Callable[..., Kubefwd], hosts: Path
+) -> None:
+    blocker = socket.socket()
+    blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    blocker.bind(("127.1.27.1", 8080))  # where cart (first service of shop) goes
+    blocker.listen()
+    try:
+        fwd = run("-n", "shop")
+        fwd.wait_ready()
+        line = fwd.wait_line(r"WARNING .*127\.1\.27\.1:8080")
+        assert "already in use" in line and f"pid {os.getpid()}" in line
+        names = hosts_entries(hosts)
+        assert names["cart"] == "127.1.27.1"
+        assert http_get("127.1.27.1", 9090).startswith("cart-")
+        assert http_get(names["web"], 80).startswith("web-")
+        assert fwd.stop() == 0
+    finally:
+        blocker.close()
+    assert hosts.read_bytes() == ORIGINAL_HOSTS
+
+
+# -- real resolver and a real server -------------------------------------------------------
+
+REDIS = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: cache, namespace: shop}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: cache}}
+  template:
+    metadata: {labels: {app: cache}}
+    spec:
+      containers:
+        - name: redis
+          image: redis:7
+          command: [redis-server]
+          args: [--bind, $(POD_IP), --port, "6379", --save, "", --appendonly, "no"]
+          env: [{name: POD_IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}]
+          ports: [{name: redis, containerPort: 6379}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: cache, namespace: shop}
+spec:
+  selector: {app: cache}
+  ports: [{port: 6379, targetPort: redis}]
+"""
+
+
+@pytest.mark.skipif(not shutil.which("redis-server") or not shutil.which("redis-cli"),
+                    reason="needs redis-server and redis-cli")
+def test_redis_pod_reached_by_service_name(
+    run: Callable[..., Kubefwd], cluster: SimCluster, hosts: Path
+) -> None:
+    cluster.apply(REDIS)
+    cluster.wait_ready("shop", timeout=15)
+    fwd = run("-n", "shop")
+    fwd.wait_ready()
+    ip = hosts_entries(hosts)["cache"]  # the name redis-cli -h cache would resolve
+
+    def cli(*args: str) -> str:
+        return subprocess.run(["redis-cli", "-h", ip, "-p", "6379", *args], capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+
+    assert cli("PING") == "PONG"
+    assert cli("SET", "greeting", "hello") == "OK"
+    assert cli("GET", "greeting") == "hello"
+    assert fwd.stop() == 0
+    assert hosts.read_bytes() == ORIGINAL_HOSTS
+
+
+DRIVER = """
+import json, os, signal, subprocess, sys, time
+from kubefwd.sim.cluster import SimCluster
+
+manifests, workdir = sys.argv[1], sys.argv[2]
+result = {}
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+before = open("/etc/hosts", "rb").read()
+with SimCluster(manifests=open(manifests).read(), pod_ip_range=%(range)r) as cluster:
+    cluster.wait_ready(timeout=20)
+    env = dict(os.environ, HOME=workdir)
+    proc = subprocess.Popen([sys.executable, "-m", "kubefwd", "svc", "-c",
+                             str(cluster.kubeconfig_path), "-n", "shop"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    for line in proc.stdout:
+        if "ready:" in line:
+            break
+    def run(*argv):
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=20)
+        return [done.returncode, done.stdout.strip()]
+    result["getent"] = run("getent", "hosts", "web.shop")
+    result["curl"] = run("curl", "-sS", "-m", "10", "http://web.shop:80/")
+    result["curl_bare"] = run("curl", "-sS", "-m", "10", "http://web/")
+    result["redis"] = run("redis-cli", "-h", "cache", "PING")
+    proc.send_signal(signal.SIGINT)
+    rest = proc.communicate(timeout=30)[0]
+    result["code"] = proc.returncode
+result["restored"] = open("/etc/hosts", "rb").read() == before
+print("RESULT " + json.dumps(result))
+"""
+
+
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root")
+def test_real_resolver_inside_unshare_with_bind_mounted_etc_hosts(tmp_path: Path) -> None:
+    manifests = tmp_path / "manifests.yaml"
+    manifests.write_text(MANIFESTS + "---\n" + REDIS)
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER % {"range": POD_RANGE})
+    fake_hosts = tmp_path / "etc-hosts"
+    fake_hosts.write_bytes(b"127.0.0.1 localhost\n# the container's own file\n")
+    script = (
+        f"mount --bind {fake_hosts} /etc/hosts && "
+        f"exec {sys.executable} {driver} {manifests} {tmp_path}"
+    )
+    done = subprocess.run(["unshare", "--mount", "--net", "sh", "-c", script],
+                          capture_output=True, text=True, timeout=90,
+                          cwd=str(Path(__file__).resolve().parent.parent))
+    line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
+    assert line is not None, done.stdout + done.stderr
+    import json
+
+    result: dict[str, Any] = json.loads(line[len("RESULT "):])
+    print(result)
+    assert result["getent"][0] == 0 and result["getent"][1].startswith("127.1.27.")
+    assert result["getent"][1].split()[1:3] == ["web", "web.shop"] or "web.shop" in \
+        result["getent"][1]
+    assert result["curl"] == [0, result["curl"][1]] and result["curl"][1].startswith("web-")
+    assert result["curl_bare"][0] == 0 and result["curl_bare"][1].startswith("web-")
+    if shutil.which("redis-server"):
+        assert result["redis"] == [0, "PONG"]
+    assert result["code"] == 0
+    assert result["restored"] is True
+    assert fake_hosts.read_bytes() == b"127.0.0.1 localhost\n# the container's own file\n"
