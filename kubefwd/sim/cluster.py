@@ -11,6 +11,7 @@ watch history, answer 403s, slow port-forwards down, and kill, un-ready or delet
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 import secrets
@@ -317,7 +318,7 @@ class SimCluster:
         """Wait until every pod (of ``namespace``) is Running and Ready and workloads are full."""
 
         def ready() -> list[Obj] | None:
-            pods = self.pods(namespace)
+            pods = self.store.view("Pod", namespace)
             for pod in pods:
                 status = pod.get("status") or {}
                 if status.get("phase") != "Running" or not any(
@@ -326,14 +327,14 @@ class SimCluster:
                 ):
                     return None
             for kind in ("Deployment", "StatefulSet"):
-                for obj in self.store.list(kind, namespace)[0]:
+                for obj in self.store.view(kind, namespace):
                     want = (obj.get("spec") or {}).get("replicas", 1)
                     if (obj.get("status") or {}).get("readyReplicas", 0) != want:
                         return None
             return pods or [{}]
 
-        result = self.wait_for(ready, timeout)
-        return [p for p in result if p]
+        result = self.wait_for(ready, timeout, interval=0.05)
+        return [copy.deepcopy(p) for p in result if p]
 
 
 def random_pod_range() -> str:

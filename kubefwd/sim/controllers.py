@@ -55,7 +55,7 @@ class Admission:
         meta = obj["metadata"]
         store = self._store()
         if kind != "Namespace" and old is None:
-            ns = store.get("Namespace", "", meta.get("namespace", ""))
+            ns = store.get("Namespace", "", meta.get("namespace", ""), copy_=False)
             if ns is not None and ns["metadata"].get("deletionTimestamp"):
                 raise StatusError(
                     403, "Forbidden",
@@ -110,7 +110,7 @@ class Admission:
 
     def _allocate_ip(self) -> str:
         store = self._store()
-        used = {(s.get("spec") or {}).get("clusterIP") for s in store.list("Service")[0]}
+        used = {(s.get("spec") or {}).get("clusterIP") for s in store.view("Service")}
         while True:
             ip = str(SERVICE_CIDR.network_address + self._next_ip)
             self._next_ip += 1
@@ -229,15 +229,15 @@ class Controllers:
     def _sync_services_for_pod(self, pod: Obj) -> None:
         ns = pod["metadata"]["namespace"]
         labels = pod["metadata"].get("labels") or {}
-        for svc in self.store.list("Service", ns)[0]:
+        for svc in self.store.view("Service", ns):
             selector = (svc.get("spec") or {}).get("selector")
             if selector and labels_match(selector_from_match_labels(selector), labels):
                 self.sync_endpoints(ns, svc["metadata"]["name"])
 
     def sync_endpoints(self, ns: str, name: str) -> None:
-        svc = self.store.get("Service", ns, name)
-        slices = self.store.list("EndpointSlice", ns,
-                                 label_selector=f"kubernetes.io/service-name={name}")[0]
+        svc = self.store.get("Service", ns, name, copy_=False)
+        slices = self.store.view("EndpointSlice", ns,
+                                 f"kubernetes.io/service-name={name}")
         if svc is None:
             for obj in slices:
                 self._delete_quietly("EndpointSlice", ns, obj["metadata"]["name"])
@@ -246,7 +246,7 @@ class Controllers:
         selector = (svc.get("spec") or {}).get("selector")
         if not selector:
             return  # endpoints of a selector-less service are the user's to manage
-        pods = [p for p in self.store.list("Pod", ns)[0]
+        pods = [p for p in self.store.view("Pod", ns)
                 if labels_match(selector_from_match_labels(selector),
                                 p["metadata"].get("labels"))
                 and (p.get("status") or {}).get("podIP")
@@ -356,7 +356,7 @@ class Controllers:
 
     def _put(self, desired: Obj) -> None:
         meta = desired["metadata"]
-        current = self.store.get(desired["kind"], meta["namespace"], meta["name"])
+        current = self.store.get(desired["kind"], meta["namespace"], meta["name"], copy_=False)
         if current is None:
             self.store.create(desired)
             return
@@ -394,8 +394,8 @@ class Controllers:
         }
 
     def sync_deployment(self, ns: str, name: str) -> None:
-        deploy = self.store.get("Deployment", ns, name)
-        pods = [p for p in self.store.list("Pod", ns)[0]
+        deploy = self.store.get("Deployment", ns, name, copy_=False)
+        pods = [p for p in self.store.view("Pod", ns)
                 if _owner(p).get("kind") == "ReplicaSet"
                 and _owner(p).get("name", "").rsplit("-", 1)[0] == name]
         if deploy is None:
@@ -418,7 +418,7 @@ class Controllers:
         for _ in range(replicas - len(current)):
             for _attempt in range(10):
                 pod_name = f"{rs_name}-{random_suffix(5)}"
-                if self.store.get("Pod", ns, pod_name) is None:
+                if self.store.get("Pod", ns, pod_name, copy_=False) is None:
                     break
             current.append(self.store.create(self._pod_from_template(
                 deploy, pod_name, {"pod-template-hash": template_hash}, owner_ref)))
@@ -446,8 +446,8 @@ class Controllers:
         self._set_status(deploy, status)
 
     def sync_statefulset(self, ns: str, name: str) -> None:
-        sts = self.store.get("StatefulSet", ns, name)
-        pods = {p["metadata"]["name"]: p for p in self.store.list("Pod", ns)[0]
+        sts = self.store.get("StatefulSet", ns, name, copy_=False)
+        pods = {p["metadata"]["name"]: p for p in self.store.view("Pod", ns)
                 if _owner(p).get("kind") == "StatefulSet" and _owner(p).get("name") == name}
         if sts is None:
             for pod in pods.values():
@@ -475,7 +475,7 @@ class Controllers:
                 current += 1
                 ready += _ready(existing)
                 continue
-            if self.store.get("Pod", ns, pod_name) is not None:
+            if self.store.get("Pod", ns, pod_name, copy_=False) is not None:
                 continue  # the old revision is still on its way out
             new = self._pod_from_template(sts, pod_name, {
                 "statefulset.kubernetes.io/pod-name": pod_name,

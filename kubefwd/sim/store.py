@@ -338,6 +338,8 @@ class Store:
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
         self._objects: dict[str, dict[tuple[str, str], Obj]] = {r.kind: {} for r in RESOURCES}
+        # The same objects by kind and namespace, so namespaced lists do not scan everything.
+        self._by_ns: dict[str, dict[str, dict[str, Obj]]] = {r.kind: {} for r in RESOURCES}
         self._rv = 0
         self._history: list[Change] = []
         self._history_rvs: list[int] = []
@@ -360,21 +362,40 @@ class Store:
         with self._lock:
             return str(self._rv)
 
-    def get(self, kind: str, namespace: str, name: str) -> Obj | None:
+    def get(self, kind: str, namespace: str, name: str, *, copy_: bool = True) -> Obj | None:
+        """The object, or None. ``copy_=False`` shares the stored dict: read it, never change it.
+        """
         with self._lock:
             obj = self._objects[kind].get((namespace or "", name))
-            return copy.deepcopy(obj) if obj is not None else None
+            if obj is None or not copy_:
+                return obj
+            return copy.deepcopy(obj)
 
     def list(self, kind: str, namespace: str | None = None, *, label_selector: str = "",
              field_selector: str = "") -> tuple[ObjList, str]:
         flt = Filter.parse(kind, namespace, label_selector, field_selector)
         return self.list_filtered(flt)
 
-    def list_filtered(self, flt: Filter) -> tuple[ObjList, str]:
+    def list_filtered(self, flt: Filter, *, copy_: bool = True) -> tuple[ObjList, str]:
+        """Matching objects sorted by namespace and name, and the current resourceVersion.
+
+        ``copy_=False`` shares the stored dicts (they are replaced, never changed, on update):
+        read them, never change them.
+        """
         with self._lock:
-            items = [copy.deepcopy(o) for key, o in sorted(self._objects[flt.kind].items())
-                     if flt.matches(o)]
+            if flt.namespace is not None:
+                space = self._by_ns[flt.kind].get(flt.namespace, {})
+                found = [space[name] for name in sorted(space)]
+            else:
+                found = [o for _, o in sorted(self._objects[flt.kind].items())]
+            items = [o for o in found if flt.matches(o)]
+            if copy_:
+                items = [copy.deepcopy(o) for o in items]
             return items, str(self._rv)
+
+    def view(self, kind: str, namespace: str | None = None, label_selector: str = "") -> ObjList:
+        """Read-only shared objects (no copies) for controllers; never change them."""
+        return self.list_filtered(Filter.parse(kind, namespace, label_selector), copy_=False)[0]
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -510,10 +531,13 @@ class Store:
         # Called with the lock held.
         self._rv += 1
         obj["metadata"]["resourceVersion"] = str(self._rv)
+        space = self._by_ns[kind].setdefault(namespace, {})
         if kind_of_change == "DELETED":
             del self._objects[kind][(namespace, name)]
+            del space[name]
         else:
             self._objects[kind][(namespace, name)] = obj
+            space[name] = obj
         self._history.append(Change(self._rv, kind_of_change, kind, obj, old))
         self._history_rvs.append(self._rv)
         if len(self._history) > 2 * self._history_cap:
@@ -523,9 +547,9 @@ class Store:
             del self._history_rvs[:drop]
         self._cond.notify_all()
         if self._listeners:
-            event = copy.deepcopy(obj)
+            # Stored objects are never changed in place, so listeners can share them.
             with self._dispatch.cond:
-                self._dispatch.queue.append((kind_of_change, event))
+                self._dispatch.queue.append((kind_of_change, obj))
                 self._dispatch.cond.notify_all()
 
     # -- listeners --------------------------------------------------------------------------
@@ -567,7 +591,7 @@ class Store:
         with self._lock:
             initial: Events = []
             if resource_version in ("", "0"):
-                items, rv = self.list_filtered(flt)
+                items, rv = self.list_filtered(flt, copy_=False)
                 initial = [("ADDED", o) for o in items]
                 start = int(rv)
             else:
@@ -611,7 +635,10 @@ class Store:
 
 
 class Watch:
-    """One open watch: yields the changes after its start version that match its filter."""
+    """One open watch: yields the changes after its start version that match its filter.
+
+    The objects it yields are the stored ones, shared: serialize them, never change them.
+    """
 
     def __init__(self, store: Store, flt: Filter, start: int, initial: list[tuple[str, Obj]],
                  generation: int) -> None:
@@ -658,12 +685,12 @@ class Watch:
         if change.type == "MODIFIED" and change.old is not None:
             before = self.filter.matches(change.old)
             if now and not before:
-                return "ADDED", copy.deepcopy(change.obj)
+                return "ADDED", change.obj
             if before and not now:
-                return "DELETED", copy.deepcopy(change.obj)
+                return "DELETED", change.obj
         if not now:
             return None
-        return change.type, copy.deepcopy(change.obj)
+        return change.type, change.obj
 
 
 def _monotonic() -> float:
