@@ -133,6 +133,11 @@ class PodTunnel:
         self.bytes_out = 0  # written by the pump thread only
         self._v4_bytes_in = 0
         self.connections = 0  # connections spliced so far
+        self.active = 0  # connections open now (pump thread only)
+        # Retiring: a stream reported an error, or the server sent GOAWAY. Like kubectl, we
+        # stop using the connection, but the connections already on it run to their end.
+        self._retiring = False
+        self._reported = False
         self._path = f"/api/v1/namespaces/{namespace}/pods/{pod}/portforward"
         self._lock = threading.Lock()
         self._state = _IDLE
@@ -162,6 +167,16 @@ class PodTunnel:
 
     def __repr__(self) -> str:
         return f"<PodTunnel {self.namespace}/{self.pod} {self._state} {self.transport_name}>"
+
+    @property
+    def state(self) -> str:
+        """idle, opening, open, dead or closed."""
+        return self._state
+
+    @property
+    def retiring(self) -> bool:
+        """True once the tunnel takes no new connections but still carries some."""
+        return self._retiring and self._state == _OPEN
 
     @property
     def bytes_in(self) -> int:
@@ -199,7 +214,7 @@ class PodTunnel:
                 if state == _IDLE:
                     self._begin_opening()
                 return
-            if state == _OPEN:
+            if state == _OPEN and not self._retiring:
                 self._post(lambda: self._start_conn(local, port))
                 return
         log.debug("tunnel %s/%s is %s; dropping a connection", self.namespace, self.pod, state)
@@ -350,6 +365,8 @@ class PodTunnel:
         spdy = self._stream is not None
         next_ping = time.monotonic() + self.ping_interval
         while self._state == _OPEN:
+            while self._cmds:
+                self._cmds.popleft()()
             timeout = max(0.0, next_ping - time.monotonic()) if spdy else None
             for key, _events in sel.select(timeout):
                 conn = key.data
@@ -362,8 +379,6 @@ class PodTunnel:
                     self._local_readable(conn, buf, view)
                 else:
                     self._v4_local_readable(conn, view)
-            while self._cmds:
-                self._cmds.popleft()()
             if spdy and time.monotonic() >= next_ping:
                 next_ping = time.monotonic() + self.ping_interval
                 self._keepalive()
@@ -404,6 +419,7 @@ class PodTunnel:
         conn = _Conn(sock, port, self._next_request)
         self._next_request += 1
         self.connections += 1
+        self.active += 1
         try:
             sock.setblocking(True)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -459,6 +475,12 @@ class PodTunnel:
         self._unregister(conn)
         self._conns.pop(conn.data_id, None)
         _close_local(conn.sock)
+        self._ended()
+
+    def _ended(self) -> None:
+        self.active -= 1
+        if self._retiring and self.active <= 0:
+            self._die("retired", quiet=True)
 
     def _abort(self, conn: _Conn, *, reset: bool) -> None:
         """Cut a connection now; with ``reset`` tell the server to drop its streams."""
@@ -474,6 +496,7 @@ class PodTunnel:
         if conn.v4 is not None:
             conn.v4.shutdown()
         _close_local(conn.sock)
+        self._ended()
 
     def _keepalive(self) -> None:
         silent = time.monotonic() - self._last_rx
@@ -489,7 +512,8 @@ class PodTunnel:
     def _reader_main(self, stream: Stream) -> None:
         try:
             reason = self._read_frames(stream)
-        except (OSError, ValueError, AttributeError, EOFError, wire_spdy.SpdyError) as e:
+        except (OSError, ValueError, AttributeError, EOFError, struct.error,
+                wire_spdy.SpdyError) as e:
             reason = f"connection to the API server lost ({e})"
         except Exception as e:
             log.exception("tunnel %s/%s: reader failed", self.namespace, self.pod)
@@ -531,7 +555,7 @@ class PodTunnel:
                     end += got
                 frame = bytes(buf[start:start + length])
                 start += length
-                verdict = self._control_frame((word >> 16) & 0x7FFF, flags, frame)
+                verdict = self._control_frame(word & 0xFFFF, flags, frame)
                 if verdict:
                     return verdict
                 continue
@@ -573,9 +597,11 @@ class PodTunnel:
         if stream_id == conn.error_id:
             self._conns.pop(stream_id, None)
             if conn.error:
+                message = conn.error.decode("utf-8", "replace").strip()
                 log.warning("port-forward to %s/%s port %d: %s", self.namespace, self.pod,
-                            conn.port, conn.error.decode("utf-8", "replace").strip())
+                            conn.port, message)
                 self._post(lambda: self._abort(conn, reset=False))
+                self._retire(message)
             return
         conn.remote_done = True
         if not conn.closed:
@@ -603,7 +629,7 @@ class PodTunnel:
             (stream_id,) = struct.unpack_from(">I", frame)
             self._send(wire_spdy.rst_stream_frame(stream_id, wire_spdy.REFUSED_STREAM))
         elif kind == _GOAWAY:
-            return "the API server sent GOAWAY"
+            self._retire("the API server sent GOAWAY")
         return ""
 
     # -- v4 fallback: one WebSocket and one thread per connection ---------------------------
@@ -635,6 +661,7 @@ class PodTunnel:
             if v4.error:
                 log.warning("port-forward to %s/%s port %d: %s", self.namespace, self.pod,
                             conn.port, v4.error.strip())
+                self._retire(v4.error.strip())
             if not clean or v4.error:
                 self._post(lambda: self._abort(conn, reset=False))
             else:
@@ -666,16 +693,32 @@ class PodTunnel:
 
     # -- death and teardown ---------------------------------------------------------------
 
-    def _die(self, reason: str) -> None:
+    def _retire(self, reason: str) -> None:
+        """Take no new connections (from any thread); end once the last one is done."""
+        with self._lock:
+            if self._state != _OPEN or self._retiring:
+                return
+            self._retiring = True
+            self.alive = False
+        self.last_error = TunnelError(f"tunnel to {self.namespace}/{self.pod}: {reason}")
+        log.debug("tunnel to %s/%s retires: %s", self.namespace, self.pod, reason)
+        self._post(self._retired)
+
+    def _retired(self) -> None:
+        self._report_dead()
+        if self.active <= 0:
+            self._die("retired", quiet=True)
+
+    def _die(self, reason: str, *, quiet: bool = False) -> None:
         """Mark the tunnel dead (from any thread); the pump then closes everything."""
         with self._lock:
             if self._state != _OPEN:
                 return
             self._state = _DEAD
             self.alive = False
-        if self.last_error is None or str(self.last_error) != reason:
+        if not quiet:
             self.last_error = TunnelError(f"tunnel to {self.namespace}/{self.pod}: {reason}")
-        log.warning("tunnel to %s/%s died: %s", self.namespace, self.pod, reason)
+            log.warning("tunnel to %s/%s died: %s", self.namespace, self.pod, reason)
         self._shutdown_stream()
         self._wake()
 
@@ -706,6 +749,9 @@ class PodTunnel:
             self._report_dead()
 
     def _report_dead(self) -> None:
+        if self._reported:
+            return
+        self._reported = True
         if self.on_dead is not None:
             try:
                 self.on_dead(self)
@@ -734,8 +780,9 @@ def _close_local(sock: socket.socket) -> None:
 class TunnelPool:
     """One ``PodTunnel`` per (context, namespace, pod), shared by every forward to that pod.
 
-    A dead tunnel is replaced on the next ``get``. The transport that worked for a context is
-    tried first by later tunnels of that context (saves refused upgrades on every pod).
+    A tunnel that is no longer alive is replaced on the next ``get``; one that is retiring
+    (still carrying connections) is kept until they end. The transport that worked for a
+    context is tried first by later tunnels of that context (no refused upgrade per pod).
     """
 
     def __init__(self, *, transport: str = "auto", ping_interval: float = PING_INTERVAL,
@@ -747,27 +794,41 @@ class TunnelPool:
         self.on_dead = on_dead
         self._lock = threading.Lock()
         self._tunnels: dict[tuple[str, str, str], PodTunnel] = {}
+        self._retired: list[tuple[tuple[str, str, str], PodTunnel]] = []
         self._learned: dict[str, str] = {}
         self._closed = False
 
     def get(self, target: ApiTarget, context: str, namespace: str, pod: str) -> PodTunnel:
+        """The live tunnel to this pod (created, not yet opened, when there is none)."""
         key = (context, namespace, pod)
+        finished: list[PodTunnel] = []
         with self._lock:
             if self._closed:
                 raise TunnelError("tunnel pool is closed")
             tunnel = self._tunnels.get(key)
             if tunnel is not None and tunnel.alive and tunnel.target == target:
                 return tunnel
-            old = tunnel
+            if tunnel is not None:
+                if tunnel.retiring:
+                    self._retired.append((key, tunnel))
+                else:
+                    finished.append(tunnel)
+            finished += self._prune()
             tunnel = PodTunnel(target, namespace, pod, transport=self.transport,
                                ping_interval=self.ping_interval,
                                prefer=self._learned.get(context, ""),
                                on_dead=functools.partial(self._tunnel_died, key))
             tunnel.on_open = functools.partial(self._learn, context)
             self._tunnels[key] = tunnel
-        if old is not None:
+        for old in finished:
             old.close()
         return tunnel
+
+    def _prune(self) -> list[PodTunnel]:
+        """Retired tunnels whose last connection ended (called with the lock held)."""
+        done = [t for _k, t in self._retired if not t.retiring]
+        self._retired = [(k, t) for k, t in self._retired if t.retiring]
+        return done
 
     def _tunnel_died(self, key: tuple[str, str, str], _tunnel: PodTunnel) -> None:
         if self.on_dead is not None:
@@ -777,20 +838,31 @@ class TunnelPool:
         self._learned[context] = tunnel.transport_name
 
     def drop(self, context: str, namespace: str, pod: str) -> None:
-        """The pod is gone: close its tunnel and every connection on it."""
+        """The pod is gone: close its tunnels and every connection on them."""
+        key = (context, namespace, pod)
         with self._lock:
-            tunnel = self._tunnels.pop((context, namespace, pod), None)
-        if tunnel is not None:
+            tunnels = [t for k, t in self._retired if k == key]
+            self._retired = [(k, t) for k, t in self._retired if k != key]
+            tunnel = self._tunnels.pop(key, None)
+            if tunnel is not None:
+                tunnels.append(tunnel)
+        for tunnel in tunnels:
             tunnel.close()
 
     def tunnels(self) -> list[PodTunnel]:
+        """The current tunnels (retired ones that finished are released on the way)."""
         with self._lock:
-            return list(self._tunnels.values())
+            finished = self._prune()
+            current = list(self._tunnels.values())
+        for tunnel in finished:
+            tunnel.close()
+        return current
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            tunnels = list(self._tunnels.values())
+            tunnels = list(self._tunnels.values()) + [t for _k, t in self._retired]
             self._tunnels.clear()
+            self._retired.clear()
         for tunnel in tunnels:
             tunnel.close()

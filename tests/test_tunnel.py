@@ -1,0 +1,475 @@
+"""PodTunnel and TunnelPool against the simulated cluster, over real sockets.
+
+Run as a script (``python tests/test_tunnel.py``) for a one-connection throughput probe:
+tunnel vs. straight to the pod, in one run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import ssl
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from kubefwd.errors import TunnelError
+from kubefwd.sim import SimCluster
+from kubefwd.tunnel import ApiTarget, PodTunnel, TunnelPool
+from kubefwd.wire import websocket as ws
+
+NS = "tun"
+HTTP_PORT = 8080
+ECHO_PORT = 7000
+
+
+def pod(name: str, image: str, port: int) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": NS},
+            "spec": {"containers": [{"name": "main", "image": image,
+                                     "ports": [{"containerPort": port}]}]}}
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[SimCluster]:
+    with SimCluster(manifests=[pod("web", "sim/http", HTTP_PORT),
+                               pod("echo", "sim/echo", ECHO_PORT)]) as c:
+        c.wait_ready(NS)
+        yield c
+
+
+def target_for(cluster: SimCluster, token: str | None = None) -> ApiTarget:
+    context = ssl.create_default_context(cadata=(cluster.ca_pem or b"").decode("ascii"))
+    bearer = token if token is not None else cluster.token
+    return ApiTarget(host="127.0.0.1", port=cluster.port, scheme="https", ssl_context=context,
+                     auth_headers=lambda: {"Authorization": f"Bearer {bearer}"})
+
+
+@contextlib.contextmanager
+def tunnel_to(cluster: SimCluster, pod_name: str, **kwargs: Any) -> Iterator[PodTunnel]:
+    tunnel = PodTunnel(target_for(cluster), NS, pod_name, **kwargs)
+    try:
+        yield tunnel
+    finally:
+        tunnel.close()
+
+
+def tcp_pair() -> tuple[socket.socket, socket.socket]:
+    """A connected TCP pair on loopback: (client end, accepted end)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        client = socket.create_connection(listener.getsockname())
+        accepted, _ = listener.accept()
+    return client, accepted
+
+
+def connect_through(tunnel: PodTunnel, port: int) -> socket.socket:
+    """A client socket whose peer was handed to ``tunnel.splice``."""
+    client, accepted = tcp_pair()
+    client.settimeout(10)
+    tunnel.splice(accepted, port)
+    return client
+
+
+def read_all(sock: socket.socket) -> bytes:
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def http_get(tunnel: PodTunnel, path: str = "/") -> bytes:
+    with connect_through(tunnel, HTTP_PORT) as client:
+        client.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        response = read_all(client)
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return body
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    tick = threading.Event()
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        tick.wait(0.02)
+
+
+def tunnel_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("tunnel")]
+
+
+# --- transports ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("transport", ["spdy-ws", "spdy", "ws"])
+def test_http_request_through_each_transport(cluster: SimCluster, transport: str) -> None:
+    with tunnel_to(cluster, "web", transport=transport) as tunnel:
+        assert http_get(tunnel) == b"web\n"
+        assert http_get(tunnel, "/bytes/100000") == bytes(http_get(tunnel, "/bytes/100000"))
+        assert tunnel.transport_name == transport
+        assert tunnel.alive
+        assert tunnel.bytes_in > 100000
+        assert tunnel.bytes_out > 0
+
+
+def test_auto_prefers_spdy_in_websocket(cluster: SimCluster) -> None:
+    with tunnel_to(cluster, "web") as tunnel:
+        tunnel.open()
+        assert tunnel.transport_name == "spdy-ws"
+        assert http_get(tunnel) == b"web\n"
+
+
+@pytest.mark.parametrize("transport", ["spdy-ws", "spdy"])
+def test_twenty_concurrent_connections_share_two_threads(cluster: SimCluster,
+                                                         transport: str) -> None:
+    with tunnel_to(cluster, "echo", transport=transport) as tunnel:
+        tunnel.open()
+        clients = [connect_through(tunnel, ECHO_PORT) for _ in range(20)]
+        try:
+            for i, client in enumerate(clients):
+                client.sendall(f"hello {i}\n".encode() * 1000)
+            for i, client in enumerate(clients):
+                want = f"hello {i}\n".encode() * 1000
+                got = b""
+                while len(got) < len(want):
+                    chunk = client.recv(65536)
+                    assert chunk
+                    got += chunk
+                assert got == want
+            assert len(tunnel_threads()) == 2, tunnel_threads()
+        finally:
+            for client in clients:
+                client.close()
+
+
+def echo_transfer(tunnel: PodTunnel, size: int) -> tuple[str, str, int]:
+    """Send ``size`` bytes, half-close, read the echo to EOF: (sent sha, echoed sha, n)."""
+    block = os.urandom(1 << 20)
+    sent = hashlib.sha256()
+    received = hashlib.sha256()
+    got = 0
+    client = connect_through(tunnel, ECHO_PORT)
+
+    def send() -> None:
+        left = size
+        while left:
+            piece = block[: min(left, len(block))]
+            client.sendall(piece)
+            sent.update(piece)
+            left -= len(piece)
+        client.shutdown(socket.SHUT_WR)
+
+    sender = threading.Thread(target=send, name="test-sender")
+    sender.start()
+    try:
+        while chunk := client.recv(1 << 20):
+            received.update(chunk)
+            got += len(chunk)
+    finally:
+        sender.join()
+        client.close()
+    return sent.hexdigest(), received.hexdigest(), got
+
+
+@pytest.mark.parametrize("transport", ["spdy-ws", "spdy"])
+def test_large_echo_with_half_close_is_intact(cluster: SimCluster, transport: str) -> None:
+    size = 50 << 20
+    with tunnel_to(cluster, "echo", transport=transport) as tunnel:
+        sent, echoed, got = echo_transfer(tunnel, size)
+        assert got == size
+        assert sent == echoed
+        assert tunnel.bytes_in == size and tunnel.bytes_out == size
+        assert tunnel.alive
+
+
+def test_ws_transport_echo(cluster: SimCluster) -> None:
+    with tunnel_to(cluster, "echo", transport="ws") as tunnel, \
+            connect_through(tunnel, ECHO_PORT) as client:
+        payload = os.urandom(300_000)
+        client.sendall(payload)
+        got = b""
+        while len(got) < len(payload):
+            chunk = client.recv(65536)
+            assert chunk
+            got += chunk
+        assert got == payload
+
+
+def echo_once(client: socket.socket, data: bytes) -> None:
+    client.sendall(data)
+    got = b""
+    while len(got) < len(data):
+        chunk = client.recv(65536)
+        assert chunk
+        got += chunk
+    assert got == data
+
+
+@pytest.mark.parametrize("transport", ["spdy-ws", "spdy", "ws"])
+def test_forwarding_error_retires_the_tunnel_but_spares_open_connections(
+        cluster: SimCluster, transport: str) -> None:
+    dead = threading.Event()
+    with tunnel_to(cluster, "echo", transport=transport,
+                   on_dead=lambda t: dead.set()) as tunnel:
+        healthy = connect_through(tunnel, ECHO_PORT)
+        with healthy:
+            echo_once(healthy, b"before\n")
+            with connect_through(tunnel, 9) as refused:  # nothing listens on port 9
+                assert read_all(refused) == b""
+            assert dead.wait(5)
+            assert not tunnel.alive
+            assert "connection refused" in str(tunnel.last_error)
+            echo_once(healthy, b"still here\n")  # the open connection is untouched
+            with connect_through(tunnel, ECHO_PORT) as late:  # no new ones on a retired tunnel
+                assert read_all(late) == b""
+        wait_until(lambda: tunnel.state == "dead")  # the last connection ended
+
+
+# --- failures -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("transport", ["auto", "spdy"])
+def test_wrong_token_is_a_clear_401(cluster: SimCluster, transport: str) -> None:
+    tunnel = PodTunnel(target_for(cluster, token="wrong"), NS, "web", transport=transport)
+    try:
+        with pytest.raises(TunnelError, match="401"):
+            tunnel.open()
+        assert not tunnel.alive
+    finally:
+        tunnel.close()
+
+
+def test_failed_open_closes_queued_connections(cluster: SimCluster) -> None:
+    dead = threading.Event()
+    tunnel = PodTunnel(target_for(cluster, token="wrong"), NS, "web",
+                       on_dead=lambda t: dead.set())
+    try:
+        clients = [connect_through(tunnel, HTTP_PORT) for _ in range(3)]
+        for client in clients:
+            assert read_all(client) == b""
+            client.close()
+        assert dead.wait(10)
+        assert tunnel.last_error is not None and "401" in str(tunnel.last_error)
+    finally:
+        tunnel.close()
+
+
+def test_unknown_pod_is_a_clear_404(cluster: SimCluster) -> None:
+    with tunnel_to(cluster, "nope") as tunnel, pytest.raises(TunnelError, match="404"):
+        tunnel.open()
+
+
+def test_deleted_pod_closes_connections_and_kills_the_tunnel(cluster: SimCluster) -> None:
+    cluster.apply(pod("victim", "sim/echo", ECHO_PORT))
+    cluster.wait_ready(NS)
+    dead = threading.Event()
+    with tunnel_to(cluster, "victim", on_dead=lambda t: dead.set()) as tunnel:
+        with connect_through(tunnel, ECHO_PORT) as client:
+            echo_once(client, b"ping\n")
+            cluster.delete_pod(NS, "victim")
+            assert read_all(client) == b""  # the pod's side went away
+        # The API server keeps the session, as a kubelet does; the next connection gets
+        # the kubelet's error, which retires the tunnel.
+        with connect_through(tunnel, ECHO_PORT) as client:
+            assert read_all(client) == b""
+        assert dead.wait(5)
+        assert not tunnel.alive
+        wait_until(lambda: tunnel.state == "dead")
+
+
+# --- keepalive and fallback against a stub server ------------------------------------------
+
+
+class StubServer:
+    """A tiny plain-HTTP API server: ``handler(sock, head)`` serves each connection."""
+
+    def __init__(self, handler: Callable[[socket.socket, ws.HttpHead], None]) -> None:
+        self.handler = handler
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.requests: list[ws.HttpHead] = []
+        self.conns: list[socket.socket] = []
+        self.threads: list[threading.Thread] = []
+        self._accept = threading.Thread(target=self._run, name="stub-accept")
+        self._accept.start()
+
+    def target(self) -> ApiTarget:
+        return ApiTarget(host="127.0.0.1", port=self.listener.getsockname()[1], scheme="http")
+
+    def _run(self) -> None:
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                return
+            self.conns.append(sock)
+            thread = threading.Thread(target=self._serve, args=(sock,), name="stub-conn")
+            self.threads.append(thread)
+            thread.start()
+
+    def _serve(self, sock: socket.socket) -> None:
+        try:
+            head = ws.read_http_head(sock)
+            self.requests.append(head)
+            self.handler(sock, head)
+        except (OSError, ws.HandshakeError):
+            pass
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+        self._accept.join()
+        for sock in self.conns:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        for thread in self.threads:
+            thread.join()
+        for sock in self.conns:
+            sock.close()
+
+
+def status_response(code: int, message: str) -> bytes:
+    body = json.dumps({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                       "message": message, "code": code}).encode()
+    return (f"HTTP/1.1 {code} Nope\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+def silent_spdy(sock: socket.socket, head: ws.HttpHead) -> None:
+    """Refuse WebSockets; accept the SPDY upgrade, then never answer anything."""
+    if head.headers.get("upgrade", "").lower() == "websocket":
+        sock.sendall(status_response(400, "no websockets here"))
+        return
+    sock.sendall(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+                 b"Upgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: portforward.k8s.io\r\n\r\n")
+    while sock.recv(65536):
+        pass
+
+
+def test_auto_falls_back_to_spdy_and_dead_peer_is_detected() -> None:
+    stub = StubServer(silent_spdy)
+    dead = threading.Event()
+    tunnel = PodTunnel(stub.target(), NS, "web", ping_interval=0.1,
+                       on_dead=lambda t: dead.set())
+    try:
+        tunnel.open()
+        assert tunnel.transport_name == "spdy"
+        assert [r.start_line.split()[0] for r in stub.requests] == ["GET", "POST"]
+        client = connect_through(tunnel, HTTP_PORT)
+        assert dead.wait(5)
+        assert not tunnel.alive
+        assert "keepalive" in str(tunnel.last_error)
+        assert read_all(client) == b""
+        client.close()
+    finally:
+        tunnel.close()
+        stub.close()
+
+
+def refuse_all(sock: socket.socket, head: ws.HttpHead) -> None:
+    sock.sendall(status_response(400, "upgrade not supported"))
+
+
+def test_auto_falls_back_to_websocket_v4_when_spdy_is_refused() -> None:
+    stub = StubServer(refuse_all)
+    tunnel = PodTunnel(stub.target(), NS, "web")
+    try:
+        tunnel.open()
+        assert tunnel.transport_name == "ws"
+        client = connect_through(tunnel, HTTP_PORT)
+        assert read_all(client) == b""  # the v4 upgrade is refused too: connection closed
+        client.close()
+        assert [r.start_line.split()[1] for r in stub.requests][-1].endswith("?ports=8080")
+    finally:
+        tunnel.close()
+        stub.close()
+
+
+# --- pool ---------------------------------------------------------------------------------
+
+
+def test_pool_shares_tunnels_and_replaces_dead_ones(cluster: SimCluster) -> None:
+    pool = TunnelPool()
+    target = target_for(cluster)
+    try:
+        first = pool.get(target, "sim", NS, "web")
+        assert pool.get(target, "sim", NS, "web") is first
+        assert http_get(first) == b"web\n"
+        first._die("simulated death")
+        wait_until(lambda: not first.alive)
+        second = pool.get(target, "sim", NS, "web")
+        assert second is not first
+        assert first.state == "closed"
+        assert http_get(second) == b"web\n"
+        pool.drop("sim", NS, "web")
+        assert not second.alive and second.state == "closed"
+    finally:
+        pool.close()
+
+
+def test_pool_keeps_a_retiring_tunnel_until_its_connections_end(cluster: SimCluster) -> None:
+    pool = TunnelPool()
+    target = target_for(cluster)
+    try:
+        first = pool.get(target, "sim", NS, "echo")
+        healthy = connect_through(first, ECHO_PORT)
+        echo_once(healthy, b"x")
+        with connect_through(first, 9) as refused:
+            assert read_all(refused) == b""
+        wait_until(lambda: not first.alive)
+        second = pool.get(target, "sim", NS, "echo")
+        assert second is not first and first.retiring
+        echo_once(healthy, b"still")
+        healthy.close()
+        wait_until(lambda: first.state == "dead")
+        assert pool.tunnels() == [second]
+        assert first.state == "closed"
+    finally:
+        pool.close()
+
+
+# --- throughput probe (not a test) --------------------------------------------------------
+
+
+def _probe(size: int = 200 << 20) -> None:
+    def mbps(seconds: float) -> str:
+        return f"{size / seconds / 1e6:8.1f} MB/s"
+
+    def timed_download(connect: Callable[[], socket.socket]) -> float:
+        with connect() as sock:
+            start = time.perf_counter()
+            sock.sendall(f"GET /bytes/{size} HTTP/1.1\r\nHost: x\r\n"
+                         "Connection: close\r\n\r\n".encode())
+            buf = bytearray(1 << 20)
+            total = 0
+            while n := sock.recv_into(buf):
+                total += n
+            elapsed = time.perf_counter() - start
+        assert total > size
+        return elapsed
+
+    with SimCluster(manifests=[pod("web", "sim/http", HTTP_PORT)]) as c:
+        c.wait_ready(NS)
+        ip = c.kubelet.pod_ip(NS, "web")
+        print(f"download {size >> 20} MiB over one connection")
+        direct = timed_download(lambda: socket.create_connection((ip, HTTP_PORT)))
+        print(f"  direct to pod      {mbps(direct)}")
+        for transport in ("spdy-ws", "spdy", "ws"):
+            with tunnel_to(c, "web", transport=transport) as tunnel:
+                tunnel.open()
+                took = timed_download(lambda: connect_through(tunnel, HTTP_PORT))
+                print(f"  tunnel {transport:<8}     {mbps(took)}")
+
+
+if __name__ == "__main__":
+    _probe(int(sys.argv[1]) << 20 if len(sys.argv) > 1 else 200 << 20)
