@@ -379,7 +379,8 @@ def test_garbage_frames_close_only_that_connection(cluster: SimCluster) -> None:
         healthy.close()
 
 
-def test_deleting_the_pod_ends_its_forwarded_connections() -> None:
+@pytest.mark.parametrize("how", ["delete", "kill"])
+def test_pod_deletion_or_death_ends_its_forwarded_connections(how: str) -> None:
     with SimCluster(manifests=MANIFESTS.split("---")[0]) as c:
         c.wait_ready("default")
         client = SpdyForward(c, "echo")
@@ -387,10 +388,34 @@ def test_deleting_the_pod_ends_its_forwarded_connections() -> None:
             data, _error, state = client.open(7000)
             data.send(b"ping")
             c.wait_for(lambda: bytes(state["data"]) == b"ping", 5)
-            c.delete_pod("default", "echo")
-            assert state["data_fin"].wait(5)
+            if how == "delete":
+                c.delete_pod("default", "echo")
+            else:
+                c.kill_pod("default", "echo")
+            assert state["data_fin"].wait(5) and state["error_fin"].wait(5)
+            # Like a kubelet, the port-forward connection itself stays up.
+            assert client.session.ping(5) < 1.0
         finally:
             client.close()
+
+
+def test_apiserver_restart_ends_port_forward_connections(cluster: SimCluster) -> None:
+    client = SpdyForward(cluster, "echo")
+    try:
+        data, _error, state = client.open(7000)
+        data.send(b"x")
+        cluster.wait_for(lambda: bytes(state["data"]) == b"x", 5)
+        cluster.restart_apiserver()
+        assert client.session.closed.wait(5) and state["data_fin"].wait(5)
+    finally:
+        client.close()
+    client = SpdyForward(cluster, "echo")  # the restarted server serves new ones
+    try:
+        data, _error, state = client.open(7000)
+        data.send(b"again", fin=True)
+        assert state["data_fin"].wait(5) and bytes(state["data"]) == b"again"
+    finally:
+        client.close()
 
 
 def test_latency_fault_delays_each_new_connection(cluster: SimCluster) -> None:
