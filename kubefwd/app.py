@@ -259,7 +259,8 @@ class Kubefwd:
         with self._lock:
             count = len({f.key[:3] for f in self._forwards.values()})
             addresses = len(self._forwards)
-        self.output.ready(count, addresses, time.monotonic() - self.started_at)
+        self.output.ready(count, addresses, time.monotonic() - self.started_at,
+                          self._hosts.writes)
         self.ready.set()
 
     def _namespaces(self, contexts: Sequence[ClusterContext]) -> dict[str, list[str]]:

@@ -82,10 +82,11 @@ class Output:
     def removed(self, key: str, ip: str) -> None:
         self.log.info("Stopped forwarding %s (%s)", key, ip)
 
-    def ready(self, services: int, endpoints: int, seconds: float) -> None:
+    def ready(self, services: int, endpoints: int, seconds: float, hosts_writes: int) -> None:
         self.log.info(
-            "ready: %d services forwarded on %d addresses in %.2fs; Ctrl-C to stop",
-            services, endpoints, seconds,
+            "ready: %d services forwarded on %d addresses in %.2fs (hosts file written %d "
+            "times); Ctrl-C to stop",
+            services, endpoints, seconds, hosts_writes,
         )
 
     def info(self, message: str, *args: object) -> None:
