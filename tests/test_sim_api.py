@@ -451,3 +451,29 @@ def test_no_leaks_after_stop() -> None:
                      headers={"Authorization": f"Bearer {c.token}"})
         assert conn.getresponse().status == 200
     conn.close()
+
+
+def test_restart_with_downtime_refuses_then_serves_on_the_same_port(cluster: SimCluster) -> None:
+    port = cluster.port
+    refused = threading.Event()
+
+    def probe() -> None:
+        # While the server is down, connecting fails.
+        cluster.wait_for(lambda: _refused(port), 2.0, interval=0.01)
+        refused.set()
+
+    prober = threading.Thread(target=probe, name="test-probe")
+    prober.start()
+    cluster.restart_apiserver(downtime=0.5)
+    prober.join()
+    assert refused.is_set()
+    assert cluster.port == port
+    assert call(cluster, "GET", "/api/v1/namespaces/shop/pods")[0] == 200
+
+
+def _refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1.0).close()
+    except ConnectionRefusedError:
+        return True
+    return False

@@ -174,9 +174,11 @@ class ApiServer:
         self._threads: set[threading.Thread] = set()
         self._counter = 0
         self._stopping = threading.Event()
-        self._accept_thread = threading.Thread(
-            target=self._accept_loop, name=f"sim-api-accept-{self.port}", daemon=True
-        )
+        self._accept_thread = self._new_accept_thread()
+
+    def _new_accept_thread(self) -> threading.Thread:
+        return threading.Thread(target=self._accept_loop, args=(self._listener,),
+                                name=f"sim-api-accept-{self.port}", daemon=True)
 
     @property
     def url(self) -> str:
@@ -194,15 +196,37 @@ class ApiServer:
             conn.drop()
         self.backend.store.wake_watches()
 
-    def stop(self) -> None:
-        self._stopping.set()
+    def restart(self, downtime: float = 0.0) -> None:
+        """Act like a restarting API server: drop every connection and, for ``downtime``
+        seconds, refuse new ones; then listen again on the same port (same CA and token)."""
+        if downtime <= 0:
+            self.drop_connections()
+            return
+        self._close_listener()
+        self.drop_connections()
+        if self._stopping.wait(downtime):
+            return
+        with self._lock:
+            if self._stopping.is_set():
+                return
+            self._listener = socket.create_server((self.host, self.port), backlog=512)
+            self._accept_thread = self._new_accept_thread()
+            self._accept_thread.start()
+
+    def _close_listener(self) -> None:
+        with self._lock:
+            listener, thread = self._listener, self._accept_thread
         try:
-            self._listener.shutdown(socket.SHUT_RDWR)
+            listener.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
-        self._listener.close()
-        if self._accept_thread.is_alive():
-            self._accept_thread.join(5.0)
+        listener.close()
+        if thread.is_alive() and thread is not threading.current_thread():
+            thread.join(5.0)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._close_listener()
         self.drop_connections()
         deadline = time.monotonic() + 10.0
         while True:
@@ -218,13 +242,14 @@ class ApiServer:
 
     # -- connections ------------------------------------------------------------------------
 
-    def _accept_loop(self) -> None:
+    def _accept_loop(self, listener: socket.socket) -> None:
         while not self._stopping.is_set():
             try:
-                raw, addr = self._listener.accept()
+                raw, addr = listener.accept()
             except OSError:
-                if self._stopping.is_set():
+                if self._stopping.is_set() or listener.fileno() < 0:
                     return
+                self._stopping.wait(0.05)  # e.g. out of file descriptors: do not spin
                 continue
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn = _Connection(raw, f"{addr[0]}:{addr[1]}")

@@ -275,10 +275,13 @@ class SimCluster:
     def set_pod_ready(self, namespace: str, name: str, ready: bool) -> None:
         self.kubelet.set_ready(namespace, name, ready)
 
-    def restart_apiserver(self) -> None:
-        """Drop every connection (API calls, watches, port-forwards); state, port, CA stay."""
+    def restart_apiserver(self, downtime: float = 0.0) -> None:
+        """Drop every connection (API calls, watches, port-forwards); state, port, CA stay.
+
+        With ``downtime`` the port refuses connections for that long first (blocks meanwhile).
+        """
         assert self.api is not None
-        self.api.drop_connections()
+        self.api.restart(downtime)
 
     def expire_watch_history(self) -> None:
         """Open watches end with 410 and no known resourceVersion can be resumed from."""
