@@ -189,3 +189,18 @@ def test_port_in_use_is_a_clear_error_naming_the_address() -> None:
         fwd.stop_and_join()  # never started: still closes what it opened
     finally:
         holder.close()
+
+
+def test_pod_backoff_doubles_to_the_cap_and_resets_on_success() -> None:
+    from kubefwd.app import PodBackoff
+
+    now = [100.0]
+    backoff = PodBackoff(clock=lambda: now[0])
+    delays = [backoff.failed("pod") for _ in range(11)]
+    assert delays[:4] == [1.0, 2.0, 4.0, 8.0]
+    assert delays[-1] == 300.0 and max(delays) == 300.0
+    assert not backoff.usable("pod") and backoff.usable("other")
+    now[0] += 300.0
+    assert backoff.usable("pod")
+    backoff.succeeded("pod")
+    assert backoff.failed("pod") == 1.0

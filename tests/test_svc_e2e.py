@@ -799,3 +799,34 @@ def test_real_resolver_inside_unshare_with_bind_mounted_etc_hosts(tmp_path: Path
     assert result["code"] == 0
     assert result["restored"] is True
     assert fake_hosts.read_bytes() == b"127.0.0.1 localhost\n# the container's own file\n"
+
+
+def test_in_process_start_and_shutdown_leave_no_threads_or_sockets(
+    cluster: SimCluster, hosts: Path, tmp_path: Path
+) -> None:
+    from kubefwd.app import Kubefwd as App
+    from kubefwd.app import SvcOptions
+
+    app = App(SvcOptions(kubeconfig=str(cluster.kubeconfig_path), namespaces=["shop"],
+                         hosts_path=hosts, backup_dir=tmp_path))
+    try:
+        app.start()
+        assert app.wait_ready(0)
+        forwards = app.forwards()
+        ip, names, ports = forwards["one/shop/web"]
+        assert "web.shop" in names and ports == [80]
+        assert http_get(ip, 80).startswith("web-")
+        assert app.stats()["tunnels"] == 1
+    finally:
+        app.shutdown()
+    assert hosts.read_bytes() == ORIGINAL_HOSTS
+
+
+def test_auto_reconnect_keeps_a_tunnel_open_before_any_connection(
+    run: Callable[..., Kubefwd], hosts: Path
+) -> None:
+    fwd = run("-n", "shop", "-a", "-v")
+    fwd.wait_ready()
+    fwd.wait_line(r"tunnel shop/web-\S+ open over", timeout=5)
+    assert fwd.stop() == 0
+    assert hosts.read_bytes() == ORIGINAL_HOSTS
