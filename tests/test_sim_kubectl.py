@@ -268,3 +268,21 @@ def test_sim_command_rejects_a_bad_manifest(tmp_path: Path) -> None:
     _, err = proc.communicate(timeout=30)
     assert proc.returncode != 0 and "kubefwd: error:" in err
     assert not (tmp_path / "kc").exists()
+
+
+def test_scale_logs_and_rollout_restart(cluster: SimCluster) -> None:
+    talker = {"apiVersion": "v1", "kind": "Pod",
+              "metadata": {"name": "talker", "namespace": "demo"},
+              "spec": {"containers": [{"name": "t", "image": "busybox", "command": [
+                  "sh", "-c", "echo hello-from-pod; exec sleep 30"]}]}}
+    cluster.apply(talker)
+    kubectl(cluster, "scale", "deploy/hello", "-n", "demo", "--replicas=2")
+    cluster.wait_for(lambda: len(cluster.pods("demo", "app=hello")) == 2, 5.0)
+    cluster.wait_ready("demo")
+    cluster.wait_for(lambda: "hello-from-pod" in kubectl(cluster, "logs", "talker", "-n",
+                                                         "demo").stdout, 5.0)
+    before = {p["metadata"]["name"] for p in cluster.pods("demo", "app=hello")}
+    kubectl(cluster, "rollout", "restart", "deploy/hello", "-n", "demo")
+    kubectl(cluster, "rollout", "status", "deploy/hello", "-n", "demo", "--timeout=10s")
+    after = {p["metadata"]["name"] for p in cluster.pods("demo", "app=hello")}
+    assert len(after) == 2 and not before & after

@@ -52,6 +52,8 @@ class Backend(Protocol):
 
     def pod_connector(self, namespace: str, name: str) -> Callable[[int], socket.socket]: ...
 
+    def pod_logs(self, namespace: str, name: str, container: str | None) -> str: ...
+
     def is_forbidden(self, resource: str, verb: str) -> bool: ...
 
     @property
@@ -432,7 +434,7 @@ class ApiServer:
                               "the server could not find the requested resource")
         name = rest[1] if len(rest) > 1 else ""
         sub = rest[2] if len(rest) > 2 else ""
-        if sub and not (info.kind == "Pod" and sub in ("portforward", "status")):
+        if sub and sub not in _SUBRESOURCES.get(info.kind, ()):
             raise StatusError(404, "NotFound",
                               "the server could not find the requested resource")
         verb = self._verb(req, name)
@@ -443,6 +445,11 @@ class ApiServer:
             raise _forbidden(info, resource, verb, namespace, name)
         if sub == "portforward":
             return self._portforward(conn, req, namespace, name)
+        if sub == "log":
+            return self._log(conn, req, info, namespace, name)
+        if sub == "scale":
+            self._send(conn, 200, self._scale(req, info, namespace, name))
+            return True
         table = req.method == "GET" and tables.wants_table(req.headers.get("Accept", ""))
         include = req.arg("includeObject", "Metadata")
         if req.method == "GET":
@@ -572,6 +579,57 @@ class ApiServer:
             return result
         return store.replace(new, keep_status=True)
 
+    def _log(self, conn: _Connection, req: Request, info: ResourceInfo, namespace: str,
+             name: str) -> bool:
+        if req.method != "GET":
+            raise StatusError(405, "MethodNotAllowed",
+                              "the server does not allow this method on the requested resource")
+        if self.backend.store.get("Pod", namespace, name, copy_=False) is None:
+            raise not_found(info, name)
+        text = self.backend.pod_logs(namespace, name, req.arg("container") or None)
+        tail = req.arg("tailLines")
+        if tail.isdigit():
+            text = "".join(text.splitlines(keepends=True)[-int(tail):]) if int(tail) else ""
+        body = text.encode()
+        conn.send(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                  b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        return True
+
+    def _scale(self, req: Request, info: ResourceInfo, namespace: str, name: str) -> Obj:
+        """The ``scale`` subresource of Deployments and StatefulSets (autoscaling/v1 Scale)."""
+        store = self.backend.store
+        obj = store.get(info.kind, namespace, name, copy_=False)
+        if obj is None:
+            raise not_found(info, name)
+        if req.method in ("PUT", "PATCH"):
+            current = _scale_of(obj)
+            try:
+                body = json.loads(req.body)
+            except ValueError as exc:
+                raise bad_request(f"error decoding body: {exc}") from exc
+            if req.method == "PATCH":
+                content_type = req.headers.get("Content-Type", "").split(";")[0].strip()
+                if content_type == "application/json-patch+json":
+                    body = manifests.json_patch(current, body)
+                else:
+                    body = manifests.json_merge_patch(current, body)
+            replicas = ((body or {}).get("spec") or {}).get("replicas")
+            if not isinstance(replicas, int) or replicas < 0:
+                raise StatusError(422, "Invalid", f'Scale.autoscaling "{name}" is invalid: '
+                                  "spec.replicas: Invalid value: must be a non-negative integer")
+
+            def set_replicas(o: Obj) -> None:
+                o.setdefault("spec", {})["replicas"] = replicas
+
+            updated = store.update(info.kind, namespace, name, set_replicas)
+            if updated is None:
+                raise not_found(info, name)
+            obj = updated
+        elif req.method != "GET":
+            raise StatusError(405, "MethodNotAllowed",
+                              "the server does not allow this method on the requested resource")
+        return _scale_of(obj)
+
     # -- watch ------------------------------------------------------------------------------
 
     def _watch(self, conn: _Connection, req: Request, info: ResourceInfo, flt: Filter,
@@ -674,6 +732,27 @@ class ApiServer:
         return False
 
 
+_SUBRESOURCES: dict[str, tuple[str, ...]] = {
+    "Pod": ("portforward", "status", "log"),
+    "Deployment": ("scale", "status"),
+    "StatefulSet": ("scale", "status"),
+}
+
+
+def _scale_of(obj: Obj) -> Obj:
+    meta = obj["metadata"]
+    labels = ((obj.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+    return {
+        "kind": "Scale", "apiVersion": "autoscaling/v1",
+        "metadata": {"name": meta["name"], "namespace": meta.get("namespace", ""),
+                     "uid": meta.get("uid", ""), "resourceVersion": meta["resourceVersion"],
+                     "creationTimestamp": meta.get("creationTimestamp")},
+        "spec": {"replicas": (obj.get("spec") or {}).get("replicas", 1)},
+        "status": {"replicas": (obj.get("status") or {}).get("replicas", 0),
+                   "selector": ",".join(f"{k}={v}" for k, v in sorted(labels.items()))},
+    }
+
+
 def _status(code: int, reason: str, message: str) -> Obj:
     return StatusError(code, reason, message).to_status()
 
@@ -734,10 +813,19 @@ def _resource_list(group_version: str) -> Obj:
         if r.categories:
             entry["categories"] = list(r.categories)
         resources.append(entry)
+        if r.kind in ("Deployment", "StatefulSet"):
+            resources.append({"name": f"{r.plural}/scale", "singularName": "",
+                              "namespaced": True, "group": "autoscaling", "version": "v1",
+                              "kind": "Scale", "verbs": ["get", "patch", "update"]})
+            resources.append({"name": f"{r.plural}/status", "singularName": "",
+                              "namespaced": True, "kind": r.kind,
+                              "verbs": ["get", "patch", "update"]})
         if r.kind == "Pod":
             resources.append({"name": "pods/portforward", "singularName": "",
                               "namespaced": True, "kind": "PodPortForwardOptions",
                               "verbs": ["create", "get"]})
+            resources.append({"name": "pods/log", "singularName": "", "namespaced": True,
+                              "kind": "Pod", "verbs": ["get"]})
             resources.append({"name": "pods/status", "singularName": "", "namespaced": True,
                               "kind": "Pod", "verbs": ["get", "patch", "update"]})
     return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version,

@@ -225,6 +225,10 @@ class SimCluster:
 
         return connect
 
+    def pod_logs(self, namespace: str, name: str, container: str | None) -> str:
+        logs = getattr(self.kubelet, "logs", None)
+        return str(logs(namespace, name, container)) if logs is not None else ""
+
     def is_forbidden(self, resource: str, verb: str) -> bool:
         with self._lock:
             return (resource, None) in self._forbidden or (resource, verb) in self._forbidden
@@ -262,6 +266,14 @@ class SimCluster:
                 obj["metadata"] = {k: v for k, v in meta.items() if k != "resourceVersion"}
                 result.append(self.store.replace(obj))
         return result
+
+    def scale(self, kind: str, namespace: str, name: str, replicas: int) -> Obj | None:
+        """Set ``spec.replicas`` of a Deployment or StatefulSet."""
+
+        def set_replicas(obj: Obj) -> None:
+            obj.setdefault("spec", {})["replicas"] = replicas
+
+        return self.store.update(kind, namespace, name, set_replicas)
 
     def delete(self, kind: str, namespace: str, name: str) -> Obj:
         return self.delete_object(kind, namespace, name)
