@@ -188,10 +188,28 @@ def load_contexts(kubeconfig: str | None, contexts: Sequence[str]) -> list[Clust
     return result
 
 
+class _LoaderErrors(logging.Filter):
+    """Collects what the kubeconfig loader reports through the root logger (an exec plugin
+    that failed is only logged there) so it becomes part of one clear error instead."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "kubernetes" in record.pathname and record.levelno >= logging.ERROR:
+            self.messages.append(record.getMessage())
+            return False
+        return True
+
+
 def _load_target(
     paths: list[str], docs: list[tuple[str, dict[str, Any]]], context: str
 ) -> tuple[ApiTarget, str]:
     configuration = k8s_client.Configuration()
+    errors = _LoaderErrors()
+    root = logging.getLogger()
+    root.addFilter(errors)
     try:
         k8s_config.load_kube_config(
             config_file=os.pathsep.join(paths),
@@ -202,6 +220,15 @@ def _load_target(
         )
     except (ConfigException, OSError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"cannot load context {context!r} from the kubeconfig: {e}") from e
+    finally:
+        root.removeFilter(errors)
+    has_credentials = configuration.api_key.get("BearerToken") or configuration.cert_file
+    if errors.messages and not has_credentials:
+        raise ConfigError(
+            f"context {context!r}: cannot get credentials: {'; '.join(errors.messages)}"
+        )
+    for message in errors.messages:
+        log.warning("context %s: %s", context, message)
     server = str(configuration.host or "")
     url = urllib.parse.urlsplit(server)
     if url.scheme not in ("http", "https") or not url.hostname:

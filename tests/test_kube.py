@@ -193,6 +193,14 @@ def test_exec_plugin_token_is_refreshed_when_it_expires(no_env: Path) -> None:
     assert first.startswith("Bearer tok") and first != second
 
 
+def test_a_failing_exec_plugin_is_a_config_error_naming_it(no_env: Path) -> None:
+    user = {"exec": {"apiVersion": "client.authentication.k8s.io/v1",
+                     "command": str(no_env / "no-such-plugin"), "interactiveMode": "Never"}}
+    path = write(no_env / "kc", kubeconfig(user=user))
+    with pytest.raises(ConfigError, match=r"context 'dev': cannot get credentials: .*no-such"):
+        load_contexts(path, [])
+
+
 def test_bad_server_url_is_a_config_error(no_env: Path) -> None:
     path = write(no_env / "kc", kubeconfig(server="ftp://example"))
     with pytest.raises(ConfigError, match="invalid server URL"):
