@@ -251,6 +251,13 @@ def test_bad_input_gets_the_right_error_and_the_server_keeps_serving(
                   422, "Invalid")
     assert_status(call(cluster, "GET", "/api/v1/pods?labelSelector=a%20in%20("),
                   400, "BadRequest")
+    labels = pod_manifest("labelled")
+    labels["metadata"]["labels"] = {"app": ["not", "a", "string"]}
+    assert_status(call(cluster, "POST", base, labels), 422, "Invalid")
+    assert_status(call(cluster, "POST", base, {**pod_manifest("x"), "spec": "nope"}),
+                  400, "BadRequest")
+    assert_status(call(cluster, "PATCH", f"{base}/db-0", b"[1, 2",
+                       content_type="application/merge-patch+json"), 400, "BadRequest")
     # A client sending garbage on its own connection does not disturb the others.
     with socket.create_connection(("127.0.0.1", cluster.port)) as raw:
         raw.sendall(b"\x16\x03\x01garbage" * 100)

@@ -84,6 +84,7 @@ class _Connection:
     dropped: threading.Event = field(default_factory=threading.Event)
     buf: bytearray = field(default_factory=bytearray)
     handed_over: bool = False
+    responded: bool = False  # whether anything of the current response has been sent
 
     def drop(self) -> None:
         """Abort from another thread: wake any blocked read or write on this socket."""
@@ -141,6 +142,7 @@ class _Connection:
     def send(self, data: bytes) -> None:
         if self.dropped.is_set():
             raise _Closed()
+        self.responded = True
         try:
             self.sock.sendall(data)
         except (OSError, ssl.SSLError) as exc:
@@ -307,14 +309,33 @@ class ApiServer:
             name, sep, value = line.partition(":")
             if sep:
                 headers[name.strip()] = value.strip()
-        body = self._read_body(conn, headers)
+        try:
+            body = self._read_body(conn, headers)
+        except ValueError:
+            self._send(conn, 400, _status(400, "BadRequest", "malformed request body framing"),
+                       close=True)
+            return False
         url = urlsplit(target)
         req = Request(method.upper(), unquote(url.path), parse_qs(url.query), headers, body)
         keep_alive = version == "HTTP/1.1" and (headers.get("Connection", "").lower() != "close")
+        conn.responded = False
         try:
             return self._dispatch(conn, req) and keep_alive
         except StatusError as err:
+            if conn.responded:
+                return False
             self._send(conn, err.code, err.to_status())
+            return keep_alive
+        except (_Closed, OSError, ssl.SSLError):
+            raise
+        except Exception:
+            # A bug or an input we did not foresee: answer 500, keep serving everyone else.
+            log.exception("API request %s %s failed", req.method, req.path)
+            if conn.responded or conn.handed_over:
+                return False
+            self._send(conn, 500, _status(500, "InternalError",
+                                          "an error on the server prevented the request "
+                                          "from succeeding"))
             return keep_alive
 
     def _read_body(self, conn: _Connection, headers: email.message.Message) -> bytes:
@@ -639,19 +660,20 @@ class ApiServer:
         except ValueError as exc:
             raise bad_request("timeoutSeconds must be a number") from exc
         bookmarks = req.arg("allowWatchBookmarks") in ("true", "1")
-        conn.send(
-            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-            b"Transfer-Encoding: chunked\r\nCache-Control: no-cache, private\r\n\r\n"
-        )
         deadline = time.monotonic() + timeout
+        head = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                b"Transfer-Encoding: chunked\r\nCache-Control: no-cache, private\r\n\r\n")
         try:
             watch = self.backend.store.watch(flt, req.arg("resourceVersion"))
         except StatusError as err:
             if err.code != 410:
                 raise
+            # Too old: a real server answers 200 and one ERROR event, then ends the stream.
+            conn.send(head)
             self._chunk(conn, {"type": "ERROR", "object": err.to_status()})
             conn.send(b"0\r\n\r\n")
             return True
+        conn.send(head)
         last_sent = time.monotonic()
 
         def cancelled() -> bool:

@@ -123,6 +123,37 @@ def invalid(kind: str, name: str, field_path: str, value: Any, detail: str) -> S
     )
 
 
+def check_shape(obj: Obj) -> None:
+    """``spec`` and ``status`` must be objects, as the typed decoder of a real server insists."""
+    for key in ("spec", "status"):
+        if key in obj and obj[key] is not None and not isinstance(obj[key], dict):
+            raise bad_request(
+                f"{obj.get('kind')} in version \"{obj.get('apiVersion', '')}\" cannot be "
+                f"handled as a {obj.get('kind')}: json: cannot unmarshal {type(obj[key]).__name__}"
+                f" into Go struct field {obj.get('kind')}.{key}"
+            )
+
+
+def check_metadata(kind: str, meta: Obj) -> None:
+    """Labels and annotations must be string maps; labels must be valid label values."""
+    name = str(meta.get("name") or meta.get("generateName") or "")
+    for key in ("labels", "annotations"):
+        value = meta.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            raise invalid(kind, name, f"metadata.{key}", value, "must be a map of strings")
+    for k, v in (meta.get("labels") or {}).items():
+        if not _LABEL_KEY.match(k) or len(k.split("/")[-1]) > 63:
+            raise invalid(kind, name, "metadata.labels", k, "name part must consist of "
+                          "alphanumeric characters, '-', '_' or '.'")
+        if len(v) > 63 or not _LABEL_VALUE.match(v):
+            raise invalid(kind, name, "metadata.labels", v, "a valid label must be an empty "
+                          "string or consist of alphanumeric characters, '-', '_' or '.'")
+
+
 def _quote(value: Any) -> str:
     return f'"{value}"' if isinstance(value, str) else str(value)
 
@@ -426,6 +457,8 @@ class Store:
             problem = name_problem(kind, name)
             if problem:
                 raise invalid(kind, name, "metadata.name", name, problem)
+            check_metadata(kind, meta)
+            check_shape(obj)
             if info.namespaced and ("", namespace) not in self._objects["Namespace"]:
                 raise StatusError(
                     404, "NotFound", f'namespaces "{namespace}" not found',
@@ -475,6 +508,8 @@ class Store:
                     details={"name": name, "group": info.group, "kind": info.plural},
                 )
             old_meta = old["metadata"]
+            check_metadata(kind, meta)
+            check_shape(obj)
             obj["apiVersion"] = info.api_version
             if info.namespaced:
                 meta["namespace"] = namespace
