@@ -50,6 +50,9 @@ __all__ = ["TRANSPORTS", "ApiTarget", "PodTunnel", "TunnelPool", "UpgradeRefused
 TRANSPORTS = ("auto", "spdy-ws", "spdy", "ws")
 # How much one local read may carry into one DATA frame (SPDY allows up to 16 MiB).
 _CHUNK = 256 * 1024
+# The reader's buffer: DATA frames are handed to local sockets in pieces of up to this size.
+_READ_BUFFER = 1 << 20
+_MIN_READ = 64 * 1024
 # Default seconds between keepalive pings; no frame at all for two intervals = dead.
 PING_INTERVAL = 7.0
 
@@ -521,7 +524,8 @@ class PodTunnel:
         self._die(reason)
 
     def _read_frames(self, stream: Stream) -> str:
-        buf = bytearray(_CHUNK + 8)
+        size = _READ_BUFFER
+        buf = bytearray(size)
         view = memoryview(buf)
         start = end = 0
         recv = stream.recv_into
@@ -561,19 +565,26 @@ class PodTunnel:
                 continue
             conn = conns.get(word)
             remaining = length
-            while True:
-                take = min(remaining, end - start)
-                if take and conn is not None:
+            while remaining:
+                avail = end - start
+                if avail < remaining and end < size:
+                    # Gather the frame (the server wrote it in one go) or a full buffer, so
+                    # the local socket sees a few big writes, not one per TLS record.
+                    if size - end < _MIN_READ and start:
+                        buf[:avail] = buf[start:end]
+                        start, end = 0, avail
+                    got = recv(view[end:])
+                    if not got:
+                        return "the API server closed the connection"
+                    end += got
+                    continue
+                take = min(avail, remaining)
+                if conn is not None:
                     self._deliver(conn, word, view[start:start + take])
                 start += take
                 remaining -= take
-                if not remaining:
-                    break
-                start = end = 0
-                got = recv(view)
-                if not got:
-                    return "the API server closed the connection"
-                end = got
+                if start == end:
+                    start = end = 0
             if flags & _DATA_FIN and conn is not None:
                 self._remote_fin(conn, word)
 
