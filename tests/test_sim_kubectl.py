@@ -286,3 +286,21 @@ def test_scale_logs_and_rollout_restart(cluster: SimCluster) -> None:
     kubectl(cluster, "rollout", "status", "deploy/hello", "-n", "demo", "--timeout=10s")
     after = {p["metadata"]["name"] for p in cluster.pods("demo", "app=hello")}
     assert len(after) == 2 and not before & after
+
+
+def test_server_side_apply_and_server_dry_runs(tmp_path: Path) -> None:
+    with SimCluster() as cluster:
+        manifest = tmp_path / "app.yaml"
+        manifest.write_text(APP)
+        out = kubectl(cluster, "apply", "--dry-run=server", "-f", str(manifest)).stdout
+        assert "created (server dry run)" in out
+        assert cluster.store.get("Namespace", "", "demo") is None
+        out = kubectl(cluster, "apply", "--server-side", "-f", str(manifest)).stdout
+        assert "deployment.apps/hello serverside-applied" in out
+        manifest.write_text(APP.replace("replicas: 1", "replicas: 2"))
+        kubectl(cluster, "apply", "--server-side", "-f", str(manifest))
+        deploy = cluster.store.get("Deployment", "demo", "hello")
+        assert deploy is not None and deploy["spec"]["replicas"] == 2
+        out = kubectl(cluster, "delete", "--dry-run=server", "deploy/hello", "-n", "demo").stdout
+        assert "(server dry run)" in out
+        assert cluster.store.get("Deployment", "demo", "hello") is not None

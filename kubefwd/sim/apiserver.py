@@ -506,16 +506,30 @@ class ApiServer:
         if not name:
             raise StatusError(405, "MethodNotAllowed",
                               "the server does not allow this method on the requested resource")
+        dry_run = bool(req.arg("dryRun"))
         if req.method == "PUT":
             obj = self._body(req, info, namespace)
             if (obj.get("metadata") or {}).get("name") != name:
                 raise bad_request("the name of the object does not match the name on the URL")
+            if dry_run:
+                if self.backend.store.get(info.kind, namespace, name, copy_=False) is None:
+                    raise not_found(info, name)
+                self._send(conn, 200, obj)
+                return True
             self._send(conn, 200, self.backend.store.replace(obj, keep_status=sub != "status"))
             return True
         if req.method == "PATCH":
-            self._send(conn, 200, self._patch(req, info, namespace, name, sub == "status"))
+            code, result = self._patch(req, info, namespace, name, sub == "status", dry_run)
+            self._send(conn, code, result)
             return True
         if req.method == "DELETE":
+            dry_run = dry_run or _delete_options_dry_run(req.body)
+            if dry_run:
+                current = self.backend.store.get(info.kind, namespace, name)
+                if current is None:
+                    raise not_found(info, name)
+                self._send(conn, 200, current)
+                return True
             self._send(conn, 200, self.backend.delete_object(info.kind, namespace, name))
             return True
         raise StatusError(405, "MethodNotAllowed",
@@ -532,10 +546,15 @@ class ApiServer:
 
     def _body(self, req: Request, info: ResourceInfo, namespace: str) -> Obj:
         obj = manifests.parse_body(req.body, req.headers.get("Content-Type", ""))
-        kind = obj.get("kind")
-        if not kind:
+        if not obj.get("kind"):
             text = req.body[:200].decode(errors="replace")
             raise bad_request(f"Object 'Kind' is missing in '{text}'")
+        return self._checked(obj, info, namespace)
+
+    @staticmethod
+    def _checked(obj: Obj, info: ResourceInfo, namespace: str) -> Obj:
+        """The kind, apiVersion and namespace of a body must match the URL."""
+        kind = obj.get("kind")
         if kind != info.kind:
             raise bad_request(
                 f"the API version in the data ({obj.get('apiVersion')}) and kind ({kind}) do "
@@ -557,17 +576,26 @@ class ApiServer:
         return obj
 
     def _patch(self, req: Request, info: ResourceInfo, namespace: str, name: str,
-               status: bool) -> Obj:
+               status: bool, dry_run: bool) -> tuple[int, Obj]:
         store = self.backend.store
+        content_type = req.headers.get("Content-Type", "").split(";")[0].strip()
         current = store.get(info.kind, namespace, name)
+        if content_type == "application/apply-patch+yaml":
+            # Server-side apply, simplified: create when missing, else merge like apply does.
+            patch: Any = manifests.parse_body(req.body, "application/yaml")
+            if current is None:
+                obj = self._checked(patch, info, namespace)
+                (obj.get("metadata") or {})["name"] = name
+                return 201, obj if dry_run else store.create(obj)
+        else:
+            try:
+                patch = json.loads(req.body)
+            except ValueError as exc:
+                raise bad_request(f"error decoding patch: {exc}") from exc
         if current is None:
             raise not_found(info, name)
-        content_type = req.headers.get("Content-Type", "").split(";")[0].strip()
-        try:
-            patch = json.loads(req.body)
-        except ValueError as exc:
-            raise bad_request(f"error decoding patch: {exc}") from exc
-        if content_type == "application/strategic-merge-patch+json":
+        if content_type in ("application/strategic-merge-patch+json",
+                            "application/apply-patch+yaml"):
             new = manifests.strategic_merge_patch(current, patch)
         elif content_type == "application/merge-patch+json":
             new = manifests.json_merge_patch(current, patch)
@@ -577,28 +605,30 @@ class ApiServer:
             raise StatusError(415, "UnsupportedMediaType",
                               "the body of the request was in an unknown format - accepted "
                               "media types include: application/json-patch+json, "
-                              "application/merge-patch+json, "
+                              "application/merge-patch+json, application/apply-patch+yaml, "
                               "application/strategic-merge-patch+json")
         if not isinstance(new, dict):
             raise bad_request("patch produced a non-object")
         new["kind"] = info.kind
         new["apiVersion"] = info.api_version
         meta = new.setdefault("metadata", {})
+        if not isinstance(meta, dict):
+            raise bad_request("metadata must be an object")
         meta["name"] = name
         if info.namespaced:
             meta["namespace"] = namespace
-        if meta.get("resourceVersion") != current["metadata"]["resourceVersion"] and (
-            isinstance(patch, dict) and (patch.get("metadata") or {}).get("resourceVersion")
-        ):
-            pass  # an explicit stale resourceVersion in the patch: replace() answers 409
-        else:
+        # A resourceVersion the patch itself carries is a precondition (replace() answers 409);
+        # otherwise the patch applies to whatever is current.
+        if not (isinstance(patch, dict) and (patch.get("metadata") or {}).get("resourceVersion")):
             meta.pop("resourceVersion", None)
+        if dry_run:
+            return 200, new
         if status:
             result = store.patch_status(info.kind, namespace, name, new.get("status") or {})
             if result is None:
                 raise not_found(info, name)
-            return result
-        return store.replace(new, keep_status=True)
+            return 200, result
+        return 200, store.replace(new, keep_status=True)
 
     def _log(self, conn: _Connection, req: Request, info: ResourceInfo, namespace: str,
              name: str) -> bool:
@@ -759,6 +789,17 @@ _SUBRESOURCES: dict[str, tuple[str, ...]] = {
     "Deployment": ("scale", "status"),
     "StatefulSet": ("scale", "status"),
 }
+
+
+def _delete_options_dry_run(body: bytes) -> bool:
+    """Whether a DELETE's DeleteOptions body asks for a dry run (kubectl sends it there)."""
+    if not body.strip():
+        return False
+    try:
+        options = json.loads(body)
+    except ValueError as exc:
+        raise bad_request(f"error decoding DeleteOptions: {exc}") from exc
+    return isinstance(options, dict) and bool(options.get("dryRun"))
 
 
 def _scale_of(obj: Obj) -> Obj:
