@@ -484,3 +484,24 @@ def _refused(port: int) -> bool:
     except ConnectionRefusedError:
         return True
     return False
+
+
+def test_endpoint_slice_keeps_its_name_as_pods_come_and_go(cluster: SimCluster) -> None:
+    cluster.apply({"apiVersion": "v1", "kind": "Service",
+                   "metadata": {"name": "later", "namespace": "shop"},
+                   "spec": {"selector": {"app": "later"}, "ports": [{"port": 8080}]}})
+
+    def slices() -> list[dict[str, Any]]:
+        return cluster.store.list("EndpointSlice", "shop",
+                                  label_selector="kubernetes.io/service-name=later")[0]
+
+    empty = cluster.wait_for(slices, 5.0)
+    assert len(empty) == 1 and empty[0]["endpoints"] == []
+    pod = pod_manifest("later-0")
+    pod["metadata"].update(namespace="shop", labels={"app": "later"})
+    cluster.apply(pod)
+    filled = cluster.wait_for(lambda: [s for s in slices() if s["endpoints"]], 5.0)
+    assert filled[0]["metadata"]["name"] == empty[0]["metadata"]["name"]
+    assert filled[0]["ports"] == [{"port": 8080, "protocol": "TCP"}]
+    ep = cluster.store.get("Endpoints", "shop", "later")
+    assert ep is not None and ep["subsets"][0]["ports"][0]["port"] == 8080

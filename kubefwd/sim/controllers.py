@@ -323,8 +323,11 @@ class Controllers:
         if not groups:
             groups = {"[]": ([], [])}
         wanted: dict[str, Obj] = {}
+        # Slices keep their names while a service has one port set (the usual case), as the
+        # real controller updates slices in place instead of replacing them.
+        keep = existing[0]["metadata"]["name"] if len(existing) == 1 == len(groups) else None
         for key, (ports, members) in groups.items():
-            slice_name = f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:5]}"
+            slice_name = keep or f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:5]}"
             endpoints = []
             for pod, is_ready in sorted(members, key=lambda m: m[0]["metadata"]["name"]):
                 endpoint: Obj = {
