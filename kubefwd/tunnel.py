@@ -612,7 +612,7 @@ class PodTunnel:
                 log.warning("port-forward to %s/%s port %d: %s", self.namespace, self.pod,
                             conn.port, message)
                 self._post(lambda: self._abort(conn, reset=False))
-                self._retire(message)
+                self.retire(message)
             return
         conn.remote_done = True
         if not conn.closed:
@@ -640,7 +640,7 @@ class PodTunnel:
             (stream_id,) = struct.unpack_from(">I", frame)
             self._send(wire_spdy.rst_stream_frame(stream_id, wire_spdy.REFUSED_STREAM))
         elif kind == _GOAWAY:
-            self._retire("the API server sent GOAWAY")
+            self.retire("the API server sent GOAWAY")
         return ""
 
     # -- v4 fallback: one WebSocket and one thread per connection ---------------------------
@@ -672,7 +672,7 @@ class PodTunnel:
             if v4.error:
                 log.warning("port-forward to %s/%s port %d: %s", self.namespace, self.pod,
                             conn.port, v4.error.strip())
-                self._retire(v4.error.strip())
+                self.retire(v4.error.strip())
             if not clean or v4.error:
                 self._post(lambda: self._abort(conn, reset=False))
             else:
@@ -704,8 +704,11 @@ class PodTunnel:
 
     # -- death and teardown ---------------------------------------------------------------
 
-    def _retire(self, reason: str) -> None:
-        """Take no new connections (from any thread); end once the last one is done."""
+    def retire(self, reason: str, *, report: bool = True) -> None:
+        """Take no new connections (from any thread); end once the last one is done.
+
+        ``report``: call ``on_dead`` (the pod misbehaved), not for a planned replacement.
+        """
         with self._lock:
             if self._state != _OPEN or self._retiring:
                 return
@@ -713,10 +716,13 @@ class PodTunnel:
             self.alive = False
         self.last_error = TunnelError(f"tunnel to {self.namespace}/{self.pod}: {reason}")
         log.debug("tunnel to %s/%s retires: %s", self.namespace, self.pod, reason)
-        self._post(self._retired)
+        self._post(functools.partial(self._retired, report))
 
-    def _retired(self) -> None:
-        self._report_dead()
+    def _retired(self, report: bool) -> None:
+        if report:
+            self._report_dead()
+        else:
+            self._reported = True
         if self.active <= 0:
             self._die("retired", quiet=True)
 
@@ -820,6 +826,8 @@ class TunnelPool:
             if tunnel is not None and tunnel.alive and tunnel.target == target:
                 return tunnel
             if tunnel is not None:
+                if tunnel.alive:  # the API target changed (new endpoint or credentials)
+                    tunnel.retire("replaced", report=False)
                 if tunnel.retiring:
                     self._retired.append((key, tunnel))
                 else:

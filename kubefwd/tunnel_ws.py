@@ -153,7 +153,8 @@ def dial_upgrade(target: ApiTarget, path: str, *, method: str, headers: Mapping[
     or TunnelError (network, TLS, garbage)."""
     sock = connect(target, timeout, track)
     try:
-        lines = [f"{method} {target.base_path}{path} HTTP/1.1", f"Host: {_host_header(target)}",
+        base = target.base_path.rstrip("/")
+        lines = [f"{method} {base}{path} HTTP/1.1", f"Host: {_host_header(target)}",
                  f"User-Agent: kubefwd/{__version__}"]
         lines += [f"{k}: {v}" for k, v in headers.items()]
         lines += [f"{k}: {v}" for k, v in target.auth_headers().items()]

@@ -23,6 +23,7 @@ import pytest
 from kubefwd.errors import TunnelError
 from kubefwd.sim import SimCluster
 from kubefwd.tunnel import ApiTarget, PodTunnel, TunnelPool
+from kubefwd.wire import spdy
 from kubefwd.wire import websocket as ws
 
 NS = "tun"
@@ -376,6 +377,30 @@ def test_auto_falls_back_to_spdy_and_dead_peer_is_detected() -> None:
         stub.close()
 
 
+def spdy_then_goaway(sock: socket.socket, head: ws.HttpHead) -> None:
+    sock.sendall(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+                 b"Upgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: portforward.k8s.io\r\n\r\n")
+    sock.sendall(spdy.goaway_frame(0))
+    while sock.recv(65536):
+        pass
+
+
+def test_goaway_retires_the_tunnel() -> None:
+    stub = StubServer(spdy_then_goaway)
+    dead = threading.Event()
+    tunnel = PodTunnel(stub.target(), NS, "web", transport="spdy",
+                       on_dead=lambda t: dead.set())
+    try:
+        with contextlib.suppress(TunnelError):  # it may be over before open() returns
+            tunnel.open()
+        assert dead.wait(5)
+        assert "GOAWAY" in str(tunnel.last_error)
+        wait_until(lambda: tunnel.state == "dead")
+    finally:
+        tunnel.close()
+        stub.close()
+
+
 def refuse_all(sock: socket.socket, head: ws.HttpHead) -> None:
     sock.sendall(status_response(400, "upgrade not supported"))
 
@@ -413,6 +438,23 @@ def test_pool_shares_tunnels_and_replaces_dead_ones(cluster: SimCluster) -> None
         assert http_get(second) == b"web\n"
         pool.drop("sim", NS, "web")
         assert not second.alive and second.state == "closed"
+    finally:
+        pool.close()
+
+
+def test_pool_replaces_a_tunnel_when_the_target_changes_without_cutting_it(
+        cluster: SimCluster) -> None:
+    died: list[tuple[str, str, str]] = []
+    pool = TunnelPool(on_dead=lambda *key: died.append(key))
+    try:
+        first = pool.get(target_for(cluster), "sim", NS, "echo")
+        with connect_through(first, ECHO_PORT) as client:
+            echo_once(client, b"a")
+            second = pool.get(target_for(cluster), "sim", NS, "echo")  # new credentials
+            assert second is not first and first.retiring
+            echo_once(client, b"b")
+        wait_until(lambda: first.state == "dead")
+        assert died == []  # a planned replacement is no failure of the pod
     finally:
         pool.close()
 
