@@ -304,3 +304,18 @@ def test_server_side_apply_and_server_dry_runs(tmp_path: Path) -> None:
         out = kubectl(cluster, "delete", "--dry-run=server", "deploy/hello", "-n", "demo").stdout
         assert "(server dry run)" in out
         assert cluster.store.get("Deployment", "demo", "hello") is not None
+
+
+@pytest.mark.parametrize("version", ["v1.27.3", "v1.33.1"])
+def test_apply_works_with_old_and_new_kubectl(tmp_path: Path, version: str) -> None:
+    # The kubectl dispatcher picks its binary by the server's version: 1.27/1.28 read the
+    # protobuf OpenAPI v2 document, newer ones the v3 documents.
+    with SimCluster(version=version) as cluster:
+        assert version in kubectl(cluster, "version").stdout
+        manifest = tmp_path / "app.yaml"
+        manifest.write_text(APP)
+        assert "created" in kubectl(cluster, "apply", "-f", str(manifest)).stdout
+        manifest.write_text(APP.replace("replicas: 1", "replicas: 2"))
+        out = kubectl(cluster, "apply", "-f", str(manifest)).stdout
+        assert "deployment.apps/hello configured" in out
+        cluster.wait_for(lambda: len(cluster.pods("demo", "app=hello")) == 2, 5.0)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from kubefwd.sim import manifests, tables
+from kubefwd.sim import manifests, openapi, tables
 from kubefwd.sim.store import (
     BY_KIND,
     RESOURCES,
@@ -389,6 +389,8 @@ class ApiServer:
         parts = [p for p in path.split("/") if p]
         if parts[:2] == ["openapi", "v3"]:
             return self._openapi_v3(conn, parts[2:])
+        if parts == ["openapi", "v2"]:
+            return self._openapi_v2(conn, req)
         if parts == ["api"]:
             self._send(conn, 200, {
                 "kind": "APIVersions", "versions": ["v1"],
@@ -420,20 +422,23 @@ class ApiServer:
         return True
 
     def _openapi_v3(self, conn: _Connection, rest: list[str]) -> bool:
-        # Just enough OpenAPI v3 for kubectl: it looks for the PATCH operation of a kind and its
-        # fieldValidation parameter to decide that the server validates (so it need not), and
-        # without a strategic-merge request body it computes apply patches from built-in types.
         gvs = {"api/v1": "v1", **{f"apis/{g}/{v}": f"{g}/{v}" for g, v in GROUP_VERSIONS.items()}}
         if not rest:
-            self._send(conn, 200, {"paths": {
-                key: {"serverRelativeURL": f"/openapi/v3/{key}?hash={_OPENAPI_HASH}"}
-                for key in gvs
-            }})
+            self._send(conn, 200, openapi.v3_root(gvs))
             return True
         gv = gvs.get("/".join(rest))
         if gv is None:
             raise StatusError(404, "NotFound", "the server could not find the requested resource")
-        self._send(conn, 200, _openapi_doc(gv, self.version))
+        self._send(conn, 200, openapi.v3_document(gv, self.version))
+        return True
+
+    def _openapi_v2(self, conn: _Connection, req: Request) -> bool:
+        if openapi.V2_PROTOBUF in req.headers.get("Accept", ""):
+            body = openapi.v2_protobuf(self.version)
+            conn.send(f"HTTP/1.1 200 OK\r\nContent-Type: {openapi.V2_PROTOBUF_TYPE}\r\n"
+                      f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            return True
+        self._send(conn, 200, openapi.v2_document(self.version))
         return True
 
     def _version(self) -> Obj:
@@ -830,31 +835,6 @@ def _forbidden(info: ResourceInfo, resource: str, verb: str, namespace: str,
         f'group "{info.group}"{where}',
         details={"name": name, "group": info.group, "kind": resource},
     )
-
-
-_OPENAPI_HASH = "6b756265667764"
-
-
-def _openapi_doc(group_version: str, version: str) -> Obj:
-    paths: Obj = {}
-    for r in RESOURCES:
-        if r.api_version != group_version:
-            continue
-        prefix = "/api/v1" if not r.group else f"/apis/{r.api_version}"
-        scope = "/namespaces/{namespace}" if r.namespaced else ""
-        paths[f"{prefix}{scope}/{r.plural}/{{name}}"] = {"patch": {
-            "operationId": f"patch{r.kind}",
-            "parameters": [
-                {"name": "fieldValidation", "in": "query", "schema": {"type": "string"}},
-                {"name": "fieldManager", "in": "query", "schema": {"type": "string"}},
-            ],
-            "responses": {"200": {"description": "OK"}},
-            "x-kubernetes-action": "patch",
-            "x-kubernetes-group-version-kind": {"group": r.group, "version": r.version,
-                                                "kind": r.kind},
-        }}
-    return {"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": version},
-            "paths": paths, "components": {"schemas": {}}}
 
 
 def _group(group: str, version: str) -> Obj:
