@@ -350,6 +350,18 @@ def test_mappings_reservations_and_fwd_conf(
     assert hosts.read_bytes() == ORIGINAL_HOSTS
 
 
+def test_all_namespaces_and_field_selector(run: Callable[..., Kubefwd], hosts: Path) -> None:
+    fwd = run("-A", "-f", "metadata.name=web")
+    fwd.wait_ready()
+    names = hosts_entries(hosts)
+    # Namespaces are numbered in name order; "default" comes first and gets the bare names.
+    assert "web.shop" in names and "web" not in names
+    assert not any(n.startswith(("cart.", "api.", "db.")) for n in names)
+    assert http_get(names["web.shop"], 80).startswith("web-")
+    assert fwd.stop() == 0
+    assert hosts.read_bytes() == ORIGINAL_HOSTS
+
+
 # -- changes while running -----------------------------------------------------------------
 
 NEW_SERVICE = """
