@@ -322,7 +322,7 @@ class PodTunnel:
         if self.on_open is not None:
             self.on_open(self)
         for sock, port in pending:
-            self._cmds.append(lambda s=sock, p=port: self._start_conn(s, p))  # type: ignore[misc]
+            self._cmds.append(functools.partial(self._start_conn, sock, port))
         try:
             self._pump_loop()
         except Exception:
@@ -477,6 +477,7 @@ class PodTunnel:
         conn.closed = True
         self._unregister(conn)
         self._conns.pop(conn.data_id, None)
+        self._conns.pop(conn.error_id, None)
         _close_local(conn.sock)
         self._ended()
 
@@ -608,19 +609,28 @@ class PodTunnel:
         if stream_id == conn.error_id:
             self._conns.pop(stream_id, None)
             if conn.error:
-                message = conn.error.decode("utf-8", "replace").strip()
-                log.warning("port-forward to %s/%s port %d: %s", self.namespace, self.pod,
-                            conn.port, message)
-                self._post(lambda: self._abort(conn, reset=False))
-                self.retire(message)
+                self._forward_error(conn)
             return
         conn.remote_done = True
+        if conn.error:  # the kubelet writes its error before it closes the streams
+            self._forward_error(conn)
+            return
         if not conn.closed:
             try:
                 conn.sock.shutdown(socket.SHUT_WR)
             except OSError:
                 pass
         self._post(lambda: self._finish(conn) if conn.local_done else None)
+
+    def _forward_error(self, conn: _Conn) -> None:
+        """The server could not forward this connection: drop it (as kubectl does) and stop
+        opening new streams on this session."""
+        message = conn.error.decode("utf-8", "replace").strip()
+        conn.error = b""
+        log.warning("port-forward to %s/%s port %d: %s", self.namespace, self.pod,
+                    conn.port, message)
+        self._post(lambda: self._abort(conn, reset=False))
+        self.retire(message)
 
     def _control_frame(self, kind: int, flags: int, frame: bytes) -> str:
         """Handle one control frame; returns a reason when the session must end."""
