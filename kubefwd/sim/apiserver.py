@@ -17,11 +17,12 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from kubefwd.sim import manifests, openapi, tables
+from kubefwd.sim import discovery, manifests, openapi, tables
+from kubefwd.sim.discovery import GROUP_VERSIONS
+from kubefwd.sim.httpconn import Connection, ConnectionClosed, Request, send_json
 from kubefwd.sim.store import (
     BY_KIND,
     RESOURCES,
@@ -36,11 +37,7 @@ from kubefwd.sim.store import (
 
 log = logging.getLogger(__name__)
 
-MAX_HEADER = 64 * 1024
-MAX_BODY = 32 * 1024 * 1024
-ALL_VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
 _BY_PATH: dict[tuple[str, str], ResourceInfo] = {(r.api_version, r.plural): r for r in RESOURCES}
-GROUP_VERSIONS = {"apps": "v1", "discovery.k8s.io": "v1"}
 
 
 class Backend(Protocol):
@@ -60,103 +57,6 @@ class Backend(Protocol):
     def port_forward_delay(self) -> float: ...
 
 
-@dataclass
-class Request:
-    method: str
-    path: str
-    query: dict[str, list[str]]
-    headers: email.message.Message
-    body: bytes
-
-    def arg(self, name: str, default: str = "") -> str:
-        values = self.query.get(name)
-        return values[0] if values else default
-
-
-class _Closed(Exception):
-    """The peer closed the connection (or it was dropped)."""
-
-
-@dataclass(eq=False)
-class _Connection:
-    sock: socket.socket
-    peer: str
-    dropped: threading.Event = field(default_factory=threading.Event)
-    buf: bytearray = field(default_factory=bytearray)
-    handed_over: bool = False
-    responded: bool = False  # whether anything of the current response has been sent
-
-    def drop(self) -> None:
-        """Abort from another thread: wake any blocked read or write on this socket."""
-        self.dropped.set()
-        try:
-            # The raw shutdown, not SSLSocket.shutdown, which is not safe across threads.
-            socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-    def _fill(self) -> None:
-        try:
-            data = self.sock.recv(65536)
-        except (OSError, ssl.SSLError) as exc:
-            raise _Closed() from exc
-        if not data:
-            raise _Closed()
-        self.buf += data
-
-    def read_head(self) -> bytes | None:
-        """The request line and headers, or None at a clean end of the connection."""
-        while True:
-            end = self.buf.find(b"\r\n\r\n")
-            if end >= 0:
-                head = bytes(self.buf[:end])
-                del self.buf[: end + 4]
-                return head
-            if len(self.buf) > MAX_HEADER:
-                raise _Closed()
-            try:
-                self._fill()
-            except _Closed:
-                if not self.buf:
-                    return None
-                raise
-
-    def read_exact(self, n: int) -> bytes:
-        while len(self.buf) < n:
-            self._fill()
-        data = bytes(self.buf[:n])
-        del self.buf[:n]
-        return data
-
-    def read_line(self) -> bytes:
-        while True:
-            end = self.buf.find(b"\r\n")
-            if end >= 0:
-                line = bytes(self.buf[:end])
-                del self.buf[: end + 2]
-                return line
-            if len(self.buf) > MAX_HEADER:
-                raise _Closed()
-            self._fill()
-
-    def send(self, data: bytes) -> None:
-        if self.dropped.is_set():
-            raise _Closed()
-        self.responded = True
-        try:
-            self.sock.sendall(data)
-        except (OSError, ssl.SSLError) as exc:
-            raise _Closed() from exc
-
-
-_REASONS = {
-    200: "OK", 201: "Created", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized",
-    403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 406: "Not Acceptable",
-    409: "Conflict", 410: "Gone", 415: "Unsupported Media Type", 422: "Unprocessable Entity",
-    500: "Internal Server Error", 503: "Service Unavailable",
-}
-
-
 class ApiServer:
     """Listens on ``host:port`` and serves the Kubernetes API from ``backend``."""
 
@@ -174,7 +74,7 @@ class ApiServer:
         self._listener = socket.create_server((host, port), backlog=512)
         self.host, self.port = self._listener.getsockname()[:2]
         self._lock = threading.Lock()
-        self._connections: set[_Connection] = set()
+        self._connections: set[Connection] = set()
         self._threads: set[threading.Thread] = set()
         self._counter = 0
         self._stopping = threading.Event()
@@ -256,7 +156,7 @@ class ApiServer:
                 self._stopping.wait(0.05)  # e.g. out of file descriptors: do not spin
                 continue
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = _Connection(raw, f"{addr[0]}:{addr[1]}")
+            conn = Connection(raw, f"{addr[0]}:{addr[1]}")
             with self._lock:
                 if self._stopping.is_set():
                     raw.close()
@@ -270,7 +170,7 @@ class ApiServer:
                 self._threads.add(thread)
             thread.start()
 
-    def _serve_connection(self, conn: _Connection) -> None:
+    def _serve_connection(self, conn: Connection) -> None:
         try:
             if self.ssl_context is not None:
                 conn.sock.settimeout(10.0)
@@ -280,7 +180,7 @@ class ApiServer:
             while not conn.dropped.is_set() and not self._stopping.is_set():
                 if not self._serve_request(conn):
                     break
-        except (_Closed, OSError, ssl.SSLError):
+        except (ConnectionClosed, OSError, ssl.SSLError):
             pass
         except Exception:
             log.exception("API connection from %s failed", conn.peer)
@@ -293,7 +193,7 @@ class ApiServer:
                 self._connections.discard(conn)
                 self._threads.discard(threading.current_thread())
 
-    def _serve_request(self, conn: _Connection) -> bool:
+    def _serve_request(self, conn: Connection) -> bool:
         """Serve one request; False when the connection must end."""
         head = conn.read_head()
         if head is None:
@@ -302,7 +202,7 @@ class ApiServer:
             lines = head.decode("latin-1").split("\r\n")
             method, target, version = lines[0].split(" ", 2)
         except ValueError:
-            self._send(conn, 400, _status(400, "BadRequest", "malformed request line"), close=True)
+            send_json(conn, 400, _status(400, "BadRequest", "malformed request line"), close=True)
             return False
         headers = email.message.Message()
         for line in lines[1:]:
@@ -310,9 +210,9 @@ class ApiServer:
             if sep:
                 headers[name.strip()] = value.strip()
         try:
-            body = self._read_body(conn, headers)
+            body = conn.read_body(headers)
         except ValueError:
-            self._send(conn, 400, _status(400, "BadRequest", "malformed request body framing"),
+            send_json(conn, 400, _status(400, "BadRequest", "malformed request body framing"),
                        close=True)
             return False
         url = urlsplit(target)
@@ -324,67 +224,34 @@ class ApiServer:
         except StatusError as err:
             if conn.responded:
                 return False
-            self._send(conn, err.code, err.to_status())
+            send_json(conn, err.code, err.to_status())
             return keep_alive
-        except (_Closed, OSError, ssl.SSLError):
+        except (ConnectionClosed, OSError, ssl.SSLError):
             raise
         except Exception:
             # A bug or an input we did not foresee: answer 500, keep serving everyone else.
             log.exception("API request %s %s failed", req.method, req.path)
             if conn.responded or conn.handed_over:
                 return False
-            self._send(conn, 500, _status(500, "InternalError",
+            send_json(conn, 500, _status(500, "InternalError",
                                           "an error on the server prevented the request "
                                           "from succeeding"))
             return keep_alive
 
-    def _read_body(self, conn: _Connection, headers: email.message.Message) -> bytes:
-        if "chunked" in headers.get("Transfer-Encoding", "").lower():
-            parts: list[bytes] = []
-            total = 0
-            while True:
-                size = int(conn.read_line().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while conn.read_line():
-                        pass
-                    return b"".join(parts)
-                total += size
-                if total > MAX_BODY:
-                    raise _Closed()
-                parts.append(conn.read_exact(size))
-                conn.read_line()
-        length = int(headers.get("Content-Length", "0") or 0)
-        if length > MAX_BODY:
-            raise _Closed()
-        return conn.read_exact(length) if length else b""
-
-    def _send(self, conn: _Connection, code: int, obj: Any, *, close: bool = False,
-              content_type: str = "application/json") -> None:
-        body = json.dumps(obj, separators=(",", ":")).encode() + b"\n"
-        head = (
-            f"HTTP/1.1 {code} {_REASONS.get(code, 'Unknown')}\r\n"
-            f"Content-Type: {content_type}\r\n"
-            f"Content-Length: {len(body)}\r\n"
-            "Cache-Control: no-cache, private\r\n"
-            + ("Connection: close\r\n" if close else "")
-            + "\r\n"
-        )
-        conn.send(head.encode("latin-1") + body)
-
     # -- routing ----------------------------------------------------------------------------
 
-    def _dispatch(self, conn: _Connection, req: Request) -> bool:
+    def _dispatch(self, conn: Connection, req: Request) -> bool:
         path = req.path.rstrip("/") or "/"
         if path in ("/healthz", "/livez", "/readyz"):
             conn.send(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
                       b"Content-Length: 2\r\n\r\nok")
             return True
         if path == "/version":
-            self._send(conn, 200, self._version())
+            send_json(conn, 200, discovery.version_info(self.version))
             return True
         auth = req.headers.get("Authorization", "")
         if auth != f"Bearer {self.token}" and (self.require_token or auth):
-            self._send(conn, 401, _status(401, "Unauthorized", "Unauthorized"))
+            send_json(conn, 401, _status(401, "Unauthorized", "Unauthorized"))
             return True
         parts = [p for p in path.split("/") if p]
         if parts[:2] == ["openapi", "v3"]:
@@ -392,7 +259,7 @@ class ApiServer:
         if parts == ["openapi", "v2"]:
             return self._openapi_v2(conn, req)
         if parts == ["api"]:
-            self._send(conn, 200, {
+            send_json(conn, 200, {
                 "kind": "APIVersions", "versions": ["v1"],
                 "serverAddressByClientCIDRs": [
                     {"clientCIDR": "0.0.0.0/0", "serverAddress": f"{self.host}:{self.port}"}
@@ -400,57 +267,47 @@ class ApiServer:
             })
             return True
         if parts == ["apis"]:
-            self._send(conn, 200, {"kind": "APIGroupList", "apiVersion": "v1",
-                                   "groups": [_group(g, v) for g, v in GROUP_VERSIONS.items()]})
+            send_json(conn, 200, discovery.group_list())
             return True
         if len(parts) == 2 and parts[0] == "apis" and parts[1] in GROUP_VERSIONS:
-            self._send(conn, 200, {"kind": "APIGroup", "apiVersion": "v1",
-                                   **_group(parts[1], GROUP_VERSIONS[parts[1]])})
+            send_json(conn, 200, {"kind": "APIGroup", "apiVersion": "v1",
+                                   **discovery.api_group(parts[1], GROUP_VERSIONS[parts[1]])})
             return True
         if parts == ["api", "v1"]:
-            self._send(conn, 200, _resource_list("v1"))
+            send_json(conn, 200, discovery.resource_list("v1"))
             return True
         if len(parts) == 3 and parts[0] == "apis" and GROUP_VERSIONS.get(parts[1]) == parts[2]:
-            self._send(conn, 200, _resource_list(f"{parts[1]}/{parts[2]}"))
+            send_json(conn, 200, discovery.resource_list(f"{parts[1]}/{parts[2]}"))
             return True
         if len(parts) >= 3 and parts[:2] == ["api", "v1"]:
             return self._resource(conn, req, "v1", parts[2:])
         if len(parts) >= 4 and parts[0] == "apis" and GROUP_VERSIONS.get(parts[1]) == parts[2]:
             return self._resource(conn, req, f"{parts[1]}/{parts[2]}", parts[3:])
-        self._send(conn, 404, _status(404, "NotFound", "the server could not find the requested "
+        send_json(conn, 404, _status(404, "NotFound", "the server could not find the requested "
                                       "resource"))
         return True
 
-    def _openapi_v3(self, conn: _Connection, rest: list[str]) -> bool:
+    def _openapi_v3(self, conn: Connection, rest: list[str]) -> bool:
         gvs = {"api/v1": "v1", **{f"apis/{g}/{v}": f"{g}/{v}" for g, v in GROUP_VERSIONS.items()}}
         if not rest:
-            self._send(conn, 200, openapi.v3_root(gvs))
+            send_json(conn, 200, openapi.v3_root(gvs))
             return True
         gv = gvs.get("/".join(rest))
         if gv is None:
             raise StatusError(404, "NotFound", "the server could not find the requested resource")
-        self._send(conn, 200, openapi.v3_document(gv, self.version))
+        send_json(conn, 200, openapi.v3_document(gv, self.version))
         return True
 
-    def _openapi_v2(self, conn: _Connection, req: Request) -> bool:
+    def _openapi_v2(self, conn: Connection, req: Request) -> bool:
         if openapi.V2_PROTOBUF in req.headers.get("Accept", ""):
             body = openapi.v2_protobuf(self.version)
             conn.send(f"HTTP/1.1 200 OK\r\nContent-Type: {openapi.V2_PROTOBUF_TYPE}\r\n"
                       f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
             return True
-        self._send(conn, 200, openapi.v2_document(self.version))
+        send_json(conn, 200, openapi.v2_document(self.version))
         return True
 
-    def _version(self) -> Obj:
-        major, minor = self.version.lstrip("v").split(".")[:2]
-        return {
-            "major": major, "minor": minor, "gitVersion": self.version,
-            "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean",
-            "buildDate": "2024-08-13T07:28:49Z", "goVersion": "go1.22.5", "compiler": "gc",
-            "platform": "linux/amd64",
-        }
-
-    def _resource(self, conn: _Connection, req: Request, gv: str, rest: list[str]) -> bool:
+    def _resource(self, conn: Connection, req: Request, gv: str, rest: list[str]) -> bool:
         namespace = ""
         if len(rest) >= 3 and rest[0] == "namespaces":
             namespace, rest = rest[1], rest[2:]
@@ -474,7 +331,7 @@ class ApiServer:
         if sub == "log":
             return self._log(conn, req, info, namespace, name)
         if sub == "scale":
-            self._send(conn, 200, self._scale(req, info, namespace, name))
+            send_json(conn, 200, self._scale(req, info, namespace, name))
             return True
         table = req.method == "GET" and tables.wants_table(req.headers.get("Accept", ""))
         include = req.arg("includeObject", "Metadata")
@@ -486,7 +343,7 @@ class ApiServer:
                 if table:
                     obj = tables.table(info.kind, [obj], obj["metadata"]["resourceVersion"],
                                        include_object=include)
-                self._send(conn, 200, obj)
+                send_json(conn, 200, obj)
                 return True
             flt = Filter.parse(info.kind, namespace or None, req.arg("labelSelector"),
                                req.arg("fieldSelector"))
@@ -494,9 +351,9 @@ class ApiServer:
                 return self._watch(conn, req, info, flt, table)
             items, rv = self.backend.store.list_filtered(flt)
             if table:
-                self._send(conn, 200, tables.table(info.kind, items, rv, include_object=include))
+                send_json(conn, 200, tables.table(info.kind, items, rv, include_object=include))
                 return True
-            self._send(conn, 200, {
+            send_json(conn, 200, {
                 "kind": f"{info.kind}List", "apiVersion": info.api_version,
                 "metadata": {"resourceVersion": rv}, "items": items,
             })
@@ -504,9 +361,9 @@ class ApiServer:
         if req.method == "POST" and not name:
             obj = self._body(req, info, namespace)
             if req.arg("dryRun"):
-                self._send(conn, 201, obj)
+                send_json(conn, 201, obj)
                 return True
-            self._send(conn, 201, self.backend.store.create(obj))
+            send_json(conn, 201, self.backend.store.create(obj))
             return True
         if not name:
             raise StatusError(405, "MethodNotAllowed",
@@ -519,13 +376,13 @@ class ApiServer:
             if dry_run:
                 if self.backend.store.get(info.kind, namespace, name, copy_=False) is None:
                     raise not_found(info, name)
-                self._send(conn, 200, obj)
+                send_json(conn, 200, obj)
                 return True
-            self._send(conn, 200, self.backend.store.replace(obj, keep_status=sub != "status"))
+            send_json(conn, 200, self.backend.store.replace(obj, keep_status=sub != "status"))
             return True
         if req.method == "PATCH":
             code, result = self._patch(req, info, namespace, name, sub == "status", dry_run)
-            self._send(conn, code, result)
+            send_json(conn, code, result)
             return True
         if req.method == "DELETE":
             dry_run = dry_run or _delete_options_dry_run(req.body)
@@ -533,9 +390,9 @@ class ApiServer:
                 current = self.backend.store.get(info.kind, namespace, name)
                 if current is None:
                     raise not_found(info, name)
-                self._send(conn, 200, current)
+                send_json(conn, 200, current)
                 return True
-            self._send(conn, 200, self.backend.delete_object(info.kind, namespace, name))
+            send_json(conn, 200, self.backend.delete_object(info.kind, namespace, name))
             return True
         raise StatusError(405, "MethodNotAllowed",
                           "the server does not allow this method on the requested resource")
@@ -635,7 +492,7 @@ class ApiServer:
             return 200, result
         return 200, store.replace(new, keep_status=True)
 
-    def _log(self, conn: _Connection, req: Request, info: ResourceInfo, namespace: str,
+    def _log(self, conn: Connection, req: Request, info: ResourceInfo, namespace: str,
              name: str) -> bool:
         if req.method != "GET":
             raise StatusError(405, "MethodNotAllowed",
@@ -688,7 +545,7 @@ class ApiServer:
 
     # -- watch ------------------------------------------------------------------------------
 
-    def _watch(self, conn: _Connection, req: Request, info: ResourceInfo, flt: Filter,
+    def _watch(self, conn: Connection, req: Request, info: ResourceInfo, flt: Filter,
                table: bool = False) -> bool:
         try:
             timeout = float(req.arg("timeoutSeconds") or self.default_watch_timeout)
@@ -747,16 +604,16 @@ class ApiServer:
         conn.send(b"0\r\n\r\n")
         return True
 
-    def _chunk(self, conn: _Connection, event: Obj) -> None:
+    def _chunk(self, conn: Connection, event: Obj) -> None:
         self._raw_chunk(conn, json.dumps(event, separators=(",", ":")).encode() + b"\n")
 
     @staticmethod
-    def _raw_chunk(conn: _Connection, data: bytes) -> None:
+    def _raw_chunk(conn: Connection, data: bytes) -> None:
         conn.send(b"%x\r\n" % len(data) + data + b"\r\n")
 
     # -- port-forward -----------------------------------------------------------------------
 
-    def _portforward(self, conn: _Connection, req: Request, namespace: str, name: str) -> bool:
+    def _portforward(self, conn: Connection, req: Request, namespace: str, name: str) -> bool:
         if req.method not in ("GET", "POST"):
             raise StatusError(405, "MethodNotAllowed",
                               "the server does not allow this method on the requested resource")
@@ -837,39 +694,3 @@ def _forbidden(info: ResourceInfo, resource: str, verb: str, namespace: str,
     )
 
 
-def _group(group: str, version: str) -> Obj:
-    gv = {"groupVersion": f"{group}/{version}", "version": version}
-    return {"name": group, "versions": [gv], "preferredVersion": gv}
-
-
-def _resource_list(group_version: str) -> Obj:
-    resources: list[Obj] = []
-    for r in RESOURCES:
-        if r.api_version != group_version:
-            continue
-        entry: Obj = {
-            "name": r.plural, "singularName": r.singular, "namespaced": r.namespaced,
-            "kind": r.kind, "verbs": ALL_VERBS,
-        }
-        if r.short_names:
-            entry["shortNames"] = list(r.short_names)
-        if r.categories:
-            entry["categories"] = list(r.categories)
-        resources.append(entry)
-        if r.kind in ("Deployment", "StatefulSet"):
-            resources.append({"name": f"{r.plural}/scale", "singularName": "",
-                              "namespaced": True, "group": "autoscaling", "version": "v1",
-                              "kind": "Scale", "verbs": ["get", "patch", "update"]})
-            resources.append({"name": f"{r.plural}/status", "singularName": "",
-                              "namespaced": True, "kind": r.kind,
-                              "verbs": ["get", "patch", "update"]})
-        if r.kind == "Pod":
-            resources.append({"name": "pods/portforward", "singularName": "",
-                              "namespaced": True, "kind": "PodPortForwardOptions",
-                              "verbs": ["create", "get"]})
-            resources.append({"name": "pods/log", "singularName": "", "namespaced": True,
-                              "kind": "Pod", "verbs": ["get"]})
-            resources.append({"name": "pods/status", "singularName": "", "namespaced": True,
-                              "kind": "Pod", "verbs": ["get", "patch", "update"]})
-    return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version,
-            "resources": resources}
