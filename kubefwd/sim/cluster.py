@@ -27,8 +27,9 @@ from typing import Any, TypeVar
 import yaml
 
 from kubefwd.sim import tls as tlsgen
+from kubefwd.sim.admission import Admission
 from kubefwd.sim.apiserver import ApiServer
-from kubefwd.sim.controllers import Admission, Controllers, mark_terminating
+from kubefwd.sim.controllers import Controllers, mark_terminating
 from kubefwd.sim.manifests import parse_documents
 from kubefwd.sim.store import BY_KIND, Obj, StatusError, Store
 
