@@ -505,3 +505,15 @@ def test_endpoint_slice_keeps_its_name_as_pods_come_and_go(cluster: SimCluster) 
     assert filled[0]["ports"] == [{"port": 8080, "protocol": "TCP"}]
     ep = cluster.store.get("Endpoints", "shop", "later")
     assert ep is not None and ep["subsets"][0]["ports"][0]["port"] == 8080
+
+
+def test_starts_in_well_under_a_second() -> None:
+    import time
+    from importlib import resources
+
+    sample = resources.files("kubefwd.sim").joinpath("sample.yaml").read_text()
+    started = time.monotonic()
+    with SimCluster(manifests=sample) as c:
+        elapsed = time.monotonic() - started
+        assert c.kubeconfig_path.exists()
+    assert elapsed < 1.0, elapsed

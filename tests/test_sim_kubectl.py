@@ -319,3 +319,14 @@ def test_apply_works_with_old_and_new_kubectl(tmp_path: Path, version: str) -> N
         out = kubectl(cluster, "apply", "-f", str(manifest)).stdout
         assert "deployment.apps/hello configured" in out
         cluster.wait_for(lambda: len(cluster.pods("demo", "app=hello")) == 2, 5.0)
+
+
+def test_sim_command_reports_a_busy_port(tmp_path: Path) -> None:
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        proc = _start_sim("--kubeconfig-out", str(tmp_path / "kc"), "--port", str(port))
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 7  # ExitCode.NETWORK
+    assert f"cannot serve on port {port}" in err
