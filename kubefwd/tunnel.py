@@ -48,11 +48,12 @@ log = logging.getLogger(__name__)
 __all__ = ["TRANSPORTS", "ApiTarget", "PodTunnel", "TunnelPool", "UpgradeRefused"]
 
 TRANSPORTS = ("auto", "spdy-ws", "spdy", "ws")
-# How much one local read may carry into one DATA frame (SPDY allows up to 16 MiB).
+# Buffers start small (an idle tunnel costs little memory) and grow on the first bulk
+# transfer: a local read carries up to _CHUNK bytes into one DATA frame, and the reader hands
+# DATA to local sockets in pieces of up to _READ_BUFFER bytes.
+_SMALL = 64 * 1024
 _CHUNK = 256 * 1024
-# The reader's buffer: DATA frames are handed to local sockets in pieces of up to this size.
 _READ_BUFFER = 1 << 20
-_MIN_READ = 64 * 1024
 # Default seconds between keepalive pings; no frame at all for two intervals = dead.
 PING_INTERVAL = 7.0
 
@@ -165,6 +166,7 @@ class PodTunnel:
         self._last_rx = 0.0
         self._delivering = False
         self._sel: selectors.BaseSelector | None = None
+        self._pbuf = bytearray()  # the pump's read buffer
 
     # -- public API ---------------------------------------------------------------------
 
@@ -363,8 +365,7 @@ class PodTunnel:
         sel = self._sel = selectors.DefaultSelector()
         assert self._wake_r is not None
         sel.register(self._wake_r, selectors.EVENT_READ, None)
-        buf = bytearray(8 + _CHUNK)
-        view = memoryview(buf)
+        self._pbuf = bytearray(8 + _SMALL)
         spdy = self._stream is not None
         next_ping = time.monotonic() + self.ping_interval
         while self._state == _OPEN:
@@ -379,14 +380,16 @@ class PodTunnel:
                     except OSError:
                         pass
                 elif spdy:
-                    self._local_readable(conn, buf, view)
+                    self._local_readable(conn)
                 else:
-                    self._v4_local_readable(conn, view)
+                    self._v4_local_readable(conn)
             if spdy and time.monotonic() >= next_ping:
                 next_ping = time.monotonic() + self.ping_interval
                 self._keepalive()
 
-    def _local_readable(self, conn: _Conn, buf: bytearray, view: memoryview) -> None:
+    def _local_readable(self, conn: _Conn) -> None:
+        buf = self._pbuf
+        view = memoryview(buf)
         try:
             n = conn.sock.recv_into(view[8:])
         except OSError:
@@ -396,6 +399,8 @@ class PodTunnel:
             struct.pack_into(">II", buf, 0, conn.data_id, n)
             self._send(view[: 8 + n])
             self.bytes_out += n
+            if n == len(buf) - 8 and n < _CHUNK:
+                self._pbuf = bytearray(8 + _CHUNK)  # a bulk upload: bigger frames
         elif n == 0:
             self._unregister(conn)
             conn.local_done = True
@@ -525,7 +530,7 @@ class PodTunnel:
         self._die(reason)
 
     def _read_frames(self, stream: Stream) -> str:
-        size = _READ_BUFFER
+        size = _SMALL
         buf = bytearray(size)
         view = memoryview(buf)
         start = end = 0
@@ -546,11 +551,17 @@ class PodTunnel:
             flags = length >> 24
             length &= 0xFFFFFF
             start += 8
+            if length > size // 2 and size < _READ_BUFFER:  # bulk data: a bigger buffer
+                size = _READ_BUFFER
+                grown = bytearray(size)
+                grown[: end - start] = buf[start:end]
+                buf, view = grown, memoryview(grown)
+                start, end = 0, end - start
             if word & 0x80000000:  # control frame: read it whole
-                if length > len(buf) - 8:
+                if length > size:
                     return f"control frame too large ({length} bytes)"
                 while end - start < length:
-                    if start + length > len(buf):
+                    if start + length > size:
                         buf[: end - start] = buf[start:end]
                         end -= start
                         start = 0
@@ -571,7 +582,7 @@ class PodTunnel:
                 if avail < remaining and end < size:
                     # Gather the frame (the server wrote it in one go) or a full buffer, so
                     # the local socket sees a few big writes, not one per TLS record.
-                    if size - end < _MIN_READ and start:
+                    if start and size - end < size // 4:
                         buf[:avail] = buf[start:end]
                         start, end = 0, avail
                     got = recv(view[end:])
@@ -695,8 +706,9 @@ class PodTunnel:
                 self._v4_conns.discard(conn)
                 self._v4_threads.discard(threading.current_thread())
 
-    def _v4_local_readable(self, conn: _Conn, view: memoryview) -> None:
+    def _v4_local_readable(self, conn: _Conn) -> None:
         assert conn.v4 is not None
+        view = memoryview(self._pbuf)
         try:
             n = conn.sock.recv_into(view)
         except OSError:
