@@ -140,6 +140,11 @@ def test_apply_rejects_bad_manifests(tmp_path: Path) -> None:
                        "spec: {containers: [{name: c, image: x}]}\n")
         result = kubectl(cluster, "apply", "-f", str(bad), check=False)
         assert result.returncode != 0 and "is invalid" in result.stderr
+        # kubectl asks for strict field validation: a misspelt field is an error.
+        bad.write_text("apiVersion: v1\nkind: Service\nmetadata: {name: typo}\n"
+                       "spce: {ports: [{port: 80}]}\n")
+        result = kubectl(cluster, "apply", "-f", str(bad), check=False)
+        assert result.returncode != 0 and 'unknown field "spce"' in result.stderr
         assert kubectl(cluster, "get", "pods").returncode == 0
 
 

@@ -411,7 +411,16 @@ class ApiServer:
         if not obj.get("kind"):
             text = req.body[:200].decode(errors="replace")
             raise bad_request(f"Object 'Kind' is missing in '{text}'")
-        return self._checked(obj, info, namespace)
+        obj = self._checked(obj, info, namespace)
+        if req.arg("fieldValidation") == "Strict":
+            unknown = _unknown_fields(obj)
+            if unknown:
+                raise bad_request(
+                    f'{info.kind} in version "{info.version}" cannot be handled as a '
+                    f"{info.kind}: strict decoding error: "
+                    + ", ".join(f'unknown field "{f}"' for f in unknown)
+                )
+        return obj
 
     @staticmethod
     def _checked(obj: Obj, info: ResourceInfo, namespace: str) -> Obj:
@@ -651,6 +660,24 @@ _SUBRESOURCES: dict[str, tuple[str, ...]] = {
     "Deployment": ("scale", "status"),
     "StatefulSet": ("scale", "status"),
 }
+
+
+_TOP_FIELDS = {"apiVersion", "kind", "metadata", "spec", "status"}
+_EXTRA_TOP_FIELDS = {"Endpoints": {"subsets"},
+                     "EndpointSlice": {"addressType", "endpoints", "ports"}}
+_META_FIELDS = {
+    "name", "generateName", "namespace", "selfLink", "uid", "resourceVersion", "generation",
+    "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "labels",
+    "annotations", "ownerReferences", "finalizers", "managedFields",
+}
+
+
+def _unknown_fields(obj: Obj) -> list[str]:
+    """Fields a strict decoder would reject (checked at the top level and in metadata only)."""
+    allowed = _TOP_FIELDS | _EXTRA_TOP_FIELDS.get(obj.get("kind", ""), set())
+    unknown = sorted(k for k in obj if k not in allowed)
+    unknown += sorted(f"metadata.{k}" for k in obj.get("metadata") or {} if k not in _META_FIELDS)
+    return unknown
 
 
 def _delete_options_dry_run(body: bytes) -> bool:
