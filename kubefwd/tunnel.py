@@ -56,6 +56,9 @@ _CHUNK = 256 * 1024
 _READ_BUFFER = 1 << 20
 # Default seconds between keepalive pings; no frame at all for two intervals = dead.
 PING_INTERVAL = 7.0
+# Default seconds without any connection after which a tunnel closes its session (and its
+# threads); the next connection reopens it, which costs one TLS handshake and one upgrade.
+IDLE_TIMEOUT = 120.0
 
 _DATA_FIN = wire_spdy.FLAG_FIN
 _SYN_STREAM, _SYN_REPLY = wire_spdy.SYN_STREAM, wire_spdy.SYN_REPLY
@@ -63,6 +66,7 @@ _RST_STREAM = wire_spdy.RST_STREAM
 _PING, _GOAWAY, _HEADERS = wire_spdy.PING, wire_spdy.GOAWAY, wire_spdy.HEADERS
 
 _IDLE, _OPENING, _OPEN, _DEAD, _CLOSED = "idle", "opening", "open", "dead", "closed"
+_IDLING = "idling"  # an idle session is being closed; new connections wait and reopen it
 
 Stream = PrefixedSocket | WebSocketByteStream
 
@@ -117,7 +121,7 @@ class PodTunnel:
                  transport: str = "auto",
                  on_dead: Callable[[PodTunnel], None] | None = None,
                  ping_interval: float = PING_INTERVAL, open_timeout: float = 10.0,
-                 prefer: str = "") -> None:
+                 idle_timeout: float = IDLE_TIMEOUT, prefer: str = "") -> None:
         if transport not in TRANSPORTS:
             raise ValueError(f"unknown transport {transport!r}; one of {', '.join(TRANSPORTS)}")
         self.target = target
@@ -127,6 +131,8 @@ class PodTunnel:
         self.on_dead = on_dead
         self.ping_interval = ping_interval
         self.open_timeout = open_timeout
+        # Close the session after this many seconds without a connection (0: never).
+        self.idle_timeout = idle_timeout
         # With "auto": start negotiating at this transport (one that worked before).
         self.prefer = prefer
         self.on_open: Callable[[PodTunnel], None] | None = None
@@ -137,6 +143,7 @@ class PodTunnel:
         self.bytes_out = 0  # written by the pump thread only
         self._v4_bytes_in = 0
         self.connections = 0  # connections spliced so far
+        self.sessions = 0  # sessions opened so far (more than one after idle closes)
         self.active = 0  # connections open now (pump thread only)
         # Retiring: a stream reported an error, or the server sent GOAWAY. Like kubectl, we
         # stop using the connection, but the connections already on it run to their end.
@@ -167,6 +174,9 @@ class PodTunnel:
         self._delivering = False
         self._sel: selectors.BaseSelector | None = None
         self._pbuf = bytearray()  # the pump's read buffer
+        self._old_pumps: list[threading.Thread] = []
+        self._want_open = False
+        self._last_activity = 0.0
 
     # -- public API ---------------------------------------------------------------------
 
@@ -191,20 +201,23 @@ class PodTunnel:
 
     def open(self, timeout: float | None = None) -> None:
         """Connect now (if not yet); raises TunnelError when the tunnel cannot be opened."""
-        with self._lock:
-            if self._state == _IDLE:
-                if timeout is not None:
-                    self.open_timeout = timeout
-                self._begin_opening()
-            state = self._state
-        if state in (_OPENING, _OPEN):
+        if timeout is not None:
+            self.open_timeout = timeout
+        while True:
+            with self._lock:
+                state = self._state
+                if state == _OPEN:
+                    return
+                if state == _CLOSED:
+                    raise TunnelError(f"tunnel to {self.namespace}/{self.pod} is closed")
+                if state == _DEAD:
+                    raise self.last_error or TunnelError(
+                        f"tunnel to {self.namespace}/{self.pod} is dead")
+                if state == _IDLE:
+                    self._begin_opening()
+                elif state == _IDLING:
+                    self._want_open = True
             self._opened.wait()
-        with self._lock:
-            if self._state == _OPEN:
-                return
-            if self._state == _CLOSED:
-                raise TunnelError(f"tunnel to {self.namespace}/{self.pod} is closed")
-        raise self.last_error or TunnelError(f"tunnel to {self.namespace}/{self.pod} is dead")
 
     def splice(self, local: socket.socket, port: int) -> None:
         """Take ownership of a connected local socket and relay it to ``port`` of the pod.
@@ -214,7 +227,7 @@ class PodTunnel:
         """
         with self._lock:
             state = self._state
-            if state in (_IDLE, _OPENING):
+            if state in (_IDLE, _OPENING, _IDLING):
                 self._pending.append((local, port))
                 if state == _IDLE:
                     self._begin_opening()
@@ -240,7 +253,7 @@ class PodTunnel:
         self._shutdown_stream()
         self._wake()
         me = threading.current_thread()
-        for thread in [self._pump, self._reader, *list(self._v4_threads)]:
+        for thread in [*self._old_pumps, self._pump, self._reader, *list(self._v4_threads)]:
             if thread is not None and thread is not me:
                 thread.join(10.0)
         self._opened.set()
@@ -251,8 +264,12 @@ class PodTunnel:
     def _begin_opening(self) -> None:
         """Start the pump thread, which dials; called with the lock held."""
         self._state = _OPENING
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_w.setblocking(False)
+        self._opened.clear()
+        if self._wake_r is None:
+            self._wake_r, self._wake_w = socket.socketpair()
+            self._wake_w.setblocking(False)
+        if self._pump is not None:  # one that went idle (it has ended, or is ending)
+            self._old_pumps = [t for t in self._old_pumps if t.is_alive()] + [self._pump]
         self._pump = threading.Thread(target=self._pump_main, daemon=True,
                                       name=f"tunnel {self.namespace}/{self.pod}")
         self._pump.start()
@@ -294,23 +311,40 @@ class PodTunnel:
         raise refused or TunnelError("no transport")
 
     def _pump_main(self) -> None:
+        """Open a session, serve it; after an idle close, open again if someone waits."""
+        while self._session():
+            with self._lock:
+                if self._state != _IDLING:
+                    return
+                if not self._pending and not self._want_open:
+                    self._state = _IDLE
+                    self._opened.set()
+                    return
+                self._state = _OPENING
+                self._want_open = False
+
+    def _session(self) -> bool:
+        """One session, from dialing to teardown; True when it ended by going idle."""
         try:
             name, stream = self._negotiate()
         except TunnelError as e:
             self._open_failed(e)
-            return
+            return False
         except Exception as e:  # a bug must not leave the tunnel opening forever
             log.exception("tunnel %s/%s: opening failed", self.namespace, self.pod)
             self._open_failed(TunnelError(f"opening failed: {e}"))
-            return
+            return False
         with self._lock:
             if self._state != _OPENING:  # closed meanwhile
                 if stream is not None:
                     stream.close()
                 self._opened.set()
-                return
+                return False
             self._state = _OPEN
+            self.sessions += 1
             self.transport_name = name
+            if self.transport == "auto":
+                self.prefer = name  # reopening after an idle close: start with what worked
             self._stream = stream
             pending, self._pending = self._pending, []
             if stream is not None:
@@ -332,6 +366,10 @@ class PodTunnel:
             self._die("internal error")
         finally:
             self._cleanup()
+        if self._state != _IDLING:
+            return False
+        self._end_session()
+        return True
 
     def _open_failed(self, error: TunnelError) -> None:
         self.last_error = error
@@ -368,10 +406,17 @@ class PodTunnel:
         self._pbuf = bytearray(8 + _SMALL)
         spdy = self._stream is not None
         next_ping = time.monotonic() + self.ping_interval
+        self._last_activity = time.monotonic()
         while self._state == _OPEN:
             while self._cmds:
                 self._cmds.popleft()()
-            timeout = max(0.0, next_ping - time.monotonic()) if spdy else None
+            now = time.monotonic()
+            timeout = max(0.0, next_ping - now) if spdy else None
+            if self.idle_timeout and self.active <= 0:
+                idle_left = self._last_activity + self.idle_timeout - now
+                if idle_left <= 0 and self._go_idle():
+                    return
+                timeout = max(0.0, idle_left if timeout is None else min(timeout, idle_left))
             for key, _events in sel.select(timeout):
                 conn = key.data
                 if conn is None:
@@ -386,6 +431,33 @@ class PodTunnel:
             if spdy and time.monotonic() >= next_ping:
                 next_ping = time.monotonic() + self.ping_interval
                 self._keepalive()
+
+    def _go_idle(self) -> bool:
+        """No connection for ``idle_timeout``: end the session (threads, buffers, the API
+        connection); the next splice opens a new one."""
+        with self._lock:
+            if self._state != _OPEN or self._cmds or self.active > 0 or self._retiring:
+                return False
+            self._state = _IDLING
+            self._opened.clear()
+        log.debug("tunnel %s/%s idle: closing its session", self.namespace, self.pod)
+        return True
+
+    def _end_session(self) -> None:
+        """After an idle close (pump thread): release the session, reset its state."""
+        self._shutdown_stream()
+        if self._reader is not None:
+            self._reader.join(10.0)
+            self._reader = None
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.close()
+        self._conns.clear()
+        self._compress = wire_spdy.HeaderCompressor()
+        self._decompress = wire_spdy.HeaderDecompressor()
+        self._next_stream = 1
+        self._next_ping = 1
+        self._pbuf = bytearray()
 
     def _local_readable(self, conn: _Conn) -> None:
         buf = self._pbuf
@@ -488,6 +560,7 @@ class PodTunnel:
 
     def _ended(self) -> None:
         self.active -= 1
+        self._last_activity = time.monotonic()
         if self._retiring and self.active <= 0:
             self._die("retired", quiet=True)
 
@@ -782,9 +855,10 @@ class PodTunnel:
                 log.exception("tunnel %s/%s: cleanup step failed", self.namespace, self.pod)
         if self._sel is not None:
             self._sel.close()
+            self._sel = None
         with self._lock:
-            closed = self._state == _CLOSED
-        if not closed:
+            quiet = self._state in (_CLOSED, _IDLING)
+        if not quiet:
             self._report_dead()
 
     def _report_dead(self) -> None:
@@ -825,11 +899,13 @@ class TunnelPool:
     """
 
     def __init__(self, *, transport: str = "auto", ping_interval: float = PING_INTERVAL,
+                 idle_timeout: float = IDLE_TIMEOUT,
                  on_dead: Callable[[str, str, str], None] | None = None) -> None:
         if transport not in TRANSPORTS:
             raise ValueError(f"unknown transport {transport!r}")
         self.transport = transport
         self.ping_interval = ping_interval
+        self.idle_timeout = idle_timeout
         self.on_dead = on_dead
         self._lock = threading.Lock()
         self._tunnels: dict[tuple[str, str, str], PodTunnel] = {}
@@ -857,6 +933,7 @@ class TunnelPool:
             finished += self._prune()
             tunnel = PodTunnel(target, namespace, pod, transport=self.transport,
                                ping_interval=self.ping_interval,
+                               idle_timeout=self.idle_timeout,
                                prefer=self._learned.get(context, ""),
                                on_dead=functools.partial(self._tunnel_died, key))
             tunnel.on_open = functools.partial(self._learn, context)

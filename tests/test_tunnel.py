@@ -234,6 +234,30 @@ def test_forwarding_error_retires_the_tunnel_but_spares_open_connections(
         wait_until(lambda: tunnel.state == "dead")  # the last connection ended
 
 
+def test_idle_tunnel_closes_its_session_and_reopens_on_demand(cluster: SimCluster) -> None:
+    with tunnel_to(cluster, "web", idle_timeout=0.2) as tunnel:
+        assert http_get(tunnel) == b"web\n"
+        wait_until(lambda: tunnel.state == "idle")
+        assert tunnel_threads() == []  # nothing left running while idle
+        assert tunnel.alive
+        assert http_get(tunnel) == b"web\n"  # opens a new session
+        assert tunnel.state == "open"
+        tunnel.open()
+        wait_until(lambda: tunnel.state == "idle")
+        tunnel.open()
+        assert tunnel.state == "open"
+
+
+def test_connections_racing_an_idle_close_all_get_through(cluster: SimCluster) -> None:
+    pause = threading.Event()
+    with tunnel_to(cluster, "web", idle_timeout=0.002) as tunnel:
+        for i in range(40):
+            assert http_get(tunnel) == b"web\n"
+            pause.wait(0.001 * (i % 4))
+        assert tunnel.alive
+        assert tunnel.sessions > 5
+
+
 # --- failures -----------------------------------------------------------------------------
 
 
