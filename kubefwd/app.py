@@ -156,6 +156,7 @@ class Kubefwd:
         self._housekeeper: _Housekeeper | None = None
         self._backoff = PodBackoff()
         self._pod_last_used: dict[tuple[str, str, str], float] = {}
+        self._tunnel_bytes: dict[tuple[str, str, str], int] = {}
         self._shut_down = False
 
     # -- whole-process entry ---------------------------------------------------------------
@@ -510,9 +511,16 @@ class Kubefwd:
         for tunnel in pool.tunnels():
             ctx = next((c for c, t in self._targets.items() if t is tunnel.target), "")
             pod_key = (ctx, tunnel.namespace, tunnel.pod)
+            # Traffic counts as use: a long-lived connection to a pod that went unready is
+            # not cut just because new connections go elsewhere.
+            moved = tunnel.bytes_in + tunnel.bytes_out
+            if self._tunnel_bytes.get(pod_key) != moved:
+                self._tunnel_bytes[pod_key] = moved
+                self._pod_last_used[pod_key] = now
             if pod_key not in wanted:
                 last = self._pod_last_used.get(pod_key, 0.0)
                 if now - last > _UNUSED_TUNNEL_GRACE:
+                    self._tunnel_bytes.pop(pod_key, None)
                     pool.drop(*pod_key)
                     self._pod_last_used.pop(pod_key, None)
                     self._backoff.forget(pod_key)

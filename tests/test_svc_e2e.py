@@ -448,6 +448,25 @@ def test_deployment_pod_deleted_mid_run_with_traffic(
     assert hosts.read_bytes() == ORIGINAL_HOSTS
 
 
+def test_unready_pod_gets_no_new_connections_and_is_used_again_when_ready(
+    run: Callable[..., Kubefwd], cluster: SimCluster, hosts: Path
+) -> None:
+    cluster.apply(MANIFESTS.split("---")[0].replace("replicas: 1", "replicas: 2"))
+    cluster.wait_ready("shop", timeout=15)
+    fwd = run("-n", "shop")
+    fwd.wait_ready()
+    ip = hosts_entries(hosts)["web"]
+    first = http_get(ip, 80).strip()
+    cluster.set_pod_ready("shop", first, False)
+    other = wait_for(lambda: (b := try_http(ip, 80)) and b.strip() != first and b.strip(), 5,
+                     "connections moving to the other pod")
+    assert all(http_get(ip, 80).strip() == other for _ in range(5))
+    cluster.set_pod_ready("shop", first, True)
+    wait_for(lambda: try_http(ip, 80) == first + "\n", 5, "the first pod used again")
+    assert fwd.stop() == 0
+    assert hosts.read_bytes() == ORIGINAL_HOSTS
+
+
 def test_statefulset_pod_deleted_mid_run_comes_back_under_its_name(
     run: Callable[..., Kubefwd], cluster: SimCluster, hosts: Path
 ) -> None:
