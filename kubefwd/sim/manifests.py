@@ -11,6 +11,9 @@ import yaml
 
 from kubefwd.sim.store import Obj, bad_request
 
+# libyaml's loader when PyYAML has it: ten times faster on big manifest sets.
+_SafeLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 
 def parse_documents(text: str | bytes) -> list[Obj]:
     """Every object in a YAML or JSON text (multi-document YAML and ``kind: List`` unpacked).
@@ -23,7 +26,7 @@ def parse_documents(text: str | bytes) -> list[Obj]:
         except UnicodeDecodeError as exc:
             raise bad_request(f"the body is not UTF-8: {exc}") from exc
     try:
-        docs = list(yaml.safe_load_all(text))
+        docs = list(yaml.load_all(text, Loader=_SafeLoader))
     except yaml.YAMLError as exc:
         raise bad_request(f"error converting YAML to JSON: {_one_line(exc)}") from exc
     result: list[Obj] = []
