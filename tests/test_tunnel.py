@@ -238,7 +238,7 @@ def test_idle_tunnel_closes_its_session_and_reopens_on_demand(cluster: SimCluste
     with tunnel_to(cluster, "web", idle_timeout=0.2) as tunnel:
         assert http_get(tunnel) == b"web\n"
         wait_until(lambda: tunnel.state == "idle")
-        assert tunnel_threads() == []  # nothing left running while idle
+        wait_until(lambda: tunnel_threads() == [])  # nothing left running while idle
         assert tunnel.alive
         assert http_get(tunnel) == b"web\n"  # opens a new session
         assert tunnel.state == "open"
@@ -420,6 +420,49 @@ def test_goaway_retires_the_tunnel() -> None:
         assert dead.wait(5)
         assert "GOAWAY" in str(tunnel.last_error)
         wait_until(lambda: tunnel.state == "dead")
+    finally:
+        tunnel.close()
+        stub.close()
+
+
+def test_credentials_are_fetched_fresh_for_every_session() -> None:
+    stub = StubServer(silent_spdy)
+    calls: list[int] = []
+
+    def auth() -> dict[str, str]:
+        calls.append(len(calls) + 1)
+        return {"Authorization": f"Bearer token-{len(calls)}"}
+
+    target = ApiTarget(host="127.0.0.1", port=stub.listener.getsockname()[1], scheme="http",
+                       auth_headers=auth)
+    tunnel = PodTunnel(target, NS, "web", transport="spdy", idle_timeout=0.05)
+    try:
+        tunnel.open()
+        wait_until(lambda: tunnel.state == "idle")
+        tunnel.open()
+        sent = [r.headers.get("authorization") for r in stub.requests]
+        assert sent == ["Bearer token-1", "Bearer token-2"]
+    finally:
+        tunnel.close()
+        stub.close()
+
+
+def never_answer(sock: socket.socket, head: ws.HttpHead) -> None:
+    while sock.recv(65536):
+        pass
+
+
+def test_close_while_opening_returns_promptly_and_closes_queued_connections() -> None:
+    stub = StubServer(never_answer)
+    tunnel = PodTunnel(stub.target(), NS, "web", open_timeout=30)
+    try:
+        client = connect_through(tunnel, HTTP_PORT)
+        wait_until(lambda: stub.requests)
+        started = time.monotonic()
+        tunnel.close()
+        assert time.monotonic() - started < 2
+        assert read_all(client) == b""
+        client.close()
     finally:
         tunnel.close()
         stub.close()
