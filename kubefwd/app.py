@@ -233,7 +233,11 @@ class Kubefwd:
             mappings=o.mappings,
         )
         self._registry.subscribe(self._on_commands)
-        self._pool = TunnelPool(transport=o.transport, on_dead=self._tunnel_died)
+        # -a keeps every forwarded pod's tunnel open; otherwise an idle one closes its session
+        # (threads, buffers, API connection) and re-opens on the next connection.
+        pool_options: dict[str, Any] = {"idle_timeout": 0.0} if o.auto_reconnect else {}
+        self._pool = TunnelPool(transport=o.transport, on_dead=self._tunnel_died,
+                                **pool_options)
         self._loopback = loopback_strategy()
         self._hosts = HostsWriter(
             o.hosts_path,
@@ -469,8 +473,6 @@ class Kubefwd:
                 return None
             if tunnel.transport_name:
                 self._backoff.succeeded(pod_key)  # it opened: the pod answers again
-            else:
-                _wake_when_open(tunnel)
             self._pod_last_used[pod_key] = time.monotonic()
             return tunnel, target_port
         return None
@@ -637,28 +639,6 @@ class Kubefwd:
 
 # Tunnels of pods that no forward uses any more are closed after this long.
 _UNUSED_TUNNEL_GRACE = 30.0
-
-
-def _wake_when_open(tunnel: PodTunnel) -> None:
-    """Make a tunnel that is still opening serve its queued connections as soon as it is open.
-
-    The tunnel queues connections spliced while it opens and its pump only looks at that queue
-    when its selector wakes; a wake-up right after opening makes that immediate instead of
-    waiting for the first keepalive tick.
-    """
-    if getattr(tunnel, "_kubefwd_wake_hook", False):
-        return
-    previous = tunnel.on_open
-    wake = getattr(tunnel, "_wake", None)
-
-    def opened(t: PodTunnel) -> None:
-        if previous is not None:
-            previous(t)
-        if wake is not None:
-            wake()
-
-    tunnel.on_open = opened
-    tunnel._kubefwd_wake_hook = True  # type: ignore[attr-defined]
 
 
 def _step(what: str, fn: Callable[[], None]) -> None:
