@@ -337,7 +337,7 @@ class ApiServer:
         include = req.arg("includeObject", "Metadata")
         if req.method == "GET":
             if name:
-                obj = self.backend.store.get(info.kind, namespace, name)
+                obj = self.backend.store.get(info.kind, namespace, name, copy_=False)
                 if obj is None:
                     raise not_found(info, name)
                 if table:
@@ -349,7 +349,7 @@ class ApiServer:
                                req.arg("fieldSelector"))
             if verb == "watch":
                 return self._watch(conn, req, info, flt, table)
-            items, rv = self.backend.store.list_filtered(flt)
+            items, rv = self.backend.store.list_filtered(flt, copy_=False)
             if table:
                 send_json(conn, 200, tables.table(info.kind, items, rv, include_object=include))
                 return True
@@ -387,7 +387,7 @@ class ApiServer:
         if req.method == "DELETE":
             dry_run = dry_run or _delete_options_dry_run(req.body)
             if dry_run:
-                current = self.backend.store.get(info.kind, namespace, name)
+                current = self.backend.store.get(info.kind, namespace, name, copy_=False)
                 if current is None:
                     raise not_found(info, name)
                 send_json(conn, 200, current)
@@ -626,7 +626,7 @@ class ApiServer:
         if req.method not in ("GET", "POST"):
             raise StatusError(405, "MethodNotAllowed",
                               "the server does not allow this method on the requested resource")
-        pod = self.backend.store.get("Pod", namespace, name)
+        pod = self.backend.store.get("Pod", namespace, name, copy_=False)
         if pod is None:
             raise not_found(BY_KIND["Pod"], name)
         if (pod.get("status") or {}).get("phase") != "Running":
