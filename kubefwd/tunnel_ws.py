@@ -151,13 +151,17 @@ def dial_upgrade(target: ApiTarget, path: str, *, method: str, headers: Mapping[
     """Connect, send one upgrade request, read the answer; returns the socket and the 101
     head (with ``rest``, the upgraded bytes read past it). Raises UpgradeRefused (non-101)
     or TunnelError (network, TLS, garbage)."""
+    try:
+        auth = target.auth_headers()  # fresh per connection: tokens may have been refreshed
+    except Exception as e:  # an exec plugin or token file failing is the user's to fix
+        raise TunnelError(f"{what}: cannot get credentials: {e}") from e
     sock = connect(target, timeout, track)
     try:
         base = target.base_path.rstrip("/")
         lines = [f"{method} {base}{path} HTTP/1.1", f"Host: {_host_header(target)}",
                  f"User-Agent: kubefwd/{__version__}"]
         lines += [f"{k}: {v}" for k, v in headers.items()]
-        lines += [f"{k}: {v}" for k, v in target.auth_headers().items()]
+        lines += [f"{k}: {v}" for k, v in auth.items()]
         if method == "POST":
             lines.append("Content-Length: 0")
         sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
@@ -200,9 +204,9 @@ def dial_websocket(target: ApiTarget, path: str, protocol: str, *, timeout: floa
 class V4Connection:
     """One forwarded TCP connection over one ``v4.channel.k8s.io`` WebSocket.
 
-    A thread of its own dials and then copies pod → local (``run``); the tunnel's local-side
-    thread copies local → pod with ``send``. Channel 0 carries data, channel 1 errors; each
-    starts with a 3-byte message naming the port, which is skipped.
+    A thread of its own dials and then copies pod → local (``relay_remote``); the tunnel's
+    local-side thread copies local → pod with ``send``. Channel 0 carries data, channel 1
+    errors; each starts with a 3-byte message naming the port, which is skipped.
     """
 
     def __init__(self, local: socket.socket, port: int) -> None:
@@ -259,12 +263,12 @@ class V4Connection:
             self.bytes_in += len(data)
 
     def shutdown(self) -> None:
-        """Wake the relay thread (dialing or reading)."""
+        """Cut the WebSocket and wake the relay thread (dialing or reading); never blocks,
+        so no close frame (the server sees the end of the connection instead)."""
         self.closed = True
         if self._dialing is not None:
             hard_shutdown(self._dialing)
         if self.sock is not None:
-            self.sock.send_close()
             hard_shutdown(self.sock.sock)
 
     def close(self) -> None:
