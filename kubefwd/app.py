@@ -143,6 +143,7 @@ class Kubefwd:
         self.ready = threading.Event()
         self.started_at = 0.0
         self._signals = 0
+        self._finished = False
         self._lock = threading.Lock()
         self._forwards: dict[str, _Forward] = {}
         self._informers: list[Informer] = []
@@ -179,7 +180,14 @@ class Kubefwd:
             self.shutdown()
             return int(ExitCode.OK)
         finally:
-            self._restore_signals(previous)
+            self._finished = True
+            if self._signals:
+                # We were told to stop and everything is cleaned up: a late second Ctrl-C
+                # must not kill the process on its way out with a misleading status.
+                for signum in previous:
+                    signal.signal(signum, signal.SIG_IGN)
+            else:
+                self._restore_signals(previous)
             self.output.uninstall()
 
     def _install_signals(self) -> dict[int, Any]:
@@ -196,6 +204,8 @@ class Kubefwd:
             signal.signal(signum, handler)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self._finished:
+            return  # everything is cleaned up already; let the process end normally
         self._signals += 1
         if self._signals == 1:
             self.stop_requested.set()
@@ -203,6 +213,7 @@ class Kubefwd:
         # A second signal: only make sure the hosts file is clean, then leave at once.
         try:
             remove_owned_lines(self.options.hosts_path, os.getpid(), lock_timeout=2.0)
+            os.write(2, b"kubefwd: interrupted again: removed our hosts entries, exiting now\n")
         except Exception as exc:  # nothing may keep us from exiting now
             os.write(2, f"kubefwd: could not clean the hosts file: {exc}\n".encode())
         os._exit(int(ExitCode.ERROR))

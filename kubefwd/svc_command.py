@@ -153,7 +153,10 @@ _H_HOSTS = "Hosts file to write (every code path, cleanup included, uses it)."
 _H_BACKUP = "Replace ~/hosts.original with the current hosts file before changing it."
 _H_PURGE = "Remove hosts lines left by earlier kubefwd runs (those of dead runs go anyway)."
 _H_RESYNC = "Re-list everything this often, as a safety net under the watches (e.g. 5m)."
-_H_RETRY = "Wait this long before retrying a failed list/watch (e.g. 10s)."
+_H_RETRY = (
+    "Longest wait between retries of a failed list or watch (retries start after 1s and "
+    "double up to this)."
+)
 _H_AUTO = (
     "Keep a tunnel open to every forwarded pod and re-open it as soon as it dies (backing "
     "off 1s to 5m), instead of opening it on the next connection."
