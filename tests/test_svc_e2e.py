@@ -693,6 +693,18 @@ def test_forbidden_pods_names_verb_and_resource(
     assert hosts.read_bytes() == ORIGINAL_HOSTS
 
 
+def test_wrong_token_is_unauthorized_naming_the_context(
+    cluster: SimCluster, hosts: Path, tmp_path: Path
+) -> None:
+    config = tmp_path / "bad-token"
+    config.write_text(cluster.kubeconfig_path.read_text().replace(cluster.token, "wrong"))
+    result = _run_to_end(["-c", str(config), "-n", "shop", "--hosts-path", str(hosts)], tmp_path)
+    assert result.returncode == 4, result.stderr
+    assert "unauthorized" in result.stderr and "context one" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    assert hosts.read_bytes() == ORIGINAL_HOSTS
+
+
 def test_port_in_use_is_reported_and_the_rest_still_forwards(
     run: Callable[..., Kubefwd], hosts: Path
 ) -> None:
