@@ -221,6 +221,18 @@ class Transport(Protocol):
     def close(self) -> None: ...
 
 
+def ensure_blocking(transport: Any) -> None:
+    """Put the socket under ``transport`` in blocking mode (no timeout).
+
+    A TLS socket with a timeout runs non-blocking inside; a read in one thread and a write in
+    another then share OpenSSL's per-connection error state, and the reader can see a false
+    EOF. A session always reads and writes from different threads, so it must block.
+    """
+    raw = transport if isinstance(transport, socket.socket) else getattr(transport, "sock", None)
+    if isinstance(raw, socket.socket) and raw.gettimeout() is not None:
+        raw.settimeout(None)
+
+
 def shutdown_transport(transport: Any) -> None:
     """Wake every thread blocked on ``transport`` without closing its descriptor.
 
@@ -339,6 +351,7 @@ class SpdySession:
         max_frame: int = 1 << 20,
         read_buffer: int = 1 << 20,
     ) -> None:
+        ensure_blocking(transport)
         self.transport = transport
         self.server = server
         self.on_stream = on_stream

@@ -326,7 +326,9 @@ class WebSocket:
 
     Threading: one thread reads (``recv_message`` or ``recv_into_stream``); any number of
     threads may send, each frame goes out whole under a lock. Pings are answered by the
-    reading thread; close frames are answered and end the reading (``None``/0).
+    reading thread; close frames are answered and end the reading (``None``/0). When reads
+    and writes happen in different threads the socket must be blocking (no timeout): a TLS
+    socket with a timeout is non-blocking inside, and concurrent use can fake an EOF.
     """
 
     def __init__(
@@ -602,6 +604,11 @@ class WebSocketByteStream:
 
     def __init__(self, ws: WebSocket) -> None:
         self.ws = ws
+
+    @property
+    def sock(self) -> Any:
+        """The socket underneath (plain or TLS)."""
+        return self.ws.sock
 
     def recv_into(self, buffer: memoryview | bytearray, nbytes: int = 0) -> int:
         view = memoryview(buffer)
