@@ -299,8 +299,12 @@ def test_forbid_answers_403_for_that_resource_only(cluster: SimCluster) -> None:
 
 
 def test_namespace_deletion_cascades(cluster: SimCluster) -> None:
-    assert call(cluster, "DELETE", "/api/v1/namespaces/shop")[0] == 200
-    cluster.store.wait_idle()
+    status, ns = call(cluster, "DELETE", "/api/v1/namespaces/shop")
+    assert status == 200 and ns["status"]["phase"] == "Terminating"
+    # While it terminates, nothing new may be created in it.
+    assert_status(call(cluster, "POST", "/api/v1/namespaces/shop/pods", pod_manifest("late")),
+                  403, "Forbidden")
+    cluster.wait_for(lambda: cluster.store.get("Namespace", "", "shop") is None, 5.0)
     for kind in ("Pod", "Service", "Deployment", "StatefulSet", "Endpoints", "EndpointSlice"):
         assert cluster.store.list(kind, "shop")[0] == [], kind
     assert_status(call(cluster, "DELETE", "/api/v1/namespaces/default"), 403, "Forbidden")

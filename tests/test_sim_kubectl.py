@@ -127,9 +127,11 @@ def test_apply_create_unchanged_and_configured(tmp_path: Path) -> None:
         assert svc is not None and [p["port"] for p in svc["spec"]["ports"]] == [8080]
         annotations = svc["metadata"]["annotations"]
         assert "kubectl.kubernetes.io/last-applied-configuration" in annotations
-        # Deleting a namespace through kubectl takes its contents along (at once, here).
-        assert 'namespace "demo" deleted' in kubectl(cluster, "delete", "ns", "demo").stdout
-        assert cluster.store.get("Namespace", "", "demo") is None
+        # Deleting the file's objects, the namespace first: it terminates while kubectl
+        # deletes the rest, then takes whatever is left along.
+        out = kubectl(cluster, "delete", "-f", str(manifest)).stdout
+        assert 'namespace "demo" deleted' in out and 'service "hello" deleted' in out
+        cluster.wait_for(lambda: cluster.store.get("Namespace", "", "demo") is None, 5.0)
         assert cluster.pods("demo") == []
 
 

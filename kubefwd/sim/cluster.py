@@ -29,7 +29,7 @@ import yaml
 from kubefwd.sim import tls as tlsgen
 from kubefwd.sim.admission import Admission
 from kubefwd.sim.apiserver import ApiServer
-from kubefwd.sim.controllers import Controllers, mark_terminating
+from kubefwd.sim.controllers import Controllers, NamespaceReaper, mark_terminating
 from kubefwd.sim.manifests import parse_documents
 from kubefwd.sim.store import BY_KIND, Obj, StatusError, Store
 
@@ -86,6 +86,7 @@ class SimCluster:
         self.kubelet: Any = None
         self.controllers: Controllers | None = None
         self.api: ApiServer | None = None
+        self._reaper: NamespaceReaper | None = None
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -103,6 +104,8 @@ class SimCluster:
             self.kubelet = _make_kubelet(self._on_pod_status, self._start_delay,
                                          self._pod_ip_range)
             self.controllers = Controllers(self.store, self.kubelet, self.delete_object)
+            self._reaper = NamespaceReaper(self._finalize_namespace)
+            self._reaper.start()
             self.store.add_listener(self.controllers.on_event)
             if self._manifests is not None:
                 self.apply(self._manifests)
@@ -123,6 +126,8 @@ class SimCluster:
     def stop(self) -> None:
         if self.api is not None:
             self.api.stop()
+        if self._reaper is not None:
+            self._reaper.stop_and_join()
         self.store.close()
         if self.kubelet is not None:
             self.kubelet.close()
@@ -207,15 +212,28 @@ class SimCluster:
                 mark_terminating(obj)
                 obj["status"] = {"phase": "Terminating"}
 
-            if self.store.update("Namespace", "", name, terminating) is None:
+            current = self.store.get("Namespace", "", name, copy_=False)
+            if current is None:
                 raise StatusError(404, "NotFound", f'namespaces "{name}" not found',
                                   details={"name": name, "kind": "namespaces"})
-            for cascade_kind in _CASCADE_ORDER:
-                for obj in self.store.list(cascade_kind, name)[0]:
-                    with contextlib.suppress(StatusError):
-                        self.delete_object(cascade_kind, name, obj["metadata"]["name"])
-            return self.store.delete("Namespace", "", name)
+            if current["metadata"].get("deletionTimestamp"):
+                return copy.deepcopy(current)
+            ns = self.store.update("Namespace", "", name, terminating)
+            if self._reaper is None:
+                self._finalize_namespace(name)
+            else:
+                self._reaper.schedule(name)
+            return ns or copy.deepcopy(current)
         return self.store.delete(kind, namespace, name)
+
+    def _finalize_namespace(self, name: str) -> None:
+        """Delete what is left in a Terminating namespace, then the namespace itself."""
+        for cascade_kind in _CASCADE_ORDER:
+            for obj in self.store.view(cascade_kind, name):
+                with contextlib.suppress(StatusError):
+                    self.delete_object(cascade_kind, name, obj["metadata"]["name"])
+        with contextlib.suppress(StatusError):
+            self.store.delete("Namespace", "", name)
 
     def pod_connector(self, namespace: str, name: str) -> Callable[[int], socket.socket]:
         kubelet = self.kubelet

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import heapq
 import json
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -25,6 +27,7 @@ from kubefwd.sim.store import (
     random_suffix,
     selector_from_match_labels,
 )
+from kubefwd.threads import StoppableThread
 
 log = logging.getLogger(__name__)
 
@@ -398,3 +401,42 @@ class Controllers:
 def mark_terminating(obj: Obj) -> None:
     obj["metadata"]["deletionTimestamp"] = now_rfc3339()
     obj["metadata"]["deletionGracePeriodSeconds"] = 0
+
+
+class NamespaceReaper(StoppableThread):
+    """Finishes namespace deletions a moment later, as the namespace controller does.
+
+    Meanwhile the namespace is Terminating: its objects can still be read and deleted
+    (``kubectl delete -f`` of a file that holds the namespace and its contents works) but
+    nothing new can be created in it.
+    """
+
+    def __init__(self, finalize: Callable[[str], None], delay: float = 0.3) -> None:
+        super().__init__("sim-namespace-reaper")
+        self._finalize = finalize
+        self._delay = delay
+        self._cond = threading.Condition()
+        self._due: list[tuple[float, str]] = []
+
+    def schedule(self, namespace: str) -> None:
+        with self._cond:
+            heapq.heappush(self._due, (time.monotonic() + self._delay, namespace))
+            self._cond.notify()
+
+    def on_stop(self) -> None:
+        with self._cond:
+            self._cond.notify()
+
+    def run_loop(self) -> None:
+        while not self.stopping.is_set():
+            with self._cond:
+                now = time.monotonic()
+                if not self._due or self._due[0][0] > now:
+                    timeout = self._due[0][0] - now if self._due else None
+                    self._cond.wait(timeout)
+                    continue
+                _, namespace = heapq.heappop(self._due)
+            try:
+                self._finalize(namespace)
+            except Exception:
+                log.exception("finishing the deletion of namespace %s failed", namespace)
