@@ -539,25 +539,24 @@ def test_service_without_ready_pod_holds_then_closes_after_timeout(
     run: Callable[..., Kubefwd], cluster: SimCluster, hosts: Path
 ) -> None:
     cluster.apply(NEW_SERVICE.replace("replicas: 1", "replicas: 0"))
-    fwd = run("-n", "shop", "-t", "1")
+    fwd = run("-n", "shop", "-t", "2")
     fwd.wait_ready()
     ip = hosts_entries(hosts)["search"]
     started = time.monotonic()
-    with socket.create_connection((ip, 7700), timeout=5) as sock:
+    with socket.create_connection((ip, 7700), timeout=10) as sock:
         sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
         try:
             assert sock.recv(100) == b""
         except ConnectionResetError:
             pass
-    assert 0.8 < time.monotonic() - started < 4
-    fwd.wait_line(r"WARNING .*search.*no ready pod after 1s", timeout=5)
+    assert 1.8 < time.monotonic() - started < 6
+    fwd.wait_line(r"WARNING .*search.*no ready pod after 2s", timeout=5)
     # A held connection is served as soon as a pod becomes ready.
     result: list[str | None] = []
-    client = threading.Thread(target=lambda: result.append(try_http(ip, 7700)), name="client")
-    fwd2_deadline = time.monotonic() + 0.5
+    client = threading.Thread(target=lambda: result.append(http_get(ip, 7700, timeout=8)),
+                              name="client")
     client.start()
-    while time.monotonic() < fwd2_deadline:
-        threading.Event().wait(0.05)
+    threading.Event().wait(0.3)
     cluster.apply(NEW_SERVICE)
     client.join(10)
     assert result and result[0] and result[0].startswith("search-")
