@@ -214,6 +214,9 @@ def test_statefulset_pod_comes_back_under_the_same_name(cluster: SimCluster) -> 
         "metadata", {}).get("uid") not in (None, uid), 5.0)
     kubectl(cluster, "wait", "--for=condition=Ready", "pod/store-0", "-n", "demo",
             "--timeout=10s")
+    kubectl(cluster, "rollout", "status", "sts/store", "-n", "demo", "--timeout=10s")
+    kubectl(cluster, "wait", "--for=condition=Available", "deploy/hello", "-n", "demo",
+            "--timeout=10s")
 
 
 def _start_sim(*args: str) -> subprocess.Popen[str]:

@@ -116,6 +116,15 @@ class Admission:
         spec = obj.setdefault("spec", {})
         name = obj["metadata"]["name"]
         spec.setdefault("replicas", 1)
+        spec.setdefault("revisionHistoryLimit", 10)
+        if obj["kind"] == "Deployment":
+            spec.setdefault("progressDeadlineSeconds", 600)
+            spec.setdefault("strategy", {"type": "RollingUpdate", "rollingUpdate": {
+                "maxSurge": "25%", "maxUnavailable": "25%"}})
+        else:
+            spec.setdefault("podManagementPolicy", "OrderedReady")
+            spec.setdefault("updateStrategy", {"type": "RollingUpdate",
+                                               "rollingUpdate": {"partition": 0}})
         selector = (spec.get("selector") or {}).get("matchLabels")
         template_labels = ((spec.get("template") or {}).get("metadata") or {}).get("labels") or {}
         if not isinstance(selector, dict) or not selector:
