@@ -201,6 +201,7 @@ class _PodLink:
         self._on_error = on_error
         self._half_close = half_close
         self._lock = threading.Lock()
+        self._use = threading.Lock()
         self._sock: socket.socket | None = None
         self._pending: list[bytes] = []
         self._pending_fin = False
@@ -211,37 +212,43 @@ class _PodLink:
     def start(self) -> None:
         self.thread.start()
 
-    # Called from the client side's reader thread.
+    # Called from the client side's reader thread. ``_use`` keeps the relay thread from
+    # closing the socket while it is in use here (a closed descriptor number can be reused by
+    # another connection at once).
 
     def to_pod(self, data: memoryview) -> None:
-        with self._lock:
-            sock = self._sock
-            if sock is None:
-                if not self._aborted:
-                    self._pending.append(bytes(data))
+        with self._use:
+            with self._lock:
+                sock = self._sock
+                if sock is None:
+                    if not self._aborted:
+                        self._pending.append(bytes(data))
+                    return
+            try:
+                sock.sendall(data)
                 return
-        try:
-            sock.sendall(data)
-        except OSError:
-            self.abort()
+            except OSError:
+                pass
+        self.abort()
 
     def client_fin(self) -> None:
-        with self._lock:
-            sock = self._sock
-            if sock is None:
-                self._pending_fin = True
-                return
-        _shutdown(sock, socket.SHUT_WR)
+        with self._use:
+            with self._lock:
+                sock = self._sock
+                if sock is None:
+                    self._pending_fin = True
+                    return
+            _shutdown(sock, socket.SHUT_WR)
         self._client_done.set()
 
     def abort(self) -> None:
-        """The client side is gone: end the pod connection now."""
+        """The client side is gone: end the pod connection now (from any thread)."""
         with self._lock:
             self._aborted = True
             self._pending.clear()
             sock = self._sock
-        if sock is not None:
-            _shutdown(sock, socket.SHUT_RDWR)
+            if sock is not None:
+                _shutdown(sock, socket.SHUT_RDWR)
         self._client_done.set()
 
     # The relay thread.
@@ -260,7 +267,11 @@ class _PodLink:
         try:
             self._relay(sock)
         finally:
-            sock.close()
+            _shutdown(sock, socket.SHUT_RDWR)  # wakes a sendall blocked in to_pod
+            with self._use, self._lock:
+                self._sock = None
+                self._aborted = True
+                sock.close()
 
     def _relay(self, sock: socket.socket) -> None:
         with self._lock:
