@@ -73,10 +73,10 @@ class SimCluster:
         # open (like the API server's old insecure port); a wrong token is still refused.
         self._require_token = tls if require_token is None else require_token
         self._own_dir: str | None = None
-        if kubeconfig_path is None:
-            self._own_dir = tempfile.mkdtemp(prefix="kubefwd-sim-")
-            kubeconfig_path = Path(self._own_dir) / "kubeconfig"
-        self.kubeconfig_path = Path(kubeconfig_path)
+        self._kubeconfig_arg = kubeconfig_path
+        # Where the kubeconfig goes; without kubeconfig_path, a private temporary directory
+        # made by start() and removed by stop().
+        self.kubeconfig_path = Path(kubeconfig_path) if kubeconfig_path is not None else Path()
         self.token = secrets.token_urlsafe(24)
         self.credentials: tlsgen.Credentials | None = None
         self._forbidden: set[tuple[str, str | None]] = set()
@@ -98,6 +98,9 @@ class SimCluster:
 
     def start(self) -> SimCluster:
         try:
+            if self._kubeconfig_arg is None:
+                self._own_dir = tempfile.mkdtemp(prefix="kubefwd-sim-")
+                self.kubeconfig_path = Path(self._own_dir) / "kubeconfig"
             for name in SYSTEM_NAMESPACES:
                 self.store.create({"apiVersion": "v1", "kind": "Namespace",
                                    "metadata": {"name": name}})

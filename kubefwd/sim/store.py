@@ -98,10 +98,10 @@ class Store:
         self.admit = admit
         self._listeners: list[Listener] = []
         self._dispatch = _Dispatch()
+        # Started with the first listener, so a store without listeners has no thread.
         self._dispatcher = threading.Thread(
             target=self._dispatch_loop, name="sim-store-dispatch", daemon=True
         )
-        self._dispatcher.start()
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -309,6 +309,8 @@ class Store:
     def add_listener(self, fn: Listener) -> None:
         with self._lock:
             self._listeners.append(fn)
+            if not self._dispatcher.is_alive() and not self._closed:
+                self._dispatcher.start()
 
     def _dispatch_loop(self) -> None:
         d = self._dispatch
@@ -382,7 +384,7 @@ class Store:
         with self._dispatch.cond:
             self._dispatch.stopping = True
             self._dispatch.cond.notify_all()
-        if threading.current_thread() is not self._dispatcher:
+        if self._dispatcher.is_alive() and threading.current_thread() is not self._dispatcher:
             self._dispatcher.join(5.0)
 
 
