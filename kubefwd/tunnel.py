@@ -22,6 +22,7 @@ import ssl
 import struct
 import threading
 import time
+import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,13 +36,13 @@ from kubefwd.tunnel_ws import (
     PrefixedSocket,
     UpgradeRefused,
     V4Connection,
+    WsByteStream,
     close_quietly,
     dial_upgrade,
     dial_websocket,
     hard_shutdown,
 )
 from kubefwd.wire import spdy as wire_spdy
-from kubefwd.wire.websocket import WebSocketByteStream
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ TRANSPORTS = ("auto", "spdy-ws", "spdy", "ws")
 # Buffers start small (an idle tunnel costs little memory) and grow on the first bulk
 # transfer: a local read carries up to _CHUNK bytes into one DATA frame, and the reader hands
 # DATA to local sockets in pieces of up to _READ_BUFFER bytes.
-_SMALL = 64 * 1024
+_SMALL = 16 * 1024
 _CHUNK = 256 * 1024
 _READ_BUFFER = 1 << 20
 # Default seconds between keepalive pings; no frame at all for two intervals = dead.
@@ -68,7 +69,7 @@ _PING, _GOAWAY, _HEADERS = wire_spdy.PING, wire_spdy.GOAWAY, wire_spdy.HEADERS
 _IDLE, _OPENING, _OPEN, _DEAD, _CLOSED = "idle", "opening", "open", "dead", "closed"
 _IDLING = "idling"  # an idle session is being closed; new connections wait and reopen it
 
-Stream = PrefixedSocket | WebSocketByteStream
+Stream = PrefixedSocket | WsByteStream
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,20 @@ class _Conn:
         self.error = b""
         self.closed = False
         self.v4: V4Connection | None = None
+
+
+class _HeaderCompressor:
+    """Our side's SPDY header compression, with a small window and little memory (about
+    12 KiB instead of 90 KiB a tunnel): our header blocks are a few dozen bytes, and any
+    zlib reader takes a smaller window than its own."""
+
+    def __init__(self) -> None:
+        self._z = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, 11, 1,
+                                   zlib.Z_DEFAULT_STRATEGY, wire_spdy.DICTIONARY)
+
+    def compress(self, headers: dict[str, str]) -> bytes:
+        raw = wire_spdy.encode_header_block(headers)
+        return self._z.compress(raw) + self._z.flush(zlib.Z_SYNC_FLUSH)
 
 
 class PodTunnel:
@@ -164,7 +179,7 @@ class PodTunnel:
         self._stream: Stream | None = None
         self._dialing: Any = None
         self._wlock = threading.Lock()
-        self._compress = wire_spdy.HeaderCompressor()
+        self._compress = _HeaderCompressor()
         self._decompress = wire_spdy.HeaderDecompressor()
         self._conns: dict[int, _Conn] = {}  # stream id -> connection (error and data ids)
         self._next_stream = 1
@@ -293,10 +308,10 @@ class PodTunnel:
                 return "ws", None  # dialed per connection
             try:
                 if name == "spdy-ws":
-                    wsock = dial_websocket(self.target, self._path, PROTOCOL_SPDY_WS,
-                                           timeout=timeout, what="SPDY-over-WebSocket upgrade",
-                                           track=self._track)
-                    return name, WebSocketByteStream(wsock)
+                    wsock, rest = dial_websocket(
+                        self.target, self._path, PROTOCOL_SPDY_WS, timeout=timeout,
+                        what="SPDY-over-WebSocket upgrade", track=self._track)
+                    return name, WsByteStream(wsock, rest)
                 sock, head = dial_upgrade(
                     self.target, self._path, method="POST", timeout=timeout,
                     what="SPDY upgrade", track=self._track,
@@ -453,7 +468,7 @@ class PodTunnel:
         if stream is not None:
             stream.close()
         self._conns.clear()
-        self._compress = wire_spdy.HeaderCompressor()
+        self._compress = _HeaderCompressor()
         self._decompress = wire_spdy.HeaderDecompressor()
         self._next_stream = 1
         self._next_ping = 1
@@ -624,8 +639,8 @@ class PodTunnel:
             flags = length >> 24
             length &= 0xFFFFFF
             start += 8
-            if length > size // 2 and size < _READ_BUFFER:  # bulk data: a bigger buffer
-                size = _READ_BUFFER
+            if length > size // 2 and size < _READ_BUFFER:  # bigger data: a bigger buffer
+                size = min(_READ_BUFFER, max(size * 4, 1 << (length + 8).bit_length()))
                 grown = bytearray(size)
                 grown[: end - start] = buf[start:end]
                 buf, view = grown, memoryview(grown)
@@ -836,10 +851,8 @@ class PodTunnel:
 
     def _shutdown_stream(self) -> None:
         stream = self._stream
-        if isinstance(stream, PrefixedSocket):
+        if stream is not None:
             stream.shutdown()
-        elif stream is not None:
-            hard_shutdown(stream.ws.sock)
 
     def _cleanup(self) -> None:
         """Pump thread, on its way out: close every connection, then report death."""

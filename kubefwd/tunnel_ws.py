@@ -15,6 +15,8 @@ import logging
 import os
 import socket
 import ssl
+import struct
+import threading
 from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
@@ -182,8 +184,9 @@ def dial_upgrade(target: ApiTarget, path: str, *, method: str, headers: Mapping[
 
 
 def dial_websocket(target: ApiTarget, path: str, protocol: str, *, timeout: float, what: str,
-                   track: Callable[[AnySocket | None], None]) -> ws.WebSocket:
-    """Open a client WebSocket speaking ``protocol`` (which the server must echo)."""
+                   track: Callable[[AnySocket | None], None]) -> tuple[AnySocket, bytes]:
+    """Open a client WebSocket speaking ``protocol`` (which the server must echo); returns
+    the socket and the bytes already read past the 101."""
     key = base64.b64encode(os.urandom(16)).decode("ascii")
     headers = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Key": key,
                "Sec-WebSocket-Version": "13", "Sec-WebSocket-Protocol": protocol}
@@ -198,7 +201,83 @@ def dial_websocket(target: ApiTarget, path: str, protocol: str, *, timeout: floa
         close_quietly(sock)
         raise UpgradeRefused(f"{what} refused: the server did not agree to {protocol}",
                              status=400)
-    return ws.WebSocket(sock, client=True, initial=head.rest, subprotocol=protocol)
+    return sock, head.rest
+
+
+class WsByteStream:
+    """The client end of a WebSocket whose binary messages carry one byte stream (SPDY).
+
+    Payload bytes are read straight into the caller's buffer and frame headers in tiny
+    reads, so a tunnel holds no read buffer of its own here. Pings are answered; a close
+    frame (or the end of the connection) reads as EOF. ``sendall`` sends one masked binary
+    message per call, under a lock (the reader thread may answer a ping meanwhile).
+    """
+
+    def __init__(self, sock: AnySocket, initial: bytes) -> None:
+        self.sock = sock
+        self._raw = PrefixedSocket(sock, initial)
+        self._left = 0  # payload bytes still to come in the current data frame
+        self._wlock = threading.Lock()
+
+    def _exact(self, n: int) -> bytes:
+        buf = bytearray(n)
+        view = memoryview(buf)
+        pos = 0
+        while pos < n:
+            got = self._raw.recv_into(view[pos:], n - pos)
+            if not got:
+                raise EOFError("the WebSocket ended inside a frame")
+            pos += got
+        return bytes(buf)
+
+    def recv_into(self, view: memoryview, nbytes: int = 0) -> int:
+        while not self._left:
+            try:
+                b0, b1 = self._exact(2)
+            except EOFError:
+                return 0
+            opcode, length = b0 & 0x0F, b1 & 0x7F
+            if b0 & 0x70 or b1 & 0x80:
+                raise ws.WebSocketError("reserved bits or a mask on a frame from the server")
+            if length == 126:
+                (length,) = struct.unpack("!H", self._exact(2))
+            elif length == 127:
+                (length,) = struct.unpack("!Q", self._exact(8))
+            if opcode in (ws.OP_BINARY, ws.OP_CONTINUATION):
+                self._left = length
+            elif opcode == ws.OP_PING:
+                self._send(ws.OP_PONG, self._exact(length))
+            elif opcode == ws.OP_PONG:
+                self._exact(length)
+            elif opcode == ws.OP_CLOSE:
+                self._exact(length)
+                try:
+                    self._send(ws.OP_CLOSE, ws.close_payload(ws.CLOSE_NORMAL))
+                except OSError:
+                    pass
+                return 0
+            else:
+                raise ws.WebSocketError(f"unexpected WebSocket opcode {opcode}")
+        want = min(self._left, nbytes or len(view))
+        got = self._raw.recv_into(view, want)
+        if not got:
+            raise EOFError("the WebSocket ended inside a frame")
+        self._left -= got
+        return got
+
+    def _send(self, opcode: int, payload: Any) -> None:
+        frame = ws.encode_frame(opcode, payload, masked=True)
+        with self._wlock:
+            self.sock.sendall(frame)
+
+    def sendall(self, data: Any) -> None:
+        self._send(ws.OP_BINARY, data)
+
+    def shutdown(self) -> None:
+        hard_shutdown(self.sock)
+
+    def close(self) -> None:
+        close_quietly(self.sock)
 
 
 class V4Connection:
@@ -224,9 +303,10 @@ class V4Connection:
             hard_shutdown(sock)
 
     def dial(self, target: ApiTarget, path: str, timeout: float) -> None:
-        self.sock = dial_websocket(target, f"{path}?ports={self.port}", PROTOCOL_V4,
-                                   timeout=timeout, what="WebSocket port-forward",
-                                   track=self._track)
+        sock, rest = dial_websocket(target, f"{path}?ports={self.port}", PROTOCOL_V4,
+                                    timeout=timeout, what="WebSocket port-forward",
+                                    track=self._track)
+        self.sock = ws.WebSocket(sock, client=True, initial=rest, subprotocol=PROTOCOL_V4)
 
     def send(self, data: memoryview) -> None:
         """Local → pod; raises OSError when the WebSocket is gone."""
