@@ -340,3 +340,30 @@ def test_sim_command_reports_a_busy_port(tmp_path: Path) -> None:
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 7  # ExitCode.NETWORK
     assert f"cannot serve on port {port}" in err
+
+
+def test_restart_apiserver_drops_a_kubectl_port_forward(cluster: SimCluster) -> None:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        local_port = probe.getsockname()[1]
+    cmd = [str(KUBECTL), "--kubeconfig", str(cluster.kubeconfig_path), "port-forward", "-n",
+           "demo", "svc/hello", f"{local_port}:80"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert "Forwarding from" in proc.stdout.readline()
+        with socket.create_connection(("127.0.0.1", local_port), timeout=5) as sock:
+            sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+            assert b"hello-" in answer
+        cluster.restart_apiserver()
+        proc.wait(timeout=10)  # kubectl notices the lost connection and exits
+        assert proc.returncode != 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
