@@ -302,7 +302,11 @@ class SpdyStream:
         return self.replied.wait(timeout)
 
     def send(self, data: Buffer, *, fin: bool = False) -> None:
-        """Send bytes (split into DATA frames); raises OSError if the stream/session is gone."""
+        """Send bytes (split into DATA frames); raises OSError if the stream/session is gone.
+
+        Any thread may call it, but one stream should have one writer at a time so that
+        its bytes stay in order. It blocks while the transport does (no flow control).
+        """
         self.session._send_data(self, data, fin)
 
     def close(self) -> None:
