@@ -151,6 +151,19 @@ def test_twenty_concurrent_connections_share_two_threads(cluster: SimCluster,
                 client.close()
 
 
+def test_connections_spliced_while_opening_wait_and_all_get_through(
+        cluster: SimCluster) -> None:
+    with tunnel_to(cluster, "echo") as tunnel:
+        clients = [connect_through(tunnel, ECHO_PORT) for _ in range(10)]  # before it opens
+        try:
+            for i, client in enumerate(clients):
+                echo_once(client, f"queued {i}".encode())
+            assert tunnel.sessions == 1 and tunnel.connections == 10
+        finally:
+            for client in clients:
+                client.close()
+
+
 def echo_transfer(tunnel: PodTunnel, size: int) -> tuple[str, str, int]:
     """Send ``size`` bytes, half-close, read the echo to EOF: (sent sha, echoed sha, n)."""
     block = os.urandom(1 << 20)
