@@ -322,6 +322,23 @@ def test_spdy_half_close_and_error_stream(cluster: SimCluster) -> None:
         client.close()
 
 
+def test_spdy_data_stream_first_with_early_data(cluster: SimCluster) -> None:
+    client = SpdyForward(cluster, "echo")
+    try:
+        got = bytearray()
+        fin = threading.Event()
+        common = {"port": "7000", "requestID": "7"}
+        data = client.session.open_stream({"streamType": "data", **common},
+                                          on_data=got.extend, on_fin=fin.set)
+        assert data.wait_reply(5)
+        data.send(b"before the pair was complete", fin=True)
+        error = client.session.open_stream({"streamType": "error", **common})
+        error.close()
+        assert fin.wait(5) and bytes(got) == b"before the pair was complete"
+    finally:
+        client.close()
+
+
 def test_websocket_v4_base64_and_repeated_ports(cluster: SimCluster) -> None:
     protocols = ["v5.channel.k8s.io", "v4.base64.channel.k8s.io"]
     request, key = ws.client_handshake_request(host="127.0.0.1", path="/", protocols=protocols)

@@ -324,7 +324,7 @@ class _Pair:
         self.created = time.monotonic()
         self.data: spdy.SpdyStream | None = None
         self.error: spdy.SpdyStream | None = None
-        self.link: _PodLink | None = None
+        self.early = bytearray()  # data sent before the pair was complete
 
 
 class _SpdyForwarder:
@@ -378,6 +378,7 @@ class _SpdyForwarder:
                 stream.reset()
                 return
             pair.data = stream
+            stream.on_data = pair.early.extend
         if pair.data is not None and pair.error is not None:
             del self._pairs[request_id]
             self._start(pair, int(pair.data.headers["port"]))
@@ -420,6 +421,8 @@ class _SpdyForwarder:
             self.req, port, name=f"pf-{self.req.pod}-{port}-{self._count}",
             to_client=data.send, on_eof=finish, on_error=failed, half_close=True,
         )
+        if pair.early:
+            link.to_pod(memoryview(bytes(pair.early)))
         data.on_data = link.to_pod
         data.on_fin = link.client_fin
         data.on_reset = lambda _code: link.abort()
