@@ -195,9 +195,9 @@ def test_unready_pod_leaves_the_ready_endpoints(cluster: SimCluster) -> None:
     cluster.set_pod_ready("shop", "db-0", False)
 
     def db0_unready() -> bool:
-        ep = cluster.store.get("Endpoints", "shop", "db")
-        return bool(ep) and [a["hostname"] for a in ep["subsets"][0].get(  # type: ignore[index]
-            "notReadyAddresses", [])] == ["db-0"]
+        ep = cluster.store.get("Endpoints", "shop", "db") or {"subsets": [{}]}
+        not_ready = ep["subsets"][0].get("notReadyAddresses", [])
+        return [a["hostname"] for a in not_ready] == ["db-0"]
 
     cluster.wait_for(db0_unready, 5.0)
     cluster.set_pod_ready("shop", "db-0", True)

@@ -208,7 +208,9 @@ def test_delete_pod_seen_by_get_pods_watch(cluster: SimCluster) -> None:
 
 
 def test_statefulset_pod_comes_back_under_the_same_name(cluster: SimCluster) -> None:
-    uid = cluster.store.get("Pod", "demo", "store-0")["metadata"]["uid"]  # type: ignore[index]
+    pod = cluster.store.get("Pod", "demo", "store-0")
+    assert pod is not None
+    uid = pod["metadata"]["uid"]
     kubectl(cluster, "delete", "pod", "store-0", "-n", "demo")
     cluster.wait_for(lambda: (cluster.store.get("Pod", "demo", "store-0") or {}).get(
         "metadata", {}).get("uid") not in (None, uid), 5.0)
