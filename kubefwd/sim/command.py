@@ -43,8 +43,8 @@ def sim_command(
 ) -> None:
     """Serve a simulated Kubernetes cluster until Ctrl-C.
 
-    Writes a kubeconfig for it (HTTPS with its own CA and a bearer token) once it is ready;
-    without -f it serves a sample cluster (namespaces shop and payments).
+    The kubeconfig (HTTPS, its own CA, a bearer token) is written once the server is ready.
+    Without -f it serves a sample cluster: namespaces shop and payments.
     """
     from kubefwd.sim.cluster import SimCluster
     from kubefwd.sim.store import StatusError
