@@ -521,3 +521,11 @@ def test_starts_in_well_under_a_second() -> None:
         elapsed = time.monotonic() - started
         assert c.kubeconfig_path.exists()
     assert elapsed < 1.0, elapsed
+
+
+def test_delete_collection_by_label(cluster: SimCluster) -> None:
+    status, body = call(cluster, "DELETE", "/api/v1/namespaces/shop/pods?labelSelector=app%3Dweb")
+    assert status == 200 and body["kind"] == "PodList" and len(body["items"]) == 2
+    assert all(p["metadata"]["labels"]["app"] == "web" for p in body["items"])
+    assert {p["metadata"]["name"] for p in cluster.pods("shop", "app=db")} == {"db-0", "db-1"}
+    cluster.wait_ready("shop")  # the deployment replaced its pods

@@ -365,6 +365,8 @@ class ApiServer:
                 return True
             send_json(conn, 201, self.backend.store.create(obj))
             return True
+        if not name and req.method == "DELETE":
+            return self._delete_collection(conn, req, info, namespace)
         if not name:
             raise StatusError(405, "MethodNotAllowed",
                               "the server does not allow this method on the requested resource")
@@ -500,6 +502,30 @@ class ApiServer:
                 raise not_found(info, name)
             return 200, result
         return 200, store.replace(new, keep_status=True)
+
+    def _delete_collection(self, conn: Connection, req: Request, info: ResourceInfo,
+                           namespace: str) -> bool:
+        """DELETE on a collection: every object its selectors match; answers their list."""
+        flt = Filter.parse(info.kind, namespace or None, req.arg("labelSelector"),
+                           req.arg("fieldSelector"))
+        items, _ = self.backend.store.list_filtered(flt)
+        dry_run = bool(req.arg("dryRun")) or _delete_options_dry_run(req.body)
+        deleted = []
+        for obj in items:
+            meta = obj["metadata"]
+            if dry_run:
+                deleted.append(obj)
+                continue
+            try:
+                deleted.append(self.backend.delete_object(info.kind, meta.get("namespace", ""),
+                                                          meta["name"]))
+            except StatusError as err:
+                if err.code != 404:  # gone meanwhile: that is what we wanted
+                    raise
+        send_json(conn, 200, {"kind": f"{info.kind}List", "apiVersion": info.api_version,
+                              "metadata": {"resourceVersion": self.backend.store.resource_version},
+                              "items": deleted})
+        return True
 
     def _log(self, conn: Connection, req: Request, info: ResourceInfo, namespace: str,
              name: str) -> bool:
