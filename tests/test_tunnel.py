@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import ssl
+import struct
 import sys
 import threading
 import time
@@ -149,6 +150,8 @@ def test_twenty_concurrent_connections_share_two_threads(cluster: SimCluster,
         finally:
             for client in clients:
                 client.close()
+        wait_until(lambda: tunnel.active == 0)
+        assert tunnel.connections == 20 and tunnel.alive
 
 
 def test_connections_spliced_while_opening_wait_and_all_get_through(
@@ -162,6 +165,19 @@ def test_connections_spliced_while_opening_wait_and_all_get_through(
         finally:
             for client in clients:
                 client.close()
+
+
+@pytest.mark.parametrize("transport", ["spdy-ws", "spdy", "ws"])
+def test_client_reset_drops_only_its_connection(cluster: SimCluster, transport: str) -> None:
+    with tunnel_to(cluster, "echo", transport=transport) as tunnel:
+        rude = connect_through(tunnel, ECHO_PORT)
+        echo_once(rude, b"hello")
+        rude.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        rude.close()  # RST instead of FIN
+        wait_until(lambda: tunnel.active == 0)
+        assert tunnel.alive
+        with connect_through(tunnel, ECHO_PORT) as client:
+            echo_once(client, b"fine")
 
 
 def echo_transfer(tunnel: PodTunnel, size: int) -> tuple[str, str, int]:
