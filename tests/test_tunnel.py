@@ -339,6 +339,27 @@ def test_deleted_pod_closes_connections_and_kills_the_tunnel(cluster: SimCluster
         wait_until(lambda: tunnel.state == "dead")
 
 
+def test_api_server_restart_kills_the_tunnel_and_the_pool_replaces_it(
+        cluster: SimCluster) -> None:
+    died = threading.Event()
+    pool = TunnelPool(on_dead=lambda *key: died.set())
+    target = target_for(cluster)
+    try:
+        first = pool.get(target, "sim", NS, "echo")
+        with connect_through(first, ECHO_PORT) as client:
+            echo_once(client, b"before")
+            cluster.restart_apiserver()
+            assert read_all(client) == b""
+        assert died.wait(5)
+        assert not first.alive
+        second = pool.get(target, "sim", NS, "echo")
+        assert second is not first
+        with connect_through(second, ECHO_PORT) as client:
+            echo_once(client, b"after")
+    finally:
+        pool.close()
+
+
 # --- keepalive and fallback against a stub server ------------------------------------------
 
 
