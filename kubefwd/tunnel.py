@@ -9,7 +9,7 @@ Threads per tunnel, whatever the number of connections: one *pump* thread reads 
 socket of the tunnel (a selector) and writes DATA frames, opens and closes streams and sends
 keepalive pings; one *reader* thread parses frames from the API server and writes each DATA
 payload straight into its local socket. Only the v4 fallback adds a thread per connection.
-All local sockets are closed by the pump, so a descriptor is never reused under a reader.
+Local sockets are shut down and closed only by the pump; the reader only sends to them.
 """
 
 from __future__ import annotations
@@ -573,6 +573,18 @@ class PodTunnel:
         _close_local(conn.sock)
         self._ended()
 
+    def _remote_ended(self, conn: _Conn) -> None:
+        """The pod's side is done (pump thread): pass the EOF on; close if both are."""
+        if conn.closed:
+            return
+        if conn.local_done:
+            self._finish(conn)
+            return
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
     def _ended(self) -> None:
         self.active -= 1
         self._last_activity = time.monotonic()
@@ -714,12 +726,7 @@ class PodTunnel:
         if conn.error:  # the kubelet writes its error before it closes the streams
             self._forward_error(conn)
             return
-        if not conn.closed:
-            try:
-                conn.sock.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
-        self._post(lambda: self._finish(conn) if conn.local_done else None)
+        self._post(functools.partial(self._remote_ended, conn))
 
     def _forward_error(self, conn: _Conn) -> None:
         """The server could not forward this connection: drop it (as kubectl does) and stop
