@@ -273,6 +273,8 @@ def run(cluster: SimCluster, hosts: Path, tmp_path: Path) -> Iterator[Callable[.
     yield start
     for fwd in started:
         fwd.kill()
+        # Shown by pytest only when the test failed.
+        print(f"--- output of {' '.join(fwd.argv[3:])}\n{fwd.output}")
 
 
 def assert_foreign_lines_kept(hosts: Path) -> None:
