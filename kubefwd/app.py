@@ -31,7 +31,7 @@ from kubefwd.errors import (
     KubefwdError,
     PrivilegeError,
 )
-from kubefwd.forwarder import Forwarder, ListenPort
+from kubefwd.forwarder import Forwarder, ListenPort, PodBackoff
 from kubefwd.hosts import HostsWriter, default_backup_dir, remove_owned_lines
 from kubefwd.informer import Backoff, Informer
 from kubefwd.ipalloc import DEFAULT_BASE, IpAllocator
@@ -39,17 +39,17 @@ from kubefwd.kube import ClusterContext, KubeClient, load_contexts, watch_callab
 from kubefwd.loopback import LoopbackStrategy, loopback_strategy
 from kubefwd.output import Output
 from kubefwd.privileges import needs_root_reasons
-from kubefwd.registry import ForwardRemove, ForwardUpsert, HostsSnapshot, Registry
+from kubefwd.registry import (
+    ForwardKey,
+    ForwardRemove,
+    ForwardUpsert,
+    HostsSnapshot,
+    Registry,
+)
 from kubefwd.threads import StoppableThread
 from kubefwd.tunnel import ApiTarget, PodTunnel, TunnelPool
 
 log = logging.getLogger("kubefwd.app")
-
-# A pod whose tunnel keeps failing is avoided for 1 s, then 2, 4, … up to 5 minutes; the
-# delay resets once a connection through it works again.
-BACKOFF_INITIAL = 1.0
-BACKOFF_CAP = 300.0
-
 
 @dataclass
 class SvcOptions:
@@ -79,55 +79,13 @@ class SvcOptions:
     make_backup: bool = True
 
 
-class PodBackoff:
-    """Per-pod failure back-off: 1 s doubling to 5 min, reset on success. Thread-safe."""
-
-    def __init__(
-        self,
-        *,
-        initial: float = BACKOFF_INITIAL,
-        cap: float = BACKOFF_CAP,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.initial = initial
-        self.cap = cap
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._state: dict[Any, tuple[float, float]] = {}  # key -> (delay, not_before)
-
-    def failed(self, key: Any) -> float:
-        """Record a failure; returns how long the pod is now avoided."""
-        with self._lock:
-            delay, _ = self._state.get(key, (0.0, 0.0))
-            delay = self.initial if delay == 0 else min(delay * 2, self.cap)
-            self._state[key] = (delay, self._clock() + delay)
-            return delay
-
-    def succeeded(self, key: Any) -> None:
-        with self._lock:
-            self._state.pop(key, None)
-
-    def forget(self, key: Any) -> None:
-        self.succeeded(key)
-
-    def usable(self, key: Any) -> bool:
-        with self._lock:
-            state = self._state.get(key)
-        return state is None or self._clock() >= state[1]
-
-    def remaining(self, key: Any) -> float:
-        with self._lock:
-            state = self._state.get(key)
-        return 0.0 if state is None else max(0.0, state[1] - self._clock())
-
-
 @dataclass
 class _Forward:
     """What the app knows of one live forward (a service, or one pod of a headless one)."""
 
-    key: Any  # registry.ForwardKey
+    key: ForwardKey
     forwarder: Forwarder
-    upsert: Any  # the last registry.ForwardUpsert
+    upsert: ForwardUpsert  # as last announced by the registry
     announced: bool = False
     no_pod_since: float | None = None
     warned_no_pod: bool = False

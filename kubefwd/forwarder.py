@@ -24,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from kubefwd.errors import NetworkError
 from kubefwd.threads import StoppableThread
@@ -81,6 +81,54 @@ class ForwardStats:
     spliced: int = 0
     held: int = 0
     dropped: int = 0
+
+
+# A pod whose tunnel keeps failing is avoided for 1 s, then 2, 4, … up to 5 minutes; the
+# delay resets once a connection through it works again.
+BACKOFF_INITIAL = 1.0
+BACKOFF_CAP = 300.0
+
+
+class PodBackoff:
+    """Per-pod failure back-off: 1 s doubling to 5 min, reset on success. Thread-safe."""
+
+    def __init__(
+        self,
+        *,
+        initial: float = BACKOFF_INITIAL,
+        cap: float = BACKOFF_CAP,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.initial = initial
+        self.cap = cap
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._state: dict[Any, tuple[float, float]] = {}  # key -> (delay, not_before)
+
+    def failed(self, key: Any) -> float:
+        """Record a failure; returns how long the pod is now avoided."""
+        with self._lock:
+            delay, _ = self._state.get(key, (0.0, 0.0))
+            delay = self.initial if delay == 0 else min(delay * 2, self.cap)
+            self._state[key] = (delay, self._clock() + delay)
+            return delay
+
+    def succeeded(self, key: Any) -> None:
+        with self._lock:
+            self._state.pop(key, None)
+
+    def forget(self, key: Any) -> None:
+        self.succeeded(key)
+
+    def usable(self, key: Any) -> bool:
+        with self._lock:
+            state = self._state.get(key)
+        return state is None or self._clock() >= state[1]
+
+    def remaining(self, key: Any) -> float:
+        with self._lock:
+            state = self._state.get(key)
+        return 0.0 if state is None else max(0.0, state[1] - self._clock())
 
 
 def describe_holder(ip: str, port: int) -> str:

@@ -192,7 +192,7 @@ def test_port_in_use_is_a_clear_error_naming_the_address() -> None:
 
 
 def test_pod_backoff_doubles_to_the_cap_and_resets_on_success() -> None:
-    from kubefwd.app import PodBackoff
+    from kubefwd.forwarder import PodBackoff
 
     now = [100.0]
     backoff = PodBackoff(clock=lambda: now[0])
