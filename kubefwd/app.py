@@ -11,7 +11,9 @@ hosts writer (it removes our lines), undo loopback aliases.
 
 from __future__ import annotations
 
+import errno
 import functools
+import ipaddress
 import logging
 import os
 import signal
@@ -31,14 +33,14 @@ from kubefwd.errors import (
     KubefwdError,
     PrivilegeError,
 )
-from kubefwd.forwarder import Forwarder, ListenPort, PodBackoff
+from kubefwd.forwarder import BindError, Forwarder, ListenPort, PodBackoff
 from kubefwd.hosts import HostsWriter, default_backup_dir, remove_owned_lines
 from kubefwd.informer import Backoff, Informer
 from kubefwd.ipalloc import DEFAULT_BASE, IpAllocator
 from kubefwd.kube import ClusterContext, KubeClient, load_contexts, watch_callables
 from kubefwd.loopback import LoopbackStrategy, loopback_strategy
 from kubefwd.output import Output
-from kubefwd.privileges import needs_root_reasons
+from kubefwd.privileges import needs_root_reasons, unprivileged_port_start
 from kubefwd.registry import (
     ForwardKey,
     ForwardRemove,
@@ -117,6 +119,7 @@ class Kubefwd:
         self._pod_last_used: dict[tuple[str, str, str], float] = {}
         self._tunnel_bytes: dict[tuple[str, str, str], int] = {}
         self._shut_down = False
+        self._privileged_ports: dict[int, list[str]] = {}
 
     # -- whole-process entry ---------------------------------------------------------------
 
@@ -228,6 +231,7 @@ class Kubefwd:
             error = self._hosts.last_error
             raise error or HostsFileError(f"could not write the hosts file {o.hosts_path}")
         self._announce_all()
+        self._report_privileged_ports()
         self._housekeeper = _Housekeeper(self)
         self._housekeeper.start()
         with self._lock:
@@ -341,10 +345,35 @@ class Kubefwd:
             except KubefwdError as exc:
                 self.output.warning("%s", exc)
 
-    def _listen_ports(self, upsert: Any) -> list[ListenPort]:
+    def _listen_ports(self, upsert: ForwardUpsert) -> list[ListenPort]:
         return [ListenPort(p.port, p.local_port, p.name) for p in upsert.ports]
 
-    def _upsert(self, upsert: Any) -> None:
+    def _bind_errors(self, name: str, errors: list[BindError]) -> None:
+        for error in errors:
+            cause = error.__cause__
+            if isinstance(cause, OSError) and cause.errno == errno.EACCES and \
+                    not self.ready.is_set():
+                self._privileged_ports.setdefault(error.port, []).append(name)
+            else:
+                self.output.warning("%s: %s", name, error)
+
+    def _report_privileged_ports(self) -> None:
+        """One line for every port below 1024 we could not bind during start-up."""
+        if not self._privileged_ports:
+            return
+        ports = sorted(self._privileged_ports)
+        shown = ", ".join(
+            f"{port} ({', '.join(self._privileged_ports[port][:3])}"
+            f"{', ...' if len(self._privileged_ports[port]) > 3 else ''})" for port in ports
+        )
+        example = f"{ports[0]}:{ports[0] + 8000}"
+        self.output.warning(
+            "not forwarded without root: ports below %d need root or CAP_NET_BIND_SERVICE: "
+            "%s; run with sudo, or map them to high ports with -m (e.g. -m %s)",
+            unprivileged_port_start(), shown, example,
+        )
+
+    def _upsert(self, upsert: ForwardUpsert) -> None:
         name = str(upsert.key)
         with self._lock:
             if self._shut_down:
@@ -362,16 +391,15 @@ class Kubefwd:
             with self._lock:
                 self._forwards[name] = state
             forwarder.start()
-            for error in errors:
-                self.output.warning("%s: %s", name, error)
+            self._bind_errors(name, errors)
         else:
             old = state.upsert
             state.upsert = upsert
             if old.ip != upsert.ip or old.ports != upsert.ports:
                 if self._loopback is not None and old.ip != upsert.ip:
                     self._loopback.ensure(upsert.ip)
-                for error in state.forwarder.reconfigure(upsert.ip, self._listen_ports(upsert)):
-                    self.output.warning("%s: %s", name, error)
+                errors = state.forwarder.reconfigure(upsert.ip, self._listen_ports(upsert))
+                self._bind_errors(name, errors)
             state.forwarder.poke()
             if old.pods[:1] != upsert.pods[:1] and upsert.pods and self.ready.is_set():
                 self.output.debug("%s now goes to pod %s", name, upsert.pods[0].name)
@@ -388,8 +416,12 @@ class Kubefwd:
     def _announce(self, state: _Forward) -> None:
         state.announced = True
         u = state.upsert
-        ports = [str(p.local_port) for p in u.ports]
+        bound = set(state.forwarder.bound_ports())
+        ports = [str(p.local_port) for p in u.ports if p.local_port in bound]
         key = u.key
+        if not ports:
+            self.output.warning("%s: not forwarded: none of its ports could be bound", key)
+            return
         pod = f"{key.namespace}/{u.pods[0].name}" if u.pods else None
         if len(self._targets) > 1 and pod:
             pod = f"{key.context}/{pod}"
@@ -397,12 +429,13 @@ class Kubefwd:
 
     def _announce_all(self) -> None:
         with self._lock:
-            states = sorted(self._forwards.values(), key=lambda s: tuple(s.key))
+            states = sorted(self._forwards.values(),
+                            key=lambda s: (ipaddress.IPv4Address(s.upsert.ip), tuple(s.key)))
         for state in states:
             if not state.announced:
                 self._announce(state)
 
-    def _remove(self, key: Any) -> None:
+    def _remove(self, key: ForwardKey) -> None:
         name = str(key)
         with self._lock:
             state = self._forwards.pop(name, None)

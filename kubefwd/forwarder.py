@@ -153,8 +153,17 @@ def describe_holder(ip: str, port: int) -> str:
     return ""
 
 
+class BindError(NetworkError):
+    """A listener could not be bound; ``ip``/``port`` say where (the OSError is the cause)."""
+
+    def __init__(self, message: str, *, ip: str, port: int) -> None:
+        super().__init__(message)
+        self.ip = ip
+        self.port = port
+
+
 def bind_listener(ip: str, port: int) -> socket.socket:
-    """A non-blocking listening socket on ``ip:port``, or a ``NetworkError`` saying why not."""
+    """A non-blocking listening socket on ``ip:port``, or a ``BindError`` saying why not."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -165,21 +174,18 @@ def bind_listener(ip: str, port: int) -> socket.socket:
         sock.close()
         where = f"{ip}:{port}"
         if exc.errno == errno.EADDRINUSE:
-            raise NetworkError(
-                f"cannot listen on {where}: the address is already in use"
-                f"{describe_holder(ip, port)}"
-            ) from exc
-        if exc.errno == errno.EACCES:
-            raise NetworkError(
-                f"cannot listen on {where}: ports below 1024 need root "
-                "(or CAP_NET_BIND_SERVICE); run with sudo or map it with -m "
-                f"{port}:{port + 8000 if port + 8000 < 65536 else 8080}"
-            ) from exc
-        if exc.errno == errno.EADDRNOTAVAIL:
-            raise NetworkError(
-                f"cannot listen on {where}: {ip} is not configured on the loopback interface"
-            ) from exc
-        raise NetworkError(f"cannot listen on {where}: {exc.strerror or exc}") from exc
+            why = f"the address is already in use{describe_holder(ip, port)}"
+        elif exc.errno == errno.EACCES:
+            high = port + 8000 if port + 8000 < 65536 else 8080
+            why = (
+                f"port {port} needs root (or CAP_NET_BIND_SERVICE); run with sudo or map it "
+                f"to a high port with -m {port}:{high}"
+            )
+        elif exc.errno == errno.EADDRNOTAVAIL:
+            why = f"{ip} is not configured on the loopback interface"
+        else:
+            why = exc.strerror or str(exc)
+        raise BindError(f"cannot listen on {where}: {why}", ip=ip, port=port) from exc
     return sock
 
 
@@ -223,12 +229,12 @@ class Forwarder(StoppableThread):
         with self._lock:
             return sorted(self._listeners)
 
-    def bind(self) -> list[NetworkError]:
+    def bind(self) -> list[BindError]:
         """Bind every wanted port not yet bound; returns the errors (the rest still serve)."""
         with self._lock:
             return self._sync_listeners_locked()
 
-    def reconfigure(self, ip: str, ports: Sequence[ListenPort]) -> list[NetworkError]:
+    def reconfigure(self, ip: str, ports: Sequence[ListenPort]) -> list[BindError]:
         """New IP or ports: open what is new, close what is gone; returns bind errors."""
         with self._lock:
             if ip != self._ip:
@@ -252,8 +258,8 @@ class Forwarder(StoppableThread):
 
     # -- the thread ----------------------------------------------------------------------
 
-    def _sync_listeners_locked(self) -> list[NetworkError]:
-        errors: list[NetworkError] = []
+    def _sync_listeners_locked(self) -> list[BindError]:
+        errors: list[BindError] = []
         wanted = {p.local_port: p for p in self._wanted}
         for local_port in list(self._listeners):
             if local_port not in wanted:
@@ -265,7 +271,7 @@ class Forwarder(StoppableThread):
                 continue
             try:
                 sock = bind_listener(self._ip, local_port)
-            except NetworkError as exc:
+            except BindError as exc:
                 errors.append(exc)
                 continue
             self._listeners[local_port] = _Listener(spec, sock)

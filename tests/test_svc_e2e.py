@@ -13,7 +13,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -184,11 +184,12 @@ def try_http(ip: str, port: int) -> str | None:
 class Kubefwd:
     """``python -m kubefwd svc ...`` as a child process, with its output collected."""
 
-    def __init__(self, cluster: SimCluster, hosts: Path, *args: str, home: Path) -> None:
+    def __init__(self, cluster: SimCluster, hosts: Path, *args: str, home: Path,
+                 wrapper: Sequence[str] = ()) -> None:
         env = dict(os.environ, HOME=str(home), PYTHONUNBUFFERED="1")
         env.pop("SUDO_USER", None)
-        self.argv = [sys.executable, "-m", "kubefwd", "svc", "-c", str(cluster.kubeconfig_path),
-                     "--hosts-path", str(hosts), *args]
+        self.argv = [*wrapper, sys.executable, "-m", "kubefwd", "svc", "-c",
+                     str(cluster.kubeconfig_path), "--hosts-path", str(hosts), *args]
         self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, env=env)
         self.lines: list[str] = []
@@ -265,8 +266,8 @@ def hosts(tmp_path: Path) -> Path:
 def run(cluster: SimCluster, hosts: Path, tmp_path: Path) -> Iterator[Callable[..., Kubefwd]]:
     started: list[Kubefwd] = []
 
-    def start(*args: str, hosts_path: Path = hosts) -> Kubefwd:
-        fwd = Kubefwd(cluster, hosts_path, *args, home=tmp_path)
+    def start(*args: str, hosts_path: Path = hosts, wrapper: Sequence[str] = ()) -> Kubefwd:
+        fwd = Kubefwd(cluster, hosts_path, *args, home=tmp_path, wrapper=wrapper)
         started.append(fwd)
         return fwd
 
@@ -274,7 +275,7 @@ def run(cluster: SimCluster, hosts: Path, tmp_path: Path) -> Iterator[Callable[.
     for fwd in started:
         fwd.kill()
         # Shown by pytest only when the test failed.
-        print(f"--- output of {' '.join(fwd.argv[3:])}\n{fwd.output}")
+        print(f"--- output of {' '.join(fwd.argv)}\n{fwd.output}")
 
 
 def assert_foreign_lines_kept(hosts: Path) -> None:
@@ -725,6 +726,25 @@ def test_port_in_use_is_reported_and_the_rest_still_forwards(
         assert fwd.stop() == 0
     finally:
         blocker.close()
+    assert hosts.read_bytes() == ORIGINAL_HOSTS
+
+
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root")
+def test_low_ports_without_the_capability_are_named_in_one_warning(
+    run: Callable[..., Kubefwd], hosts: Path
+) -> None:
+    # Root without CAP_NET_BIND_SERVICE: it may write the hosts file but not bind port 80.
+    fwd = run("-n", "shop,payments", wrapper=["setpriv", "--bounding-set", "-net_bind_service"])
+    fwd.wait_ready()
+    line = fwd.wait_line(r"WARNING not forwarded without root")
+    assert re.search(r" 80 \(one/\w+/\w+, one/\w+/\w+\)", line), line
+    assert "one/shop/web" in line and "one/payments/api" in line and "-m 80:8080" in line
+    fwd.wait_line(r"WARNING one/shop/web: not forwarded: none of its ports could be bound")
+    assert not [x for x in fwd.lines if "Forwarding web" in x]
+    names = hosts_entries(hosts)
+    assert http_get(names["cart"], 8080).startswith("cart-")
+    assert fwd.stop() == 0
     assert hosts.read_bytes() == ORIGINAL_HOSTS
 
 
