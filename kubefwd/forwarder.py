@@ -368,7 +368,8 @@ class Forwarder(StoppableThread):
         if route is None:
             if not self._no_route_logged:
                 self._no_route_logged = True
-                log.info("%s: no ready pod right now; holding new connections for up to %gs",
+                log.info("%s: no pod to send to right now (none ready, or backing off); holding "
+                         "new connections for up to %gs",
                          self.key, self.hold_timeout)
             return False
         self._no_route_logged = False
