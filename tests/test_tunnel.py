@@ -130,8 +130,8 @@ def test_auto_prefers_spdy_in_websocket(cluster: SimCluster) -> None:
 
 
 @pytest.mark.parametrize("transport", ["spdy-ws", "spdy"])
-def test_twenty_concurrent_connections_share_two_threads(cluster: SimCluster,
-                                                         transport: str) -> None:
+def test_twenty_concurrent_connections_share_one_thread(cluster: SimCluster,
+                                                        transport: str) -> None:
     with tunnel_to(cluster, "echo", transport=transport) as tunnel:
         tunnel.open()
         clients = [connect_through(tunnel, ECHO_PORT) for _ in range(20)]
@@ -146,7 +146,7 @@ def test_twenty_concurrent_connections_share_two_threads(cluster: SimCluster,
                     assert chunk
                     got += chunk
                 assert got == want
-            assert len(tunnel_threads()) == 2, tunnel_threads()
+            assert tunnel_threads() == [f"tunnel {NS}/echo"]  # its loop; no opener left
         finally:
             for client in clients:
                 client.close()
@@ -267,7 +267,7 @@ def test_idle_tunnel_closes_its_session_and_reopens_on_demand(cluster: SimCluste
     with tunnel_to(cluster, "web", idle_timeout=0.2) as tunnel:
         assert http_get(tunnel) == b"web\n"
         wait_until(lambda: tunnel.state == "idle")
-        wait_until(lambda: tunnel_threads() == [])  # nothing left running while idle
+        assert tunnel_threads() == [f"tunnel {NS}/web"]  # only the loop it runs on
         assert tunnel.alive
         assert http_get(tunnel) == b"web\n"  # opens a new session
         assert tunnel.state == "open"
@@ -547,7 +547,7 @@ def test_pool_shares_tunnels_and_replaces_dead_ones(cluster: SimCluster) -> None
         first = pool.get(target, "sim", NS, "web")
         assert pool.get(target, "sim", NS, "web") is first
         assert http_get(first) == b"web\n"
-        first._die("simulated death")
+        first.kill("simulated death")
         wait_until(lambda: not first.alive)
         second = pool.get(target, "sim", NS, "web")
         assert second is not first

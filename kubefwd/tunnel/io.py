@@ -1,0 +1,274 @@
+"""Non-blocking byte plumbing for tunnels: the API connection, server WebSocket frames, and
+the local end of a forwarded connection.
+
+Everything here runs on a loop thread and never blocks. What a socket cannot take now is
+kept (``ApiConnection``: queued bytes; ``LocalConn``: views into the reader's buffer, which
+its owner leaves untouched until they are flushed) and sent when the socket is writable.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from kubefwd.tunnel.dial import AnySocket, close_quietly, hard_shutdown
+from kubefwd.wire import websocket as ws
+
+# Bytes of extended payload length after the second header byte, by its 7-bit length field.
+_EXTENDED = {126: 2, 127: 8}
+_WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+
+
+class ApiConnection:
+    """The upgraded connection to the API server, non-blocking (plain TCP or TLS).
+
+    TLS: the selector only sees the socket, not records OpenSSL has already decrypted, so a
+    reader must keep going while ``has_buffered()``. A TLS write that would block must be
+    retried with the same bytes; queued items are only ever retried whole, never merged.
+    """
+
+    def __init__(self, sock: AnySocket, initial: bytes) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.tls = isinstance(sock, ssl.SSLSocket)
+        self._initial = memoryview(initial) if initial else None
+        self._out: deque[memoryview] = deque()
+        self.queued = 0  # bytes waiting for the socket
+
+    def read_into(self, view: memoryview) -> int:
+        """Bytes read (> 0), 0 at the end of the connection, -1 when nothing is there now."""
+        if self._initial is not None:
+            n = min(len(view), len(self._initial))
+            view[:n] = self._initial[:n]
+            self._initial = self._initial[n:] if n < len(self._initial) else None
+            return n
+        try:
+            return self.sock.recv_into(view)
+        except _WOULD_BLOCK:
+            return -1
+        except ssl.SSLZeroReturnError:
+            return 0
+
+    def fill(self, view: memoryview) -> tuple[int, bool]:
+        """Read what is there, up to the size of ``view``: (bytes read, end of connection)."""
+        end, size = 0, len(view)
+        while end < size:
+            n = self.read_into(view[end:])
+            if n < 0:
+                break
+            if n == 0:
+                return end, True
+            end += n
+            if not self.tls and self._initial is None:
+                break  # a plain socket gave all it had
+        return end, False
+
+    def has_buffered(self) -> bool:
+        """Bytes readable without the socket becoming readable (TLS records, the prefix)."""
+        sock = self.sock
+        return self._initial is not None or (isinstance(sock, ssl.SSLSocket)
+                                             and sock.pending() > 0)
+
+    def send(self, data: Any, *, owned: bool = False) -> None:
+        """Send ``data`` or queue it (copied unless ``owned``); OSError when the connection
+        is gone."""
+        if self._out:
+            item = memoryview(data if owned else bytes(data))
+            self._out.append(item)
+            self.queued += len(item)
+            return
+        view = memoryview(data)
+        n = self._send(view)
+        if n < len(view):
+            rest = view[n:] if owned else memoryview(bytes(view[n:]))
+            self._out.append(rest)
+            self.queued += len(rest)
+
+    def flush(self) -> bool:
+        """Send queued bytes; True once nothing is left. OSError when the connection is gone."""
+        out = self._out
+        while out:
+            head = out[0]
+            n = self._send(head)
+            self.queued -= n
+            if n < len(head):
+                if n:
+                    out[0] = head[n:]
+                return False
+            out.popleft()
+        return True
+
+    def _send(self, view: memoryview) -> int:
+        try:
+            return self.sock.send(view)
+        except _WOULD_BLOCK:
+            return 0
+
+    def shutdown(self) -> None:
+        hard_shutdown(self.sock)
+
+    def close(self) -> None:
+        self._out.clear()
+        self.queued = 0
+        close_quietly(self.sock)
+
+
+def masked_message(payload: Any) -> bytes:
+    """One binary WebSocket message as a client sends it (masked)."""
+    return ws.encode_frame(ws.OP_BINARY, payload, masked=True)
+
+
+class WsReader:
+    """Incremental parser of the frames a WebSocket server sends (never masked).
+
+    ``feed`` takes whatever bytes arrived; payload bytes of data frames go to
+    ``on_data(piece, first)`` (``first``: the piece starts a message), as views into the
+    caller's buffer; control frames are gathered and passed whole to ``on_control``.
+    """
+
+    def __init__(self, on_data: Callable[[memoryview, bool], None],
+                 on_control: Callable[[int, bytes], None]) -> None:
+        self.on_data = on_data
+        self.on_control = on_control
+        self.closed = False  # a close frame arrived
+        self._head = bytearray()
+        self._left = 0
+        self._first = False
+        self._control: bytearray | None = None
+        self._control_op = 0
+
+    def feed(self, data: memoryview) -> None:
+        pos, n = 0, len(data)
+        while pos < n and not self.closed:
+            if self._left:
+                take = min(self._left, n - pos)
+                piece = data[pos:pos + take]
+                pos += take
+                self._left -= take
+                if self._control is None:
+                    first, self._first = self._first, False
+                    self.on_data(piece, first)
+                else:
+                    self._control += piece
+                    if not self._left:
+                        self._end_control()
+                continue
+            head = self._head
+            need = 2 if len(head) < 2 else 2 + _EXTENDED.get(head[1] & 0x7F, 0)
+            take = min(need - len(head), n - pos)
+            head += data[pos:pos + take]
+            pos += take
+            if len(head) >= 2 and len(head) == 2 + _EXTENDED.get(head[1] & 0x7F, 0):
+                self._start_frame()
+
+    def _start_frame(self) -> None:
+        head = self._head
+        b0, b1 = head[0], head[1]
+        if b0 & 0x70 or b1 & 0x80:
+            raise ws.WebSocketError("reserved bits or a mask on a frame from the server")
+        length = b1 & 0x7F
+        if length >= 126:
+            length = int.from_bytes(head[2:], "big")
+        head.clear()
+        opcode = b0 & 0x0F
+        self._left = length
+        if opcode in (ws.OP_BINARY, ws.OP_TEXT, ws.OP_CONTINUATION):
+            self._control = None
+            if opcode != ws.OP_CONTINUATION:
+                self._first = True
+        elif opcode in (ws.OP_PING, ws.OP_PONG, ws.OP_CLOSE):
+            if length > 125:
+                raise ws.WebSocketError("control frame too long")
+            self._control = bytearray()
+            self._control_op = opcode
+            if not length:
+                self._end_control()
+        else:
+            raise ws.WebSocketError(f"unexpected WebSocket opcode {opcode}")
+
+    def _end_control(self) -> None:
+        payload = bytes(self._control or b"")
+        self._control = None
+        if self._control_op == ws.OP_CLOSE:
+            self.closed = True
+        self.on_control(self._control_op, payload)
+
+
+class LocalConn:
+    """The local end of one forwarded TCP connection (non-blocking) and its state."""
+
+    __slots__ = (
+        "closed",
+        "data_id",
+        "error",
+        "error_id",
+        "handler",
+        "local_done",
+        "pending",
+        "port",
+        "remote_done",
+        "rid",
+        "sock",
+    )
+
+    def __init__(self, sock: socket.socket, port: int, rid: int) -> None:
+        self.sock = sock
+        self.port = port
+        self.rid = rid
+        self.error_id = 0
+        self.data_id = 0
+        self.local_done = False  # local EOF seen (and passed on)
+        self.remote_done = False  # the pod's side ended
+        self.error = b""
+        self.closed = False
+        self.pending: deque[memoryview] = deque()  # bytes the socket could not take yet
+        self.handler: Callable[[int], None] | None = None  # its owner's event handler
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+    def write(self, data: memoryview) -> None:
+        """Send what the socket takes now, keep the rest; OSError when the client is gone."""
+        if self.pending:
+            self.pending.append(data)
+            return
+        try:
+            n = self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        if n < len(data):
+            self.pending.append(data[n:])
+
+    def flush(self) -> bool:
+        """Send what was kept; True once nothing is left. OSError when the client is gone."""
+        pending = self.pending
+        while pending:
+            head = pending[0]
+            try:
+                n = self.sock.send(head)
+            except (BlockingIOError, InterruptedError):
+                return False
+            if n < len(head):
+                pending[0] = head[n:]
+                return False
+            pending.popleft()
+        return True
+
+    def close(self) -> None:
+        self.closed = True
+        self.pending.clear()
+        close_local(self.sock)
+
+
+def close_local(sock: socket.socket) -> None:
+    """Close a local socket (a FIN to the client, or an RST if it still sent us data)."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    close_quietly(sock)

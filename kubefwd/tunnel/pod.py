@@ -1,0 +1,483 @@
+"""``PodTunnel``: every TCP connection forwarded to one pod, over one port-forward session.
+
+A tunnel is a state machine without threads of its own: it lives on a ``Loop`` (the one of
+the forwarder that sends it connections) and every socket it has is driven by that loop.
+Only dialing blocks (TCP, TLS, the upgrade, maybe an exec credential plugin), so each dial
+runs on a short-lived opener thread that hands the upgraded connection back to the loop.
+A tunnel made without a loop runs one of its own on a thread (tests and tools).
+
+States: idle (no session) → opening → open → dead (a failure; the pool replaces it) or back
+to idle after ``idle_timeout`` without connections; closed for good by ``close()``. A tunnel
+that retires (a stream reported an error, GOAWAY, a planned replacement) takes no new
+connections but carries the ones it has to their end, as kubectl does.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from kubefwd.errors import TunnelError
+from kubefwd.tunnel.dial import (
+    FINAL_STATUSES,
+    TRANSPORTS,
+    AnySocket,
+    UpgradeRefused,
+    close_quietly,
+    dial_v4,
+    hard_shutdown,
+    negotiate,
+)
+from kubefwd.tunnel.io import LocalConn, close_local
+from kubefwd.tunnel.loop import Loop, LoopThread, Timer
+from kubefwd.tunnel.spdy_client import SpdySession
+from kubefwd.tunnel.target import ApiTarget
+from kubefwd.tunnel.ws_v4 import V4Link
+
+log = logging.getLogger("kubefwd.tunnel")
+
+# Default seconds between keepalive pings; no frame at all for two intervals = dead.
+PING_INTERVAL = 7.0
+# Default seconds without any connection after which a tunnel closes its session; the next
+# connection reopens it, which costs one TLS handshake and one upgrade.
+IDLE_TIMEOUT = 120.0
+
+_IDLE, _OPENING, _OPEN, _DEAD, _CLOSED = "idle", "opening", "open", "dead", "closed"
+
+_Dialed = tuple[str, AnySocket | None, bytes]
+
+
+class PodTunnel:
+    """One multiplexed port-forward connection to one pod; see the module docstring.
+
+    Thread-safe entry points: ``splice``, ``open``, ``retire``, ``kill``, ``close`` and the
+    counters; everything else runs on the loop thread.
+    """
+
+    def __init__(self, target: ApiTarget, namespace: str, pod: str, *,
+                 transport: str = "auto",
+                 on_dead: Callable[[PodTunnel], None] | None = None,
+                 ping_interval: float = PING_INTERVAL, open_timeout: float = 10.0,
+                 idle_timeout: float = IDLE_TIMEOUT, prefer: str = "",
+                 loop: Loop | None = None) -> None:
+        if transport not in TRANSPORTS:
+            raise ValueError(f"unknown transport {transport!r}; one of {', '.join(TRANSPORTS)}")
+        self.target = target
+        self.namespace = namespace
+        self.pod = pod
+        self.transport = transport
+        self.on_dead = on_dead
+        self.ping_interval = ping_interval
+        self.open_timeout = open_timeout
+        # Close the session after this many seconds without a connection (0: never).
+        self.idle_timeout = idle_timeout
+        # With "auto": start negotiating at this transport (one that worked before).
+        self.prefer = prefer
+        self.on_open: Callable[[PodTunnel], None] | None = None
+        self.transport_name = ""  # what was negotiated: spdy-ws, spdy or ws
+        self.alive = True
+        self.last_error: TunnelError | None = None
+        self.bytes_in = 0  # delivered from the pod to local clients
+        self.bytes_out = 0  # read from local clients and sent to the pod
+        self.connections = 0  # connections spliced so far
+        self.sessions = 0  # sessions opened so far (more than one after idle closes)
+        self.active = 0  # connections open now
+        self._label = f"{namespace}/{pod}"
+        self._path = f"/api/v1/namespaces/{namespace}/pods/{pod}/portforward"
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._state = _IDLE
+        self._opens = 0  # times the tunnel became open
+        self._retiring = False
+        self._reported = False
+        self._pending: list[tuple[socket.socket, int]] = []  # spliced while opening
+        self._session: SpdySession | None = None
+        self._links: set[V4Link] = set()
+        self._dialing: dict[int, LocalConn | None] = {}  # opener ident -> its connection
+        self._dial_socks: dict[int, AnySocket] = {}
+        self._openers: dict[int, threading.Thread] = {}
+        self._next_request = 0
+        self._idle_timer: Timer | None = None
+        self._thread: LoopThread | None = None
+        self._own_loop = loop is None
+        self.loop = loop if loop is not None else Loop(f"tunnel {self._label}")
+        if not self.loop.attach(self):
+            self._state = _CLOSED
+            self.alive = False
+
+    # -- any thread ------------------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        return f"<PodTunnel {self._label} {self._state} {self.transport_name}>"
+
+    @property
+    def state(self) -> str:
+        """idle, opening, open, dead or closed."""
+        return self._state
+
+    @property
+    def retiring(self) -> bool:
+        """True once the tunnel takes no new connections but still carries some."""
+        return self._retiring and self._state == _OPEN
+
+    def splice(self, local: socket.socket, port: int) -> None:
+        """Take ownership of a connected local socket and relay it to ``port`` of the pod.
+
+        Returns at once. If the tunnel is dead or closed, or fails to open, the socket is
+        closed (the caller routes the next connection elsewhere).
+        """
+        if not self._submit(functools.partial(self._splice, local, port)):
+            close_local(local)
+
+    def open(self, timeout: float | None = None) -> None:
+        """Connect now (if not yet); raises TunnelError when the tunnel cannot be opened.
+
+        On the loop thread itself this only starts opening (it cannot wait for itself).
+        """
+        if timeout is not None:
+            self.open_timeout = timeout
+        in_loop = self.loop.in_loop() and not self._own_loop
+        with self._lock:
+            opens = self._opens
+        while True:
+            with self._lock:
+                state = self._state
+                if state == _OPEN or self._opens > opens:
+                    return
+                if state == _CLOSED:
+                    raise TunnelError(f"tunnel to {self._label} is closed")
+                if state == _DEAD:
+                    raise self.last_error or TunnelError(f"tunnel to {self._label} is dead")
+            if state == _IDLE and not self._submit(self._request_open):
+                raise TunnelError(f"tunnel to {self._label} is closed")
+            if in_loop:
+                return
+            with self._lock:
+                if self._state in (_IDLE, _OPENING) and self._opens == opens:
+                    self._changed.wait(1.0)
+
+    def retire(self, reason: str, *, report: bool = True) -> None:
+        """Take no new connections; end once the last one is done.
+
+        ``report``: call ``on_dead`` (the pod misbehaved), not for a planned replacement.
+        """
+        with self._lock:
+            if self._state != _OPEN or self._retiring:
+                return
+            self._retiring = True
+            self.alive = False
+        self.last_error = TunnelError(f"tunnel to {self._label}: {reason}")
+        log.debug("tunnel to %s retires: %s", self._label, reason)
+        self._submit(functools.partial(self._retired, report))
+
+    def kill(self, reason: str) -> None:
+        """Declare the tunnel dead now: every connection on it is cut."""
+        self._submit(functools.partial(self._die, reason))
+
+    def close(self) -> None:
+        """Close every connection of the tunnel and wait for its threads."""
+        if self.loop.in_loop():
+            self._close_now()
+        else:
+            done = threading.Event()
+
+            def close_and_tell() -> None:
+                try:
+                    self._close_now()
+                finally:
+                    done.set()
+
+            if self.loop.call_soon(close_and_tell):
+                done.wait(15.0)
+        thread = self._thread
+        if thread is not None:
+            thread.stop_and_join()
+
+    def loop_closed(self) -> None:
+        """The loop ends (its forwarder stopped): close."""
+        self._close_now()
+
+    def _submit(self, fn: Callable[[], None]) -> bool:
+        """Run ``fn`` on the loop thread (starting our own, if we have one); False when the
+        loop is closed."""
+        if self._own_loop and self._thread is None:
+            with self._lock:
+                if self._thread is None and self._state != _CLOSED:
+                    self._thread = LoopThread(self.loop, f"tunnel {self._label}")
+                    self._thread.start()
+        return self.loop.call_soon(fn)
+
+    def _set_state(self, state: str) -> None:
+        with self._lock:
+            self._state = state
+            if state == _OPEN:
+                self._opens += 1
+            if state in (_DEAD, _CLOSED):
+                self.alive = False
+            self._changed.notify_all()
+
+    # -- opening (loop thread) -------------------------------------------------------------
+
+    def _splice(self, local: socket.socket, port: int) -> None:
+        state = self._state
+        if state in (_IDLE, _OPENING):
+            self._pending.append((local, port))
+            if state == _IDLE:
+                self._begin_opening()
+            return
+        if state == _OPEN and not self._retiring:
+            self._start_conn(local, port)
+            return
+        log.debug("tunnel %s is %s; dropping a connection", self._label, state)
+        close_local(local)
+
+    def _request_open(self) -> None:
+        if self._state == _IDLE:
+            self._begin_opening()
+
+    def _begin_opening(self) -> None:
+        self._cancel_idle()
+        self._set_state(_OPENING)
+        self._start_opener(f"tunnel-open {self._label}", self._dial_session, None)
+
+    def _start_opener(self, name: str, dial: Callable[[Callable[[Any], None]], Any],
+                      conn: LocalConn | None) -> None:
+        thread = threading.Thread(target=self._opener_main, args=(dial,), name=name,
+                                  daemon=True)
+        thread.start()
+        assert thread.ident is not None
+        self._openers[thread.ident] = thread
+        self._dialing[thread.ident] = conn
+
+    def _opener_main(self, dial: Callable[[Callable[[Any], None]], Any]) -> None:
+        """On an opener thread: dial, then hand the outcome to the loop."""
+        ident = threading.get_ident()
+        result: Any = None
+        error: TunnelError | None = None
+        try:
+            result = dial(functools.partial(self._track, ident))
+        except TunnelError as e:
+            error = e
+        except Exception as e:  # a bug must not leave the tunnel opening forever
+            log.exception("tunnel %s: opening failed", self._label)
+            error = TunnelError(f"opening failed: {e}")
+        if not self.loop.call_soon(functools.partial(self._dialed, ident, result, error)):
+            _close_result(result)
+
+    def _track(self, ident: int, sock: AnySocket | None) -> None:
+        """Opener threads: the socket being dialed, so that ``close`` can cut it."""
+        with self._lock:
+            if sock is None:
+                self._dial_socks.pop(ident, None)
+            else:
+                self._dial_socks[ident] = sock
+            closed = self._state == _CLOSED
+        if sock is not None and closed:
+            hard_shutdown(sock)
+
+    def _dial_session(self, track: Callable[[Any], None]) -> _Dialed:
+        return negotiate(self.target, self._path, transport=self.transport,
+                         prefer=self.prefer, timeout=self.open_timeout, track=track,
+                         label=self._label)
+
+    def _dialed(self, ident: int, result: Any, error: TunnelError | None) -> None:
+        thread = self._openers.pop(ident, None)
+        conn = self._dialing.pop(ident, None)
+        if thread is not None:
+            thread.join(5.0)  # it has handed over and is returning
+        if conn is not None:
+            self._v4_dialed(conn, result, error)
+        elif self._state != _OPENING:  # closed meanwhile
+            _close_result(result)
+        elif error is not None:
+            self._open_failed(error)
+        else:
+            self._session_opened(result)
+
+    def _session_opened(self, dialed: _Dialed) -> None:
+        name, sock, rest = dialed
+        self.sessions += 1
+        self.transport_name = name
+        if self.transport == "auto":
+            self.prefer = name  # reopening after an idle close: start with what worked
+        if sock is not None:
+            self._session = SpdySession(self, self.loop, sock, rest,
+                                        websocket=name == "spdy-ws",
+                                        ping_interval=self.ping_interval)
+            self._session.start()
+        self._set_state(_OPEN)
+        log.debug("tunnel %s open over %s", self._label, name)
+        if self.on_open is not None:
+            self.on_open(self)
+        pending, self._pending = self._pending, []
+        for local, port in pending:
+            self._start_conn(local, port)
+        self._arm_idle()
+
+    def _open_failed(self, error: TunnelError) -> None:
+        self.last_error = error
+        self._set_state(_DEAD)
+        pending, self._pending = self._pending, []
+        for local, _port in pending:
+            close_local(local)
+        log.warning("port-forward to %s: %s", self._label, error)
+        self._report_dead()
+
+    # -- connections (loop thread) ---------------------------------------------------------
+
+    def _start_conn(self, local: socket.socket, port: int) -> None:
+        conn = LocalConn(local, port, self._next_request)
+        self._next_request += 1
+        self.connections += 1
+        self.active += 1
+        self._cancel_idle()
+        if self._session is not None:
+            self._session.add(conn)
+            return
+        path, target, timeout = self._path, self.target, self.open_timeout
+
+        def dial(track: Callable[[Any], None]) -> tuple[AnySocket, bytes]:
+            return dial_v4(target, path, port, timeout=timeout, track=track)
+
+        self._start_opener(f"tunnel-ws {self._label}#{conn.rid}", dial, conn)
+
+    def _v4_dialed(self, conn: LocalConn, result: Any, error: TunnelError | None) -> None:
+        if conn.closed or self._state != _OPEN:
+            _close_result(result)
+            if not conn.closed:
+                conn.close()
+                self._conn_ended()
+            return
+        if error is not None:
+            log.warning("port-forward to %s port %d: %s", self._label, conn.port, error)
+            conn.close()
+            if isinstance(error, UpgradeRefused) and error.status in FINAL_STATUSES:
+                self.last_error = error
+                self._die(str(error))
+            else:
+                self._conn_ended()
+            return
+        sock, rest = result
+        link = V4Link(self, self.loop, conn, sock, rest)
+        self._links.add(link)
+        link.start()
+
+    def _link_ended(self, link: V4Link) -> None:
+        self._links.discard(link)
+        self._conn_ended()
+
+    def _conn_ended(self) -> None:
+        self.active -= 1
+        if self._retiring and self.active <= 0:
+            self._die("retired", quiet=True)
+        else:
+            self._arm_idle()
+
+    def _forward_error(self, port: int, message: str) -> None:
+        """A connection got the kubelet's error text: retire the tunnel (as kubectl
+        stops using such a connection)."""
+        log.warning("port-forward to %s port %d: %s", self._label, port, message)
+        self.retire(message)
+
+    def _session_lost(self, session: SpdySession, reason: str) -> None:
+        if session is self._session:
+            self._die(reason)
+
+    # -- idle, retirement, death (loop thread) ---------------------------------------------
+
+    def _arm_idle(self) -> None:
+        if (self.idle_timeout > 0 and self.active <= 0 and self._state == _OPEN
+                and not self._retiring and self._idle_timer is None):
+            self._idle_timer = self.loop.call_later(self.idle_timeout, self._idle_check)
+
+    def _cancel_idle(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    def _idle_check(self) -> None:
+        """No connection for ``idle_timeout``: end the session (buffers, the API
+        connection); the next splice opens a new one."""
+        self._idle_timer = None
+        if self._state != _OPEN or self.active > 0 or self._retiring:
+            return
+        log.debug("tunnel %s idle: closing its session", self._label)
+        self._teardown()
+        self._set_state(_IDLE)
+
+    def _retired(self, report: bool) -> None:
+        if report:
+            self._report_dead()
+        else:
+            self._reported = True
+        if self.active <= 0:
+            self._die("retired", quiet=True)
+
+    def _die(self, reason: str, *, quiet: bool = False) -> None:
+        if self._state != _OPEN:
+            return
+        self._set_state(_DEAD)
+        if not quiet:
+            self.last_error = TunnelError(f"tunnel to {self._label}: {reason}")
+            log.warning("tunnel to %s died: %s", self._label, reason)
+        self._teardown()
+        self._report_dead()
+
+    def _teardown(self) -> None:
+        """Close the session and every connection on it."""
+        self._cancel_idle()
+        session, self._session = self._session, None
+        if session is not None:
+            session.close()
+        for link in list(self._links):
+            link.close()
+        self._links.clear()
+        for ident, conn in list(self._dialing.items()):
+            if conn is not None:
+                conn.close()
+                sock = self._dial_socks.get(ident)
+                if sock is not None:
+                    hard_shutdown(sock)
+        self.active = 0
+
+    def _report_dead(self) -> None:
+        if self._reported:
+            return
+        self._reported = True
+        if self.on_dead is not None:
+            try:
+                self.on_dead(self)
+            except Exception:
+                log.exception("on_dead callback failed")
+
+    def _close_now(self) -> None:
+        """Close for good (loop thread, or any thread once the loop is gone)."""
+        if self._state == _CLOSED:
+            return
+        self._set_state(_CLOSED)
+        pending, self._pending = self._pending, []
+        for local, _port in pending:
+            close_local(local)
+        with self._lock:
+            dialing = list(self._dial_socks.values())
+        for sock in dialing:
+            hard_shutdown(sock)
+        self._teardown()
+        for thread in list(self._openers.values()):
+            if thread is not threading.current_thread():
+                thread.join(10.0)
+        self._openers.clear()
+        self._dialing.clear()
+        self.loop.detach(self)
+
+
+def _close_result(result: Any) -> None:
+    """Close the socket of a dial whose outcome nobody wants any more."""
+    if isinstance(result, tuple):
+        for item in result:
+            if isinstance(item, socket.socket):
+                close_quietly(item)

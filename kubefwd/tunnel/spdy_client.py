@@ -1,0 +1,477 @@
+"""The client end of a SPDY/3.1 port-forward session, driven by a loop (no threads).
+
+Per forwarded connection an error stream and a data stream, with half-close both ways. The
+session reads the API connection into one buffer, parses SPDY frames incrementally (out of
+WebSocket binary messages for SPDY-in-WebSocket) and writes DATA payloads straight into the
+local sockets; it reads local sockets into DATA frames. Back-pressure, per session: while a
+local socket cannot take what arrived, the API connection is not read (what was read stays
+in the buffer, nothing is copied); while the API connection has too much queued, the local
+sockets are not read.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import socket
+import struct
+import time
+import zlib
+from typing import TYPE_CHECKING, Any
+
+from kubefwd.tunnel.dial import AnySocket
+from kubefwd.tunnel.io import ApiConnection, LocalConn, WsReader, masked_message
+from kubefwd.tunnel.loop import READ, WRITE, Loop, Timer
+from kubefwd.wire import spdy as wire_spdy
+from kubefwd.wire import websocket as ws
+
+if TYPE_CHECKING:
+    from kubefwd.tunnel.pod import PodTunnel
+
+log = logging.getLogger(__name__)
+
+# Buffers start small (an idle tunnel costs little memory) and grow on the first bulk
+# transfer: a local read carries up to CHUNK bytes into one DATA frame; the API connection is
+# read READ_BUFFER bytes at a time.
+SMALL = 16 * 1024
+CHUNK = 256 * 1024
+READ_BUFFER = 1 << 20
+# Bytes queued toward the API server above which local sockets are not read.
+API_HIGH_WATER = 1 << 20
+# Buffer fills per readiness of the API connection before other sockets get a turn.
+_READ_ROUNDS = 4
+
+_FIN = wire_spdy.FLAG_FIN
+_HEADER = struct.Struct(">II")
+
+
+class HeaderCompressor:
+    """Our side's SPDY header compression, with a small window and little memory (about
+    12 KiB instead of 90 KiB a session): our header blocks are a few dozen bytes, and any
+    zlib reader takes a smaller window than its own."""
+
+    def __init__(self) -> None:
+        self._z = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, 11, 1,
+                                   zlib.Z_DEFAULT_STRATEGY, wire_spdy.DICTIONARY)
+
+    def compress(self, headers: dict[str, str]) -> bytes:
+        raw = wire_spdy.encode_header_block(headers)
+        return self._z.compress(raw) + self._z.flush(zlib.Z_SYNC_FLUSH)
+
+
+class SpdySession:
+    """One SPDY session to one pod, living on ``loop``; reports to its ``PodTunnel``."""
+
+    def __init__(self, tunnel: PodTunnel, loop: Loop, sock: AnySocket, initial: bytes, *,
+                 websocket: bool, ping_interval: float) -> None:
+        self.tunnel = tunnel
+        self.loop = loop
+        self.api = ApiConnection(sock, initial)
+        self.ws = WsReader(self._ws_data, self._ws_control) if websocket else None
+        self.ping_interval = ping_interval
+        self.closed = False
+        self.conns: set[LocalConn] = set()
+        self._streams: dict[int, LocalConn] = {}  # error and data stream ids
+        self._compress = HeaderCompressor()
+        self._decompress = wire_spdy.HeaderDecompressor()
+        self._next_stream = 1
+        self._next_ping = 1
+        self._rx = bytearray(SMALL)
+        self._tx = bytearray(8 + SMALL)
+        self._blocked: set[LocalConn] = set()  # local sockets holding undelivered bytes
+        self._api_full = False
+        self._last_rx = time.monotonic()
+        self._ping_timer: Timer | None = None
+        self._read_soon = False
+        # Frame parser state: a partial header, the DATA payload still to come, or a
+        # control frame being gathered.
+        self._head = bytearray()
+        self._left = 0
+        self._data_id = 0
+        self._data_fin = False
+        self._ctrl: bytearray | None = None
+        self._ctrl_left = 0
+        self._ctrl_kind = 0
+
+    # -- life ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._update_api()
+        if self.ping_interval > 0:
+            self._ping_timer = self.loop.call_later(self.ping_interval, self._keepalive)
+        self._schedule_read()  # bytes that came with the 101, if any
+
+    def close(self) -> int:
+        """Tear down (loop thread): the API connection and every local socket. Returns how
+        many connections were still open."""
+        if self.closed:
+            return 0
+        self.closed = True
+        if self._ping_timer is not None:
+            self._ping_timer.cancel()
+        self.loop.forget(self.api.sock)
+        self.api.close()
+        conns = list(self.conns)
+        for conn in conns:
+            self.loop.forget(conn.sock)
+            conn.close()
+        self.conns.clear()
+        self._streams.clear()
+        self._blocked.clear()
+        return len(conns)
+
+    def _lost(self, reason: str) -> None:
+        if not self.closed:
+            self.tunnel._session_lost(self, reason)
+
+    # -- connections -----------------------------------------------------------------------
+
+    def add(self, conn: LocalConn) -> None:
+        """Open the stream pair of a new connection and start relaying it."""
+        conn.error_id, conn.data_id = self._next_stream, self._next_stream + 2
+        self._next_stream += 4
+        self._streams[conn.error_id] = conn
+        self._streams[conn.data_id] = conn
+        self.conns.add(conn)
+        headers = {"streamtype": "error", "port": str(conn.port), "requestid": str(conn.rid)}
+        frames = [self._syn_stream(conn.error_id, headers),
+                  _HEADER.pack(conn.error_id, _FIN << 24)]
+        headers["streamtype"] = "data"
+        frames.append(self._syn_stream(conn.data_id, headers))
+        self._send(b"".join(frames), owned=True)
+        self._update_local(conn)
+
+    def _syn_stream(self, stream_id: int, headers: dict[str, str]) -> bytes:
+        return wire_spdy.syn_stream_frame(stream_id, self._compress.compress(headers))
+
+    def _update_local(self, conn: LocalConn) -> None:
+        if conn.closed:
+            return
+        events = 0 if conn.local_done or self._api_full else READ
+        if conn.pending:
+            events |= WRITE
+        if conn.handler is None:
+            conn.handler = functools.partial(self._on_local, conn)
+        self.loop.set_events(conn.sock, events, conn.handler)
+
+    def _forget(self, conn: LocalConn) -> None:
+        conn.closed = True
+        self.loop.forget(conn.sock)
+        self.conns.discard(conn)
+        self._streams.pop(conn.data_id, None)
+        self._streams.pop(conn.error_id, None)
+        if conn in self._blocked:
+            self._blocked.discard(conn)
+            if not self._blocked:
+                self._unblocked()
+
+    def finish(self, conn: LocalConn) -> None:
+        """Both directions ended: close the local socket."""
+        if conn.closed:
+            return
+        self._forget(conn)
+        conn.close()
+        self.tunnel._conn_ended()
+
+    def abort(self, conn: LocalConn, *, reset: bool) -> None:
+        """Cut a connection now; with ``reset`` tell the server to drop its streams."""
+        if conn.closed:
+            return
+        self._forget(conn)
+        conn.close()
+        if reset and not self.closed:
+            self._send(wire_spdy.rst_stream_frame(conn.data_id, wire_spdy.CANCEL)
+                       + wire_spdy.rst_stream_frame(conn.error_id, wire_spdy.CANCEL), owned=True)
+        self.tunnel._conn_ended()
+
+    def _on_local(self, conn: LocalConn, mask: int) -> None:
+        if mask & WRITE:
+            try:
+                flushed = conn.flush()
+            except OSError:
+                self.abort(conn, reset=True)
+                return
+            if flushed:
+                if conn.remote_done:
+                    self._remote_ended(conn)
+                if conn.closed:
+                    return
+                self._update_local(conn)
+                if conn in self._blocked:
+                    self._blocked.discard(conn)
+                    if not self._blocked:
+                        self._unblocked()
+        if mask & READ and not conn.closed:
+            self._local_readable(conn)
+
+    def _local_readable(self, conn: LocalConn) -> None:
+        buf = self._tx
+        view = memoryview(buf)
+        try:
+            n = conn.sock.recv_into(view[8:])
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            n = -1
+        if n > 0:
+            # The header goes in front of the payload in the same buffer: one write, no copy.
+            _HEADER.pack_into(buf, 0, conn.data_id, n)
+            self._send(view[:8 + n], owned=False)
+            self.tunnel.bytes_out += n
+            if n == len(buf) - 8 and n < CHUNK:
+                self._tx = bytearray(8 + CHUNK)  # a bulk upload: bigger frames
+        elif n == 0:
+            conn.local_done = True
+            self._send(_HEADER.pack(conn.data_id, _FIN << 24), owned=True)
+            if conn.remote_done and not conn.pending:
+                self.finish(conn)
+            else:
+                self._update_local(conn)
+        else:
+            self.abort(conn, reset=True)
+
+    # -- the API connection ----------------------------------------------------------------
+
+    def _send(self, data: Any, *, owned: bool) -> None:
+        if self.closed:
+            return
+        if self.ws is not None:
+            data = masked_message(data)
+            owned = True
+        try:
+            self.api.send(data, owned=owned)
+        except OSError as e:
+            self._lost(f"connection to the API server lost ({e})")
+            return
+        if self.api.queued:
+            self._update_api()
+            if self.api.queued > API_HIGH_WATER and not self._api_full:
+                self._api_full = True
+                for conn in list(self.conns):
+                    self._update_local(conn)
+
+    def _update_api(self) -> None:
+        if self.closed:
+            return
+        events = 0 if self._blocked else READ
+        if self.api.queued:
+            events |= WRITE
+        self.loop.set_events(self.api.sock, events, self._on_api)
+
+    def _unblocked(self) -> None:
+        """Every local socket took its bytes: read the API connection again."""
+        self._update_api()
+        self._schedule_read()
+
+    def _schedule_read(self) -> None:
+        if not self._read_soon and not self.closed:
+            self._read_soon = True
+            self.loop.call_soon(self._read_now)
+
+    def _read_now(self) -> None:
+        self._read_soon = False
+        if not self.closed and not self._blocked:
+            self._on_api(READ)
+
+    def _on_api(self, mask: int) -> None:
+        try:
+            if mask & WRITE and self.api.flush():
+                self._update_api()
+                if self._api_full:
+                    self._api_full = False
+                    for conn in list(self.conns):
+                        self._update_local(conn)
+            if mask & READ:
+                self._read_api()
+        except (OSError, ValueError, EOFError, struct.error, zlib.error,
+                wire_spdy.SpdyError, ws.WebSocketError) as e:
+            self._lost(f"connection to the API server lost ({e})")
+
+    def _read_api(self) -> None:
+        for _ in range(_READ_ROUNDS):
+            if self.closed or self._blocked:
+                return
+            buf = self._rx
+            view = memoryview(buf)
+            got, eof = self.api.fill(view)
+            if got:
+                self._last_rx = time.monotonic()
+                if self.ws is not None:
+                    self.ws.feed(view[:got])
+                    if self.ws.closed:
+                        eof = True
+                else:
+                    self._feed(view[:got])
+                if got == len(buf) and len(buf) < READ_BUFFER:
+                    self._rx = bytearray(READ_BUFFER)  # bulk data: read more at a time
+            if eof:
+                self._lost("the API server closed the connection")
+                return
+            if got < len(buf) and not self.api.has_buffered():
+                return  # drained: the selector says when there is more
+        if self.api.has_buffered():
+            self._schedule_read()  # TLS records the selector cannot see
+
+    def _ws_data(self, piece: memoryview, _first: bool) -> None:
+        self._feed(piece)
+
+    def _ws_control(self, opcode: int, payload: bytes) -> None:
+        if opcode == ws.OP_PING:
+            self._send_ws(ws.OP_PONG, payload)
+        elif opcode == ws.OP_CLOSE:
+            self._send_ws(ws.OP_CLOSE, ws.close_payload(ws.CLOSE_NORMAL))
+
+    def _send_ws(self, opcode: int, payload: bytes) -> None:
+        try:
+            self.api.send(ws.encode_frame(opcode, payload, masked=True), owned=True)
+        except OSError:
+            pass
+        self._update_api()
+
+    # -- SPDY frames from the server -------------------------------------------------------
+
+    def _feed(self, data: memoryview) -> None:
+        pos, n = 0, len(data)
+        streams = self._streams
+        while pos < n and not self.closed:
+            if self._left:  # inside a DATA payload
+                take = min(self._left, n - pos)
+                conn = streams.get(self._data_id)
+                if conn is not None:
+                    self._deliver(conn, data[pos:pos + take])
+                pos += take
+                self._left -= take
+                if not self._left:
+                    self._end_data()
+                continue
+            if self._ctrl is not None:  # gathering a control frame
+                take = min(self._ctrl_left, n - pos)
+                self._ctrl += data[pos:pos + take]
+                pos += take
+                self._ctrl_left -= take
+                if not self._ctrl_left:
+                    self._end_control()
+                continue
+            if not self._head and n - pos >= 8:
+                word, length = _HEADER.unpack_from(data, pos)
+                pos += 8
+            else:
+                take = min(8 - len(self._head), n - pos)
+                self._head += data[pos:pos + take]
+                pos += take
+                if len(self._head) < 8:
+                    continue
+                word, length = _HEADER.unpack_from(self._head)
+                self._head.clear()
+            flags = length >> 24
+            length &= 0xFFFFFF
+            if word & 0x80000000:
+                if length > wire_spdy.MAX_CONTROL_LENGTH:
+                    raise wire_spdy.SpdyError(f"control frame too large ({length} bytes)")
+                self._ctrl = bytearray()
+                self._ctrl_left = length
+                self._ctrl_kind = (word & 0xFFFF) | (flags << 16)
+                if not length:
+                    self._end_control()
+            else:
+                self._data_id = word
+                self._data_fin = bool(flags & _FIN)
+                self._left = length
+                if not length:
+                    self._end_data()
+
+    def _deliver(self, conn: LocalConn, data: memoryview) -> None:
+        if self._data_id == conn.error_id:
+            conn.error += data.tobytes()
+            return
+        try:
+            conn.write(data)
+        except OSError:
+            self.abort(conn, reset=True)
+            return
+        self.tunnel.bytes_in += len(data)
+        if conn.pending and conn not in self._blocked:
+            self._blocked.add(conn)
+            self._update_local(conn)
+            if len(self._blocked) == 1:
+                self._update_api()
+
+    def _end_data(self) -> None:
+        if not self._data_fin:
+            return
+        stream_id = self._data_id
+        conn = self._streams.get(stream_id)
+        if conn is None:
+            return
+        if stream_id == conn.error_id:
+            self._streams.pop(stream_id, None)
+            if conn.error:
+                self._stream_error(conn)
+            return
+        conn.remote_done = True
+        if conn.error:  # the kubelet writes its error before it closes the streams
+            self._stream_error(conn)
+            return
+        if not conn.pending:
+            self._remote_ended(conn)
+
+    def _remote_ended(self, conn: LocalConn) -> None:
+        """The pod's side is done and delivered: pass the EOF on; close if both are."""
+        if conn.closed:
+            return
+        if conn.local_done:
+            self.finish(conn)
+            return
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def _stream_error(self, conn: LocalConn) -> None:
+        """The server could not forward this connection: drop it (as kubectl does) and stop
+        opening new streams on this session."""
+        message = conn.error.decode("utf-8", "replace").strip()
+        conn.error = b""
+        self.abort(conn, reset=False)
+        self.tunnel._forward_error(conn.port, message)
+
+    def _end_control(self) -> None:
+        frame = bytes(self._ctrl or b"")
+        self._ctrl = None
+        kind = self._ctrl_kind & 0xFFFF
+        if kind == wire_spdy.PING:
+            (ping_id,) = struct.unpack_from(">I", frame)
+            if not ping_id & 1:  # the server's ping: echo it
+                self._send(wire_spdy.control_frame(wire_spdy.PING, 0, frame[:4]), owned=True)
+        elif kind in (wire_spdy.SYN_REPLY, wire_spdy.HEADERS):
+            self._decompress.decompress(frame[4:])
+        elif kind == wire_spdy.RST_STREAM:
+            stream_id, _status = struct.unpack_from(">II", frame)
+            conn = self._streams.get(stream_id)
+            if conn is not None:
+                self.abort(conn, reset=False)
+        elif kind == wire_spdy.SYN_STREAM:
+            self._decompress.decompress(frame[10:])
+            (stream_id,) = struct.unpack_from(">I", frame)
+            self._send(wire_spdy.rst_stream_frame(stream_id, wire_spdy.REFUSED_STREAM),
+                       owned=True)
+        elif kind == wire_spdy.GOAWAY:
+            self.tunnel.retire("the API server sent GOAWAY")
+
+    # -- keepalive -------------------------------------------------------------------------
+
+    def _keepalive(self) -> None:
+        self._ping_timer = None
+        if self.closed:
+            return
+        now = time.monotonic()
+        if self._blocked:
+            self._last_rx = now  # we are not reading: the silence is ours
+        silent = now - self._last_rx
+        if silent > 2 * self.ping_interval:
+            self._lost(f"no answer to keepalive pings for {silent:.0f}s")
+            return
+        ping_id = self._next_ping
+        self._next_ping += 2
+        self._send(wire_spdy.ping_frame(ping_id), owned=True)
+        self._ping_timer = self.loop.call_later(self.ping_interval, self._keepalive)

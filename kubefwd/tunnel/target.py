@@ -1,0 +1,21 @@
+"""Where and how a tunnel reaches one cluster's API server."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ApiTarget:
+    """Where and how to reach one cluster's API server (built from a kubeconfig context)."""
+
+    host: str
+    port: int
+    scheme: str
+    base_path: str = ""
+    ssl_context: ssl.SSLContext | None = None
+    server_hostname: str | None = None
+    # Called for every new connection, so refreshed tokens are picked up.
+    auth_headers: Callable[[], dict[str, str]] = dict
