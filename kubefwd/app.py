@@ -470,7 +470,8 @@ class Kubefwd:
             if not self._backoff.usable(pod_key):
                 continue
             try:
-                tunnel = pool.get(target, key.context, key.namespace, pod.name)
+                tunnel = pool.get(target, key.context, key.namespace, pod.name,
+                                  loop=state.forwarder.loop)
             except KubefwdError:
                 return None
             if tunnel.transport_name:
@@ -541,7 +542,8 @@ class Kubefwd:
                 pod_key = (key.context, key.namespace, pod.name)
                 if target is None or not self._backoff.usable(pod_key):
                     continue
-                tunnel = pool.get(target, key.context, key.namespace, pod.name)
+                tunnel = pool.get(target, key.context, key.namespace, pod.name,
+                                  loop=state.forwarder.loop)
                 if tunnel.transport_name and tunnel.alive:
                     continue
                 try:

@@ -1,10 +1,12 @@
 """Forwarders: one thread per forwarded service, owning its listeners on ``IP:port``.
 
-The thread runs a selector over the service's listening sockets (one per TCP port) and a wake
-pipe. Each accepted connection asks ``route(key, service_port)`` which pod tunnel to use *at
-that moment* (so a pod change takes effect for the very next connection, with no debounce) and
-hands the socket to ``tunnel.splice``, which relays it on the tunnel's own threads. The accept
-loop never blocks on the network.
+The thread runs a ``Loop`` (a selector with timers) over the service's listening sockets (one
+per TCP port) and over every tunnel it sends connections to: their API connections and local
+sockets are driven by the same loop, so a service costs one thread however many connections
+it carries. Each accepted connection asks ``route(key, service_port)`` which pod tunnel to use
+*at that moment* (so a pod change takes effect for the very next connection, with no debounce)
+and hands the socket to ``tunnel.splice``. Nothing on the loop blocks on the network; tunnels
+dial on short-lived opener threads.
 
 A connection that arrives while the service has no usable pod is held (not accepted into a
 tunnel, not closed) for at most ``hold_timeout`` seconds and spliced as soon as ``poke()``
@@ -15,8 +17,8 @@ of hanging forever.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
-import selectors
 import socket
 import struct
 import threading
@@ -28,6 +30,7 @@ from typing import Any, Protocol
 
 from kubefwd.errors import NetworkError
 from kubefwd.threads import StoppableThread
+from kubefwd.tunnel.loop import READ, Loop
 
 log = logging.getLogger(__name__)
 
@@ -214,10 +217,12 @@ class Forwarder(StoppableThread):
         self._held: deque[_Held] = deque()
         self._changed = True
         self._poked = False
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        self._registered: dict[int, socket.socket] = {}
         self._no_route_logged = False
+        # The loop this thread runs; tunnels that carry this service's connections live on
+        # it (``route`` gets them from the pool for this loop).
+        self.loop = Loop(self.name)
+        self.loop.expect_thread()
 
     # -- called from other threads -------------------------------------------------------
 
@@ -279,15 +284,11 @@ class Forwarder(StoppableThread):
         return errors
 
     def _wake(self) -> None:
-        try:
-            self._wake_w.send(b"x")
-        except (BlockingIOError, OSError):
-            pass  # already woken, or closing
+        self.loop.wake()
 
     def run_loop(self) -> None:
-        selector = selectors.DefaultSelector()
-        selector.register(self._wake_r, selectors.EVENT_READ, None)
-        registered: dict[int, socket.socket] = {}
+        loop = self.loop
+        loop.bind_thread()
         try:
             while not self.stopping.is_set():
                 with self._lock:
@@ -295,44 +296,29 @@ class Forwarder(StoppableThread):
                     poked, self._poked = self._poked, False
                     listeners = dict(self._listeners) if changed else None
                 if listeners is not None:
-                    self._register(selector, registered, listeners)
+                    self._register(listeners)
                 if poked or self._held:
                     self._retry_held()
-                timeout = _HELD_RETRY if self._held else None
-                for key, _ in selector.select(timeout):
-                    if key.data is None:
-                        self._drain_wake()
-                    else:
-                        self._accept(key.fileobj, key.data)  # type: ignore[arg-type]
+                loop.run_once(_HELD_RETRY if self._held else None)
         finally:
-            selector.close()
             self._close_all()
+            loop.close()  # and with it every tunnel (and connection) on it
 
-    def _register(
-        self,
-        selector: selectors.BaseSelector,
-        registered: dict[int, socket.socket],
-        listeners: dict[int, _Listener],
-    ) -> None:
+    def _register(self, listeners: dict[int, _Listener]) -> None:
+        registered = self._registered
         for local_port, sock in list(registered.items()):
             current = listeners.get(local_port)
             if current is None or current.sock is not sock:
-                try:
-                    selector.unregister(sock)
-                except (KeyError, ValueError):
-                    pass
+                self.loop.forget(sock)
                 del registered[local_port]
         for local_port, listener in listeners.items():
             if local_port not in registered and listener.sock.fileno() >= 0:
-                selector.register(listener.sock, selectors.EVENT_READ, listener.spec.port)
+                self.loop.set_events(listener.sock, READ,
+                                     functools.partial(self._on_listener, listener))
                 registered[local_port] = listener.sock
 
-    def _drain_wake(self) -> None:
-        try:
-            while self._wake_r.recv(4096):
-                pass
-        except (BlockingIOError, OSError):
-            pass
+    def _on_listener(self, listener: _Listener, _mask: int) -> None:
+        self._accept(listener.sock, listener.spec.port)
 
     def _accept(self, listener: socket.socket, port: int) -> None:
         for _ in range(_ACCEPT_BURST):
@@ -415,8 +401,6 @@ class Forwarder(StoppableThread):
             listener.sock.close()
         while self._held:
             self._drop(self._held.popleft().sock)
-        self._wake_r.close()
-        self._wake_w.close()
 
     def held_count(self) -> int:
         return len(self._held)
@@ -426,5 +410,6 @@ class Forwarder(StoppableThread):
         if self.ident is None:
             self.stopping.set()
             self._close_all()
+            self.loop.close()
             return True
         return super().stop_and_join(timeout)

@@ -8,6 +8,7 @@ its owner leaves untouched until they are flushed) and sent when the socket is w
 
 from __future__ import annotations
 
+import itertools
 import socket
 import ssl
 from collections import deque
@@ -17,6 +18,8 @@ from typing import Any
 from kubefwd.tunnel.dial import AnySocket, close_quietly, hard_shutdown
 from kubefwd.wire import websocket as ws
 
+# Pieces per sendmsg call (the kernel takes up to 1024).
+_IOV_MAX = 512
 # Bytes of extended payload length after the second header byte, by its 7-bit length field.
 _EXTENDED = {126: 2, 127: 8}
 _WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
@@ -232,31 +235,30 @@ class LocalConn:
         except OSError:
             pass
 
-    def write(self, data: memoryview) -> None:
-        """Send what the socket takes now, keep the rest; OSError when the client is gone."""
-        if self.pending:
-            self.pending.append(data)
-            return
-        try:
-            n = self.sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            n = 0
-        if n < len(data):
-            self.pending.append(data[n:])
+    def queue(self, data: memoryview) -> None:
+        """Keep ``data`` for the next ``flush`` (a view: its buffer must stay unchanged)."""
+        self.pending.append(data)
 
     def flush(self) -> bool:
-        """Send what was kept; True once nothing is left. OSError when the client is gone."""
+        """Send what was queued, many pieces per system call; True once nothing is left.
+        OSError when the client is gone."""
         pending = self.pending
         while pending:
-            head = pending[0]
+            pieces = list(itertools.islice(pending, _IOV_MAX))
             try:
-                n = self.sock.send(head)
+                n = self.sock.sendmsg(pieces)
             except (BlockingIOError, InterruptedError):
                 return False
-            if n < len(head):
-                pending[0] = head[n:]
+            partial = n < sum(len(p) for p in pieces)
+            while n:
+                head = pending[0]
+                if n < len(head):
+                    pending[0] = head[n:]
+                    break
+                n -= len(head)
+                pending.popleft()
+            if partial:
                 return False
-            pending.popleft()
         return True
 
     def close(self) -> None:

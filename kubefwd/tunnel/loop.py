@@ -167,7 +167,9 @@ class Loop:
         try:
             fd = sock.fileno()
         except OSError:
-            return
+            fd = -1
+        if fd < 0:  # closed already: find it by identity
+            fd = next((f for f, e in self._entries.items() if e.sock is sock), -1)
         entry = self._entries.get(fd)
         if entry is not None and entry.sock is sock:
             self._drop(fd, entry)

@@ -83,6 +83,7 @@ class SpdySession:
         self._last_rx = time.monotonic()
         self._ping_timer: Timer | None = None
         self._read_soon = False
+        self._touched: list[LocalConn] = []  # connections with data queued this round
         # Frame parser state: a partial header, the DATA payload still to come, or a
         # control frame being gathered.
         self._head = bytearray()
@@ -302,6 +303,7 @@ class SpdySession:
                         eof = True
                 else:
                     self._feed(view[:got])
+                self._flush_touched()
                 if got == len(buf) and len(buf) < READ_BUFFER:
                     self._rx = bytearray(READ_BUFFER)  # bulk data: read more at a time
             if eof:
@@ -381,20 +383,34 @@ class SpdySession:
                     self._end_data()
 
     def _deliver(self, conn: LocalConn, data: memoryview) -> None:
+        """Queue a DATA payload for its local socket; sent when the read round ends."""
         if self._data_id == conn.error_id:
             conn.error += data.tobytes()
             return
-        try:
-            conn.write(data)
-        except OSError:
-            self.abort(conn, reset=True)
-            return
+        if not conn.pending:
+            self._touched.append(conn)
+        conn.queue(data)
         self.tunnel.bytes_in += len(data)
-        if conn.pending and conn not in self._blocked:
-            self._blocked.add(conn)
-            self._update_local(conn)
-            if len(self._blocked) == 1:
-                self._update_api()
+
+    def _flush_touched(self) -> None:
+        """End of a read round: hand what arrived to the local sockets, a few big writes
+        rather than one per frame; a socket that cannot take it all blocks the reading."""
+        touched, self._touched = self._touched, []
+        for conn in touched:
+            if conn.closed or conn in self._blocked:
+                continue
+            try:
+                flushed = conn.flush()
+            except OSError:
+                self.abort(conn, reset=True)
+                continue
+            if not flushed:
+                self._blocked.add(conn)
+                self._update_local(conn)
+                if len(self._blocked) == 1:
+                    self._update_api()
+            elif conn.remote_done:
+                self._remote_ended(conn)
 
     def _end_data(self) -> None:
         if not self._data_fin:

@@ -167,6 +167,9 @@ class V4Link:
                 self.reader.feed(view[:got])
                 if self.reader.closed:
                     eof = True
+                flushed = self._flush()
+                if self.closed or (not flushed and not eof):
+                    return
                 if got == len(view) and len(view) < READ_BUFFER:
                     self._rx = bytearray(READ_BUFFER)
             if eof:
@@ -176,6 +179,20 @@ class V4Link:
                 return
         if self.api.has_buffered():
             self.loop.call_soon(self._read_soon)
+
+    def _flush(self) -> bool:
+        """Hand what arrived to the local socket; False when it is blocked or gone."""
+        if self.closed or not self.conn.pending:
+            return not self.closed
+        try:
+            flushed = self.conn.flush()
+        except OSError:
+            self._finish()
+            return False
+        if not flushed:
+            self._blocked = True
+            self._update()
+        return flushed
 
     def _data(self, piece: memoryview, first: bool) -> None:
         if first:
@@ -189,15 +206,8 @@ class V4Link:
         if self._channel == 1:
             self.error += piece.tobytes().decode("utf-8", "replace")
             return
-        try:
-            self.conn.write(piece)
-        except OSError:
-            self._finish()
-            return
+        self.conn.queue(piece)
         self.tunnel.bytes_in += len(piece)
-        if self.conn.pending and not self._blocked:
-            self._blocked = True
-            self._update()
 
     def _control(self, opcode: int, payload: bytes) -> None:
         if opcode == ws.OP_PING:
