@@ -218,3 +218,50 @@ def test_resync_interval_ends_a_watch_with_an_expired_error() -> None:
     with pytest.raises(ApiError) as info:
         list(watch("1"))
     assert info.value.status == 410  # the informer lists again at once
+
+
+def test_tunnels_live_on_the_forwarder_thread() -> None:
+    """A forward with real tunnels: its connections cost no thread beyond its own."""
+    import ssl
+
+    from kubefwd.sim import SimCluster
+    from kubefwd.tunnel import ApiTarget, PodTunnel, TunnelPool
+
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "namespace": "fw"},
+           "spec": {"containers": [{"name": "main", "image": "sim/http",
+                                    "ports": [{"containerPort": 8080}]}]}}
+    with SimCluster(manifests=[pod]) as cluster:
+        cluster.wait_ready("fw")
+        context = ssl.create_default_context(cadata=(cluster.ca_pem or b"").decode("ascii"))
+        target = ApiTarget(host="127.0.0.1", port=cluster.port, scheme="https",
+                           ssl_context=context,
+                           auth_headers=lambda: {"Authorization": f"Bearer {cluster.token}"})
+        pool = TunnelPool()
+        port = free_port()
+        fwd: Forwarder
+
+        def route(key: str, p: int) -> tuple[PodTunnel, int]:
+            return pool.get(target, "sim", "fw", "web", loop=fwd.loop), 8080
+
+        fwd = start(Forwarder("fw/web", IP, [ListenPort(80, port)], route))
+        try:
+            clients = [socket.create_connection((IP, port), timeout=5) for _ in range(20)]
+            for client in clients:
+                client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            for client in clients:
+                answer = b""
+                while not answer.endswith(b"web\n"):
+                    chunk = client.recv(4096)
+                    assert chunk, answer
+                    answer += chunk
+            names = [t.name for t in threading.enumerate()
+                     if t.name.startswith(("forward/", "tunnel"))]
+            assert names == ["forward/fw/web"]
+            for client in clients:
+                client.close()
+            (tunnel,) = pool.tunnels()
+            assert tunnel.connections == 20 and tunnel.sessions == 1
+        finally:
+            assert fwd.stop_and_join()
+            pool.close()
+        assert tunnel.state == "closed"  # the forward's end took its tunnels along

@@ -23,7 +23,7 @@ import pytest
 
 from kubefwd.errors import TunnelError
 from kubefwd.sim import SimCluster
-from kubefwd.tunnel import ApiTarget, PodTunnel, TunnelPool
+from kubefwd.tunnel import ApiTarget, Loop, LoopThread, PodTunnel, TunnelPool
 from kubefwd.wire import spdy
 from kubefwd.wire import websocket as ws
 
@@ -285,6 +285,81 @@ def test_connections_racing_an_idle_close_all_get_through(cluster: SimCluster) -
             pause.wait(0.001 * (i % 4))
         assert tunnel.alive
         assert tunnel.sessions > 5
+
+
+@contextlib.contextmanager
+def shared_loop() -> Iterator[Loop]:
+    """One loop on one thread, as a forwarder runs it."""
+    loop = Loop("shared")
+    thread = LoopThread(loop, "test-loop")
+    thread.start()
+    try:
+        yield loop
+    finally:
+        assert thread.stop_and_join()
+
+
+def test_tunnels_to_several_pods_run_on_one_loop_thread(cluster: SimCluster) -> None:
+    with shared_loop() as loop:
+        web = PodTunnel(target_for(cluster), NS, "web", loop=loop)
+        echo = PodTunnel(target_for(cluster), NS, "echo", loop=loop)
+        try:
+            clients = [connect_through(echo, ECHO_PORT) for _ in range(10)]
+            try:
+                assert http_get(web) == b"web\n"
+                for i, client in enumerate(clients):
+                    echo_once(client, f"conn {i}".encode())
+                assert tunnel_threads() == []  # no thread per tunnel, none per connection
+            finally:
+                for client in clients:
+                    client.close()
+        finally:
+            web.close()
+            echo.close()
+        assert web.state == echo.state == "closed"
+
+
+def test_a_stalled_client_does_not_stall_another_tunnel_on_the_same_loop(
+        cluster: SimCluster) -> None:
+    with shared_loop() as loop:
+        stuck = PodTunnel(target_for(cluster), NS, "web", loop=loop)
+        lively = PodTunnel(target_for(cluster), NS, "echo", loop=loop)
+        try:
+            with connect_through(stuck, HTTP_PORT) as sleeper:
+                # 64 MiB that nobody reads: the local socket fills, that tunnel stops
+                # reading its API connection, the loop goes on serving everyone else.
+                sleeper.sendall(b"GET /bytes/67108864 HTTP/1.1\r\nHost: x\r\n\r\n")
+                wait_until(lambda: stuck.bytes_in > 1 << 20)
+                with connect_through(lively, ECHO_PORT) as client:
+                    for i in range(50):
+                        echo_once(client, f"still moving {i}".encode() * 100)
+                assert stuck.bytes_in < 64 << 20
+                got = 0
+                sleeper.settimeout(10)
+                while got < 64 << 20:  # and the stalled one resumes when read
+                    chunk = sleeper.recv(1 << 20)
+                    assert chunk
+                    got += len(chunk)
+            assert stuck.alive and lively.alive
+        finally:
+            stuck.close()
+            lively.close()
+
+
+def test_closing_the_loop_closes_its_tunnels_and_their_connections(
+        cluster: SimCluster) -> None:
+    loop = Loop("closing")
+    thread = LoopThread(loop, "test-loop")
+    thread.start()
+    tunnel = PodTunnel(target_for(cluster), NS, "echo", loop=loop)
+    with connect_through(tunnel, ECHO_PORT) as client:
+        echo_once(client, b"hi")
+        assert thread.stop_and_join()
+        assert read_all(client) == b""
+    assert tunnel.state == "closed"
+    with pytest.raises(TunnelError):
+        tunnel.open()
+    tunnel.close()  # still fine
 
 
 # --- failures -----------------------------------------------------------------------------
