@@ -206,7 +206,7 @@ class Kubefwd:
         )
         self._registry.subscribe(self._on_commands)
         # -a keeps every forwarded pod's tunnel open; otherwise an idle one closes its session
-        # (threads, buffers, API connection) and re-opens on the next connection.
+        # (buffers, API connection) and re-opens on the next connection.
         pool_options: dict[str, Any] = {"idle_timeout": 0.0} if o.auto_reconnect else {}
         self._pool = TunnelPool(transport=o.transport, on_dead=self._tunnel_died,
                                 **pool_options)

@@ -372,7 +372,7 @@ class SpdySession:
                     raise wire_spdy.SpdyError(f"control frame too large ({length} bytes)")
                 self._ctrl = bytearray()
                 self._ctrl_left = length
-                self._ctrl_kind = (word & 0xFFFF) | (flags << 16)
+                self._ctrl_kind = word & 0xFFFF
                 if not length:
                     self._end_control()
             else:
@@ -454,7 +454,7 @@ class SpdySession:
     def _end_control(self) -> None:
         frame = bytes(self._ctrl or b"")
         self._ctrl = None
-        kind = self._ctrl_kind & 0xFFFF
+        kind = self._ctrl_kind
         if kind == wire_spdy.PING:
             (ping_id,) = struct.unpack_from(">I", frame)
             if not ping_id & 1:  # the server's ping: echo it
