@@ -18,17 +18,17 @@ from typing import Any
 import pytest
 import yaml
 
-from kubefwd import kube
+from kubefwd import kubeconfig as kube
 from kubefwd.errors import ApiError, ConfigError, ExitCode
 from kubefwd.informer import SYNC, Backoff, Informer, InformerEvent
 from kubefwd.ipalloc import IpAllocator
 from kubefwd.kube import (
     KubeClient,
     WatchExpired,
-    load_contexts,
     make_informer,
     namespace_informers,
 )
+from kubefwd.kubeconfig import load_contexts
 from kubefwd.registry import ForwardKey, Registry
 from kubefwd.sim import SimCluster
 from kubefwd.sim import tls as simtls
