@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 import yaml
+from helpers import manifests, namespace, workload
+from helpers import service as service_yaml
 
 from kubefwd import kubeconfig as kube
 from kubefwd.errors import ApiError, ConfigError, ExitCode
@@ -209,37 +211,12 @@ def test_bad_server_url_is_a_config_error(no_env: Path) -> None:
 
 # -- against the simulated cluster -----------------------------------------------------------
 
-MANIFESTS = """
-apiVersion: v1
-kind: Namespace
-metadata: {name: shop}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: web, namespace: shop}
-spec:
-  replicas: 2
-  selector: {matchLabels: {app: web}}
-  template:
-    metadata: {labels: {app: web}}
-    spec:
-      containers:
-        - {name: web, image: sim/http, ports: [{name: http, containerPort: 8080}]}
----
-apiVersion: v1
-kind: Service
-metadata: {name: web, namespace: shop, labels: {tier: front}}
-spec:
-  selector: {app: web}
-  ports: [{name: http, port: 80, targetPort: http}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: db, namespace: shop}
-spec:
-  selector: {app: db}
-  ports: [{port: 5432}]
-"""
+MANIFESTS = manifests(
+    namespace("shop"),
+    workload("web", "shop", replicas=2),
+    service_yaml("web", "shop", labels="{tier: front}"),
+    service_yaml("db", "shop", ports="[{port: 5432}]"),
+)
 
 
 def service(name: str, ns: str = "shop") -> dict[str, Any]:

@@ -16,52 +16,18 @@ from typing import Any
 
 import pytest
 import yaml
+from helpers import manifests, namespace, service, workload
 
 from kubefwd.sim import SimCluster
 
-WEB = """
-apiVersion: v1
-kind: Namespace
-metadata: {name: shop}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: web, namespace: shop}
-spec:
-  replicas: 2
-  selector: {matchLabels: {app: web}}
-  template:
-    metadata: {labels: {app: web}}
-    spec:
-      containers: [{name: web, image: sim/http, ports: [{name: http, containerPort: 8080}]}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: web, namespace: shop}
-spec:
-  selector: {app: web}
-  ports: [{name: http, port: 80, targetPort: http}]
----
-apiVersion: apps/v1
-kind: StatefulSet
-metadata: {name: db, namespace: shop}
-spec:
-  serviceName: db
-  replicas: 2
-  selector: {matchLabels: {app: db}}
-  template:
-    metadata: {labels: {app: db}}
-    spec:
-      containers: [{name: db, image: sim/echo, ports: [{containerPort: 5432}]}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: db, namespace: shop}
-spec:
-  clusterIP: None
-  selector: {app: db}
-  ports: [{port: 5432}]
-"""
+WEB = manifests(
+    namespace("shop"),
+    workload("web", "shop", replicas=2),
+    service("web", "shop"),
+    workload("db", "shop", kind="StatefulSet", replicas=2, image="sim/echo",
+             ports="[{containerPort: 5432}]"),
+    service("db", "shop", ports="[{port: 5432}]", headless=True),
+)
 
 
 @pytest.fixture
