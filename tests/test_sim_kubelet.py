@@ -16,8 +16,9 @@ from typing import Any
 import psutil
 import pytest
 
-from kubefwd.sim.kubelet import Kubelet, expand
+from kubefwd.sim.kubelet import Kubelet
 from kubefwd.sim.podservers import pattern_bytes
+from kubefwd.sim.processes import expand
 
 NS = "shop"
 
