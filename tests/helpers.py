@@ -7,6 +7,7 @@ import mode), so test modules import it as ``helpers``.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -15,9 +16,10 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -188,6 +190,29 @@ def run_as_nobody(code: str, *args: str) -> subprocess.CompletedProcess[str]:
         capture_output=True, text=True, timeout=30, cwd="/",
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
+
+
+# -- addresses -------------------------------------------------------------------------------
+
+LOCK_DIR = Path(tempfile.gettempdir()) / "kubefwd-test-blocks"
+
+
+@contextmanager
+def locked_block(kind: str, candidates: Iterable[int]) -> Iterator[int]:
+    """The first of ``candidates`` (say, third octets) that no other test run on this machine
+    holds; it stays held, by a lock file, until the block ends."""
+    if not LOCK_DIR.exists():
+        LOCK_DIR.mkdir(exist_ok=True)
+        os.chmod(LOCK_DIR, 0o1777)
+    for n in candidates:
+        with open(LOCK_DIR / f"{kind}-{n}.lock", "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            yield n
+            return
+    pytest.fail(f"every {kind} block of test addresses is held by another run")
 
 
 # -- files -----------------------------------------------------------------------------------

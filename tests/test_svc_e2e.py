@@ -3,7 +3,6 @@ directory, real clients (sockets, curl, redis-cli, getent) reaching the services
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 import shutil
@@ -11,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import threading
 import time
@@ -23,6 +21,7 @@ import pytest
 from helpers import (
     hosts_file,
     http_text,
+    locked_block,
     manifests,
     needs_root,
     service,
@@ -179,17 +178,8 @@ def block() -> Iterator[int]:
     """The third octet of this test's own addresses: kubefwd gets ``127.1.<block>.1`` as its
     base (127.[1+context].[block+namespace].n), and the block stays locked for the test, so
     runs in parallel on one machine never forward to the same address."""
-    locks = Path(tempfile.gettempdir()) / "kubefwd-test-blocks"
-    locks.mkdir(exist_ok=True)
-    for third in range(100, 256 - BLOCK_SIZE, BLOCK_SIZE):
-        with open(locks / f"{third}.lock", "w") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue
-            yield third
-            return
-    pytest.fail("every block of test addresses is held by another run")
+    with locked_block("svc", range(128, 256 - BLOCK_SIZE, BLOCK_SIZE)) as third:
+        yield third
 
 
 @pytest.fixture
