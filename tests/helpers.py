@@ -259,3 +259,17 @@ def service(name: str, ns: str, *, ports: str = "[{name: http, port: 80, targetP
     spec += f"  selector: {{app: {name}}}\n" if selector else ""
     return (f"\napiVersion: v1\nkind: Service\nmetadata: {meta}\nspec:\n{spec}"
             f"  ports: {ports}\n")
+
+
+def web_and_headless_db(ns: str, *, web: str = "web", web_replicas: int = 1, db: str = "db",
+                        db_port: int = 5432) -> str:
+    """A namespace with an HTTP Deployment behind a Service and a two-pod echo StatefulSet
+    behind a headless Service."""
+    return manifests(
+        namespace(ns),
+        workload(web, ns, replicas=web_replicas),
+        service(web, ns),
+        workload(db, ns, kind="StatefulSet", replicas=2, image="sim/echo",
+                 ports=f"[{{containerPort: {db_port}}}]"),
+        service(db, ns, ports=f"[{{port: {db_port}}}]", headless=True),
+    )

@@ -16,18 +16,11 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import manifests, namespace, service, workload
+from helpers import web_and_headless_db
 
 from kubefwd.sim import SimCluster
 
-WEB = manifests(
-    namespace("shop"),
-    workload("web", "shop", replicas=2),
-    service("web", "shop"),
-    workload("db", "shop", kind="StatefulSet", replicas=2, image="sim/echo",
-             ports="[{containerPort: 5432}]"),
-    service("db", "shop", ports="[{port: 5432}]", headless=True),
-)
+WEB = web_and_headless_db("shop", web_replicas=2)
 
 
 @pytest.fixture

@@ -20,26 +20,16 @@ from helpers import (
     kubectl,
     kubectl_argv,
     kubectl_port_forward,
-    manifests,
-    namespace,
     needs_kubectl,
-    service,
     wait_for,
-    workload,
+    web_and_headless_db,
 )
 
 from kubefwd.sim import SimCluster
 
 pytestmark = [pytest.mark.e2e, needs_kubectl]
 
-APP = manifests(
-    namespace("demo"),
-    workload("hello", "demo"),
-    service("hello", "demo"),
-    workload("store", "demo", kind="StatefulSet", replicas=2, image="sim/echo",
-             ports="[{containerPort: 6379}]"),
-    service("store", "demo", ports="[{port: 6379}]", headless=True),
-)
+APP = web_and_headless_db("demo", web="hello", db="store", db_port=6379)
 
 
 @pytest.fixture
