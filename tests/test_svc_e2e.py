@@ -189,13 +189,16 @@ def run(cluster: SimCluster, hosts: Path, tmp_path: Path,
     base_conf = tmp_path / "base.yaml"
     base_conf.write_text(f"baseUnreservedIP: 127.1.{block}.1\n")
 
-    def start(*args: str, hosts_path: Path = hosts, wrapper: Sequence[str] = ()) -> Kubefwd:
+    def start(*args: str, hosts_path: Path = hosts, wrapper: Sequence[str] = (),
+              ready: bool = True) -> Kubefwd:
         """Start ``kubefwd svc`` with ``args`` (and this test's base address unless ``args``
-        name a -z file of their own)."""
+        name a -z file of their own); with ``ready``, wait until it says it is."""
         if "-z" not in args:
             args = (*args, "-z", str(base_conf))
         fwd = Kubefwd(cluster, hosts_path, *args, home=tmp_path, wrapper=wrapper)
         started.append(fwd)
+        if ready:
+            fwd.wait_ready()
         return fwd
 
     yield start
@@ -220,7 +223,6 @@ def test_namespaces_normal_headless_and_multiport_services(
     run: Callable[..., Kubefwd], hosts: Path
 ) -> None:
     fwd = run("-n", "shop,payments")
-    fwd.wait_ready()
     names = hosts_entries(hosts)
     # First namespace: bare names; every namespace: the qualified forms.
     for name in ["web", "web.shop", "web.shop.svc", "web.shop.svc.cluster.local", "cart",
@@ -250,7 +252,6 @@ def test_two_contexts_get_their_own_ranges_and_qualified_names(
     run: Callable[..., Kubefwd], hosts: Path, block: int
 ) -> None:
     fwd = run("-x", "one,two", "-n", "shop")
-    fwd.wait_ready()
     names = hosts_entries(hosts)
     assert names["web.shop.one"].startswith(f"127.1.{block}.")
     assert names["web.shop.two"].startswith(f"127.2.{block}.")
@@ -269,7 +270,6 @@ def test_mappings_reservations_and_fwd_conf(
                     f"serviceConfigurations:\n  - {{name: cart, ip: {net}.88}}\n")
     fwd = run("-n", "shop", "-m", "80:8081", "-r", f"web:{net}.77", "-z", str(conf),
               "-d", "dev.local")
-    fwd.wait_ready()
     names = hosts_entries(hosts)
     assert names["web"] == names["web.dev.local"] == f"{net}.77"
     assert names["cart"] == f"{net}.88"
@@ -281,7 +281,6 @@ def test_mappings_reservations_and_fwd_conf(
 
 def test_all_namespaces_and_field_selector(run: Callable[..., Kubefwd], hosts: Path) -> None:
     fwd = run("-A", "-f", "metadata.name=web")
-    fwd.wait_ready()
     names = hosts_entries(hosts)
     # Namespaces are numbered in name order; "default" comes first and gets the bare names.
     assert "web.shop" in names and "web" not in names
@@ -302,7 +301,6 @@ def test_service_added_and_deleted_while_running(
     run: Callable[..., Kubefwd], cluster: SimCluster, hosts: Path
 ) -> None:
     fwd = run("-n", "shop")
-    fwd.wait_ready()
     cluster.apply(NEW_SERVICE)
     started = time.monotonic()
     ip = wait_for(lambda: hosts_entries(hosts).get("search.shop"), 5, "search in hosts")
@@ -344,7 +342,6 @@ def test_deployment_pod_deleted_mid_run_with_traffic(
     run: Callable[..., Kubefwd], cluster: SimCluster, hosts: Path
 ) -> None:
     fwd = run("-n", "shop")
-    fwd.wait_ready()
     ip = hosts_entries(hosts)["web"]
     (old,) = [p["metadata"]["name"] for p in cluster.pods("shop", "app=web")]
     traffic = Traffic(lambda: try_http(ip, 80))
@@ -365,7 +362,6 @@ def test_unready_pod_gets_no_new_connections_and_is_used_again_when_ready(
     cluster.apply(MANIFESTS.split("---")[0].replace("replicas: 1", "replicas: 2"))
     cluster.wait_ready("shop", timeout=15)
     fwd = run("-n", "shop")
-    fwd.wait_ready()
     ip = hosts_entries(hosts)["web"]
     first = http_text(ip, 80).strip()
     cluster.set_pod_ready("shop", first, False)
@@ -381,7 +377,6 @@ def test_statefulset_pod_deleted_mid_run_comes_back_under_its_name(
     run: Callable[..., Kubefwd], cluster: SimCluster, hosts: Path
 ) -> None:
     fwd = run("-n", "shop")
-    fwd.wait_ready()
     ip = hosts_entries(hosts)["db-0.db"]
     assert echo(ip, 5432) == b"ping"
     with socket.create_connection((ip, 5432), timeout=5) as open_conn:
@@ -418,7 +413,6 @@ def test_watch_expired_410_mid_run_relists(
     run: Callable[..., Kubefwd], cluster: SimCluster, hosts: Path
 ) -> None:
     fwd = run("-n", "shop")
-    fwd.wait_ready()
     cluster.expire_watch_history()
     cluster.apply(NEW_SERVICE)
     ip = wait_for(lambda: hosts_entries(hosts).get("search"), 10, "search after a 410")
@@ -430,7 +424,6 @@ def test_api_server_restart_mid_run(
     run: Callable[..., Kubefwd], cluster: SimCluster, hosts: Path
 ) -> None:
     fwd = run("-n", "shop")
-    fwd.wait_ready()
     ip = hosts_entries(hosts)["web"]
     assert http_text(ip, 80).startswith("web-")
     cluster.restart_apiserver()
@@ -447,7 +440,6 @@ def test_service_without_ready_pod_holds_then_closes_after_timeout(
 ) -> None:
     cluster.apply(NEW_SERVICE.replace("replicas: 1", "replicas: 0"))
     fwd = run("-n", "shop", "-t", "2")
-    fwd.wait_ready()
     ip = hosts_entries(hosts)["search"]
     started = time.monotonic()
     with socket.create_connection((ip, 7700), timeout=10) as sock:
@@ -478,8 +470,8 @@ def test_two_instances_share_one_hosts_file(
 ) -> None:
     conf = tmp_path / "second.yaml"
     conf.write_text(f"baseUnreservedIP: 127.1.{block + 1}.1\n")
-    first = run("-n", "shop")
-    second = run("-n", "payments", "-z", str(conf))
+    first = run("-n", "shop", ready=False)
+    second = run("-n", "payments", "-z", str(conf), ready=False)
     first.wait_ready()
     second.wait_ready()
     def both() -> dict[str, str] | None:
@@ -501,12 +493,10 @@ def test_kill_9_then_a_fresh_run_purges_the_stale_lines(
     run: Callable[..., Kubefwd], hosts: Path
 ) -> None:
     crashed = run("-n", "shop")
-    crashed.wait_ready()
     crashed.kill()
     stale = hosts.read_bytes()
     assert f"pid={crashed.proc.pid}".encode() in stale  # left behind by the crash
     fresh = run("-n", "shop")
-    fresh.wait_ready()
     text = hosts.read_bytes()
     assert f"pid={crashed.proc.pid}".encode() not in text
     assert f"pid={fresh.proc.pid}".encode() in text
@@ -517,10 +507,8 @@ def test_sigterm_stops_cleanly_and_a_second_signal_only_cleans_hosts(
     run: Callable[..., Kubefwd], hosts: Path
 ) -> None:
     fwd = run("-n", "shop")
-    fwd.wait_ready()
     fwd.stop_cleanly(signal.SIGTERM)
     again = run("-n", "shop")
-    again.wait_ready()
     again.proc.send_signal(signal.SIGINT)
     again.proc.send_signal(signal.SIGINT)
     assert again.stop() in (0, 1)  # 1 when the second signal cut the shutdown short
@@ -617,7 +605,6 @@ def test_port_in_use_is_reported_and_the_rest_still_forwards(
     blocker.listen()
     try:
         fwd = run("-n", "shop")
-        fwd.wait_ready()
         line = fwd.wait_line(r"WARNING .*" + re.escape(f"{cart}:8080"))
         assert "already in use" in line and f"pid {os.getpid()}" in line
         names = hosts_entries(hosts)
@@ -637,7 +624,6 @@ def test_low_ports_without_the_capability_are_named_in_one_warning(
 ) -> None:
     # Root without CAP_NET_BIND_SERVICE: it may write the hosts file but not bind port 80.
     fwd = run("-n", "shop,payments", wrapper=["setpriv", "--bounding-set", "-net_bind_service"])
-    fwd.wait_ready()
     line = fwd.wait_line(r"WARNING not forwarded without root")
     assert re.search(r" 80 \(one/\w+/\w+, one/\w+/\w+\)", line), line
     assert "one/shop/web" in line and "one/payments/api" in line and "-m 80:8080" in line
@@ -679,7 +665,6 @@ def test_redis_pod_reached_by_service_name(
     cluster.apply(REDIS)
     cluster.wait_ready("shop", timeout=15)
     fwd = run("-n", "shop")
-    fwd.wait_ready()
     ip = hosts_entries(hosts)["cache"]  # the name redis-cli -h cache would resolve
 
     def cli(*args: str) -> str:
@@ -785,6 +770,5 @@ def test_auto_reconnect_keeps_a_tunnel_open_before_any_connection(
     run: Callable[..., Kubefwd], hosts: Path
 ) -> None:
     fwd = run("-n", "shop", "-a", "-v")
-    fwd.wait_ready()
     fwd.wait_line(r"tunnel shop/web-\S+ open over", timeout=5)
     fwd.stop_cleanly()
