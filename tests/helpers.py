@@ -82,6 +82,13 @@ def try_http(host: str, port: int) -> str | None:
         return None
 
 
+def unused_port() -> int:
+    """A port of 127.0.0.1 that nothing listened on a moment ago."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def echo_roundtrip(host: str, port: int, data: bytes, timeout: float = 20.0) -> bytes:
     """Send ``data``, half-close, and read everything the echo server sends back."""
     with socket.create_connection((host, port), timeout=timeout) as sock:

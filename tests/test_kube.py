@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import manifests, namespace, workload
+from helpers import manifests, namespace, unused_port, workload
 from helpers import service as service_yaml
 
 from kubefwd import kubeconfig as kube
@@ -300,9 +300,7 @@ def test_wrong_token_is_unauthorized(cluster: SimCluster, tmp_path: Path) -> Non
 
 
 def test_unreachable_server_names_the_url(tmp_path: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = unused_port()
     path = write(tmp_path / "kc", kubeconfig(server=f"http://127.0.0.1:{port}"))
     [ctx] = load_contexts(path, [])
     with pytest.raises(ApiError, match=rf"cannot reach the API server at http://127.0.0.1:{port}"):

@@ -26,6 +26,7 @@ from helpers import (
     needs_root,
     service,
     try_http,
+    unused_port,
     wait_for,
     workload,
 )
@@ -553,9 +554,7 @@ def test_missing_kubeconfig(hosts: Path, tmp_path: Path) -> None:
 
 
 def test_unreachable_api_server(hosts: Path, tmp_path: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = unused_port()
     config = tmp_path / "kubeconfig"
     config.write_text(textwrap.dedent(f"""\
         apiVersion: v1
