@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 import pytest
@@ -45,3 +48,14 @@ def no_leaks() -> Iterator[None]:
     if leaked_sockets:
         problems.append("listening sockets: " + ", ".join(f"{h}:{p}" for h, p in leaked_sockets))
     pytest.fail("leaked " + "; ".join(problems))
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory other users can enter (pytest's tmp_path is private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="kubefwd-test-"))
+    os.chmod(path, 0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path)

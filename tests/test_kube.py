@@ -17,18 +17,20 @@ from typing import Any
 
 import pytest
 import yaml
+from helpers import manifests, namespace, unused_port, workload
+from helpers import service as service_yaml
 
-from kubefwd import kube
+from kubefwd import kubeconfig as kube
 from kubefwd.errors import ApiError, ConfigError, ExitCode
 from kubefwd.informer import SYNC, Backoff, Informer, InformerEvent
 from kubefwd.ipalloc import IpAllocator
 from kubefwd.kube import (
     KubeClient,
     WatchExpired,
-    load_contexts,
     make_informer,
     namespace_informers,
 )
+from kubefwd.kubeconfig import load_contexts
 from kubefwd.registry import ForwardKey, Registry
 from kubefwd.sim import SimCluster
 from kubefwd.sim import tls as simtls
@@ -209,37 +211,12 @@ def test_bad_server_url_is_a_config_error(no_env: Path) -> None:
 
 # -- against the simulated cluster -----------------------------------------------------------
 
-MANIFESTS = """
-apiVersion: v1
-kind: Namespace
-metadata: {name: shop}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: web, namespace: shop}
-spec:
-  replicas: 2
-  selector: {matchLabels: {app: web}}
-  template:
-    metadata: {labels: {app: web}}
-    spec:
-      containers:
-        - {name: web, image: sim/http, ports: [{name: http, containerPort: 8080}]}
----
-apiVersion: v1
-kind: Service
-metadata: {name: web, namespace: shop, labels: {tier: front}}
-spec:
-  selector: {app: web}
-  ports: [{name: http, port: 80, targetPort: http}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: db, namespace: shop}
-spec:
-  selector: {app: db}
-  ports: [{port: 5432}]
-"""
+MANIFESTS = manifests(
+    namespace("shop"),
+    workload("web", "shop", replicas=2),
+    service_yaml("web", "shop", labels="{tier: front}"),
+    service_yaml("db", "shop", ports="[{port: 5432}]"),
+)
 
 
 def service(name: str, ns: str = "shop") -> dict[str, Any]:
@@ -323,9 +300,7 @@ def test_wrong_token_is_unauthorized(cluster: SimCluster, tmp_path: Path) -> Non
 
 
 def test_unreachable_server_names_the_url(tmp_path: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = unused_port()
     path = write(tmp_path / "kc", kubeconfig(server=f"http://127.0.0.1:{port}"))
     [ctx] = load_contexts(path, [])
     with pytest.raises(ApiError, match=rf"cannot reach the API server at http://127.0.0.1:{port}"):

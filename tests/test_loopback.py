@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import needs_root, python_in_unshare, run_as_nobody
 
 from kubefwd.errors import NetworkError
 from kubefwd.loopback import (
@@ -108,20 +105,10 @@ _NETNS_SCRIPT = textwrap.dedent(
 
 @pytest.mark.root
 @linux_only
-@pytest.mark.skipif(
-    os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("ip"),
-    reason="needs root, unshare and ip",
-)
+@needs_root("unshare", "ip")
 def test_linux_adds_and_removes_an_address_only_when_needed() -> None:
     # A private network namespace whose lo has lost 127.0.0.1/8: binds fail for real.
-    out = subprocess.run(
-        ["unshare", "--net", sys.executable, "-c", _NETNS_SCRIPT],
-        capture_output=True, text=True, timeout=30,
-    )
-    if out.returncode != 0 and "unshare failed" in out.stderr:
-        pytest.skip("unshare not permitted here")
-    assert out.returncode == 0, out.stderr
-    result = json.loads(out.stdout)
+    result = python_in_unshare(["--net"], _NETNS_SCRIPT, timeout=30)
     assert result == {
         "before": False, "after": True, "added": ["127.1.27.9"], "errors": [], "cleaned": False
     }
@@ -130,9 +117,8 @@ def test_linux_adds_and_removes_an_address_only_when_needed() -> None:
 # -- privileges ------------------------------------------------------------------------
 
 
+@needs_root()
 def test_root_needs_nothing_more(tmp_path: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("runs as root only")
     assert needs_root_reasons(tmp_path / "hosts", [22, 80]) == []
 
 
@@ -143,17 +129,7 @@ def test_port_start_and_capability_are_read() -> None:
     assert has_net_bind_capability() in (True, False)
 
 
-@pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="kubefwd-priv-"))
-    os.chmod(path, 0o755)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path)
-
-
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root")
+@needs_root("setpriv")
 def test_reasons_name_the_file_and_the_ports(shared_dir: Path) -> None:
     hosts = shared_dir / "hosts"
     hosts.write_text("x\n")
@@ -166,12 +142,7 @@ def test_reasons_name_the_file_and_the_ports(shared_dir: Path) -> None:
         "print(json.dumps([needs_root_reasons(Path(sys.argv[1]), [80, 443, 8080]),\n"
         "    needs_root_reasons(Path(sys.argv[2]), [8080]), unprivileged_port_start()]))\n"
     )
-    out = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
-         sys.executable, "-c", code, str(hosts), str(writable / "hosts")],
-        capture_output=True, text=True, timeout=30, cwd="/",
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
-    )
+    out = run_as_nobody(code, str(hosts), str(writable / "hosts"))
     assert out.returncode == 0, out.stderr
     reasons, none, start = json.loads(out.stdout)
     assert f"the hosts file {hosts} is not writable" in reasons[0]

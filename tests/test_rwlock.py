@@ -1,43 +1,44 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
+from helpers import wait_for
 
 from kubefwd.rwlock import RWLock
 
 
+def enter_in_thread(
+    side: Callable[[], AbstractContextManager[object]], name: str,
+    hold: threading.Event | None = None,
+) -> tuple[threading.Thread, threading.Event]:
+    """Start a thread that takes ``side()`` (lock.read or lock.write), sets the returned event
+    once inside and, with ``hold``, stays inside until it is set."""
+    inside = threading.Event()
+
+    def run() -> None:
+        with side():
+            inside.set()
+            if hold is not None:
+                hold.wait(5)
+
+    thread = threading.Thread(target=run, name=name)
+    thread.start()
+    return thread, inside
+
+
 def test_readers_share_writer_excludes() -> None:
     lock = RWLock()
-    inside = threading.Event()
     release = threading.Event()
-
-    def reader() -> None:
-        with lock.read():
-            inside.set()
-            release.wait(5)
-
-    t = threading.Thread(target=reader, name="test-reader")
-    t.start()
+    t, inside = enter_in_thread(lock.read, "test-reader", hold=release)
     assert inside.wait(5)
     # A second reader gets in while the first holds the lock.
-    got_second = threading.Event()
-
-    def second() -> None:
-        with lock.read():
-            got_second.set()
-
-    t2 = threading.Thread(target=second, name="test-reader-2")
-    t2.start()
+    t2, got_second = enter_in_thread(lock.read, "test-reader-2")
     assert got_second.wait(5)
     t2.join()
     # A writer has to wait for the first reader.
-    wrote = threading.Event()
-
-    def writer() -> None:
-        with lock.write():
-            wrote.set()
-
-    w = threading.Thread(target=writer, name="test-writer")
-    w.start()
+    w, wrote = enter_in_thread(lock.write, "test-writer")
     assert not wrote.wait(0.2)
     release.set()
     assert wrote.wait(5)
@@ -48,27 +49,10 @@ def test_readers_share_writer_excludes() -> None:
 def test_waiting_writer_blocks_new_readers() -> None:
     lock = RWLock()
     lock.acquire_read()
-    writer_in = threading.Event()
-
-    def writer() -> None:
-        with lock.write():
-            writer_in.set()
-
-    w = threading.Thread(target=writer, name="test-writer")
-    w.start()
-    # Give the writer time to queue, then check a new reader does not overtake it.
-    for _ in range(100):
-        if lock._writers_waiting:
-            break
-        threading.Event().wait(0.01)
-    late_reader_in = threading.Event()
-
-    def late_reader() -> None:
-        with lock.read():
-            late_reader_in.set()
-
-    r = threading.Thread(target=late_reader, name="test-late-reader")
-    r.start()
+    w, writer_in = enter_in_thread(lock.write, "test-writer")
+    # Wait for the writer to queue, then check a new reader does not overtake it.
+    wait_for(lambda: lock._writers_waiting, 5, "the writer to queue", interval=0.01)
+    r, late_reader_in = enter_in_thread(lock.read, "test-late-reader")
     assert not late_reader_in.wait(0.1)
     lock.release_read()
     assert writer_in.wait(5)

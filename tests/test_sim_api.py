@@ -12,56 +12,16 @@ import socket
 import ssl
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
 import yaml
+from helpers import web_and_headless_db
 
 from kubefwd.sim import SimCluster
 
-WEB = """
-apiVersion: v1
-kind: Namespace
-metadata: {name: shop}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: web, namespace: shop}
-spec:
-  replicas: 2
-  selector: {matchLabels: {app: web}}
-  template:
-    metadata: {labels: {app: web}}
-    spec:
-      containers: [{name: web, image: sim/http, ports: [{name: http, containerPort: 8080}]}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: web, namespace: shop}
-spec:
-  selector: {app: web}
-  ports: [{name: http, port: 80, targetPort: http}]
----
-apiVersion: apps/v1
-kind: StatefulSet
-metadata: {name: db, namespace: shop}
-spec:
-  serviceName: db
-  replicas: 2
-  selector: {matchLabels: {app: db}}
-  template:
-    metadata: {labels: {app: db}}
-    spec:
-      containers: [{name: db, image: sim/echo, ports: [{containerPort: 5432}]}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: db, namespace: shop}
-spec:
-  clusterIP: None
-  selector: {app: db}
-  ports: [{port: 5432}]
-"""
+WEB = web_and_headless_db("shop", web_replicas=2)
 
 
 @pytest.fixture
@@ -310,6 +270,17 @@ def test_namespace_deletion_cascades(cluster: SimCluster) -> None:
     assert_status(call(cluster, "DELETE", "/api/v1/namespaces/default"), 403, "Forbidden")
 
 
+@contextmanager
+def watch(cluster: SimCluster, path: str) -> Iterator[http.client.HTTPResponse]:
+    """The response to an authorized ``GET path`` (a watch) on a connection of its own."""
+    conn = connect(cluster)
+    try:
+        conn.request("GET", path, headers={"Authorization": f"Bearer {cluster.token}"})
+        yield conn.getresponse()
+    finally:
+        conn.close()
+
+
 def read_events(resp: http.client.HTTPResponse, count: int) -> list[dict[str, Any]]:
     return [json.loads(resp.readline()) for _ in range(count)]
 
@@ -317,11 +288,7 @@ def read_events(resp: http.client.HTTPResponse, count: int) -> list[dict[str, An
 def test_watch_streams_chunked_events(cluster: SimCluster) -> None:
     _, listing = call(cluster, "GET", "/api/v1/namespaces/shop/services")
     rv = listing["metadata"]["resourceVersion"]
-    conn = connect(cluster)
-    try:
-        conn.request("GET", f"/api/v1/namespaces/shop/services?watch=1&resourceVersion={rv}",
-                     headers={"Authorization": f"Bearer {cluster.token}"})
-        resp = conn.getresponse()
+    with watch(cluster, f"/api/v1/namespaces/shop/services?watch=1&resourceVersion={rv}") as resp:
         assert resp.status == 200 and resp.getheader("Transfer-Encoding") == "chunked"
         cluster.apply({"apiVersion": "v1", "kind": "Service",
                        "metadata": {"name": "new", "namespace": "shop"},
@@ -331,53 +298,35 @@ def test_watch_streams_chunked_events(cluster: SimCluster) -> None:
         assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [
             ("ADDED", "new"), ("DELETED", "new")
         ]
-    finally:
-        conn.close()
 
 
 def test_watch_ends_after_timeout_seconds_and_sends_bookmarks(cluster: SimCluster,
                                                               monkeypatch: Any) -> None:
     assert cluster.api is not None
     monkeypatch.setattr(cluster.api, "bookmark_interval", 0.2)
-    conn = connect(cluster)
-    try:
-        rv = cluster.store.resource_version
-        conn.request("GET", f"/api/v1/pods?watch=true&resourceVersion={rv}&timeoutSeconds=1"
-                            "&allowWatchBookmarks=true",
-                     headers={"Authorization": f"Bearer {cluster.token}"})
-        resp = conn.getresponse()
+    rv = cluster.store.resource_version
+    with watch(cluster, f"/api/v1/pods?watch=true&resourceVersion={rv}&timeoutSeconds=1"
+                        "&allowWatchBookmarks=true") as resp:
         lines = [json.loads(line) for line in resp.read().splitlines()]
         assert lines and all(e["type"] == "BOOKMARK" for e in lines)
         assert lines[0]["object"]["metadata"]["resourceVersion"] == rv
-    finally:
-        conn.close()
 
 
 def test_watch_from_an_expired_version_gets_a_410_event(cluster: SimCluster) -> None:
     rv = cluster.store.resource_version
     cluster.expire_watch_history()
-    conn = connect(cluster)
-    try:
-        conn.request("GET", f"/api/v1/pods?watch=1&resourceVersion={rv}",
-                     headers={"Authorization": f"Bearer {cluster.token}"})
-        resp = conn.getresponse()
+    with watch(cluster, f"/api/v1/pods?watch=1&resourceVersion={rv}") as resp:
         assert resp.status == 200
         events = [json.loads(line) for line in resp.read().splitlines()]
         assert len(events) == 1 and events[0]["type"] == "ERROR"
         status = events[0]["object"]
         assert (status["code"], status["reason"]) == (410, "Expired")
         assert status["message"].startswith(f"too old resource version: {rv} (")
-    finally:
-        conn.close()
 
 
 def test_restart_apiserver_drops_watches_and_keeps_state(cluster: SimCluster) -> None:
-    conn = connect(cluster)
-    try:
-        conn.request("GET", "/api/v1/pods?watch=1&resourceVersion="
-                            f"{cluster.store.resource_version}",
-                     headers={"Authorization": f"Bearer {cluster.token}"})
-        resp = conn.getresponse()
+    rv = cluster.store.resource_version
+    with watch(cluster, f"/api/v1/pods?watch=1&resourceVersion={rv}") as resp:
         port, ca = cluster.port, cluster.ca_pem
         cluster.restart_apiserver()
         try:
@@ -385,8 +334,6 @@ def test_restart_apiserver_drops_watches_and_keeps_state(cluster: SimCluster) ->
         except (http.client.IncompleteRead, ConnectionError):
             leftover = b""
         assert b"ADDED" not in leftover
-    finally:
-        conn.close()
     assert (cluster.port, cluster.ca_pem) == (port, ca)
     assert len(call(cluster, "GET", "/api/v1/namespaces/shop/pods")[1]["items"]) == 4
 

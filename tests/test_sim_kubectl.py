@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import selectors
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,69 +15,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import (
+    http_get,
+    kubectl,
+    kubectl_argv,
+    kubectl_port_forward,
+    needs_kubectl,
+    wait_for,
+    web_and_headless_db,
+)
 
 from kubefwd.sim import SimCluster
 
-KUBECTL = shutil.which("kubectl")
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed"),
-]
+pytestmark = [pytest.mark.e2e, needs_kubectl]
 
-APP = """
-apiVersion: v1
-kind: Namespace
-metadata: {name: demo}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: hello, namespace: demo}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: hello}}
-  template:
-    metadata: {labels: {app: hello}}
-    spec:
-      containers: [{name: hello, image: sim/http, ports: [{name: http, containerPort: 8080}]}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: hello, namespace: demo}
-spec:
-  selector: {app: hello}
-  ports: [{name: http, port: 80, targetPort: http}]
----
-apiVersion: apps/v1
-kind: StatefulSet
-metadata: {name: store, namespace: demo}
-spec:
-  serviceName: store
-  replicas: 2
-  selector: {matchLabels: {app: store}}
-  template:
-    metadata: {labels: {app: store}}
-    spec:
-      containers: [{name: store, image: sim/echo, ports: [{containerPort: 6379}]}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: store, namespace: demo}
-spec:
-  clusterIP: None
-  selector: {app: store}
-  ports: [{port: 6379}]
-"""
-
-
-def kubectl(cluster: SimCluster, *args: str, check: bool = True,
-            context: str | None = None) -> subprocess.CompletedProcess[str]:
-    cmd = [str(KUBECTL), "--kubeconfig", str(cluster.kubeconfig_path)]
-    if context:
-        cmd += ["--context", context]
-    result = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=60)
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
+APP = web_and_headless_db("demo", web="hello", db="store", db_port=6379)
 
 
 @pytest.fixture
@@ -178,8 +129,8 @@ def _watch_events(proc: subprocess.Popen[str], until: Any, timeout: float) -> li
 
 
 def test_delete_pod_seen_by_get_pods_watch(cluster: SimCluster) -> None:
-    cmd = [str(KUBECTL), "--kubeconfig", str(cluster.kubeconfig_path), "get", "pods", "-n",
-           "demo", "-l", "app=hello", "-w", "--output-watch-events", "-o", "json"]
+    cmd = kubectl_argv(cluster, "get", "pods", "-n", "demo", "-l", "app=hello", "-w",
+                       "--output-watch-events", "-o", "json")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         initial = _watch_events(proc, lambda ev: len(ev) >= 1, 20.0)
@@ -227,11 +178,11 @@ def _start_sim(*args: str) -> subprocess.Popen[str]:
 
 
 def _wait_file(path: Path, proc: subprocess.Popen[str], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
+    def written() -> bool:
         assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "kubeconfig never appeared"
-        time.sleep(0.05)
+        return path.exists()
+
+    wait_for(written, timeout, f"{path} to be written", interval=0.05)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -242,10 +193,9 @@ def test_sim_command_serves_the_sample_until_a_signal(tmp_path: Path,
                       "--context", "b")
     try:
         _wait_file(kubeconfig, proc)
-        cmd = [str(KUBECTL), "--kubeconfig", str(kubeconfig)]
         for context in ("a", "b"):
-            out = subprocess.run([*cmd, "--context", context, "get", "svc", "-A", "-o", "name"],
-                                 capture_output=True, text=True, timeout=60)
+            out = kubectl(kubeconfig, "get", "svc", "-A", "-o", "name", check=False,
+                          context=context)
             assert "service/web" in out.stdout and "service/db" in out.stdout, out.stderr
     finally:
         proc.send_signal(sig)
@@ -263,9 +213,7 @@ def test_sim_command_loads_given_manifests_over_plain_http(tmp_path: Path) -> No
     try:
         _wait_file(kubeconfig, proc)
         assert "server: http://127.0.0.1:" in kubeconfig.read_text()
-        out = subprocess.run([str(KUBECTL), "--kubeconfig", str(kubeconfig), "get", "sts",
-                              "-n", "demo", "-o", "name"],
-                             capture_output=True, text=True, timeout=60)
+        out = kubectl(kubeconfig, "get", "sts", "-n", "demo", "-o", "name", check=False)
         assert out.stdout.split() == ["statefulset.apps/store"], out.stderr
     finally:
         proc.send_signal(signal.SIGINT)
@@ -345,27 +293,8 @@ def test_sim_command_reports_a_busy_port(tmp_path: Path) -> None:
 
 
 def test_restart_apiserver_drops_a_kubectl_port_forward(cluster: SimCluster) -> None:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        local_port = probe.getsockname()[1]
-    cmd = [str(KUBECTL), "--kubeconfig", str(cluster.kubeconfig_path), "port-forward", "-n",
-           "demo", "svc/hello", f"{local_port}:80"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        assert "Forwarding from" in proc.stdout.readline()
-        with socket.create_connection(("127.0.0.1", local_port), timeout=5) as sock:
-            sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
-            answer = b""
-            while chunk := sock.recv(65536):
-                answer += chunk
-            assert b"hello-" in answer
+    with kubectl_port_forward(cluster, "svc/hello", 80, namespace="demo") as (port, proc):
+        assert b"hello-" in http_get("127.0.0.1", port)[1]
         cluster.restart_apiserver()
         proc.wait(timeout=10)  # kubectl notices the lost connection and exits
         assert proc.returncode != 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()

@@ -15,9 +15,11 @@ from typing import Any
 
 import psutil
 import pytest
+from helpers import echo_roundtrip, http_get, locked_block, wait_for
 
-from kubefwd.sim.kubelet import Kubelet, expand
+from kubefwd.sim.kubelet import Kubelet
 from kubefwd.sim.podservers import pattern_bytes
+from kubefwd.sim.processes import expand
 
 NS = "shop"
 
@@ -73,6 +75,14 @@ def statuses() -> Statuses:
 
 
 @pytest.fixture
+def net() -> Iterator[str]:
+    """127.3.<n>: addresses of this test's own, locked so that parallel runs on one machine
+    never use them at the same time."""
+    with locked_block("kubelet", range(1, 255)) as third:
+        yield f"127.3.{third}"
+
+
+@pytest.fixture
 def kubelet(statuses: Statuses) -> Iterator[Kubelet]:
     k = Kubelet(on_status=statuses)
     try:
@@ -98,9 +108,31 @@ def ended(sock: socket.socket) -> bool:
         return True
 
 
-def curl(*args: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(["curl", "-sS", "--max-time", "10", *args], capture_output=True,
-                          check=True, timeout=15)
+def curl(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(["curl", "-sS", "--max-time", "10", *args], input=stdin,
+                          capture_output=True, check=True, timeout=15)
+
+
+def redis_pod(name: str) -> dict[str, Any]:
+    """A redis-server command container listening on its pod IP."""
+    return pod(name, image="redis:7", ports=(6379,), command=["redis-server"],
+               args=["--bind", "$(POD_IP)", "--port", "6379", "--save", ""])
+
+
+def redis_ping(ip: str) -> bytes:
+    ping = subprocess.run(["redis-cli", "-h", ip, "ping"], capture_output=True, timeout=10)
+    return ping.stdout.strip()
+
+
+def read_response(reader: Any, *, head: bool = False) -> tuple[bytes, dict[str, str], bytes]:
+    """One response from a keep-alive connection: (status line with its CRLF, lower-cased
+    headers, body by Content-Length, none for HEAD)."""
+    status = reader.readline()
+    headers = {}
+    while (line := reader.readline()) != b"\r\n":
+        key, _, value = line.decode().partition(":")
+        headers[key.lower()] = value.strip()
+    return status, headers, b"" if head else reader.read(int(headers["content-length"]))
 
 
 needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
@@ -150,9 +182,7 @@ def test_http_server_answers_name_bytes_and_uploads(kubelet: Kubelet, statuses: 
     assert answer == {"length": 3_000_000,
                       "sha256": hashlib.sha256(upload.read_bytes()).hexdigest()}
     # Read from stdin, curl sends the body chunked.
-    chunked = json.loads(subprocess.run(
-        ["curl", "-sS", "--max-time", "10", "-T", "-", f"http://{ip}:8080/up"],
-        input=b"hello chunks", capture_output=True, check=True, timeout=15).stdout)
+    chunked = json.loads(curl("-T", "-", f"http://{ip}:8080/up", stdin=b"hello chunks").stdout)
     assert chunked == {"length": 12, "sha256": hashlib.sha256(b"hello chunks").hexdigest()}
 
 
@@ -163,12 +193,8 @@ def test_http_keeps_connections_alive_and_honours_close(kubelet: Kubelet,
         reader = sock.makefile("rb")
         for _ in range(3):
             sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert reader.readline() == b"HTTP/1.1 200 OK\r\n"
-            headers = {}
-            while (line := reader.readline()) != b"\r\n":
-                key, _, value = line.decode().partition(":")
-                headers[key.lower()] = value.strip()
-            assert reader.read(int(headers["content-length"])) == b"web-1\n"
+            status, _headers, body = read_response(reader)
+            assert status == b"HTTP/1.1 200 OK\r\n" and body == b"web-1\n"
         sock.sendall(b"GET /bytes/5 HTTP/1.1\r\nConnection: close\r\n\r\n")
         rest = reader.read()  # the server closes after answering
         assert rest.endswith(b"\r\n\r\n" + bytes(range(5)))
@@ -179,26 +205,14 @@ def test_echo_server_echoes_until_half_close(kubelet: Kubelet, statuses: Statuse
     ip = run_pod(kubelet, statuses, pod("echo-1", image="sim/tcp-echo", ports=(7, 9000)))
     assert kubelet.listening_ports(NS, "echo-1") == {7, 9000}
     data = os.urandom(4 << 20)
-    with socket.create_connection((ip, 9000), timeout=5) as sock:
-        got = bytearray()
-        sender = threading.Thread(target=lambda: (sock.sendall(data),
-                                                  sock.shutdown(socket.SHUT_WR)))
-        sender.start()
-        while chunk := sock.recv(1 << 20):
-            got += chunk
-        sender.join()
-    assert bytes(got) == data
+    assert echo_roundtrip(ip, 9000, data, timeout=5) == data
 
 
 @needs_redis
 def test_redis_server_runs_as_a_command_container_on_its_pod_ip(kubelet: Kubelet,
                                                                  statuses: Statuses) -> None:
-    manifest = pod("cache-0", image="redis:7", ports=(6379,),
-                   command=["redis-server"],
-                   args=["--bind", "$(POD_IP)", "--port", "6379", "--save", ""])
-    ip = run_pod(kubelet, statuses, manifest)
-    ping = subprocess.run(["redis-cli", "-h", ip, "ping"], capture_output=True, timeout=10)
-    assert ping.stdout.strip() == b"PONG"
+    ip = run_pod(kubelet, statuses, redis_pod("cache-0"))
+    assert redis_ping(ip) == b"PONG"
     assert kubelet.listening_ports(NS, "cache-0") == {6379}
     kubelet.stop_pod(NS, "cache-0")
     with pytest.raises(OSError):
@@ -253,44 +267,33 @@ def test_kill_closes_connections_and_the_container_restarts(kubelet: Kubelet,
             s.close()
     assert up["podIP"] == ip
     assert "terminated" in up["containerStatuses"][0]["lastState"]
-    with socket.create_connection((ip, 8080), timeout=5) as sock:
-        sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
-        assert sock.makefile("rb").read().endswith(b"web-1\n")
+    assert http_get(ip, 8080)[1] == b"web-1\n"
 
 
 @needs_redis
 def test_killed_process_restarts_with_restart_count(kubelet: Kubelet,
                                                     statuses: Statuses) -> None:
-    manifest = pod("cache-0", image="redis:7", ports=(6379,), command=["redis-server"],
-                   args=["--bind", "$(POD_IP)", "--port", "6379", "--save", ""])
-    ip = run_pod(kubelet, statuses, manifest)
-    conn = kubelet.connect(NS, "cache-0", 6379)
-    try:
+    ip = run_pod(kubelet, statuses, redis_pod("cache-0"))
+    with kubelet.connect(NS, "cache-0", 6379) as conn:
         kubelet.kill_pod(NS, "cache-0")
         assert ended(conn)
-    finally:
-        conn.close()
     statuses.wait("cache-0", lambda s: ready(s)
                   and s["containerStatuses"][0]["restartCount"] == 1)
-    ping = subprocess.run(["redis-cli", "-h", ip, "ping"], capture_output=True, timeout=10)
-    assert ping.stdout.strip() == b"PONG"
+    assert redis_ping(ip) == b"PONG"
 
 
-def test_stop_releases_the_ip_and_closes_the_port(statuses: Statuses) -> None:
-    # 127.1.14.0/30 has three usable addresses (.1-.3; .0 is skipped).
-    with Kubelet(on_status=statuses, ip_range="127.1.14.0/30") as kubelet:
+def test_stop_releases_the_ip_and_closes_the_port(statuses: Statuses, net: str) -> None:
+    # A /30 has three usable addresses (.1-.3; .0 is skipped).
+    with Kubelet(on_status=statuses, ip_range=f"{net}.0/30") as kubelet:
         for i in range(3):
             run_pod(kubelet, statuses, pod(f"web-{i}"))
         with pytest.raises(RuntimeError):
             kubelet.start_pod(pod("web-3"))
         ip = kubelet.pod_ip(NS, "web-1")
         assert ip is not None
-        conn = kubelet.connect(NS, "web-1", 8080)
-        try:
+        with kubelet.connect(NS, "web-1", 8080) as conn:
             kubelet.stop_pod(NS, "web-1")
             assert ended(conn)
-        finally:
-            conn.close()
         assert kubelet.pod_ip(NS, "web-1") is None
         assert kubelet.listening_ports(NS, "web-1") == set()
         with pytest.raises(ConnectionRefusedError):
@@ -344,9 +347,8 @@ def test_stop_kills_the_whole_process_group_after_the_grace_period(
     kubelet.start_pod(manifest)
     statuses.wait("stubborn-1", ready)
     me = psutil.Process()
-    deadline = time.monotonic() + 5
-    while len(me.children(recursive=True)) < 3 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: len(me.children(recursive=True)) >= 3, 5, "the shell and its two sleeps",
+             interval=0.01)
     assert len(me.children(recursive=True)) == 3
     started = time.monotonic()
     kubelet.stop_pod(NS, "stubborn-1")
@@ -372,31 +374,22 @@ def test_close_ends_open_connections_and_processes(statuses: Statuses) -> None:
     assert psutil.Process().children() == []
 
 
-def test_addresses_taken_by_someone_else_are_skipped(statuses: Statuses) -> None:
-    # Another simulated cluster on this machine already serves 127.1.13.1 and .2 on 8080.
+def test_addresses_taken_by_someone_else_are_skipped(statuses: Statuses, net: str) -> None:
+    # Another simulated cluster on this machine already serves .1 and .2 on 8080.
     others = []
-    for ip in ("127.1.13.1", "127.1.13.2"):
+    for ip in (f"{net}.1", f"{net}.2"):
         other = socket.socket()
         other.bind((ip, 8080))
         other.listen()
         others.append(other)
     try:
-        with Kubelet(on_status=statuses, ip_range="127.1.13.0/30") as kubelet:
-            assert run_pod(kubelet, statuses, pod("web-1")) == "127.1.13.3"
+        with Kubelet(on_status=statuses, ip_range=f"{net}.0/30") as kubelet:
+            assert run_pod(kubelet, statuses, pod("web-1")) == f"{net}.3"
             # A pod on other ports may share the addresses the other cluster uses.
-            assert run_pod(kubelet, statuses, pod("web-2", ports=(9090,))) != "127.1.13.3"
+            assert run_pod(kubelet, statuses, pod("web-2", ports=(9090,))) != f"{net}.3"
     finally:
         for other in others:
             other.close()
-
-
-def read_response(reader: Any, *, head: bool = False) -> tuple[bytes, dict[str, str], bytes]:
-    status = reader.readline().rstrip(b"\r\n")
-    headers = {}
-    while (line := reader.readline()) != b"\r\n":
-        key, _, value = line.decode().partition(":")
-        headers[key.lower()] = value.strip()
-    return status, headers, b"" if head else reader.read(int(headers["content-length"]))
 
 
 def test_http_handles_pipelining_chunks_head_and_bad_requests(kubelet: Kubelet,
@@ -410,16 +403,16 @@ def test_http_handles_pipelining_chunks_head_and_bad_requests(kubelet: Kubelet,
                      b"Expect: 100-continue\r\n\r\n"
                      b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: 1\r\n\r\n"
                      b"DELETE / HTTP/1.1\r\n\r\n")
-        assert read_response(reader)[0] == b"HTTP/1.1 404 Not Found"
+        assert read_response(reader)[0] == b"HTTP/1.1 404 Not Found\r\n"
         status, headers, _ = read_response(reader, head=True)
-        assert status == b"HTTP/1.1 200 OK"
+        assert status == b"HTTP/1.1 200 OK\r\n"
         assert headers["content-length"] == "100"
         assert reader.readline() == b"HTTP/1.1 100 Continue\r\n"
         assert reader.readline() == b"\r\n"
         status, _, body = read_response(reader)
         assert json.loads(body) == {"length": 11,
                                     "sha256": hashlib.sha256(b"hello world").hexdigest()}
-        assert read_response(reader)[0] == b"HTTP/1.1 405 Method Not Allowed"
+        assert read_response(reader)[0] == b"HTTP/1.1 405 Method Not Allowed\r\n"
         sock.sendall(b"NONSENSE\r\n\r\n")
-        assert read_response(reader)[0] == b"HTTP/1.1 400 Bad Request"
+        assert read_response(reader)[0] == b"HTTP/1.1 400 Bad Request\r\n"
         assert reader.read() == b""

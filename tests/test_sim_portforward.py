@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
+from helpers import echo_roundtrip, http_get, kubectl_port_forward, manifests, service, wait_for
 
 from kubefwd.sim import SimCluster
 from kubefwd.wire import spdy
@@ -30,7 +31,7 @@ from kubefwd.wire import websocket as ws
 
 pytestmark = pytest.mark.e2e
 
-MANIFESTS = """
+PODS = """
 apiVersion: v1
 kind: Pod
 metadata: {name: echo, namespace: default, labels: {app: echo}}
@@ -42,21 +43,9 @@ kind: Pod
 metadata: {name: web, namespace: default, labels: {app: web}}
 spec:
   containers: [{name: web, image: sim/http, ports: [{containerPort: 8080}]}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: echo, namespace: default}
-spec:
-  selector: {app: echo}
-  ports: [{port: 7000, targetPort: 7000}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: web, namespace: default}
-spec:
-  selector: {app: web}
-  ports: [{port: 80, targetPort: 8080}]
 """
+MANIFESTS = manifests(PODS, service("echo", "default", ports="[{port: 7000, targetPort: 7000}]"),
+                      service("web", "default", ports="[{port: 80, targetPort: 8080}]"))
 PF_PATH = "/api/v1/namespaces/default/pods/{pod}/portforward"
 
 
@@ -74,60 +63,6 @@ def _no_latency(cluster: SimCluster) -> Iterator[None]:
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-
-@contextmanager
-def kubectl_port_forward(cluster: SimCluster, target: str, remote: int,
-                         websockets: bool) -> Iterator[tuple[int, subprocess.Popen[str]]]:
-    """Run ``kubectl port-forward`` on a free local port; yields (port, process)."""
-    env = dict(os.environ, KUBECTL_PORT_FORWARD_WEBSOCKETS="true" if websockets else "false")
-    proc = subprocess.Popen(
-        ["kubectl", "--kubeconfig", str(cluster.kubeconfig_path), "port-forward",
-         "--address", "127.0.0.1", target, f":{remote}"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        match = re.search(r"Forwarding from 127\.0\.0\.1:(\d+)", line)
-        assert match, f"kubectl said {line!r}, stderr: {proc.stderr.read() if proc.stderr else ''}"
-        yield int(match.group(1)), proc
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.communicate()
-
-
-def echo_roundtrip(port: int, data: bytes) -> bytes:
-    """Send ``data``, half-close, and read everything the echo pod sends back."""
-    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
-        received = bytearray()
-
-        def reader() -> None:
-            while chunk := sock.recv(1 << 20):
-                received.extend(chunk)
-
-        thread = threading.Thread(target=reader, name="test-echo-reader")
-        thread.start()
-        sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
-        thread.join(30)
-        return bytes(received)
-
-
-def http_get(port: int, path: str = "/") -> tuple[str, bytes]:
-    """One HTTP/1.1 request with Connection: close; returns (status line, body)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-        raw = bytearray()
-        while chunk := sock.recv(1 << 20):
-            raw.extend(chunk)
-    head, _, body = bytes(raw).partition(b"\r\n\r\n")
-    return head.split(b"\r\n")[0].decode(), body
 
 
 def api_connect(cluster: SimCluster) -> ssl.SSLSocket:
@@ -179,6 +114,12 @@ class SpdyForward:
     def close(self) -> None:
         self.session.close()
 
+    def __enter__(self) -> SpdyForward:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 # --- kubectl -------------------------------------------------------------------------------
 
@@ -186,12 +127,12 @@ class SpdyForward:
 @pytest.mark.parametrize("websockets", [True, False], ids=["spdy-in-websocket", "spdy"])
 def test_kubectl_pod_concurrent_large_and_half_close(cluster: SimCluster,
                                                      websockets: bool) -> None:
-    with kubectl_port_forward(cluster, "pod/echo", 7000, websockets) as (port, _proc):
+    with kubectl_port_forward(cluster, "pod/echo", 7000, websockets=websockets) as (port, _proc):
         results: dict[int, bool] = {}
 
         def one(i: int) -> None:
             data = os.urandom(200_000 + i)
-            results[i] = echo_roundtrip(port, data) == data
+            results[i] = echo_roundtrip("127.0.0.1", port, data) == data
 
         threads = [threading.Thread(target=one, args=(i,), name=f"test-conn-{i}")
                    for i in range(8)]
@@ -202,26 +143,26 @@ def test_kubectl_pod_concurrent_large_and_half_close(cluster: SimCluster,
         assert results == {i: True for i in range(8)}
 
         big = os.urandom(50 << 20)
-        back = echo_roundtrip(port, big)
+        back = echo_roundtrip("127.0.0.1", port, big)
         assert hashlib.sha256(back).hexdigest() == hashlib.sha256(big).hexdigest()
 
         # Half-close: the echo pod sees EOF only after everything was sent, and answers all.
-        assert echo_roundtrip(port, b"last words") == b"last words"
+        assert echo_roundtrip("127.0.0.1", port, b"last words") == b"last words"
 
 
 @pytest.mark.parametrize("websockets", [True, False], ids=["spdy-in-websocket", "spdy"])
 def test_kubectl_service(cluster: SimCluster, websockets: bool) -> None:
-    with kubectl_port_forward(cluster, "svc/web", 80, websockets) as (port, _proc):
-        status, body = http_get(port, "/")
+    with kubectl_port_forward(cluster, "svc/web", 80, websockets=websockets) as (port, _proc):
+        status, body = http_get("127.0.0.1", port, "/", timeout=10, version="1.1")
         assert status.endswith("200 OK") and body == b"web\n"
-        status, body = http_get(port, "/bytes/1000000")
+        status, body = http_get("127.0.0.1", port, "/bytes/1000000", timeout=10, version="1.1")
         assert len(body) == 1_000_000
-    with kubectl_port_forward(cluster, "svc/echo", 7000, websockets) as (port, _proc):
-        assert echo_roundtrip(port, b"via service") == b"via service"
+    with kubectl_port_forward(cluster, "svc/echo", 7000, websockets=websockets) as (port, _proc):
+        assert echo_roundtrip("127.0.0.1", port, b"via service") == b"via service"
 
 
 def test_kubectl_unused_port_reports_the_kubelet_error(cluster: SimCluster) -> None:
-    with kubectl_port_forward(cluster, "pod/web", 9999, False) as (port, proc):
+    with kubectl_port_forward(cluster, "pod/web", 9999, websockets=False) as (port, proc):
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
             assert sock.recv(100) == b""
         # Newer kubectl gives up the whole forward after an error; older ones keep going.
@@ -237,22 +178,28 @@ def test_kubectl_unused_port_reports_the_kubelet_error(cluster: SimCluster) -> N
 # --- the official Python client (WebSocket v4) ---------------------------------------------
 
 
-def _python_client(cluster: SimCluster) -> Any:
+@contextmanager
+def python_portforward(cluster: SimCluster, pod: str, port: int) -> Iterator[tuple[Any, Any]]:
+    """The official client's port-forward to ``pod``; yields (PortForward, its socket)."""
     from kubernetes import client, config
+    from kubernetes.stream import portforward
 
     api_client = config.new_client_from_config(config_file=str(cluster.kubeconfig_path))
-    return client.CoreV1Api(api_client)
+    api = client.CoreV1Api(api_client)
+    pf = portforward(api.connect_get_namespaced_pod_portforward, pod, "default",
+                     ports=str(port))
+    try:
+        sock = pf.socket(port)
+        sock.settimeout(10)
+        yield pf, sock
+        sock.close()
+    finally:
+        pf.close()
+        api_client.close()
 
 
 def test_python_client_portforward_http(cluster: SimCluster) -> None:
-    from kubernetes.stream import portforward
-
-    api = _python_client(cluster)
-    pf = portforward(api.connect_get_namespaced_pod_portforward, "web", "default",
-                     ports="8080")
-    try:
-        sock = pf.socket(8080)
-        sock.settimeout(10)
+    with python_portforward(cluster, "web", 8080) as (pf, sock):
         sock.sendall(b"GET /bytes/300000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         raw = bytearray()
         while chunk := sock.recv(1 << 20):
@@ -260,33 +207,14 @@ def test_python_client_portforward_http(cluster: SimCluster) -> None:
         head, _, body = bytes(raw).partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200") and len(body) == 300_000
         assert pf.error(8080) is None
-        sock.close()
-    finally:
-        pf.close()
-        api.api_client.close()
 
 
 def test_python_client_unused_port_gets_the_error(cluster: SimCluster) -> None:
-    from kubernetes.stream import portforward
-
-    api = _python_client(cluster)
-    pf = portforward(api.connect_get_namespaced_pod_portforward, "web", "default",
-                     ports="9999")
-    try:
-        sock = pf.socket(9999)
-        sock.settimeout(10)
+    with python_portforward(cluster, "web", 9999) as (pf, sock):
         assert sock.recv(10) == b""
-        deadline = time.monotonic() + 5
-        while pf.error(9999) is None and time.monotonic() < deadline:
-            threading.Event().wait(0.02)
-        error = pf.error(9999)
-        assert error is not None
+        error = wait_for(lambda: pf.error(9999), 5, "the port's error")
         assert error.startswith("error forwarding port 9999 to pod web, uid ")
         assert error.endswith("connect: connection refused")
-        sock.close()
-    finally:
-        pf.close()
-        api.api_client.close()
 
 
 # --- raw protocol checks -------------------------------------------------------------------
@@ -304,8 +232,7 @@ def test_spdy_upgrade_needs_the_protocol_header(cluster: SimCluster) -> None:
 
 
 def test_spdy_half_close_and_error_stream(cluster: SimCluster) -> None:
-    client = SpdyForward(cluster, "echo")
-    try:
+    with SpdyForward(cluster, "echo") as client:
         data, _error, state = client.open(7000)
         data.send(b"hello ")
         data.send(b"world", fin=True)
@@ -318,13 +245,10 @@ def test_spdy_half_close_and_error_stream(cluster: SimCluster) -> None:
         assert re.fullmatch(r"error forwarding port 9999 to pod echo, uid [0-9a-f-]+: "
                             r".*connect: connection refused", message), message
         assert client.session.ping(5) < 1.0
-    finally:
-        client.close()
 
 
 def test_spdy_data_stream_first_with_early_data(cluster: SimCluster) -> None:
-    client = SpdyForward(cluster, "echo")
-    try:
+    with SpdyForward(cluster, "echo") as client:
         got = bytearray()
         fin = threading.Event()
         common = {"port": "7000", "requestID": "7"}
@@ -335,8 +259,6 @@ def test_spdy_data_stream_first_with_early_data(cluster: SimCluster) -> None:
         error = client.session.open_stream({"streamType": "error", **common})
         error.close()
         assert fin.wait(5) and bytes(got) == b"before the pair was complete"
-    finally:
-        client.close()
 
 
 def test_websocket_v4_base64_and_repeated_ports(cluster: SimCluster) -> None:
@@ -367,8 +289,7 @@ def test_websocket_v4_base64_and_repeated_ports(cluster: SimCluster) -> None:
 
 
 def test_garbage_frames_close_only_that_connection(cluster: SimCluster) -> None:
-    healthy = SpdyForward(cluster, "echo")
-    try:
+    with SpdyForward(cluster, "echo") as healthy:
         # Garbage after a SPDY upgrade.
         sock, head = upgrade_request(cluster, "echo", SPDY_HEADERS)
         assert head.status == 101
@@ -392,16 +313,13 @@ def test_garbage_frames_close_only_that_connection(cluster: SimCluster) -> None:
         data, _error, state = healthy.open(7000)
         data.send(b"still fine", fin=True)
         assert state["data_fin"].wait(5) and bytes(state["data"]) == b"still fine"
-    finally:
-        healthy.close()
 
 
 @pytest.mark.parametrize("how", ["delete", "kill"])
 def test_pod_deletion_or_death_ends_its_forwarded_connections(how: str) -> None:
     with SimCluster(manifests=MANIFESTS.split("---")[0]) as c:
         c.wait_ready("default")
-        client = SpdyForward(c, "echo")
-        try:
+        with SpdyForward(c, "echo") as client:
             data, _error, state = client.open(7000)
             data.send(b"ping")
             c.wait_for(lambda: bytes(state["data"]) == b"ping", 5)
@@ -412,45 +330,33 @@ def test_pod_deletion_or_death_ends_its_forwarded_connections(how: str) -> None:
             assert state["data_fin"].wait(5) and state["error_fin"].wait(5)
             # Like a kubelet, the port-forward connection itself stays up.
             assert client.session.ping(5) < 1.0
-        finally:
-            client.close()
 
 
 def test_apiserver_restart_ends_port_forward_connections(cluster: SimCluster) -> None:
-    client = SpdyForward(cluster, "echo")
-    try:
+    with SpdyForward(cluster, "echo") as client:
         data, _error, state = client.open(7000)
         data.send(b"x")
         cluster.wait_for(lambda: bytes(state["data"]) == b"x", 5)
         cluster.restart_apiserver()
         assert client.session.closed.wait(5) and state["data_fin"].wait(5)
-    finally:
-        client.close()
-    client = SpdyForward(cluster, "echo")  # the restarted server serves new ones
-    try:
+    with SpdyForward(cluster, "echo") as client:  # the restarted server serves new ones
         data, _error, state = client.open(7000)
         data.send(b"again", fin=True)
         assert state["data_fin"].wait(5) and bytes(state["data"]) == b"again"
-    finally:
-        client.close()
 
 
-def test_latency_fault_delays_each_new_connection(cluster: SimCluster) -> None:
-    client = SpdyForward(cluster, "echo")
-    try:
-        cluster.port_forward_latency(0.0)
-        start = time.monotonic()
-        data, _error, state = client.open(7000)
-        data.send(b"x", fin=True)
-        assert state["data_fin"].wait(5)
-        fast = time.monotonic() - start
-        cluster.port_forward_latency(0.3)
-        client.close()
-        client = SpdyForward(cluster, "echo")
+def _one_connection_seconds(cluster: SimCluster) -> float:
+    """How long opening a forwarded connection and an echo through it takes."""
+    with SpdyForward(cluster, "echo") as client:
         start = time.monotonic()
         data, _error, state = client.open(7000)
         data.send(b"x", fin=True)
         assert state["data_fin"].wait(5) and bytes(state["data"]) == b"x"
-        assert time.monotonic() - start >= 0.3 > fast
-    finally:
-        client.close()
+        return time.monotonic() - start
+
+
+def test_latency_fault_delays_each_new_connection(cluster: SimCluster) -> None:
+    cluster.port_forward_latency(0.0)
+    fast = _one_connection_seconds(cluster)
+    cluster.port_forward_latency(0.3)
+    assert _one_connection_seconds(cluster) >= 0.3 > fast

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import hosts_file
 
 from kubefwd.errors import ExitCode, UsageError
 from kubefwd.svc_command import build_options, parse_duration, parse_mappings, split_list
@@ -23,9 +24,7 @@ def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def hosts(tmp_path: Path) -> Path:
-    path = tmp_path / "hosts"
-    path.write_bytes(HOSTS)
-    return path
+    return hosts_file(tmp_path, HOSTS)
 
 
 def test_lists_are_repeatable_and_comma_separated() -> None:

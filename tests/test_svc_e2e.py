@@ -15,127 +15,54 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
+from helpers import (
+    hosts_file,
+    http_text,
+    locked_block,
+    manifests,
+    needs_root,
+    service,
+    try_http,
+    unused_port,
+    wait_for,
+    workload,
+)
 
 from kubefwd.sim.cluster import SimCluster
 
 pytestmark = pytest.mark.e2e
 
-T = TypeVar("T")
-
 # Pods get addresses from a range no other test suite uses, so parallel runs do not collide.
 POD_RANGE = "127.250.0.0/20"
+# Third octets a test takes for its forwarded addresses (see the ``block`` fixture).
+BLOCK_SIZE = 8
 # Foreign content that must come back byte for byte: CRLF, comments, no final newline.
 ORIGINAL_HOSTS = (
     b"127.0.0.1\tlocalhost\r\n# a comment the user wrote\n::1 ip6-localhost ip6-loopback\n"
     b"10.0.0.5 build-server  # trailing comment"
 )
 
-MANIFESTS = """
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: web, namespace: shop}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: web}}
-  template:
-    metadata: {labels: {app: web}}
-    spec:
-      containers: [{name: web, image: sim/http, ports: [{name: http, containerPort: 8080}]}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: web, namespace: shop}
-spec:
-  selector: {app: web}
-  ports: [{name: http, port: 80, targetPort: http}]
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: cart, namespace: shop}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: cart}}
-  template:
-    metadata: {labels: {app: cart}}
-    spec:
-      containers:
-        - name: cart
-          image: sim/http
-          ports: [{name: http, containerPort: 8080}, {name: admin, containerPort: 9090}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: cart, namespace: shop}
-spec:
-  selector: {app: cart}
-  ports:
-    - {name: http, port: 8080, targetPort: http}
-    - {name: admin, port: 9090, targetPort: admin}
----
-apiVersion: apps/v1
-kind: StatefulSet
-metadata: {name: db, namespace: shop}
-spec:
-  serviceName: db
-  replicas: 2
-  selector: {matchLabels: {app: db}}
-  template:
-    metadata: {labels: {app: db}}
-    spec:
-      containers: [{name: db, image: sim/echo, ports: [{name: pg, containerPort: 5432}]}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: db, namespace: shop}
-spec:
-  clusterIP: None
-  selector: {app: db}
-  ports: [{name: pg, port: 5432, targetPort: pg}]
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: api, namespace: payments}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: api}}
-  template:
-    metadata: {labels: {app: api}}
-    spec:
-      containers: [{name: api, image: sim/http, ports: [{containerPort: 8080}]}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: api, namespace: payments}
-spec:
-  selector: {app: api}
-  ports:
-    - {name: http, port: 80, targetPort: 8080}
-    - {name: dns, port: 53, protocol: UDP, targetPort: 53}
----
-apiVersion: v1
-kind: Service
-metadata: {name: legacy, namespace: payments}
-spec:
-  ports: [{port: 80}]
-"""
+MANIFESTS = manifests(
+    workload("web", "shop"),
+    service("web", "shop"),
+    workload("cart", "shop",
+             ports="[{name: http, containerPort: 8080}, {name: admin, containerPort: 9090}]"),
+    service("cart", "shop", ports="[{name: http, port: 8080, targetPort: http},"
+                                  " {name: admin, port: 9090, targetPort: admin}]"),
+    workload("db", "shop", kind="StatefulSet", replicas=2, image="sim/echo",
+             ports="[{name: pg, containerPort: 5432}]"),
+    service("db", "shop", ports="[{name: pg, port: 5432, targetPort: pg}]", headless=True),
+    workload("api", "payments", ports="[{containerPort: 8080}]"),
+    service("api", "payments", ports="[{name: http, port: 80, targetPort: 8080},"
+                                     " {name: dns, port: 53, protocol: UDP, targetPort: 53}]"),
+    service("legacy", "payments", ports="[{port: 80}]", selector=False),
+)
 
 
 # -- helpers -------------------------------------------------------------------------------
-
-
-def wait_for(predicate: Callable[[], T | None], timeout: float = 10.0, what: str = "") -> T:
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        pause.wait(0.02)
 
 
 def hosts_entries(path: Path) -> dict[str, str]:
@@ -150,18 +77,6 @@ def hosts_entries(path: Path) -> dict[str, str]:
     return names
 
 
-def http_get(ip: str, port: int, path: str = "/", timeout: float = 5.0) -> str:
-    """Body of ``GET path`` (HTTP/1.0, so the server closes when done)."""
-    with socket.create_connection((ip, port), timeout=timeout) as sock:
-        sock.sendall(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1."), head[:80]
-    return body.decode()
-
-
 def echo(ip: str, port: int, payload: bytes = b"ping", timeout: float = 5.0) -> bytes:
     with socket.create_connection((ip, port), timeout=timeout) as sock:
         sock.sendall(payload)
@@ -174,13 +89,6 @@ def echo(ip: str, port: int, payload: bytes = b"ping", timeout: float = 5.0) -> 
     return got
 
 
-def try_http(ip: str, port: int) -> str | None:
-    try:
-        return http_get(ip, port, timeout=2.0)
-    except (OSError, AssertionError):
-        return None
-
-
 class Kubefwd:
     """``python -m kubefwd svc ...`` as a child process, with its output collected."""
 
@@ -188,6 +96,7 @@ class Kubefwd:
                  wrapper: Sequence[str] = ()) -> None:
         env = dict(os.environ, HOME=str(home), PYTHONUNBUFFERED="1")
         env.pop("SUDO_USER", None)
+        self.hosts = hosts
         self.argv = [*wrapper, sys.executable, "-m", "kubefwd", "svc", "-c",
                      str(cluster.kubeconfig_path), "--hosts-path", str(hosts), *args]
         self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE,
@@ -241,6 +150,11 @@ class Kubefwd:
         self._reader.join(5)
         return code
 
+    def stop_cleanly(self, sig: int = signal.SIGINT) -> None:
+        """Stop with exit code 0, leaving the hosts file as it was before any run."""
+        assert self.stop(sig) == 0
+        assert self.hosts.read_bytes() == ORIGINAL_HOSTS
+
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
@@ -257,18 +171,35 @@ def cluster() -> Iterator[SimCluster]:
 
 @pytest.fixture
 def hosts(tmp_path: Path) -> Path:
-    path = tmp_path / "hosts"
-    path.write_bytes(ORIGINAL_HOSTS)
-    return path
+    return hosts_file(tmp_path, ORIGINAL_HOSTS)
 
 
 @pytest.fixture
-def run(cluster: SimCluster, hosts: Path, tmp_path: Path) -> Iterator[Callable[..., Kubefwd]]:
-    started: list[Kubefwd] = []
+def block() -> Iterator[int]:
+    """The third octet of this test's own addresses: kubefwd gets ``127.1.<block>.1`` as its
+    base (127.[1+context].[block+namespace].n), and the block stays locked for the test, so
+    runs in parallel on one machine never forward to the same address."""
+    with locked_block("svc", range(128, 256 - BLOCK_SIZE, BLOCK_SIZE)) as third:
+        yield third
 
-    def start(*args: str, hosts_path: Path = hosts, wrapper: Sequence[str] = ()) -> Kubefwd:
+
+@pytest.fixture
+def run(cluster: SimCluster, hosts: Path, tmp_path: Path,
+        block: int) -> Iterator[Callable[..., Kubefwd]]:
+    started: list[Kubefwd] = []
+    base_conf = tmp_path / "base.yaml"
+    base_conf.write_text(f"baseUnreservedIP: 127.1.{block}.1\n")
+
+    def start(*args: str, hosts_path: Path = hosts, wrapper: Sequence[str] = (),
+              ready: bool = True) -> Kubefwd:
+        """Start ``kubefwd svc`` with ``args`` (and this test's base address unless ``args``
+        name a -z file of their own); with ``ready``, wait until it says it is."""
+        if "-z" not in args:
+            args = (*args, "-z", str(base_conf))
         fwd = Kubefwd(cluster, hosts_path, *args, home=tmp_path, wrapper=wrapper)
         started.append(fwd)
+        if ready:
+            fwd.wait_ready()
         return fwd
 
     yield start
@@ -293,7 +224,6 @@ def test_namespaces_normal_headless_and_multiport_services(
     run: Callable[..., Kubefwd], hosts: Path
 ) -> None:
     fwd = run("-n", "shop,payments")
-    fwd.wait_ready()
     names = hosts_entries(hosts)
     # First namespace: bare names; every namespace: the qualified forms.
     for name in ["web", "web.shop", "web.shop.svc", "web.shop.svc.cluster.local", "cart",
@@ -302,10 +232,10 @@ def test_namespaces_normal_headless_and_multiport_services(
     assert "api" not in names and "legacy.payments" not in names
     assert_foreign_lines_kept(hosts)
     # A normal service with a named target port; a multi-port one; a plain numeric one.
-    assert http_get(names["web"], 80).startswith("web-")
-    assert http_get(names["cart"], 8080).startswith("cart-")
-    assert http_get(names["cart.shop"], 9090).startswith("cart-")
-    assert http_get(names["api.payments"], 80).startswith("api-")
+    assert http_text(names["web"], 80).startswith("web-")
+    assert http_text(names["cart"], 8080).startswith("cart-")
+    assert http_text(names["cart.shop"], 9090).startswith("cart-")
+    assert http_text(names["api.payments"], 80).startswith("api-")
     # Headless: each pod under its own name and IP, the service name goes to the first pod.
     assert len({names["db"], names["db-0.db"], names["db-1.db"]}) == 3
     assert echo(names["db-0.db"], 5432, b"to zero") == b"to zero"
@@ -316,83 +246,62 @@ def test_namespaces_normal_headless_and_multiport_services(
     assert f"{names['web']}:80" in line and "shop/web-" in line
     fwd.wait_line(r"WARNING .*legacy.*no selector")
     fwd.wait_line(r"WARNING .*api.*53/UDP")
-    assert fwd.stop() == 0
-    assert hosts.read_bytes() == ORIGINAL_HOSTS
+    fwd.stop_cleanly()
 
 
 def test_two_contexts_get_their_own_ranges_and_qualified_names(
-    run: Callable[..., Kubefwd], hosts: Path
+    run: Callable[..., Kubefwd], hosts: Path, block: int
 ) -> None:
     fwd = run("-x", "one,two", "-n", "shop")
-    fwd.wait_ready()
     names = hosts_entries(hosts)
-    assert names["web.shop.one"].startswith("127.1.27.")
-    assert names["web.shop.two"].startswith("127.2.27.")
+    assert names["web.shop.one"].startswith(f"127.1.{block}.")
+    assert names["web.shop.two"].startswith(f"127.2.{block}.")
     assert names["web"] == names["web.shop.one"] and names["web.shop"] == names["web"]
-    assert http_get(names["web.shop.two"], 80).startswith("web-")
-    assert http_get(names["cart.shop.svc.two"], 9090).startswith("cart-")
-    assert fwd.stop() == 0
-    assert hosts.read_bytes() == ORIGINAL_HOSTS
+    assert http_text(names["web.shop.two"], 80).startswith("web-")
+    assert http_text(names["cart.shop.svc.two"], 9090).startswith("cart-")
+    fwd.stop_cleanly()
 
 
 def test_mappings_reservations_and_fwd_conf(
-    run: Callable[..., Kubefwd], hosts: Path, tmp_path: Path
+    run: Callable[..., Kubefwd], hosts: Path, tmp_path: Path, block: int
 ) -> None:
+    net = f"127.1.{block}"
     conf = tmp_path / "fwd.yaml"
-    conf.write_text("serviceConfigurations:\n  - {name: cart, ip: 127.1.27.88}\n")
-    fwd = run("-n", "shop", "-m", "80:8081", "-r", "web:127.1.27.77", "-z", str(conf),
+    conf.write_text(f"baseUnreservedIP: {net}.1\n"
+                    f"serviceConfigurations:\n  - {{name: cart, ip: {net}.88}}\n")
+    fwd = run("-n", "shop", "-m", "80:8081", "-r", f"web:{net}.77", "-z", str(conf),
               "-d", "dev.local")
-    fwd.wait_ready()
     names = hosts_entries(hosts)
-    assert names["web"] == names["web.dev.local"] == "127.1.27.77"
-    assert names["cart"] == "127.1.27.88"
-    assert http_get("127.1.27.77", 8081).startswith("web-")
+    assert names["web"] == names["web.dev.local"] == f"{net}.77"
+    assert names["cart"] == f"{net}.88"
+    assert http_text(f"{net}.77", 8081).startswith("web-")
     with pytest.raises(OSError):
-        http_get("127.1.27.77", 80, timeout=1)
-    assert fwd.stop() == 0
-    assert hosts.read_bytes() == ORIGINAL_HOSTS
+        http_text(f"{net}.77", 80, timeout=1)
+    fwd.stop_cleanly()
 
 
 def test_all_namespaces_and_field_selector(run: Callable[..., Kubefwd], hosts: Path) -> None:
     fwd = run("-A", "-f", "metadata.name=web")
-    fwd.wait_ready()
     names = hosts_entries(hosts)
     # Namespaces are numbered in name order; "default" comes first and gets the bare names.
     assert "web.shop" in names and "web" not in names
     assert not any(n.startswith(("cart.", "api.", "db.")) for n in names)
-    assert http_get(names["web.shop"], 80).startswith("web-")
-    assert fwd.stop() == 0
-    assert hosts.read_bytes() == ORIGINAL_HOSTS
+    assert http_text(names["web.shop"], 80).startswith("web-")
+    fwd.stop_cleanly()
 
 
 # -- changes while running -----------------------------------------------------------------
 
-NEW_SERVICE = """
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: search, namespace: shop}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: search}}
-  template:
-    metadata: {labels: {app: search}}
-    spec:
-      containers: [{name: s, image: sim/http, ports: [{containerPort: 8080}]}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: search, namespace: shop}
-spec:
-  selector: {app: search}
-  ports: [{port: 7700, targetPort: 8080}]
-"""
+NEW_SERVICE = manifests(
+    workload("search", "shop", ports="[{containerPort: 8080}]", container="s"),
+    service("search", "shop", ports="[{port: 7700, targetPort: 8080}]"),
+)
 
 
 def test_service_added_and_deleted_while_running(
     run: Callable[..., Kubefwd], cluster: SimCluster, hosts: Path
 ) -> None:
     fwd = run("-n", "shop")
-    fwd.wait_ready()
     cluster.apply(NEW_SERVICE)
     started = time.monotonic()
     ip = wait_for(lambda: hosts_entries(hosts).get("search.shop"), 5, "search in hosts")
@@ -404,8 +313,7 @@ def test_service_added_and_deleted_while_running(
     fwd.wait_line(r"Stopped forwarding .*search")
     with pytest.raises(OSError):
         socket.create_connection((ip, 7700), timeout=1).close()
-    assert fwd.stop() == 0
-    assert hosts.read_bytes() == ORIGINAL_HOSTS
+    fwd.stop_cleanly()
 
 
 class Traffic:
@@ -435,7 +343,6 @@ def test_deployment_pod_deleted_mid_run_with_traffic(
     run: Callable[..., Kubefwd], cluster: SimCluster, hosts: Path
 ) -> None:
     fwd = run("-n", "shop")
-    fwd.wait_ready()
     ip = hosts_entries(hosts)["web"]
     (old,) = [p["metadata"]["name"] for p in cluster.pods("shop", "app=web")]
     traffic = Traffic(lambda: try_http(ip, 80))
@@ -447,8 +354,7 @@ def test_deployment_pod_deleted_mid_run_with_traffic(
     finally:
         traffic.stop()
     assert new[0].startswith("web-") and new[-1] != old + "\n"
-    assert fwd.stop() == 0
-    assert hosts.read_bytes() == ORIGINAL_HOSTS
+    fwd.stop_cleanly()
 
 
 def test_unready_pod_gets_no_new_connections_and_is_used_again_when_ready(
@@ -457,24 +363,21 @@ def test_unready_pod_gets_no_new_connections_and_is_used_again_when_ready(
     cluster.apply(MANIFESTS.split("---")[0].replace("replicas: 1", "replicas: 2"))
     cluster.wait_ready("shop", timeout=15)
     fwd = run("-n", "shop")
-    fwd.wait_ready()
     ip = hosts_entries(hosts)["web"]
-    first = http_get(ip, 80).strip()
+    first = http_text(ip, 80).strip()
     cluster.set_pod_ready("shop", first, False)
     other = wait_for(lambda: (b := try_http(ip, 80)) and b.strip() != first and b.strip(), 5,
                      "connections moving to the other pod")
-    assert all(http_get(ip, 80).strip() == other for _ in range(5))
+    assert all(http_text(ip, 80).strip() == other for _ in range(5))
     cluster.set_pod_ready("shop", first, True)
     wait_for(lambda: try_http(ip, 80) == first + "\n", 5, "the first pod used again")
-    assert fwd.stop() == 0
-    assert hosts.read_bytes() == ORIGINAL_HOSTS
+    fwd.stop_cleanly()
 
 
 def test_statefulset_pod_deleted_mid_run_comes_back_under_its_name(
     run: Callable[..., Kubefwd], cluster: SimCluster, hosts: Path
 ) -> None:
     fwd = run("-n", "shop")
-    fwd.wait_ready()
     ip = hosts_entries(hosts)["db-0.db"]
     assert echo(ip, 5432) == b"ping"
     with socket.create_connection((ip, 5432), timeout=5) as open_conn:
@@ -504,38 +407,33 @@ def test_statefulset_pod_deleted_mid_run_comes_back_under_its_name(
     wait_for(answers, 10, "db-0.db answering again")
     # The replacement gets the same name, and the same address back.
     wait_for(lambda: hosts_entries(hosts).get("db-0.db") == ip, 5, "db-0.db in hosts again")
-    assert fwd.stop() == 0
-    assert hosts.read_bytes() == ORIGINAL_HOSTS
+    fwd.stop_cleanly()
 
 
 def test_watch_expired_410_mid_run_relists(
     run: Callable[..., Kubefwd], cluster: SimCluster, hosts: Path
 ) -> None:
     fwd = run("-n", "shop")
-    fwd.wait_ready()
     cluster.expire_watch_history()
     cluster.apply(NEW_SERVICE)
     ip = wait_for(lambda: hosts_entries(hosts).get("search"), 10, "search after a 410")
     assert wait_for(lambda: try_http(ip, 7700), 10).startswith("search-")
-    assert fwd.stop() == 0
-    assert hosts.read_bytes() == ORIGINAL_HOSTS
+    fwd.stop_cleanly()
 
 
 def test_api_server_restart_mid_run(
     run: Callable[..., Kubefwd], cluster: SimCluster, hosts: Path
 ) -> None:
     fwd = run("-n", "shop")
-    fwd.wait_ready()
     ip = hosts_entries(hosts)["web"]
-    assert http_get(ip, 80).startswith("web-")
+    assert http_text(ip, 80).startswith("web-")
     cluster.restart_apiserver()
     # Tunnels and watches were cut: new connections and new services work again.
     assert wait_for(lambda: try_http(ip, 80), 10, "web after the restart").startswith("web-")
     cluster.apply(NEW_SERVICE)
     search = wait_for(lambda: hosts_entries(hosts).get("search"), 10, "search after restart")
     assert wait_for(lambda: try_http(search, 7700), 10).startswith("search-")
-    assert fwd.stop() == 0
-    assert hosts.read_bytes() == ORIGINAL_HOSTS
+    fwd.stop_cleanly()
 
 
 def test_service_without_ready_pod_holds_then_closes_after_timeout(
@@ -543,7 +441,6 @@ def test_service_without_ready_pod_holds_then_closes_after_timeout(
 ) -> None:
     cluster.apply(NEW_SERVICE.replace("replicas: 1", "replicas: 0"))
     fwd = run("-n", "shop", "-t", "2")
-    fwd.wait_ready()
     ip = hosts_entries(hosts)["search"]
     started = time.monotonic()
     with socket.create_connection((ip, 7700), timeout=10) as sock:
@@ -556,27 +453,26 @@ def test_service_without_ready_pod_holds_then_closes_after_timeout(
     fwd.wait_line(r"WARNING .*search.*no ready pod after 2s", timeout=5)
     # A held connection is served as soon as a pod becomes ready.
     result: list[str | None] = []
-    client = threading.Thread(target=lambda: result.append(http_get(ip, 7700, timeout=8)),
+    client = threading.Thread(target=lambda: result.append(http_text(ip, 7700, timeout=8)),
                               name="client")
     client.start()
     threading.Event().wait(0.3)
     cluster.apply(NEW_SERVICE)
     client.join(10)
     assert result and result[0] and result[0].startswith("search-")
-    assert fwd.stop() == 0
-    assert hosts.read_bytes() == ORIGINAL_HOSTS
+    fwd.stop_cleanly()
 
 
 # -- the hosts file: sharing, crashes, signals ---------------------------------------------
 
 
 def test_two_instances_share_one_hosts_file(
-    run: Callable[..., Kubefwd], hosts: Path, tmp_path: Path
+    run: Callable[..., Kubefwd], hosts: Path, tmp_path: Path, block: int
 ) -> None:
     conf = tmp_path / "second.yaml"
-    conf.write_text("baseUnreservedIP: 127.1.40.1\n")
-    first = run("-n", "shop")
-    second = run("-n", "payments", "-z", str(conf))
+    conf.write_text(f"baseUnreservedIP: 127.1.{block + 1}.1\n")
+    first = run("-n", "shop", ready=False)
+    second = run("-n", "payments", "-z", str(conf), ready=False)
     first.wait_ready()
     second.wait_ready()
     def both() -> dict[str, str] | None:
@@ -584,43 +480,36 @@ def test_two_instances_share_one_hosts_file(
         return entries if "api.payments" in entries and "web" in entries else None
 
     names = wait_for(both, 10, "both instances in the hosts file")
-    assert names["api.payments"].startswith("127.1.40.")
-    assert http_get(names["web"], 80).startswith("web-")
-    assert http_get(names["api.payments"], 80).startswith("api-")
+    assert names["api.payments"].startswith(f"127.1.{block + 1}.")
+    assert http_text(names["web"], 80).startswith("web-")
+    assert http_text(names["api.payments"], 80).startswith("api-")
     assert first.stop() == 0
     left = hosts_entries(hosts)
     assert "web" not in left and "api.payments" in left
     assert_foreign_lines_kept(hosts)
-    assert second.stop() == 0
-    assert hosts.read_bytes() == ORIGINAL_HOSTS
+    second.stop_cleanly()
 
 
 def test_kill_9_then_a_fresh_run_purges_the_stale_lines(
     run: Callable[..., Kubefwd], hosts: Path
 ) -> None:
     crashed = run("-n", "shop")
-    crashed.wait_ready()
     crashed.kill()
     stale = hosts.read_bytes()
     assert f"pid={crashed.proc.pid}".encode() in stale  # left behind by the crash
     fresh = run("-n", "shop")
-    fresh.wait_ready()
     text = hosts.read_bytes()
     assert f"pid={crashed.proc.pid}".encode() not in text
     assert f"pid={fresh.proc.pid}".encode() in text
-    assert fresh.stop() == 0
-    assert hosts.read_bytes() == ORIGINAL_HOSTS
+    fresh.stop_cleanly()
 
 
 def test_sigterm_stops_cleanly_and_a_second_signal_only_cleans_hosts(
     run: Callable[..., Kubefwd], hosts: Path
 ) -> None:
     fwd = run("-n", "shop")
-    fwd.wait_ready()
-    assert fwd.stop(signal.SIGTERM) == 0
-    assert hosts.read_bytes() == ORIGINAL_HOSTS
+    fwd.stop_cleanly(signal.SIGTERM)
     again = run("-n", "shop")
-    again.wait_ready()
     again.proc.send_signal(signal.SIGINT)
     again.proc.send_signal(signal.SIGINT)
     assert again.stop() in (0, 1)  # 1 when the second signal cut the shutdown short
@@ -665,9 +554,7 @@ def test_missing_kubeconfig(hosts: Path, tmp_path: Path) -> None:
 
 
 def test_unreachable_api_server(hosts: Path, tmp_path: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = unused_port()
     config = tmp_path / "kubeconfig"
     config.write_text(textwrap.dedent(f"""\
         apiVersion: v1
@@ -708,21 +595,21 @@ def test_wrong_token_is_unauthorized_naming_the_context(
 
 
 def test_port_in_use_is_reported_and_the_rest_still_forwards(
-    run: Callable[..., Kubefwd], hosts: Path
+    run: Callable[..., Kubefwd], hosts: Path, block: int
 ) -> None:
+    cart = f"127.1.{block}.1"  # where cart (first service of shop) goes
     blocker = socket.socket()
     blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    blocker.bind(("127.1.27.1", 8080))  # where cart (first service of shop) goes
+    blocker.bind((cart, 8080))
     blocker.listen()
     try:
         fwd = run("-n", "shop")
-        fwd.wait_ready()
-        line = fwd.wait_line(r"WARNING .*127\.1\.27\.1:8080")
+        line = fwd.wait_line(r"WARNING .*" + re.escape(f"{cart}:8080"))
         assert "already in use" in line and f"pid {os.getpid()}" in line
         names = hosts_entries(hosts)
-        assert names["cart"] == "127.1.27.1"
-        assert http_get("127.1.27.1", 9090).startswith("cart-")
-        assert http_get(names["web"], 80).startswith("web-")
+        assert names["cart"] == cart
+        assert http_text(cart, 9090).startswith("cart-")
+        assert http_text(names["web"], 80).startswith("web-")
         assert fwd.stop() == 0
     finally:
         blocker.close()
@@ -730,22 +617,20 @@ def test_port_in_use_is_reported_and_the_rest_still_forwards(
 
 
 @pytest.mark.root
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root")
+@needs_root("setpriv")
 def test_low_ports_without_the_capability_are_named_in_one_warning(
     run: Callable[..., Kubefwd], hosts: Path
 ) -> None:
     # Root without CAP_NET_BIND_SERVICE: it may write the hosts file but not bind port 80.
     fwd = run("-n", "shop,payments", wrapper=["setpriv", "--bounding-set", "-net_bind_service"])
-    fwd.wait_ready()
     line = fwd.wait_line(r"WARNING not forwarded without root")
     assert re.search(r" 80 \(one/\w+/\w+, one/\w+/\w+\)", line), line
     assert "one/shop/web" in line and "one/payments/api" in line and "-m 80:8080" in line
     fwd.wait_line(r"WARNING one/shop/web: not forwarded: none of its ports could be bound")
     assert not [x for x in fwd.lines if "Forwarding web" in x]
     names = hosts_entries(hosts)
-    assert http_get(names["cart"], 8080).startswith("cart-")
-    assert fwd.stop() == 0
-    assert hosts.read_bytes() == ORIGINAL_HOSTS
+    assert http_text(names["cart"], 8080).startswith("cart-")
+    fwd.stop_cleanly()
 
 
 # -- real resolver and a real server -------------------------------------------------------
@@ -767,14 +652,8 @@ spec:
           args: [--bind, $(POD_IP), --port, "6379", --save, "", --appendonly, "no"]
           env: [{name: POD_IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}]
           ports: [{name: redis, containerPort: 6379}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: cache, namespace: shop}
-spec:
-  selector: {app: cache}
-  ports: [{port: 6379, targetPort: redis}]
 """
+REDIS = manifests(REDIS, service("cache", "shop", ports="[{port: 6379, targetPort: redis}]"))
 
 
 @pytest.mark.skipif(not shutil.which("redis-server") or not shutil.which("redis-cli"),
@@ -785,7 +664,6 @@ def test_redis_pod_reached_by_service_name(
     cluster.apply(REDIS)
     cluster.wait_ready("shop", timeout=15)
     fwd = run("-n", "shop")
-    fwd.wait_ready()
     ip = hosts_entries(hosts)["cache"]  # the name redis-cli -h cache would resolve
 
     def cli(*args: str) -> str:
@@ -795,8 +673,7 @@ def test_redis_pod_reached_by_service_name(
     assert cli("PING") == "PONG"
     assert cli("SET", "greeting", "hello") == "OK"
     assert cli("GET", "greeting") == "hello"
-    assert fwd.stop() == 0
-    assert hosts.read_bytes() == ORIGINAL_HOSTS
+    fwd.stop_cleanly()
 
 
 DRIVER = """
@@ -833,10 +710,7 @@ print("RESULT " + json.dumps(result))
 
 
 @pytest.mark.root
-@pytest.mark.skipif(
-    os.geteuid() != 0 or not all(shutil.which(t) for t in ("unshare", "ip", "getent", "curl")),
-    reason="needs root, unshare, ip, getent and curl",
-)
+@needs_root("unshare", "ip", "getent", "curl")
 def test_real_resolver_inside_unshare_with_bind_mounted_etc_hosts(tmp_path: Path) -> None:
     manifests = tmp_path / "manifests.yaml"
     with_redis = bool(shutil.which("redis-server") and shutil.which("redis-cli"))
@@ -871,20 +745,20 @@ def test_real_resolver_inside_unshare_with_bind_mounted_etc_hosts(tmp_path: Path
 
 
 def test_in_process_start_and_shutdown_leave_no_threads_or_sockets(
-    cluster: SimCluster, hosts: Path, tmp_path: Path
+    cluster: SimCluster, hosts: Path, tmp_path: Path, block: int
 ) -> None:
     from kubefwd.app import Kubefwd as App
     from kubefwd.app import SvcOptions
 
     app = App(SvcOptions(kubeconfig=str(cluster.kubeconfig_path), namespaces=["shop"],
-                         hosts_path=hosts, backup_dir=tmp_path))
+                         hosts_path=hosts, backup_dir=tmp_path, base_ip=f"127.1.{block}.1"))
     try:
         app.start()
         assert app.wait_ready(0)
         forwards = app.forwards()
         ip, names, ports = forwards["one/shop/web"]
         assert "web.shop" in names and ports == [80]
-        assert http_get(ip, 80).startswith("web-")
+        assert http_text(ip, 80).startswith("web-")
         assert app.stats()["tunnels"] == 1
     finally:
         app.shutdown()
@@ -895,7 +769,5 @@ def test_auto_reconnect_keeps_a_tunnel_open_before_any_connection(
     run: Callable[..., Kubefwd], hosts: Path
 ) -> None:
     fwd = run("-n", "shop", "-a", "-v")
-    fwd.wait_ready()
     fwd.wait_line(r"tunnel shop/web-\S+ open over", timeout=5)
-    assert fwd.stop() == 0
-    assert hosts.read_bytes() == ORIGINAL_HOSTS
+    fwd.stop_cleanly()

@@ -1,16 +1,16 @@
 """The simulated API server: HTTP/1.1 (TLS or plain) over real sockets, a thread per connection.
 
-It serves discovery, REST verbs on the store's kinds, chunked watch streams, and hands
-port-forward upgrades over to ``kubefwd.sim.portforward``. Errors are ``Status`` objects
-like a real API server's. Faults (dropped connections, 403s, latency) are injected by
-``SimCluster`` through this class.
+It serves discovery, REST verbs on the store's kinds (``rest``), chunked watch streams
+(``watchstream``), and hands port-forward upgrades over to ``kubefwd.sim.portforward``; this
+module owns the sockets, the request parsing, the routing and that hand-off. Errors are
+``Status`` objects like a real API server's. Faults (dropped connections, 403s, latency) are
+injected by ``SimCluster`` through this class.
 """
 
 from __future__ import annotations
 
 import email.message
 import importlib
-import json
 import logging
 import socket
 import ssl
@@ -20,9 +20,20 @@ from collections.abc import Callable
 from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from kubefwd.sim import discovery, manifests, openapi, tables
+from kubefwd.sim import discovery, openapi, tables
 from kubefwd.sim.discovery import GROUP_VERSIONS
 from kubefwd.sim.httpconn import Connection, ConnectionClosed, Request, send_json
+from kubefwd.sim.rest import (
+    SUBRESOURCES,
+    delete_collection,
+    delete_options_dry_run,
+    forbidden,
+    parse_object,
+    patch_object,
+    scale,
+    serve_log,
+    verb_of,
+)
 from kubefwd.sim.store import (
     BY_KIND,
     RESOURCES,
@@ -34,6 +45,7 @@ from kubefwd.sim.store import (
     bad_request,
     not_found,
 )
+from kubefwd.sim.watchstream import serve_watch
 
 log = logging.getLogger(__name__)
 
@@ -317,21 +329,21 @@ class ApiServer:
                               "the server could not find the requested resource")
         name = rest[1] if len(rest) > 1 else ""
         sub = rest[2] if len(rest) > 2 else ""
-        if sub and sub not in _SUBRESOURCES.get(info.kind, ()):
+        if sub and sub not in SUBRESOURCES.get(info.kind, ()):
             raise StatusError(404, "NotFound",
                               "the server could not find the requested resource")
-        verb = self._verb(req, name)
+        verb = verb_of(req, name)
         resource = f"{info.plural}/{sub}" if sub else info.plural
         if self.backend.is_forbidden(resource, verb) or (
             sub and self.backend.is_forbidden(info.plural, verb)
         ):
-            raise _forbidden(info, resource, verb, namespace, name)
+            raise forbidden(info, resource, verb, namespace, name)
         if sub == "portforward":
             return self._portforward(conn, req, namespace, name)
         if sub == "log":
-            return self._log(conn, req, info, namespace, name)
+            return serve_log(self.backend, conn, req, info, namespace, name)
         if sub == "scale":
-            send_json(conn, 200, self._scale(req, info, namespace, name))
+            send_json(conn, 200, scale(self.backend.store, req, info, namespace, name))
             return True
         table = req.method == "GET" and tables.wants_table(req.headers.get("Accept", ""))
         include = req.arg("includeObject", "Metadata")
@@ -348,7 +360,10 @@ class ApiServer:
             flt = Filter.parse(info.kind, namespace or None, req.arg("labelSelector"),
                                req.arg("fieldSelector"))
             if verb == "watch":
-                return self._watch(conn, req, info, flt, table)
+                return serve_watch(conn, req, info, flt, store=self.backend.store,
+                                   stopping=self._stopping,
+                                   bookmark_interval=self.bookmark_interval,
+                                   default_timeout=self.default_watch_timeout, table=table)
             items, rv = self.backend.store.list_filtered(flt, copy_=False)
             if table:
                 send_json(conn, 200, tables.table(info.kind, items, rv, include_object=include))
@@ -359,20 +374,20 @@ class ApiServer:
             })
             return True
         if req.method == "POST" and not name:
-            obj = self._body(req, info, namespace)
+            obj = parse_object(req, info, namespace)
             if req.arg("dryRun"):
                 send_json(conn, 201, obj)
                 return True
             send_json(conn, 201, self.backend.store.create(obj))
             return True
         if not name and req.method == "DELETE":
-            return self._delete_collection(conn, req, info, namespace)
+            return delete_collection(self.backend, conn, req, info, namespace)
         if not name:
             raise StatusError(405, "MethodNotAllowed",
                               "the server does not allow this method on the requested resource")
         dry_run = bool(req.arg("dryRun"))
         if req.method == "PUT":
-            obj = self._body(req, info, namespace)
+            obj = parse_object(req, info, namespace)
             if (obj.get("metadata") or {}).get("name") != name:
                 raise bad_request("the name of the object does not match the name on the URL")
             if dry_run:
@@ -383,11 +398,12 @@ class ApiServer:
             send_json(conn, 200, self.backend.store.replace(obj, keep_status=sub != "status"))
             return True
         if req.method == "PATCH":
-            code, result = self._patch(req, info, namespace, name, sub == "status", dry_run)
+            code, result = patch_object(self.backend.store, req, info, namespace, name,
+                                        sub == "status", dry_run)
             send_json(conn, code, result)
             return True
         if req.method == "DELETE":
-            dry_run = dry_run or _delete_options_dry_run(req.body)
+            dry_run = dry_run or delete_options_dry_run(req.body)
             if dry_run:
                 current = self.backend.store.get(info.kind, namespace, name, copy_=False)
                 if current is None:
@@ -398,253 +414,6 @@ class ApiServer:
             return True
         raise StatusError(405, "MethodNotAllowed",
                           "the server does not allow this method on the requested resource")
-
-    @staticmethod
-    def _verb(req: Request, name: str) -> str:
-        if req.method == "GET":
-            if name:
-                return "get"
-            return "watch" if req.arg("watch") not in ("", "0", "false") else "list"
-        return {"POST": "create", "PUT": "update", "PATCH": "patch",
-                "DELETE": "delete" if name else "deletecollection"}.get(req.method, "get")
-
-    def _body(self, req: Request, info: ResourceInfo, namespace: str) -> Obj:
-        obj = manifests.parse_body(req.body, req.headers.get("Content-Type", ""))
-        if not obj.get("kind"):
-            text = req.body[:200].decode(errors="replace")
-            raise bad_request(f"Object 'Kind' is missing in '{text}'")
-        obj = self._checked(obj, info, namespace)
-        if req.arg("fieldValidation") == "Strict":
-            unknown = _unknown_fields(obj)
-            if unknown:
-                raise bad_request(
-                    f'{info.kind} in version "{info.version}" cannot be handled as a '
-                    f"{info.kind}: strict decoding error: "
-                    + ", ".join(f'unknown field "{f}"' for f in unknown)
-                )
-        return obj
-
-    @staticmethod
-    def _checked(obj: Obj, info: ResourceInfo, namespace: str) -> Obj:
-        """The kind, apiVersion and namespace of a body must match the URL."""
-        kind = obj.get("kind")
-        if kind != info.kind:
-            raise bad_request(
-                f"the API version in the data ({obj.get('apiVersion')}) and kind ({kind}) do "
-                f"not match the expected {info.api_version} {info.kind}"
-            )
-        if obj.get("apiVersion") != info.api_version:
-            raise bad_request(
-                f"the API version in the data ({obj.get('apiVersion')}) does not match the "
-                f"expected API version ({info.api_version})"
-            )
-        meta = obj.setdefault("metadata", {})
-        if not isinstance(meta, dict):
-            raise bad_request("metadata must be an object")
-        if info.namespaced:
-            if meta.get("namespace") and meta["namespace"] != namespace:
-                raise bad_request("the namespace of the provided object does not match the "
-                                  "namespace sent on the request")
-            meta["namespace"] = namespace
-        return obj
-
-    def _patch(self, req: Request, info: ResourceInfo, namespace: str, name: str,
-               status: bool, dry_run: bool) -> tuple[int, Obj]:
-        store = self.backend.store
-        content_type = req.headers.get("Content-Type", "").split(";")[0].strip()
-        current = store.get(info.kind, namespace, name)
-        if content_type == "application/apply-patch+yaml":
-            # Server-side apply, simplified: create when missing, else merge like apply does.
-            patch: Any = manifests.parse_body(req.body, "application/yaml")
-            if current is None:
-                obj = self._checked(patch, info, namespace)
-                (obj.get("metadata") or {})["name"] = name
-                return 201, obj if dry_run else store.create(obj)
-        else:
-            try:
-                patch = json.loads(req.body)
-            except ValueError as exc:
-                raise bad_request(f"error decoding patch: {exc}") from exc
-        if current is None:
-            raise not_found(info, name)
-        if content_type in ("application/strategic-merge-patch+json",
-                            "application/apply-patch+yaml"):
-            new = manifests.strategic_merge_patch(current, patch)
-        elif content_type == "application/merge-patch+json":
-            new = manifests.json_merge_patch(current, patch)
-        elif content_type == "application/json-patch+json":
-            new = manifests.json_patch(current, patch)
-        else:
-            raise StatusError(415, "UnsupportedMediaType",
-                              "the body of the request was in an unknown format - accepted "
-                              "media types include: application/json-patch+json, "
-                              "application/merge-patch+json, application/apply-patch+yaml, "
-                              "application/strategic-merge-patch+json")
-        if not isinstance(new, dict):
-            raise bad_request("patch produced a non-object")
-        new["kind"] = info.kind
-        new["apiVersion"] = info.api_version
-        meta = new.setdefault("metadata", {})
-        if not isinstance(meta, dict):
-            raise bad_request("metadata must be an object")
-        meta["name"] = name
-        if info.namespaced:
-            meta["namespace"] = namespace
-        # A resourceVersion the patch itself carries is a precondition (replace() answers 409);
-        # otherwise the patch applies to whatever is current.
-        if not (isinstance(patch, dict) and (patch.get("metadata") or {}).get("resourceVersion")):
-            meta.pop("resourceVersion", None)
-        if dry_run:
-            return 200, new
-        if status:
-            result = store.patch_status(info.kind, namespace, name, new.get("status") or {})
-            if result is None:
-                raise not_found(info, name)
-            return 200, result
-        return 200, store.replace(new, keep_status=True)
-
-    def _delete_collection(self, conn: Connection, req: Request, info: ResourceInfo,
-                           namespace: str) -> bool:
-        """DELETE on a collection: every object its selectors match; answers their list."""
-        flt = Filter.parse(info.kind, namespace or None, req.arg("labelSelector"),
-                           req.arg("fieldSelector"))
-        items, _ = self.backend.store.list_filtered(flt)
-        dry_run = bool(req.arg("dryRun")) or _delete_options_dry_run(req.body)
-        deleted = []
-        for obj in items:
-            meta = obj["metadata"]
-            if dry_run:
-                deleted.append(obj)
-                continue
-            try:
-                deleted.append(self.backend.delete_object(info.kind, meta.get("namespace", ""),
-                                                          meta["name"]))
-            except StatusError as err:
-                if err.code != 404:  # gone meanwhile: that is what we wanted
-                    raise
-        send_json(conn, 200, {"kind": f"{info.kind}List", "apiVersion": info.api_version,
-                              "metadata": {"resourceVersion": self.backend.store.resource_version},
-                              "items": deleted})
-        return True
-
-    def _log(self, conn: Connection, req: Request, info: ResourceInfo, namespace: str,
-             name: str) -> bool:
-        if req.method != "GET":
-            raise StatusError(405, "MethodNotAllowed",
-                              "the server does not allow this method on the requested resource")
-        if self.backend.store.get("Pod", namespace, name, copy_=False) is None:
-            raise not_found(info, name)
-        text = self.backend.pod_logs(namespace, name, req.arg("container") or None)
-        tail = req.arg("tailLines")
-        if tail.isdigit():
-            text = "".join(text.splitlines(keepends=True)[-int(tail):]) if int(tail) else ""
-        body = text.encode()
-        conn.send(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
-                  b"Content-Length: %d\r\n\r\n" % len(body) + body)
-        return True
-
-    def _scale(self, req: Request, info: ResourceInfo, namespace: str, name: str) -> Obj:
-        """The ``scale`` subresource of Deployments and StatefulSets (autoscaling/v1 Scale)."""
-        store = self.backend.store
-        obj = store.get(info.kind, namespace, name, copy_=False)
-        if obj is None:
-            raise not_found(info, name)
-        if req.method in ("PUT", "PATCH"):
-            current = _scale_of(obj)
-            try:
-                body = json.loads(req.body)
-            except ValueError as exc:
-                raise bad_request(f"error decoding body: {exc}") from exc
-            if req.method == "PATCH":
-                content_type = req.headers.get("Content-Type", "").split(";")[0].strip()
-                if content_type == "application/json-patch+json":
-                    body = manifests.json_patch(current, body)
-                else:
-                    body = manifests.json_merge_patch(current, body)
-            replicas = ((body or {}).get("spec") or {}).get("replicas")
-            if not isinstance(replicas, int) or replicas < 0:
-                raise StatusError(422, "Invalid", f'Scale.autoscaling "{name}" is invalid: '
-                                  "spec.replicas: Invalid value: must be a non-negative integer")
-
-            def set_replicas(o: Obj) -> None:
-                o.setdefault("spec", {})["replicas"] = replicas
-
-            updated = store.update(info.kind, namespace, name, set_replicas)
-            if updated is None:
-                raise not_found(info, name)
-            obj = updated
-        elif req.method != "GET":
-            raise StatusError(405, "MethodNotAllowed",
-                              "the server does not allow this method on the requested resource")
-        return _scale_of(obj)
-
-    # -- watch ------------------------------------------------------------------------------
-
-    def _watch(self, conn: Connection, req: Request, info: ResourceInfo, flt: Filter,
-               table: bool = False) -> bool:
-        try:
-            timeout = float(req.arg("timeoutSeconds") or self.default_watch_timeout)
-        except ValueError as exc:
-            raise bad_request("timeoutSeconds must be a number") from exc
-        bookmarks = req.arg("allowWatchBookmarks") in ("true", "1")
-        deadline = time.monotonic() + timeout
-        head = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                b"Transfer-Encoding: chunked\r\nCache-Control: no-cache, private\r\n\r\n")
-        try:
-            watch = self.backend.store.watch(flt, req.arg("resourceVersion"))
-        except StatusError as err:
-            if err.code != 410:
-                raise
-            # Too old: a real server answers 200 and one ERROR event, then ends the stream.
-            conn.send(head)
-            self._chunk(conn, {"type": "ERROR", "object": err.to_status()})
-            conn.send(b"0\r\n\r\n")
-            return True
-        conn.send(head)
-        last_sent = time.monotonic()
-
-        def cancelled() -> bool:
-            return conn.dropped.is_set() or self._stopping.is_set()
-
-        while True:
-            now = time.monotonic()
-            if now >= deadline or cancelled():
-                break
-            wait = deadline - now
-            if bookmarks:
-                wait = min(wait, max(0.0, last_sent + self.bookmark_interval - now))
-            try:
-                events = watch.next_events(wait, cancelled)
-            except StatusError as err:
-                self._chunk(conn, {"type": "ERROR", "object": err.to_status()})
-                break
-            if events:
-                include = req.arg("includeObject", "Metadata")
-                data = b"".join(
-                    json.dumps({"type": t, "object": tables.table(
-                        info.kind, [o], o["metadata"]["resourceVersion"], include_object=include
-                    ) if table else o}, separators=(",", ":")).encode() + b"\n"
-                    for t, o in events
-                )
-                self._raw_chunk(conn, data)
-                last_sent = time.monotonic()
-            elif bookmarks and time.monotonic() >= last_sent + self.bookmark_interval:
-                self._chunk(conn, {"type": "BOOKMARK", "object": {
-                    "kind": info.kind, "apiVersion": info.api_version,
-                    "metadata": {"resourceVersion": str(watch.position)},
-                }})
-                last_sent = time.monotonic()
-        if cancelled():
-            return False
-        conn.send(b"0\r\n\r\n")
-        return True
-
-    def _chunk(self, conn: Connection, event: Obj) -> None:
-        self._raw_chunk(conn, json.dumps(event, separators=(",", ":")).encode() + b"\n")
-
-    @staticmethod
-    def _raw_chunk(conn: Connection, data: bytes) -> None:
-        conn.send(b"%x\r\n" % len(data) + data + b"\r\n")
 
     # -- port-forward -----------------------------------------------------------------------
 
@@ -681,69 +450,5 @@ class ApiServer:
         return False
 
 
-_SUBRESOURCES: dict[str, tuple[str, ...]] = {
-    "Pod": ("portforward", "status", "log"),
-    "Deployment": ("scale", "status"),
-    "StatefulSet": ("scale", "status"),
-}
-
-
-_TOP_FIELDS = {"apiVersion", "kind", "metadata", "spec", "status"}
-_EXTRA_TOP_FIELDS = {"Endpoints": {"subsets"},
-                     "EndpointSlice": {"addressType", "endpoints", "ports"}}
-_META_FIELDS = {
-    "name", "generateName", "namespace", "selfLink", "uid", "resourceVersion", "generation",
-    "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "labels",
-    "annotations", "ownerReferences", "finalizers", "managedFields",
-}
-
-
-def _unknown_fields(obj: Obj) -> list[str]:
-    """Fields a strict decoder would reject (checked at the top level and in metadata only)."""
-    allowed = _TOP_FIELDS | _EXTRA_TOP_FIELDS.get(obj.get("kind", ""), set())
-    unknown = sorted(k for k in obj if k not in allowed)
-    unknown += sorted(f"metadata.{k}" for k in obj.get("metadata") or {} if k not in _META_FIELDS)
-    return unknown
-
-
-def _delete_options_dry_run(body: bytes) -> bool:
-    """Whether a DELETE's DeleteOptions body asks for a dry run (kubectl sends it there)."""
-    if not body.strip():
-        return False
-    try:
-        options = json.loads(body)
-    except ValueError as exc:
-        raise bad_request(f"error decoding DeleteOptions: {exc}") from exc
-    return isinstance(options, dict) and bool(options.get("dryRun"))
-
-
-def _scale_of(obj: Obj) -> Obj:
-    meta = obj["metadata"]
-    labels = ((obj.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
-    return {
-        "kind": "Scale", "apiVersion": "autoscaling/v1",
-        "metadata": {"name": meta["name"], "namespace": meta.get("namespace", ""),
-                     "uid": meta.get("uid", ""), "resourceVersion": meta["resourceVersion"],
-                     "creationTimestamp": meta.get("creationTimestamp")},
-        "spec": {"replicas": (obj.get("spec") or {}).get("replicas", 1)},
-        "status": {"replicas": (obj.get("status") or {}).get("replicas", 0),
-                   "selector": ",".join(f"{k}={v}" for k, v in sorted(labels.items()))},
-    }
-
-
 def _status(code: int, reason: str, message: str) -> Obj:
     return StatusError(code, reason, message).to_status()
-
-
-def _forbidden(info: ResourceInfo, resource: str, verb: str, namespace: str,
-               name: str) -> StatusError:
-    where = f' in the namespace "{namespace}"' if namespace else " at the cluster scope"
-    target = f'{resource}' + (f' "{name}"' if name else "")
-    return StatusError(
-        403, "Forbidden",
-        f'{target} is forbidden: User "sim-user" cannot {verb} resource "{resource}" in API '
-        f'group "{info.group}"{where}',
-        details={"name": name, "group": info.group, "kind": resource},
-    )
-
-

@@ -5,34 +5,43 @@ up, so the two never meet). A container without a command gets a built-in server
 ``containerPort`` (see ``podservers``); a container with one runs as a local process in its
 own process group. Status changes go to ``on_status`` as full pod ``.status`` dicts, in
 order, from the kubelet's one scheduler thread and never while a kubelet lock is held.
+
+This module owns the lifecycle (start, kill, restart with back-off, stop) and its threads;
+the IP choice is in ``podips``, the records and the status they make in ``podstatus``, and
+how a command runs as a process group in ``processes``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import errno
 import functools
 import heapq
-import ipaddress
 import itertools
 import logging
 import os
-import random
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
 import threading
 import time
-import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from kubefwd.sim.podips import IpPool
 from kubefwd.sim.podservers import AcceptHub, PodServers, server_kind
+from kubefwd.sim.podstatus import (
+    ContainerRecord,
+    PodRecord,
+    pod_status,
+    set_running,
+    set_terminated,
+    tcp_ports,
+    timestamp,
+)
+from kubefwd.sim.processes import container_env, exited, expand, reap, terminate
 from kubefwd.threads import StoppableThread
 
 log = logging.getLogger(__name__)
@@ -52,175 +61,6 @@ PROBE_FIRST = 0.01
 PROBE_MAX_INTERVAL = 0.25
 PROBE_DEADLINE = 120.0
 PROCESS_POLL = 0.1
-HOST_IP = "127.0.0.1"
-
-
-def timestamp() -> str:
-    """Now, in the RFC 3339 form Kubernetes uses for times."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-class IpPool:
-    """Pod IPs from a range, handed out round-robin so a freed IP is not reused at once.
-
-    Several simulated clusters may run on one machine (parallel tests, a demo next to a test
-    run), each with its own pool over the same range: every pool starts at a random place and
-    skips addresses where one of the pod's ports is already taken.
-    """
-
-    def __init__(self, cidr: str) -> None:
-        net = ipaddress.ip_network(cidr)
-        # Skip the .0 and .255 of every /24 to keep the addresses plain.
-        self._addresses = [str(a) for a in net if a.packed[-1] not in (0, 255)]
-        self._used: set[str] = set()
-        self._next = random.randrange(len(self._addresses)) if self._addresses else 0
-
-    def allocate(self, ports: Iterable[int] = ()) -> str:
-        ports = list(ports)
-        for _ in range(len(self._addresses)):
-            ip = self._addresses[self._next]
-            self._next = (self._next + 1) % len(self._addresses)
-            if ip not in self._used and _bindable(ip, ports):
-                self._used.add(ip)
-                return ip
-        raise RuntimeError("the pod IP range is exhausted")
-
-    def release(self, ip: str) -> None:
-        self._used.discard(ip)
-
-    @property
-    def in_use(self) -> int:
-        return len(self._used)
-
-
-def _bindable(ip: str, ports: list[int]) -> bool:
-    """Whether nothing else on this machine listens on ``ip`` at any of ``ports``."""
-    for port in ports:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind((ip, port))
-            except OSError as e:
-                if e.errno == errno.EADDRINUSE:
-                    return False
-    return True
-
-
-def expand(text: str, env: Mapping[str, str]) -> str:
-    """Kubernetes ``$(VAR)`` expansion: unknown references stay as they are, ``$$`` is ``$``."""
-    out: list[str] = []
-    i, n = 0, len(text)
-    while i < n:
-        ch = text[i]
-        if ch == "$" and i + 1 < n:
-            nxt = text[i + 1]
-            if nxt == "$":
-                out.append("$")
-                i += 2
-                continue
-            if nxt == "(":
-                end = text.find(")", i + 2)
-                if end >= 0:
-                    name = text[i + 2:end]
-                    out.append(env[name] if name in env else text[i:end + 1])
-                    i = end + 1
-                    continue
-        out.append(ch)
-        i += 1
-    return "".join(out)
-
-
-def field_value(pod: Mapping[str, Any], ip: str, path: str) -> str:
-    """The value of a ``valueFrom.fieldRef.fieldPath`` for a pod with IP ``ip``."""
-    meta = pod.get("metadata") or {}
-    simple = {
-        "metadata.name": meta.get("name", ""),
-        "metadata.namespace": meta.get("namespace", ""),
-        "metadata.uid": meta.get("uid", ""),
-        "status.podIP": ip,
-        "status.podIPs": ip,
-        "status.hostIP": HOST_IP,
-        "status.hostIPs": HOST_IP,
-        "spec.nodeName": (pod.get("spec") or {}).get("nodeName", "") or "",
-        "spec.serviceAccountName": (pod.get("spec") or {}).get("serviceAccountName", "") or "",
-    }
-    if path in simple:
-        return str(simple[path])
-    for prefix, key in (("metadata.labels", "labels"), ("metadata.annotations", "annotations")):
-        if path.startswith(prefix + "['") and path.endswith("']"):
-            return str((meta.get(key) or {}).get(path[len(prefix) + 2:-2], ""))
-    return ""
-
-
-def container_env(pod: Mapping[str, Any], container: Mapping[str, Any], ip: str) -> dict[str, str]:
-    """The variables ``$(VAR)`` expands from: POD_IP/POD_NAME/POD_NAMESPACE, then ``env``."""
-    meta = pod.get("metadata") or {}
-    env = {"POD_IP": ip, "POD_NAME": meta.get("name", ""),
-           "POD_NAMESPACE": meta.get("namespace", "")}
-    for item in container.get("env") or []:
-        name = item.get("name")
-        if not name:
-            continue
-        if "value" in item:
-            env[name] = expand(str(item.get("value") or ""), env)
-        else:
-            ref = ((item.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath", "")
-            env[name] = field_value(pod, ip, ref)
-    return env
-
-
-def _tcp_ports(container: Mapping[str, Any]) -> list[int]:
-    ports = []
-    for p in container.get("ports") or []:
-        if (p.get("protocol") or "TCP") == "TCP" and isinstance(p.get("containerPort"), int):
-            ports.append(p["containerPort"])
-    return ports
-
-
-@dataclass(eq=False)
-class _Container:
-    name: str
-    image: str
-    spec: dict[str, Any]
-    ports: list[int]
-    command: list[str] | None
-    state: str = "waiting"          # waiting | running | terminated
-    reason: str = "ContainerCreating"
-    message: str = ""
-    started_at: str = ""
-    finished_at: str = ""
-    exit_code: int = 0
-    ready: bool = False
-    ever_started: bool = False
-    restart_count: int = 0
-    last_terminated: dict[str, Any] | None = None
-    servers: PodServers | None = None
-    proc: subprocess.Popen[bytes] | None = None
-    listening: set[int] = field(default_factory=set)
-    generation: int = 0             # bumped on every start and end; stale tasks check it
-    crashes: int = 0                # consecutive short runs, for the back-off
-    run_since: float = 0.0
-
-
-@dataclass(eq=False)
-class _Pod:
-    namespace: str
-    name: str
-    uid: str
-    obj: dict[str, Any]
-    ip: str
-    restart_policy: str
-    containers: list[_Container]
-    scheduled_at: str
-    grace: float = 2.0
-    start_time: str = ""
-    forced_unready: bool = False
-    stopped: bool = False
-    report_pending: bool = False
-    last_reported: dict[str, Any] | None = None
-    conditions: dict[str, tuple[str, str]] = field(default_factory=dict)
-    op_lock: threading.Lock = field(default_factory=threading.Lock)
-    tracked: weakref.WeakSet[socket.socket] = field(default_factory=weakref.WeakSet)
 
 
 class _Scheduler(StoppableThread):
@@ -270,7 +110,7 @@ class Kubelet:
         self._start_delay = start_delay
         self._lock = threading.Lock()
         self._ips = IpPool(ip_range)
-        self._pods: dict[tuple[str, str], _Pod] = {}
+        self._pods: dict[tuple[str, str], PodRecord] = {}
         self._closed = False
         self._proc_watch = False
         self._logdir: Path | None = None
@@ -300,12 +140,12 @@ class Kubelet:
             command = [str(x) for x in c.get("command") or []]
             if command:
                 command += [str(x) for x in c.get("args") or []]
-            containers.append(_Container(name=c.get("name", ""), image=c.get("image", ""),
-                                         spec=c, ports=_tcp_ports(c), command=command or None))
+            containers.append(ContainerRecord(name=c.get("name", ""), image=c.get("image", ""),
+                                         spec=c, ports=tcp_ports(c), command=command or None))
         with self._lock:
             if self._closed:
                 raise RuntimeError("the kubelet is closed")
-            record = _Pod(namespace=ns, name=name, uid=uid, obj=copy.deepcopy(pod),
+            record = PodRecord(namespace=ns, name=name, uid=uid, obj=copy.deepcopy(pod),
                           ip=self._ips.allocate(p for c in containers for p in c.ports),
                           restart_policy=spec.get("restartPolicy") or "Always",
                           containers=containers, scheduled_at=timestamp(), grace=grace)
@@ -327,7 +167,7 @@ class Kubelet:
             servers, procs = self._detach(pod, terminated=False)
             for s in servers:
                 s.stop()
-            _terminate(procs, pod.grace)
+            terminate(procs, pod.grace)
         with self._lock:
             self._ips.release(pod.ip)
 
@@ -345,7 +185,7 @@ class Kubelet:
             for s in servers:
                 s.stop()
             for proc in procs:
-                _reap(proc)
+                reap(proc)
             for sock in tracked:
                 _shutdown(sock)
             with self._lock:
@@ -459,17 +299,17 @@ class Kubelet:
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    def _get(self, namespace: str, name: str) -> _Pod | None:
+    def _get(self, namespace: str, name: str) -> PodRecord | None:
         with self._lock:
             return self._pods.get((namespace, name))
 
-    def _start_all(self, pod: _Pod) -> None:
+    def _start_all(self, pod: PodRecord) -> None:
         for c in pod.containers:
             with self._lock:
                 gen = c.generation
             self._start_container(pod, c, gen)
 
-    def _start_container(self, pod: _Pod, c: _Container, gen: int) -> None:
+    def _start_container(self, pod: PodRecord, c: ContainerRecord, gen: int) -> None:
         with pod.op_lock:
             with self._lock:
                 if pod.stopped or c.generation != gen or c.state == "running":
@@ -488,7 +328,7 @@ class Kubelet:
         if failed_gen is not None:
             self._maybe_restart(pod, c, failed_gen)
 
-    def _start_servers(self, pod: _Pod, c: _Container) -> None:
+    def _start_servers(self, pod: PodRecord, c: ContainerRecord) -> None:
         servers = PodServers(self._hub, kind=server_kind(c.image), ip=pod.ip, ports=c.ports,
                              pod_name=pod.name, label=f"{pod.namespace}/{pod.name}")
         try:
@@ -496,15 +336,15 @@ class Kubelet:
         except OSError as e:
             log.warning("pod %s/%s: cannot listen: %s", pod.namespace, pod.name, e)
             with self._lock:
-                self._set_terminated(c, 1, "Error", str(e))
+                set_terminated(c, 1, "Error", str(e))
             return
         with self._lock:
-            self._set_running(c)
+            set_running(c)
             c.servers = servers
             c.listening = set(servers.ports)
             c.ready = True
 
-    def _start_process(self, pod: _Pod, c: _Container, gen: int) -> None:
+    def _start_process(self, pod: PodRecord, c: ContainerRecord, gen: int) -> None:
         assert c.command is not None
         env = container_env(pod.obj, c.spec, pod.ip)
         argv = [expand(arg, env) for arg in c.command]
@@ -520,10 +360,10 @@ class Kubelet:
         except OSError as e:
             log.warning("pod %s/%s: cannot run %s: %s", pod.namespace, pod.name, argv[0], e)
             with self._lock:
-                self._set_terminated(c, 128, "StartError", str(e))
+                set_terminated(c, 128, "StartError", str(e))
             return
         with self._lock:
-            self._set_running(c)
+            set_running(c)
             c.proc = proc
             c.ready = not c.ports
             if not self._proc_watch:
@@ -534,7 +374,7 @@ class Kubelet:
             self._sched.call_later(PROBE_FIRST, functools.partial(
                 self._probe, pod, c, gen, deadline, PROBE_FIRST))
 
-    def _probe(self, pod: _Pod, c: _Container, gen: int, deadline: float,
+    def _probe(self, pod: PodRecord, c: ContainerRecord, gen: int, deadline: float,
                interval: float) -> None:
         with self._lock:
             if pod.stopped or c.generation != gen or c.state != "running":
@@ -571,26 +411,26 @@ class Kubelet:
                 self._proc_watch = False
         for pod, c, proc, gen in running:
             assert proc is not None
-            if _exited(proc):
+            if exited(proc):
                 self._on_exit(pod, c, gen)
         if running:
             self._sched.call_later(PROCESS_POLL, self._watch_processes)
 
-    def _on_exit(self, pod: _Pod, c: _Container, gen: int) -> None:
+    def _on_exit(self, pod: PodRecord, c: ContainerRecord, gen: int) -> None:
         with pod.op_lock:
             with self._lock:
                 if pod.stopped or c.generation != gen or c.proc is None:
                     return
                 proc, c.proc = c.proc, None
-            code = _reap(proc)
+            code = reap(proc)
             with self._lock:
-                self._set_terminated(c, code, "Completed" if code == 0 else "Error", "")
+                set_terminated(c, code, "Completed" if code == 0 else "Error", "")
                 gen = c.generation
                 self._want_report(pod)
         log.info("pod %s/%s: container %s exited with %s", pod.namespace, pod.name, c.name, code)
         self._maybe_restart(pod, c, gen)
 
-    def _maybe_restart(self, pod: _Pod, c: _Container, gen: int) -> None:
+    def _maybe_restart(self, pod: PodRecord, c: ContainerRecord, gen: int) -> None:
         with self._lock:
             policy = pod.restart_policy
             if policy == "Never" or (policy == "OnFailure" and c.exit_code == 0):
@@ -600,14 +440,14 @@ class Kubelet:
             delay = min(RESTART_DELAY * 2 ** max(c.crashes - 1, 0), MAX_RESTART_DELAY)
         self._sched.call_later(delay, functools.partial(self._restart, pod, c, gen))
 
-    def _restart(self, pod: _Pod, c: _Container, gen: int) -> None:
+    def _restart(self, pod: PodRecord, c: ContainerRecord, gen: int) -> None:
         with self._lock:
             if pod.stopped or c.generation != gen or c.state != "terminated":
                 return
             c.restart_count += 1
         self._start_container(pod, c, gen)
 
-    def _detach(self, pod: _Pod, *, terminated: bool) -> tuple[list[PodServers],
+    def _detach(self, pod: PodRecord, *, terminated: bool) -> tuple[list[PodServers],
                                                                list[subprocess.Popen[bytes]]]:
         """Take the running servers and processes out of the pod (caller holds op_lock)."""
         servers, procs = [], []
@@ -622,40 +462,23 @@ class Kubelet:
                 if was_running:
                     c.generation += 1
                     if terminated:
-                        self._set_terminated(c, 137, "Error", "")
+                        set_terminated(c, 137, "Error", "")
         return servers, procs
-
-    def _set_running(self, c: _Container) -> None:
-        if c.state == "terminated" and c.ever_started:
-            c.last_terminated = self._terminated_state(c)
-        c.state, c.reason, c.message = "running", "", ""
-        c.started_at = timestamp()
-        c.ever_started = True
-        c.run_since = time.monotonic()
-        c.listening = set()
-        c.ready = False
-
-    def _set_terminated(self, c: _Container, code: int, reason: str, message: str) -> None:
-        c.state, c.exit_code, c.reason, c.message = "terminated", code, reason, message
-        c.finished_at = timestamp()
-        c.ready = False
-        c.listening = set()
-        c.generation += 1
 
     # -- status -----------------------------------------------------------------------------
 
-    def _want_report(self, pod: _Pod) -> None:
+    def _want_report(self, pod: PodRecord) -> None:
         """Schedule one status report for the pod (caller holds ``_lock``)."""
         if not pod.report_pending:
             pod.report_pending = True
             self._sched.call_later(0, functools.partial(self._report, pod))
 
-    def _report(self, pod: _Pod) -> None:
+    def _report(self, pod: PodRecord) -> None:
         with self._lock:
             pod.report_pending = False
             if pod.stopped:
                 return
-            status = self._status(pod)
+            status = pod_status(pod)
             if status == pod.last_reported:
                 return
             pod.last_reported = status
@@ -664,66 +487,6 @@ class Kubelet:
             self._on_status(pod.namespace, pod.name, out)
         except Exception:
             log.exception("status report for pod %s/%s failed", pod.namespace, pod.name)
-
-    def _terminated_state(self, c: _Container) -> dict[str, Any]:
-        term: dict[str, Any] = {"exitCode": c.exit_code, "reason": c.reason,
-                                "startedAt": c.started_at or None,
-                                "finishedAt": c.finished_at}
-        if c.message:
-            term["message"] = c.message
-        return {"terminated": term}
-
-    def _status(self, pod: _Pod) -> dict[str, Any]:
-        containers_ready = (bool(pod.containers) and not pod.forced_unready
-                            and all(c.ready for c in pod.containers))
-        done = pod.restart_policy != "Always" and pod.containers and all(
-            c.state == "terminated" and (pod.restart_policy == "Never" or c.exit_code == 0)
-            for c in pod.containers)
-        if done:
-            phase = "Succeeded" if all(c.exit_code == 0 for c in pod.containers) else "Failed"
-            containers_ready = False
-        elif any(c.ever_started for c in pod.containers):
-            phase = "Running"
-        else:
-            phase = "Pending"
-        now = timestamp()
-        wanted = [("PodReadyToStartContainers", True), ("Initialized", True),
-                  ("Ready", containers_ready), ("ContainersReady", containers_ready),
-                  ("PodScheduled", True)]
-        conditions = []
-        for ctype, ok in wanted:
-            value = "True" if ok else "False"
-            previous = pod.conditions.get(ctype)
-            if previous is None or previous[0] != value:
-                pod.conditions[ctype] = (value, now if previous else pod.scheduled_at)
-            cond: dict[str, Any] = {"type": ctype, "status": value, "lastProbeTime": None,
-                                    "lastTransitionTime": pod.conditions[ctype][1]}
-            if not ok:
-                cond["reason"] = "ContainersNotReady"
-            conditions.append(cond)
-        statuses = []
-        for c in pod.containers:
-            if c.state == "running":
-                state: dict[str, Any] = {"running": {"startedAt": c.started_at}}
-            elif c.state == "terminated":
-                state = self._terminated_state(c)
-            else:
-                state = {"waiting": {"reason": c.reason or "ContainerCreating"}}
-            entry: dict[str, Any] = {
-                "name": c.name, "image": c.image, "imageID": f"sim://{c.image}",
-                "ready": c.ready and not pod.forced_unready, "started": c.state == "running",
-                "restartCount": c.restart_count, "state": state,
-                "lastState": c.last_terminated or {}}
-            if c.ever_started:
-                entry["containerID"] = f"sim://{pod.uid or pod.name}/{c.name}/{c.restart_count}"
-            statuses.append(entry)
-        status: dict[str, Any] = {
-            "phase": phase, "conditions": conditions, "hostIP": HOST_IP,
-            "hostIPs": [{"ip": HOST_IP}], "podIP": pod.ip, "podIPs": [{"ip": pod.ip}],
-            "containerStatuses": statuses, "qosClass": "BestEffort"}
-        if pod.start_time:
-            status["startTime"] = pod.start_time
-        return status
 
     def _ensure_logdir(self) -> Path:
         with self._lock:
@@ -742,42 +505,3 @@ def _shutdown(sock: socket.socket) -> None:
         sock.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass
-
-
-def _killpg(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-    """Signal the container's process group (its leader is alive or an unreaped zombie)."""
-    if proc.returncode is not None:
-        return  # reaped: the group id may belong to someone else by now
-    try:
-        os.killpg(proc.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _exited(proc: subprocess.Popen[bytes]) -> bool:
-    """True once the process has exited; it stays unreaped so its group id stays ours."""
-    if proc.returncode is not None:
-        return True
-    try:
-        return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-    except ChildProcessError:
-        return True
-
-
-def _reap(proc: subprocess.Popen[bytes]) -> int:
-    """Kill whatever is left in the process group, then reap the leader; its exit code."""
-    _killpg(proc, signal.SIGKILL)
-    return proc.wait()
-
-
-def _terminate(procs: list[subprocess.Popen[bytes]], grace: float) -> None:
-    """SIGTERM the process groups, SIGKILL what is left after ``grace``, reap them all."""
-    for proc in procs:
-        _killpg(proc, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    pause = 0.001
-    while not all(_exited(p) for p in procs) and time.monotonic() < deadline:
-        time.sleep(pause)  # a poll with a deadline: there is no event for a child's exit
-        pause = min(pause * 2, 0.05)
-    for proc in procs:
-        _reap(proc)

@@ -1,0 +1,306 @@
+"""Kubeconfig loading: the chosen contexts, their TLS material and their credentials.
+
+Part of the Kubernetes adapter (with ``kube``, its list/watch client): one of the two product
+modules that import ``kubernetes``. It uses the official kubeconfig loader (tokens, token files,
+client certificates, exec plugins, insecure-skip-tls-verify, certificate authorities) and turns
+each chosen context into a ``ClusterContext`` holding the ``ApiTarget`` the tunnels and the
+client connect to. Kept apart from the HTTP client because it changes for different reasons:
+kubeconfig quirks (merging, sudo, token refresh) rather than API semantics.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import pwd
+import shutil
+import ssl
+import tempfile
+import threading
+import urllib.parse
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+from kubernetes import client as k8s_client
+from kubernetes import config as k8s_config
+from kubernetes.config.config_exception import ConfigException
+
+from kubefwd.errors import ConfigError
+from kubefwd.tunnel import ApiTarget
+
+log = logging.getLogger(__name__)
+
+DEFAULT_KUBECONFIG = "~/.kube/config"
+
+
+@dataclass
+class ClusterContext:
+    """One kubeconfig context chosen on the command line, in command-line order."""
+
+    name: str
+    index: int  # position among the chosen contexts: picks 127.[1+index].x.y
+    namespace: str  # the context's default namespace ("default" when unset)
+    target: ApiTarget
+    server: str = ""  # the server URL, for messages
+
+
+_private_dir_lock = threading.Lock()
+_private_dir: str | None = None
+
+
+def _credentials_dir() -> str:
+    """A 0700 directory for certificate/key data from the kubeconfig, removed at exit.
+
+    ``ssl`` can only load client certificates from files; they go here, never next to the
+    user's kubeconfig (which, under sudo, would leave root-owned files in ``~/.kube``).
+    """
+    global _private_dir
+    with _private_dir_lock:
+        if _private_dir is None or not os.path.isdir(_private_dir):
+            _private_dir = tempfile.mkdtemp(prefix="kubefwd-creds-")  # mode 0700
+            atexit.register(shutil.rmtree, _private_dir, True)
+        return _private_dir
+
+
+def _wipe_credentials_dir() -> None:
+    """The SSL context holds the material now: don't leave key files lying around."""
+    with _private_dir_lock:
+        if _private_dir is None:
+            return
+        for name in os.listdir(_private_dir):
+            try:
+                os.unlink(os.path.join(_private_dir, name))
+            except OSError:
+                pass
+
+
+def kubeconfig_paths(kubeconfig: str | None) -> list[str]:
+    """The files a kubeconfig setting names: ``-c`` wins, then KUBECONFIG, then the default.
+
+    Under sudo, HOME is often root's: when root has no ``~/.kube/config``, the invoking
+    user's (``SUDO_USER``) is used, as that is the one the user meant.
+    """
+    if kubeconfig:
+        return [os.path.expanduser(kubeconfig)]
+    raw = os.environ.get("KUBECONFIG")
+    if raw:
+        return [os.path.expanduser(p) for p in raw.split(os.pathsep) if p]
+    default = os.path.expanduser(DEFAULT_KUBECONFIG)
+    sudo_user = os.environ.get("SUDO_USER")
+    if sudo_user and not os.path.isfile(default):
+        try:
+            home = pwd.getpwnam(sudo_user).pw_dir
+        except KeyError:
+            return [default]
+        return [default, os.path.join(home, ".kube", "config")]
+    return [default]
+
+
+def _read_kubeconfigs(paths: list[str]) -> list[tuple[str, dict[str, Any]]]:
+    docs = []
+    for path in paths:
+        try:
+            with open(path) as f:
+                doc = yaml.safe_load(f) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError(f"cannot read kubeconfig {path}: {e}") from e
+        if not isinstance(doc, dict):
+            raise ConfigError(f"invalid kubeconfig {path}: not a mapping")
+        docs.append((path, doc))
+    return docs
+
+
+def _list_contexts(
+    docs: list[tuple[str, dict[str, Any]]],
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Contexts merged as kubectl does (first file wins per name) and the current context
+    (the first file that sets one)."""
+    contexts: dict[str, dict[str, Any]] = {}
+    current: str | None = None
+    for _, doc in docs:
+        for entry in doc.get("contexts") or []:
+            if isinstance(entry, dict) and entry.get("name") is not None:
+                contexts.setdefault(str(entry["name"]), entry)
+        if current is None and doc.get("current-context"):
+            current = str(doc["current-context"])
+    return list(contexts.values()), current
+
+
+def load_contexts(kubeconfig: str | None, contexts: Sequence[str]) -> list[ClusterContext]:
+    """Resolve the chosen contexts (default: the current one) into API targets.
+
+    Raises ConfigError for a missing kubeconfig, an unknown context, or credentials that
+    cannot be loaded.
+    """
+    paths = kubeconfig_paths(kubeconfig)
+    existing = [p for p in paths if os.path.isfile(p)]
+    if existing and not kubeconfig and not os.environ.get("KUBECONFIG"):
+        existing = existing[:1]  # the default file, or the sudo user's, not a merge
+    if not existing:
+        raise ConfigError(
+            f"no kubeconfig found (looked in {', '.join(paths)}); "
+            "pass --kubeconfig or set KUBECONFIG"
+        )
+    docs = _read_kubeconfigs(existing)
+    available, current = _list_contexts(docs)
+    names = [str(c.get("name")) for c in available]
+    chosen = list(dict.fromkeys(contexts)) if contexts else []
+    if not chosen:
+        if not current:
+            raise ConfigError(
+                "the kubeconfig has no current-context; pass --context "
+                f"(available: {', '.join(names) or 'none'})"
+            )
+        chosen = [current]
+    result = []
+    for index, name in enumerate(chosen):
+        if name not in names:
+            raise ConfigError(
+                f"context {name!r} not found in {os.pathsep.join(existing)} "
+                f"(available: {', '.join(names) or 'none'})"
+            )
+        entry = next(c for c in available if c.get("name") == name)
+        namespace = (entry.get("context") or {}).get("namespace") or "default"
+        target, server = _load_target(existing, docs, name)
+        result.append(ClusterContext(name, index, namespace, target, server))
+    return result
+
+
+class _LoaderErrors(logging.Filter):
+    """Collects what the kubeconfig loader reports through the root logger (an exec plugin
+    that failed is only logged there) so it becomes part of one clear error instead."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "kubernetes" in record.pathname and record.levelno >= logging.ERROR:
+            self.messages.append(record.getMessage())
+            return False
+        return True
+
+
+def _load_target(
+    paths: list[str], docs: list[tuple[str, dict[str, Any]]], context: str
+) -> tuple[ApiTarget, str]:
+    configuration = k8s_client.Configuration()
+    errors = _LoaderErrors()
+    root = logging.getLogger()
+    root.addFilter(errors)
+    try:
+        k8s_config.load_kube_config(
+            config_file=os.pathsep.join(paths),
+            context=context,
+            client_configuration=configuration,
+            persist_config=False,
+            temp_file_path=_credentials_dir(),
+        )
+    except (ConfigException, OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"cannot load context {context!r} from the kubeconfig: {e}") from e
+    finally:
+        root.removeFilter(errors)
+    has_credentials = configuration.api_key.get("BearerToken") or configuration.cert_file
+    if errors.messages and not has_credentials:
+        raise ConfigError(
+            f"context {context!r}: cannot get credentials: {'; '.join(errors.messages)}"
+        )
+    for message in errors.messages:
+        log.warning("context %s: %s", context, message)
+    server = str(configuration.host or "")
+    url = urllib.parse.urlsplit(server)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise ConfigError(f"context {context!r}: invalid server URL {server!r}")
+    scheme = url.scheme
+    port = url.port or (443 if scheme == "https" else 80)
+    ssl_context = _ssl_context(configuration, context) if scheme == "https" else None
+    _wipe_credentials_dir()
+    auth = _Credentials(configuration, _token_file(docs, context))
+    target = ApiTarget(
+        host=url.hostname,
+        port=port,
+        scheme=scheme,
+        base_path=url.path.rstrip("/"),
+        ssl_context=ssl_context,
+        server_hostname=getattr(configuration, "tls_server_name", None) or None,
+        auth_headers=auth.headers,
+    )
+    return target, server
+
+
+def _ssl_context(configuration: Any, context: str) -> ssl.SSLContext:
+    try:
+        ctx = ssl.create_default_context(cafile=configuration.ssl_ca_cert or None)
+        if not configuration.verify_ssl:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        if configuration.cert_file:
+            ctx.load_cert_chain(configuration.cert_file, configuration.key_file or None)
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError(f"context {context!r}: cannot load TLS material: {e}") from e
+    # The port-forward upgrades need HTTP/1.1; never let ALPN pick h2.
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+def _token_file(docs: list[tuple[str, dict[str, Any]]], context: str) -> str | None:
+    """The user's ``tokenFile`` when no inline token is set: re-read on change, like kubectl."""
+    user_name = None
+    for _, doc in docs:
+        for c in doc.get("contexts") or []:
+            if c.get("name") == context:
+                user_name = (c.get("context") or {}).get("user")
+                break
+        if user_name is not None:
+            break
+    for path, doc in docs:
+        for u in doc.get("users") or []:
+            if u.get("name") == user_name:
+                user = u.get("user") or {}
+                if user.get("token") or not user.get("tokenFile"):
+                    return None
+                return os.path.join(os.path.dirname(os.path.abspath(path)), user["tokenFile"])
+    return None
+
+
+class _Credentials:
+    """Fresh Authorization headers: exec-plugin tokens are refreshed when they expire."""
+
+    def __init__(self, configuration: Any, token_file: str | None) -> None:
+        self._configuration = configuration
+        self._lock = threading.Lock()
+        self._token_file = token_file
+        self._token_file_mtime: float | None = None
+        self._file_token = ""
+
+    def headers(self) -> dict[str, str]:
+        with self._lock:
+            cfg = self._configuration
+            hook = cfg.refresh_api_key_hook
+            if hook is not None:
+                try:
+                    hook(cfg)
+                except Exception as e:  # an exec plugin failing must not kill a thread
+                    log.warning("refreshing credentials failed: %s", e)
+            if self._token_file:
+                self._reread_token_file()
+            token = self._file_token or cfg.api_key.get("BearerToken")
+            return {"Authorization": str(token)} if token else {}
+
+    def _reread_token_file(self) -> None:
+        assert self._token_file is not None
+        try:
+            mtime = os.stat(self._token_file).st_mtime
+            if mtime == self._token_file_mtime:
+                return
+            with open(self._token_file) as f:
+                token = f.read().strip()
+        except OSError as e:
+            log.warning("cannot read token file %s: %s", self._token_file, e)
+            return
+        self._token_file_mtime = mtime
+        if token:
+            self._file_token = f"Bearer {token}"
