@@ -19,22 +19,22 @@ from helpers import hosts_file, needs_root, python_in_unshare, run_as_nobody
 from kubefwd import hosts as hosts_module
 from kubefwd.errors import HostsFileError, PrivilegeError
 from kubefwd.hosts import (
-    MAX_LINE,
     HostsWriter,
-    Marker,
-    backup_hosts,
-    default_backup_dir,
-    format_entries,
-    invoking_user,
-    lock_path_for,
-    parse_hosts,
-    parse_marker,
     process_start,
     remove_owned_lines,
-    render_hosts,
     rewrite_lines,
     update_hosts,
 )
+from kubefwd.hostsbackup import backup_hosts, default_backup_dir, invoking_user
+from kubefwd.hostsformat import (
+    MAX_LINE,
+    Marker,
+    format_entries,
+    parse_hosts,
+    parse_marker,
+    render_hosts,
+)
+from kubefwd.hostsio import lock_path_for
 
 FOREIGN_SAMPLES = [
     b"",

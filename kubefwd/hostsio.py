@@ -1,0 +1,181 @@
+"""Safe writes to the hosts file: a cross-process lock, and writes that never truncate it.
+
+Writes go through a lock on a sidecar file (``<hosts>.kubefwd.lock``; the hosts file itself is
+replaced by rename, so a lock on it would be lost) and land by temp file + fsync + rename
+keeping owner and mode, or by an in-place rewrite where a rename is impossible (a
+bind-mounted /etc/hosts in a container). Knows nothing of what the bytes mean.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import portalocker
+
+from kubefwd.errors import HostsFileError, PrivilegeError
+
+log = logging.getLogger(__name__)
+
+LOCK_SUFFIX = ".kubefwd.lock"
+_RENAME_IMPOSSIBLE = {errno.EBUSY, errno.EXDEV, errno.EPERM, errno.EACCES, errno.EROFS}
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+_LOCK_FLAGS = portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING
+
+
+def lock_path_for(path: Path) -> Path:
+    return path.with_name(path.name + LOCK_SUFFIX)
+
+
+@contextlib.contextmanager
+def locked(path: Path, timeout: float) -> Iterator[bool]:
+    """Hold the cross-process lock for ``path``; yields True when a rename may be tried.
+
+    The lock lives on a sidecar file (read access is enough for flock, so an instance that
+    cannot write the sidecar another one created still shares its lock). Where no sidecar
+    exists and none can be created, the directory cannot take a rename either, so we lock the
+    hosts file itself and the write goes in place (its inode never changes, so that lock
+    stays valid).
+    """
+    sidecar = lock_path_for(path)
+    handle: IO[bytes] | None = None
+    rename_ok = True
+    for mode in ("ab", "rb"):
+        try:
+            handle = open(sidecar, mode)  # noqa: SIM115 - closed in the finally below
+            break
+        except OSError:
+            continue
+    if handle is None:
+        rename_ok = False
+        try:
+            handle = open(path, "rb")  # noqa: SIM115
+        except OSError as e:
+            raise PrivilegeError(
+                f"cannot lock or create the hosts file {path}: {e.strerror} "
+                f"(run as root or give this user write permission on {path.parent})"
+            ) from None
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                portalocker.lock(handle, _LOCK_FLAGS)
+                break
+            except portalocker.exceptions.LockException:
+                if time.monotonic() > deadline:
+                    raise HostsFileError(
+                        f"could not lock {path} within {timeout:g}s "
+                        f"(another kubefwd holds {sidecar if rename_ok else path})"
+                    ) from None
+                time.sleep(0.005)  # poll with a deadline: flock has no timed wait
+        try:
+            yield rename_ok
+        finally:
+            portalocker.unlock(handle)
+    finally:
+        handle.close()
+
+
+def read_hosts(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return b""
+    except OSError as e:
+        raise HostsFileError(f"cannot read the hosts file {path}: {e.strerror}") from None
+
+
+def _write_in_place(path: Path, data: bytes) -> None:
+    """Rewrite the file's own inode. Space is reserved first so a full disk fails before
+    any byte changes."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if data and hasattr(os, "posix_fallocate"):
+            try:
+                os.posix_fallocate(fd, 0, len(data))
+            except OSError as e:
+                if e.errno in _NO_SPACE:
+                    raise
+                # a filesystem without fallocate: go ahead without the reservation
+        os.lseek(fd, 0, os.SEEK_SET)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.ftruncate(fd, len(data))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Temp file in the same directory + fsync + rename, keeping owner and mode."""
+    try:
+        st: os.stat_result | None = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".kubefwd-tmp", dir=path.parent)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+            if st is not None:
+                mine = os.fstat(fd)
+                if (mine.st_uid, mine.st_gid) != (st.st_uid, st.st_gid):
+                    # Cannot keep the owner (not root)? Then a rename would change it:
+                    # PermissionError sends the caller to the in-place write instead.
+                    os.fchown(fd, st.st_uid, st.st_gid)
+                os.fchmod(fd, st.st_mode & 0o7777)
+            else:
+                os.fchmod(fd, 0o644)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def write_hosts(path: Path, data: bytes, *, rename_ok: bool = True) -> str:
+    """Put ``data`` in ``path``; returns "rename" or "in-place". Never leaves it truncated."""
+    if rename_ok:
+        try:
+            _write_atomic(path, data)
+            return "rename"
+        except OSError as e:
+            if e.errno in _NO_SPACE:
+                raise HostsFileError(
+                    f"no space left to write {path}; the file was left unchanged"
+                ) from None
+            if e.errno not in _RENAME_IMPOSSIBLE:
+                raise HostsFileError(f"cannot write the hosts file {path}: {e}") from None
+            log.debug("rename over %s impossible (%s); writing in place", path, e.strerror)
+    try:
+        _write_in_place(path, data)
+    except PermissionError:
+        raise PrivilegeError(
+            f"cannot write the hosts file {path}: run kubefwd as root (sudo) "
+            f"or give this user write permission on {path}"
+        ) from None
+    except OSError as e:
+        if e.errno in _NO_SPACE:
+            raise HostsFileError(
+                f"no space left to write {path}; the file was left unchanged"
+            ) from None
+        raise HostsFileError(f"cannot write the hosts file {path}: {e}") from None
+    return "in-place"
