@@ -21,6 +21,16 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 # RFC 1123 label (namespaces, and each dot-separated part of a domain).
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+# Label keys ([prefix/]name) and values, as Kubernetes validates them.
+_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+# One label requirement: `key op value`, `key in (...)`, `key notin (...)`, `key`, `!key`.
+_KEY = r"(?P<key>[^\s=!<>(),]+)"
+_LABEL_OP = re.compile(rf"^{_KEY}\s*(?P<op>==|!=|=|>|<)\s*(?P<value>[^\s=!<>(),]*)$")
+_LABEL_SET = re.compile(rf"^{_KEY}\s+(?P<op>in|notin)\s*\((?P<values>[^()]*)\)$")
+_LABEL_EXISTS = re.compile(rf"^!?\s*{_KEY}$")
+# Fields of a Service that API servers accept in a field selector.
+SERVICE_FIELDS = ("metadata.name", "metadata.namespace", "spec.clusterIP", "spec.type")
 
 HELP = (
     "Forward the services of the chosen namespaces; their names go to the hosts file.\n\n"
@@ -115,6 +125,116 @@ def check_namespace(name: str) -> str:
             "(lowercase letters, digits and '-', at most 63)"
         )
     return name
+
+
+def _split_selector(text: str) -> list[str]:
+    """Comma-separated requirements; commas inside ``( )`` belong to a set."""
+    terms: list[str] = []
+    depth, start = 0, 0
+    for i, ch in enumerate(text):
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            terms.append(text[start:i].strip())
+            start = i + 1
+    terms.append(text[start:].strip())
+    return terms
+
+
+def _label_key_problem(key: str) -> str | None:
+    prefix, slash, name = key.rpartition("/")
+    if slash and (not prefix or len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix)):
+        return f"'{prefix}' is not a valid label key prefix (a lowercase DNS subdomain)"
+    if not _LABEL_NAME.match(name):
+        return (f"'{key}' is not a valid label key (at most 63 letters, digits, '-', '_' "
+                "or '.', starting and ending with a letter or digit)")
+    return None
+
+
+def _label_value_problem(value: str) -> str | None:
+    if value and not _LABEL_NAME.match(value):
+        return (f"'{value}' is not a valid label value (at most 63 letters, digits, '-', '_' "
+                "or '.', starting and ending with a letter or digit)")
+    return None
+
+
+def check_label_selector(text: str) -> str:
+    """A Kubernetes label selector: ``k=v``, ``k==v``, ``k!=v``, ``k in (a,b)``,
+    ``k notin (a,b)``, ``k``, ``!k`` (and ``k>N``, ``k<N``), comma-separated."""
+    text = text.strip()
+    if not text:
+        return ""
+    flag = "-l/--selector"
+    for term in _split_selector(text):
+        problem: str | None
+        if not term:
+            problem = "empty requirement (stray comma?)"
+        elif m := _LABEL_SET.match(term):
+            values = [v.strip() for v in m["values"].split(",")]
+            if not any(values):
+                problem = f"a set needs values, e.g. {m['key']} {m['op']} (a,b)"
+            else:
+                problem = _label_key_problem(m["key"]) or next(
+                    filter(None, map(_label_value_problem, values)), None
+                )
+        elif m := _LABEL_OP.match(term):
+            problem = _label_key_problem(m["key"]) or _label_value_problem(m["value"])
+            if problem is None and m["op"] in "<>" and not re.fullmatch(r"-?\d+", m["value"]):
+                problem = f"'{term}': {m['op']} needs a whole number"
+        elif m := _LABEL_EXISTS.match(term):
+            problem = _label_key_problem(m["key"])
+        else:
+            problem = (f"cannot parse '{term}' (use key=value, key!=value, key in (a,b), "
+                       "key notin (a,b), key or !key)")
+        if problem:
+            raise UsageError(f"{flag} '{text}': {problem}")
+    return text
+
+
+def check_field_selector(text: str) -> str:
+    """A field selector on services: ``field=value``, ``field==value`` or ``field!=value``,
+    comma-separated, over the fields API servers index for services."""
+    text = text.strip()
+    if not text:
+        return ""
+    flag = "-f/--field-selector"
+    for term in _split_escaped(text):
+        if not term.strip():
+            raise UsageError(f"{flag} '{text}': empty requirement (stray comma?)")
+        m = re.fullmatch(r"\s*([^=!\s]+)\s*(==|!=|=)(.*)", term, re.DOTALL)
+        if not m:
+            raise UsageError(
+                f"{flag} '{text}': cannot parse '{term}' (use field=value or field!=value)"
+            )
+        if m[1] not in SERVICE_FIELDS:
+            raise UsageError(
+                f"{flag} '{text}': services cannot be selected by '{m[1]}' "
+                f"(use {', '.join(SERVICE_FIELDS)})"
+            )
+    return text
+
+
+def _split_escaped(text: str) -> list[str]:
+    """Split on commas not escaped with a backslash (as Kubernetes field selectors do)."""
+    terms: list[str] = []
+    current: list[str] = []
+    escaped = False
+    for ch in text:
+        if escaped:
+            current.append(ch)
+            escaped = False
+        elif ch == "\\":
+            current.append(ch)
+            escaped = True
+        elif ch == ",":
+            terms.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    terms.append("".join(current))
+    return terms
 
 
 def check_domain(domain: str) -> str:
@@ -246,8 +366,8 @@ def build_options(
         contexts=split_list(context),
         namespaces=namespaces,
         all_namespaces=all_namespaces,
-        label_selector=selector.strip(),
-        field_selector=field_selector.strip(),
+        label_selector=check_label_selector(selector),
+        field_selector=check_field_selector(field_selector),
         domain=check_domain(domain),
         mappings=parse_mappings(mapping),
         reservations=reservations,

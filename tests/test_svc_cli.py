@@ -86,6 +86,15 @@ def test_fwd_conf_adds_reservations_and_base(tmp_path: Path, hosts: Path) -> Non
         (["-z", "/nonexistent/fwd.yaml"], "cannot read it"),
         (["-n", "Bad_Namespace"], "not a valid namespace name"),
         (["-d", "bad..domain"], "not a valid DNS domain"),
+        (["-l", "==="], "-l/--selector '===': cannot parse"),
+        (["-l", "app=web,,tier=db"], "-l/--selector"),
+        (["-l", "app in ()"], "a set needs values"),
+        (["-l", "-app=web"], "not a valid label key"),
+        (["-l", "app=bad value"], "-l/--selector"),
+        (["-l", "Example.com/app=web"], "not a valid label key prefix"),
+        (["-f", "foo=bar"], "-f/--field-selector 'foo=bar': services cannot be selected by"),
+        (["-f", "metadata.name"], "-f/--field-selector"),
+        (["-f", "metadata.name=web,"], "empty requirement"),
     ],
     ids=lambda v: v if isinstance(v, str) else " ".join(v),
 )
@@ -102,6 +111,7 @@ def _as_kwargs(args: list[str]) -> dict[str, object]:
         "-r": ("reserve", list), "-t": ("timeout", str), "--resync-interval":
         ("resync_interval", str), "--retry-interval": ("retry_interval", str),
         "--transport": ("transport", str), "-z": ("fwd_conf", Path), "-d": ("domain", str),
+        "-l": ("selector", str), "-f": ("field_selector", str),
     }
     out: dict[str, object] = {}
     i = 0
@@ -119,6 +129,23 @@ def _as_kwargs(args: list[str]) -> dict[str, object]:
             out[name] = kind(value)  # type: ignore[operator]
         i += 2
     return out
+
+
+@pytest.mark.parametrize(
+    "selector",
+    ["app=web", "app==web,tier!=db", "env in (dev, qa),tier notin (db)", "app", "!legacy",
+     "example.com/team=a", "app=", " app = web "],
+)
+def test_label_selectors_kubernetes_accepts(selector: str, hosts: Path) -> None:
+    assert build_options(hosts_path=hosts, selector=selector).label_selector == selector.strip()
+
+
+@pytest.mark.parametrize(
+    "selector", ["metadata.name=web", "metadata.name==web,metadata.namespace!=x",
+                 "spec.type=ClusterIP", r"metadata.name=a\,b"],
+)
+def test_field_selectors_for_services(selector: str, hosts: Path) -> None:
+    assert build_options(hosts_path=hosts, field_selector=selector).field_selector == selector
 
 
 def test_bad_fwd_conf_yaml(tmp_path: Path, hosts: Path) -> None:
@@ -142,6 +169,21 @@ def test_usage_error_is_one_line_exit_2_and_touches_nothing(
     assert lines == ["kubefwd: error: -m/--mapping '80:0': local port 0 is outside 1-65535"]
     assert result.stdout == ""
     assert hosts.read_bytes() == HOSTS
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [(["-l", "==="], "-l/--selector '===': cannot parse '==='"),
+     (["-f", "foo=bar"], "-f/--field-selector 'foo=bar': services cannot be selected by 'foo'")],
+)
+def test_bad_selector_is_one_line_exit_2_before_anything(
+    args: list[str], line: str, hosts: Path, tmp_path: Path
+) -> None:
+    result = run("svc", *args, "--hosts-path", str(hosts), "-c", str(tmp_path / "no-kubeconfig"))
+    assert result.returncode == ExitCode.USAGE, result.stderr
+    [message] = result.stderr.strip().splitlines()
+    assert message.startswith(f"kubefwd: error: {line}")
+    assert result.stdout == "" and hosts.read_bytes() == HOSTS
 
 
 def test_help_shows_every_flag_and_hides_the_aliases() -> None:

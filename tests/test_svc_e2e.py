@@ -298,15 +298,23 @@ NEW_SERVICE = manifests(
 )
 
 
+def add_search_and_reach_it(cluster: SimCluster, hosts: Path, *, name: str = "search",
+                            timeout: float = 10.0, when: str = "") -> str:
+    """Apply NEW_SERVICE, wait for ``name`` in the hosts file and for a search pod to answer
+    there; returns its IP."""
+    cluster.apply(NEW_SERVICE)
+    ip = wait_for(lambda: hosts_entries(hosts).get(name), timeout, f"{name} in hosts {when}")
+    body = wait_for(lambda: try_http(ip, 7700), timeout, f"search answering {when}")
+    assert body.startswith("search-")
+    return ip
+
+
 def test_service_added_and_deleted_while_running(
     run: Callable[..., Kubefwd], cluster: SimCluster, hosts: Path
 ) -> None:
     fwd = run("-n", "shop")
-    cluster.apply(NEW_SERVICE)
     started = time.monotonic()
-    ip = wait_for(lambda: hosts_entries(hosts).get("search.shop"), 5, "search in hosts")
-    body = wait_for(lambda: try_http(ip, 7700), 5, "search answering")
-    assert body.startswith("search-")
+    ip = add_search_and_reach_it(cluster, hosts, name="search.shop", timeout=5)
     assert time.monotonic() - started < 3.0
     cluster.delete("Service", "shop", "search")
     wait_for(lambda: "search" not in hosts_entries(hosts), 5, "search gone from hosts")
@@ -415,9 +423,7 @@ def test_watch_expired_410_mid_run_relists(
 ) -> None:
     fwd = run("-n", "shop")
     cluster.expire_watch_history()
-    cluster.apply(NEW_SERVICE)
-    ip = wait_for(lambda: hosts_entries(hosts).get("search"), 10, "search after a 410")
-    assert wait_for(lambda: try_http(ip, 7700), 10).startswith("search-")
+    add_search_and_reach_it(cluster, hosts, when="after a 410")
     fwd.stop_cleanly()
 
 
@@ -430,9 +436,7 @@ def test_api_server_restart_mid_run(
     cluster.restart_apiserver()
     # Tunnels and watches were cut: new connections and new services work again.
     assert wait_for(lambda: try_http(ip, 80), 10, "web after the restart").startswith("web-")
-    cluster.apply(NEW_SERVICE)
-    search = wait_for(lambda: hosts_entries(hosts).get("search"), 10, "search after restart")
-    assert wait_for(lambda: try_http(search, 7700), 10).startswith("search-")
+    add_search_and_reach_it(cluster, hosts, when="after the restart")
     fwd.stop_cleanly()
 
 
