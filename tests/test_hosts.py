@@ -14,7 +14,7 @@ from pathlib import Path
 
 import portalocker
 import pytest
-from helpers import hosts_file, needs_root, python_in_unshare, run_as_nobody
+from helpers import hosts_file, needs_root, python_in_unshare, run_as_nobody, wait_for
 
 from kubefwd import hosts as hosts_module
 from kubefwd.errors import HostsFileError, PrivilegeError
@@ -663,3 +663,106 @@ def test_real_resolver_sees_names_on_a_bind_mounted_etc_hosts(tmp_path: Path) ->
     assert result["long"][:1] == ["127.1.27.1"]
     assert result["after"] == []
     assert fake.read_bytes() == b"127.0.0.1\tlocalhost\n# container hosts"
+
+
+# -- clean-up on a full disk -----------------------------------------------------------
+
+_FULL_DISK_SCRIPT = textwrap.dedent(
+    """
+    import json, os, subprocess, sys
+    from pathlib import Path
+    from kubefwd.hosts import HostsWriter
+    base = Path(sys.argv[1])
+    run = lambda *a: subprocess.run(a, check=True)
+    full = base / "full"
+    full.mkdir()
+    run("mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(full))
+    hosts = full / "hosts"
+    original = b"127.0.0.1 localhost\\n" * 20 + b"# no final newline"
+    hosts.write_bytes(original)
+    entries = {f"127.1.27.{i}": [f"svc-{i}", f"svc-{i}.ns.svc.cluster.local"]
+               for i in range(1, 30)}
+
+    def fill():
+        fd = os.open(full / "filler", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        try:
+            while True:
+                os.write(fd, b"x" * 512)
+        except OSError:
+            pass
+        os.close(fd)
+
+    result = {}
+    # rename: the normal path; in-place: a bind-mounted file; appended: someone added a line
+    # after ours, so the shrunk content is no prefix of the old one.
+    for mode in ("rename", "in-place", "appended"):
+        if mode == "in-place":
+            run("mount", "--bind", str(hosts), str(hosts))
+        (full / "filler").unlink(missing_ok=True)
+        writer = HostsWriter(hosts, min_interval=0, cleanup_timeout=2.0)
+        writer.start()
+        writer.publish(entries)
+        flushed = writer.flush()
+        if mode == "appended":
+            with open(hosts, "ab") as fh:
+                fh.write(b"10.9.9.9 added-by-someone-else\\n")
+        fill()
+        joined = writer.stop_and_join(10)
+        content = hosts.read_bytes()
+        expected = original + (b"\\n10.9.9.9 added-by-someone-else\\n"
+                               if mode == "appended" else b"")
+        result[mode] = {
+            "flushed": flushed, "joined": joined, "restored": content == expected,
+            "content": content.decode(errors="replace")[-200:],
+            "failed": writer.cleanup_failed, "error": str(writer.last_error or ""),
+        }
+        if mode == "appended":
+            hosts.write_bytes(original)
+    result["leftovers"] = sorted(p.name for p in full.iterdir())
+    print(json.dumps(result))
+    """
+)
+
+
+@pytest.mark.root
+@needs_root("unshare")
+def test_full_disk_at_shutdown_still_removes_our_lines(tmp_path: Path) -> None:
+    result = python_in_unshare(PRIVATE_MOUNTS, _FULL_DISK_SCRIPT, str(tmp_path))
+    for mode in ("rename", "in-place", "appended"):
+        run = result[mode]
+        assert run["flushed"] and run["joined"], (mode, run)
+        assert run["restored"], (mode, run)
+        assert not run["failed"] and run["error"] == "", (mode, run)
+    assert result["leftovers"] == ["filler", "hosts", "hosts.kubefwd.lock"]
+
+
+def test_failed_final_cleanup_is_reported_after_retries(tmp_path: Path) -> None:
+    hosts = hosts_file(tmp_path, b"x\n")
+    writer = _writer(hosts, min_interval=0, lock_timeout=0.05, cleanup_timeout=0.5)
+    writer.publish({"127.1.27.1": ["web"]})
+    assert writer.flush()
+    with portalocker.Lock(str(lock_path_for(hosts)), timeout=1):
+        assert writer.stop_and_join(5)
+    assert writer.cleanup_failed
+    assert isinstance(writer.last_error, HostsFileError)
+    assert writer.last_error.exit_code == 6
+    assert b"\tweb\t" in hosts.read_bytes()
+    remove_owned_lines(hosts, os.getpid())
+
+
+def test_final_cleanup_retries_until_the_lock_is_free(tmp_path: Path) -> None:
+    hosts = hosts_file(tmp_path, b"x\n")
+    writer = _writer(hosts, min_interval=0, lock_timeout=0.05, cleanup_timeout=5.0)
+    writer.publish({"127.1.27.1": ["web"]})
+    assert writer.flush()
+    lock = portalocker.Lock(str(lock_path_for(hosts)), timeout=1)
+    lock.acquire()
+    try:
+        writer.stop()
+        # The first attempt fails on the held lock; a later one gets through once it is free.
+        assert wait_for(lambda: writer.last_error is not None, 5, "a failed first attempt")
+    finally:
+        lock.release()
+    assert writer.stop_and_join(10)
+    assert not writer.cleanup_failed and writer.last_error is None
+    assert hosts.read_bytes() == b"x\n"
