@@ -19,14 +19,15 @@ from pathlib import Path
 import psutil
 
 from kubefwd.errors import HostsFileError, KubefwdError, PrivilegeError
-from kubefwd.hostsbackup import backup_hosts, default_backup_dir
+from kubefwd.hostsbackup import backup_hosts, backup_target, default_backup_dir
 from kubefwd.hostsformat import HostsDoc, Marker, format_entries, parse_hosts, render_hosts
 from kubefwd.hostsio import locked, read_hosts, write_hosts
 from kubefwd.threads import StoppableThread
 
 __all__ = [
     "HostsWriter",
-    "default_backup_dir",  # re-exported: the CLI imports it from here
+    "backup_target",  # re-exported for the CLI, as is default_backup_dir
+    "default_backup_dir",
     "owner_alive",
     "process_start",
     "remove_owned_lines",
@@ -136,9 +137,10 @@ class HostsWriter(StoppableThread):
     After ``stop_and_join``, ``cleanup_failed`` tells whether our lines are still in the file
     (``last_error`` says why); the final removal is retried for up to ``cleanup_timeout``.
 
-    ``backup_dir``: copy the file to ``hosts.original`` there before the first write (kubefwd
-    passes ``default_backup_dir()``, the invoking user's home, ``SUDO_USER``'s under sudo);
-    None: no backup. ``refresh_backup`` overwrites an existing copy.
+    ``backup_dir``: copy the file, without kubefwd lines, to ``hosts.original`` there before
+    the first write (kubefwd passes the folder of ``backup_target(path)``: the invoking user's
+    home, ``SUDO_USER``'s under sudo, and only for the system hosts file); None: no backup.
+    ``refresh_backup`` overwrites an existing copy.
     """
 
     def __init__(
@@ -202,7 +204,12 @@ class HostsWriter(StoppableThread):
         """Check access and make the backup in the caller's thread (errors raise here)."""
         self.check_access()
         if self.backup_dir is not None:
-            written = backup_hosts(self.path, self.backup_dir, refresh=self.refresh_backup)
+            written = backup_hosts(
+                self.path,
+                self.backup_dir,
+                refresh=self.refresh_backup,
+                lock_timeout=self.lock_timeout,
+            )
             if written:
                 log.info("backed up %s to %s", self.path, written)
         with _local_owners_lock:

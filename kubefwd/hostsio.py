@@ -29,6 +29,7 @@ LOCK_SUFFIX = ".kubefwd.lock"
 _RENAME_IMPOSSIBLE = {errno.EBUSY, errno.EXDEV, errno.EPERM, errno.EACCES, errno.EROFS}
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 _LOCK_FLAGS = portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING
+_SHARED_FLAGS = portalocker.LockFlags.SHARED | portalocker.LockFlags.NON_BLOCKING
 
 
 def lock_path_for(path: Path) -> Path:
@@ -36,8 +37,9 @@ def lock_path_for(path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def locked(path: Path, timeout: float) -> Iterator[bool]:
+def locked(path: Path, timeout: float, *, shared: bool = False) -> Iterator[bool]:
     """Hold the cross-process lock for ``path``; yields True when a rename may be tried.
+    ``shared``: a reader's lock, held by many at once but never alongside a writer.
 
     The lock lives on a sidecar file (read access is enough for flock, so an instance that
     cannot write the sidecar another one created still shares its lock). Where no sidecar
@@ -67,7 +69,7 @@ def locked(path: Path, timeout: float) -> Iterator[bool]:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                portalocker.lock(handle, _LOCK_FLAGS)
+                portalocker.lock(handle, _SHARED_FLAGS if shared else _LOCK_FLAGS)
                 break
             except portalocker.exceptions.LockException:
                 if time.monotonic() > deadline:

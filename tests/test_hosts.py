@@ -25,7 +25,12 @@ from kubefwd.hosts import (
     rewrite_lines,
     update_hosts,
 )
-from kubefwd.hostsbackup import backup_hosts, default_backup_dir, invoking_user
+from kubefwd.hostsbackup import (
+    backup_hosts,
+    backup_target,
+    default_backup_dir,
+    invoking_user,
+)
 from kubefwd.hostsformat import (
     MAX_LINE,
     Marker,
@@ -375,6 +380,37 @@ def test_backup_belongs_to_sudo_user(tmp_path: Path, monkeypatch: pytest.MonkeyP
     hosts = hosts_file(tmp_path, b"v1\n")
     dest = backup_hosts(hosts, tmp_path)
     assert dest is not None and dest.stat().st_uid == 65534
+
+
+def test_only_the_system_hosts_file_is_backed_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SUDO_USER", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert backup_target(Path("/etc/hosts")) == tmp_path / "home" / "hosts.original"
+    link = tmp_path / "link-to-etc-hosts"
+    link.symlink_to("/etc/hosts")
+    assert backup_target(link) == tmp_path / "home" / "hosts.original"
+    # Any other file is the user's own: one fixed backup name cannot serve several files.
+    assert backup_target(hosts_file(tmp_path, b"x\n")) is None
+    assert backup_target(tmp_path / "missing") is None
+
+
+@needs_root()
+def test_system_hosts_backup_goes_to_the_sudo_users_home(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SUDO_USER", "nobody")
+    assert backup_target(Path("/etc/hosts")) == Path("/nonexistent/hosts.original")
+
+
+def test_backup_holds_no_kubefwd_lines(tmp_path: Path, sleeper: subprocess.Popen[bytes]) -> None:
+    foreign = b"127.0.0.1\tlocalhost\r\n# no final newline"
+    other = Marker(sleeper.pid, process_start(sleeper.pid))  # another live instance
+    hosts = hosts_file(tmp_path, foreign)
+    update_hosts(hosts, other, {"127.1.27.9": ["theirs"]})
+    update_hosts(hosts, _ours(os.getpid()), {"127.1.27.1": ["mine"]})
+    assert b"theirs" in hosts.read_bytes() and b"mine" in hosts.read_bytes()
+    dest = backup_hosts(hosts, tmp_path)
+    assert dest is not None and dest.read_bytes() == foreign
 
 
 def test_invoking_user_without_sudo(monkeypatch: pytest.MonkeyPatch) -> None:
