@@ -103,6 +103,7 @@ class Kubefwd:
         self.ready = threading.Event()
         self.started_at = 0.0
         self._signals = 0
+        self._first_signal_at = 0.0
         self._finished = False
         self._lock = threading.Lock()
         self._forwards: dict[str, _Forward] = {}
@@ -167,10 +168,17 @@ class Kubefwd:
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if self._finished:
             return  # everything is cleaned up already; let the process end normally
-        self._signals += 1
-        if self._signals == 1:
+        now = time.monotonic()
+        if self._signals == 0:
+            self._signals = 1
+            self._first_signal_at = now
             self.stop_requested.set()
             return
+        if now - self._first_signal_at < _REPEAT_WINDOW:
+            # One keypress often arrives twice (``timeout -s INT`` signals the process and
+            # its group, so does a terminal): not a request to cut the shutdown short.
+            return
+        self._signals += 1
         # A second signal: only make sure the hosts file is clean, then leave at once.
         try:
             remove_owned_lines(self.options.hosts_path, os.getpid(), lock_timeout=2.0)
@@ -640,6 +648,9 @@ class Kubefwd:
             for error in self._loopback.cleanup():
                 log.warning("%s", error)
 
+
+# A second SIGINT/SIGTERM sooner than this after the first is taken for the same one.
+_REPEAT_WINDOW = 1.0
 
 # Tunnels of pods that no forward uses any more are closed after this long.
 _UNUSED_TUNNEL_GRACE = 30.0

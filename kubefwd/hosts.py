@@ -19,14 +19,15 @@ from pathlib import Path
 import psutil
 
 from kubefwd.errors import HostsFileError, KubefwdError, PrivilegeError
-from kubefwd.hostsbackup import backup_hosts, default_backup_dir
+from kubefwd.hostsbackup import backup_hosts, backup_target, default_backup_dir
 from kubefwd.hostsformat import HostsDoc, Marker, format_entries, parse_hosts, render_hosts
 from kubefwd.hostsio import locked, read_hosts, write_hosts
 from kubefwd.threads import StoppableThread
 
 __all__ = [
     "HostsWriter",
-    "default_backup_dir",  # re-exported: the CLI imports it from here
+    "backup_target",  # re-exported for the CLI, as is default_backup_dir
+    "default_backup_dir",
     "owner_alive",
     "process_start",
     "remove_owned_lines",
@@ -133,9 +134,13 @@ class HostsWriter(StoppableThread):
     (bursts coalesce), at most once per ``min_interval`` unless someone is waiting in
     ``flush``. ``stop`` removes our lines, then the thread ends.
 
-    ``backup_dir``: copy the file to ``hosts.original`` there before the first write (kubefwd
-    passes ``default_backup_dir()``, the invoking user's home, ``SUDO_USER``'s under sudo);
-    None: no backup. ``refresh_backup`` overwrites an existing copy.
+    After ``stop_and_join``, ``cleanup_failed`` tells whether our lines are still in the file
+    (``last_error`` says why); the final removal is retried for up to ``cleanup_timeout``.
+
+    ``backup_dir``: copy the file, without kubefwd lines, to ``hosts.original`` there before
+    the first write (kubefwd passes the folder of ``backup_target(path)``: the invoking user's
+    home, ``SUDO_USER``'s under sudo, and only for the system hosts file); None: no backup.
+    ``refresh_backup`` overwrites an existing copy.
     """
 
     def __init__(
@@ -148,6 +153,7 @@ class HostsWriter(StoppableThread):
         purge_stale: bool = False,
         min_interval: float = 0.25,
         lock_timeout: float = 10.0,
+        cleanup_timeout: float = 8.0,
     ) -> None:
         super().__init__(name="hosts-writer")
         self.path = Path(path)
@@ -158,8 +164,12 @@ class HostsWriter(StoppableThread):
         self.purge_stale = purge_stale
         self.min_interval = min_interval
         self.lock_timeout = lock_timeout
+        self.cleanup_timeout = cleanup_timeout
         self.writes = 0
         self.last_error: KubefwdError | None = None
+        # Set when the thread has ended without removing our lines (after retries);
+        # ``last_error`` then says why. The caller turns it into exit code 6 (HOSTS).
+        self.cleanup_failed = False
         self._cond = threading.Condition()
         self._pending: dict[str, list[str]] | None = None
         self._published = 0
@@ -194,7 +204,12 @@ class HostsWriter(StoppableThread):
         """Check access and make the backup in the caller's thread (errors raise here)."""
         self.check_access()
         if self.backup_dir is not None:
-            written = backup_hosts(self.path, self.backup_dir, refresh=self.refresh_backup)
+            written = backup_hosts(
+                self.path,
+                self.backup_dir,
+                refresh=self.refresh_backup,
+                lock_timeout=self.lock_timeout,
+            )
             if written:
                 log.info("backed up %s to %s", self.path, written)
         with _local_owners_lock:
@@ -265,7 +280,9 @@ class HostsWriter(StoppableThread):
         finally:
             self._final_cleanup()
 
-    def _write(self, entries: Mapping[str, Sequence[str]] | None) -> bool:
+    def _write(
+        self, entries: Mapping[str, Sequence[str]] | None, lock_timeout: float | None = None
+    ) -> bool:
         with _local_owners_lock:
             if (self.owner.pid, os.path.realpath(self.path)) in _retired_owners:
                 entries = None
@@ -275,7 +292,7 @@ class HostsWriter(StoppableThread):
                 self.owner,
                 entries,
                 purge_stale=self.purge_stale,
-                lock_timeout=self.lock_timeout,
+                lock_timeout=self.lock_timeout if lock_timeout is None else lock_timeout,
             ):
                 self.writes += 1
             self.last_error = None
@@ -288,10 +305,28 @@ class HostsWriter(StoppableThread):
             log.error("%s", self.last_error)
         return False
 
+    def _remove_ours(self) -> bool:
+        """Remove our lines, retrying a few times (a lock held a moment too long, a disk
+        that frees up) within ``cleanup_timeout``."""
+        deadline = time.monotonic() + self.cleanup_timeout
+        pause = threading.Event()  # never set: a timed wait that is not a sleep
+        delay = 0.05
+        while True:
+            left = deadline - time.monotonic()
+            if self._write(None, lock_timeout=max(0.05, min(self.lock_timeout, left))):
+                return True
+            if time.monotonic() + delay > deadline:
+                return False
+            pause.wait(delay)
+            delay = min(delay * 2, 1.0)
+
     def _final_cleanup(self) -> None:
         try:
-            if not self._write(None):
-                log.error("could not remove kubefwd lines from %s", self.path)
+            if not self._remove_ours():
+                self.cleanup_failed = True
+                log.error(
+                    "could not remove kubefwd lines from %s: %s", self.path, self.last_error
+                )
         finally:
             if self._registered:
                 with _local_owners_lock:

@@ -3,7 +3,8 @@
 Writes go through a lock on a sidecar file (``<hosts>.kubefwd.lock``; the hosts file itself is
 replaced by rename, so a lock on it would be lost) and land by temp file + fsync + rename
 keeping owner and mode, or by an in-place rewrite where a rename is impossible (a
-bind-mounted /etc/hosts in a container). Knows nothing of what the bytes mean.
+bind-mounted /etc/hosts in a container) or where a full disk has no room for a second copy
+but the content shrinks (removing our lines at shutdown). Knows nothing of what the bytes mean.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ LOCK_SUFFIX = ".kubefwd.lock"
 _RENAME_IMPOSSIBLE = {errno.EBUSY, errno.EXDEV, errno.EPERM, errno.EACCES, errno.EROFS}
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 _LOCK_FLAGS = portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING
+_SHARED_FLAGS = portalocker.LockFlags.SHARED | portalocker.LockFlags.NON_BLOCKING
 
 
 def lock_path_for(path: Path) -> Path:
@@ -35,8 +37,9 @@ def lock_path_for(path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def locked(path: Path, timeout: float) -> Iterator[bool]:
+def locked(path: Path, timeout: float, *, shared: bool = False) -> Iterator[bool]:
     """Hold the cross-process lock for ``path``; yields True when a rename may be tried.
+    ``shared``: a reader's lock, held by many at once but never alongside a writer.
 
     The lock lives on a sidecar file (read access is enough for flock, so an instance that
     cannot write the sidecar another one created still shares its lock). Where no sidecar
@@ -66,7 +69,7 @@ def locked(path: Path, timeout: float) -> Iterator[bool]:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                portalocker.lock(handle, _LOCK_FLAGS)
+                portalocker.lock(handle, _SHARED_FLAGS if shared else _LOCK_FLAGS)
                 break
             except portalocker.exceptions.LockException:
                 if time.monotonic() > deadline:
@@ -93,25 +96,65 @@ def read_hosts(path: Path) -> bytes:
 
 
 def _write_in_place(path: Path, data: bytes) -> None:
-    """Rewrite the file's own inode. Space is reserved first so a full disk fails before
-    any byte changes."""
+    """Rewrite the file's own inode without ever leaving it truncated."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        if data and hasattr(os, "posix_fallocate"):
-            try:
-                os.posix_fallocate(fd, 0, len(data))
-            except OSError as e:
-                if e.errno in _NO_SPACE:
-                    raise
-                # a filesystem without fallocate: go ahead without the reservation
-        os.lseek(fd, 0, os.SEEK_SET)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.ftruncate(fd, len(data))
+        size = os.fstat(fd).st_size
+        if len(data) <= size:
+            _shrink_in_place(fd, data)
+        else:
+            _grow_in_place(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _grow_in_place(fd: int, data: bytes) -> None:
+    """Space is reserved first, so a full disk fails before any byte changes."""
+    if hasattr(os, "posix_fallocate"):
+        try:
+            os.posix_fallocate(fd, 0, len(data))
+        except OSError as e:
+            if e.errno in _NO_SPACE:
+                raise
+            # a filesystem without fallocate: go ahead without the reservation
+    _pwrite_all(fd, data, 0)
+    os.ftruncate(fd, len(data))
+
+
+def _shrink_in_place(fd: int, data: bytes) -> None:
+    """Content no larger than the file fits in blocks it already has: this works on a full
+    disk. Only the bytes from the first difference on are written, so when the new content
+    is a prefix of the old (our lines come last) the truncate alone does it, atomically."""
+    current = _pread_all(fd, len(data))
+    if current != data:
+        start = _common_prefix(current, data)
+        _pwrite_all(fd, memoryview(data)[start:], start)
+    os.ftruncate(fd, len(data))
+
+
+def _common_prefix(a: bytes, b: bytes) -> int:
+    n = min(len(a), len(b))
+    return next((i for i in range(n) if a[i] != b[i]), n)
+
+
+def _pread_all(fd: int, size: int) -> bytes:
+    chunks: list[bytes] = []
+    offset = 0
+    while offset < size:
+        chunk = os.pread(fd, size - offset, offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -151,6 +194,13 @@ def _write_atomic(path: Path, data: bytes) -> None:
             os.close(dfd)
 
 
+def _size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
 def write_hosts(path: Path, data: bytes, *, rename_ok: bool = True) -> str:
     """Put ``data`` in ``path``; returns "rename" or "in-place". Never leaves it truncated."""
     if rename_ok:
@@ -159,12 +209,17 @@ def write_hosts(path: Path, data: bytes, *, rename_ok: bool = True) -> str:
             return "rename"
         except OSError as e:
             if e.errno in _NO_SPACE:
-                raise HostsFileError(
-                    f"no space left to write {path}; the file was left unchanged"
-                ) from None
-            if e.errno not in _RENAME_IMPOSSIBLE:
+                # No room for a second copy. Removing lines shrinks the file, and a shrunk
+                # content fits in the blocks the file already has: write that in place.
+                if len(data) > _size(path):
+                    raise HostsFileError(
+                        f"no space left to write {path}; the file was left unchanged"
+                    ) from None
+                log.debug("no space for a new copy of %s; shrinking it in place", path)
+            elif e.errno not in _RENAME_IMPOSSIBLE:
                 raise HostsFileError(f"cannot write the hosts file {path}: {e}") from None
-            log.debug("rename over %s impossible (%s); writing in place", path, e.strerror)
+            else:
+                log.debug("rename over %s impossible (%s); writing in place", path, e.strerror)
     try:
         _write_in_place(path, data)
     except PermissionError:

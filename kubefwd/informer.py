@@ -8,12 +8,17 @@ After every (re)list the loop yields one ``SYNC`` event carrying the complete se
 a consumer replaces what it knew of that resource with it, which also drops objects deleted
 while the watch was down. Between lists it yields the watch's ADDED, MODIFIED and DELETED
 events. BOOKMARKs only advance the resourceVersion. A 410 (expired resourceVersion) relists
-at once; any other error backs off (1 s doubling to a cap, reset once a watch proves healthy)
-and relists.
+at once; any other expected failure (``RETRYABLE``: API errors, network and TLS errors, a
+broken HTTP exchange, undecodable JSON) backs off (1 s doubling to a cap, reset once a watch
+proves healthy) and relists. Anything else is a bug: it is not retried but ends the loop, and
+the ``Informer`` thread records it (``failed``, ``last_error``), logs it once with its
+traceback and tells ``on_failure``.
 """
 
 from __future__ import annotations
 
+import http.client
+import json
 import logging
 import threading
 import time
@@ -28,6 +33,14 @@ log = logging.getLogger(__name__)
 
 ListFn = Callable[[], tuple[list[dict[str, Any]], str]]
 WatchFn = Callable[[str], Iterable[dict[str, Any]]]
+
+# What a list or watch may fail with and still be worth retrying (WatchExpired is an ApiError).
+RETRYABLE: tuple[type[Exception], ...] = (
+    ApiError,
+    OSError,
+    http.client.HTTPException,
+    json.JSONDecodeError,
+)
 
 ADDED = "ADDED"
 MODIFIED = "MODIFIED"
@@ -70,6 +83,13 @@ class Backoff:
         self._next = 0.0
 
 
+def _status_code(value: Any) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
 def _is_expired(exc: BaseException) -> bool:
     return isinstance(exc, ApiError) and exc.status == 410
 
@@ -90,7 +110,8 @@ def informer_events(
 
     ``watch_fn(rv)`` returns raw watch events; it may end (a server timeout: watch again from
     the newest RV), raise an ApiError with status 410 / yield an ERROR event with code 410
-    (relist), or raise anything else (back off, relist). ``on_error(exc, delay)`` is told of
+    (relist), or raise one of ``RETRYABLE`` (back off, relist); anything else propagates to
+    the caller. ``on_error(exc, delay)`` is told of
     each failure before waiting ``delay`` seconds on ``stop``. A watch that ends cleanly
     without a single event sooner than ``min_quiet_watch`` seconds also backs off (a proxy
     cutting every watch short must not make us spin). With ``resync_interval``, a watch that
@@ -102,7 +123,7 @@ def informer_events(
     while not stop.is_set():
         try:
             items, rv = list_fn()
-        except Exception as e:
+        except RETRYABLE as e:
             if stop.is_set():  # the list was cut short because we are stopping
                 return
             delay = backoff.next_delay()
@@ -126,7 +147,7 @@ def informer_events(
                     obj = raw.get("object") or {}
                     new_rv = str((obj.get("metadata") or {}).get("resourceVersion") or "")
                     if kind == "ERROR":
-                        code = int(obj.get("code") or 0)
+                        code = _status_code(obj.get("code"))
                         message = str(obj.get("message") or obj)
                         raise ApiError(f"watch error: {message}", status=code or 500)
                     if new_rv:
@@ -144,7 +165,7 @@ def informer_events(
                     delay = backoff.next_delay()
                     log.debug("%s: watch ended at once; waiting %.1f s", what, delay)
                     stop.wait(delay)
-            except Exception as e:
+            except RETRYABLE as e:
                 if stop.is_set():
                     return
                 relist = True
@@ -173,6 +194,10 @@ class Informer(StoppableThread):
     ``interrupt`` wakes a blocked watch (the KubeClient's ``interrupt``) so ``stop`` is
     prompt. ``synced`` is set after the first successful list; ``last_error`` holds the most
     recent failure (None once a list succeeds), for start-up checks.
+
+    A failure outside ``RETRYABLE`` (a bug) ends the thread: ``failed`` is set, ``last_error``
+    keeps the exception, it is logged once with its traceback, and ``on_failure(informer,
+    exc)`` is called on this thread (the app decides what a dead informer means).
     """
 
     def __init__(
@@ -189,6 +214,7 @@ class Informer(StoppableThread):
         on_error: Callable[[Informer, Exception, float], None] | None = None,
         stop: threading.Event | None = None,
         resync_interval: float | None = None,
+        on_failure: Callable[[Informer, Exception], None] | None = None,
     ) -> None:
         super().__init__(f"informer/{context}/{namespace or '*'}/{resource}")
         if stop is not None:  # the Event the watch callable was bound to
@@ -203,7 +229,9 @@ class Informer(StoppableThread):
         self._backoff = backoff or Backoff()
         self._on_error = on_error
         self._resync_interval = resync_interval
+        self._on_failure = on_failure
         self.synced = threading.Event()
+        self.failed = threading.Event()
         self.last_error: Exception | None = None
 
     def _listed(self) -> tuple[list[dict[str, Any]], str]:
@@ -217,6 +245,20 @@ class Informer(StoppableThread):
             self._on_error(self, exc, delay)
         else:
             log.warning("%s: %s; retrying in %.0f s", self.name, exc, delay)
+
+    def run(self) -> None:
+        try:
+            self.run_loop()
+        except Exception as exc:  # not a retryable failure: a bug; report it once, end
+            self.last_error = exc
+            self.failed.set()
+            log.error("%s stopped by an unexpected error: %s: %s", self.name,
+                      type(exc).__name__, exc, exc_info=True)
+            if self._on_failure is not None:
+                try:
+                    self._on_failure(self, exc)
+                except Exception:
+                    log.exception("%s: on_failure failed", self.name)
 
     def run_loop(self) -> None:
         events = informer_events(
@@ -241,5 +283,12 @@ class Informer(StoppableThread):
             self._interrupt(self.stopping)
 
     def wait_synced(self, timeout: float) -> bool:
-        """True once the first list has been delivered; False on timeout or stop."""
-        return self.synced.wait(timeout)
+        """True once the first list has been delivered; False on timeout, or at once if the
+        thread died (``failed``)."""
+        deadline = time.monotonic() + timeout
+        while not self.synced.is_set() and not self.failed.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self.synced.wait(min(left, 0.05))
+        return self.synced.is_set()

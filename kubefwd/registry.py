@@ -21,12 +21,33 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import Any
 
 from kubefwd import hostnames
+from kubefwd.forwards import (
+    Command,
+    ForwardKey,
+    ForwardRemove,
+    ForwardUpsert,
+    HostsSnapshot,
+    Listener,
+    PodRef,
+    PortMapping,
+    RegistrySnapshot,
+)
 from kubefwd.informer import SYNC, InformerEvent
 from kubefwd.ipalloc import AddressesExhausted, IpAllocator
+from kubefwd.podselect import (
+    age_key,
+    obj_meta,
+    obj_name,
+    pod_alive,
+    pod_ready,
+    pod_ref,
+    ready_in_slices,
+    selector_matches,
+)
 from kubefwd.rwlock import RWLock
 
 log = logging.getLogger(__name__)
@@ -37,83 +58,6 @@ ENDPOINTSLICES = "endpointslices"
 RESOURCES = (SERVICES, PODS, ENDPOINTSLICES)
 
 Obj = dict[str, Any]
-
-
-class ForwardKey(NamedTuple):
-    """One forward: a service, or (headless services) one of its pods."""
-
-    context: str
-    namespace: str
-    service: str
-    pod: str = ""
-
-    @property
-    def name(self) -> str:
-        return f"{self.pod}.{self.service}" if self.pod else self.service
-
-    def __str__(self) -> str:
-        return f"{self.context}/{self.namespace}/{self.name}"
-
-
-@dataclass(frozen=True)
-class PortMapping:
-    """A TCP port of a forward: listen on ``local_port``; the service port is ``port``;
-    ``target_port`` is the service's targetPort (a number or a container port name)."""
-
-    local_port: int
-    target_port: int | str
-    protocol: str = "TCP"
-    port: int = 0
-    name: str = ""
-
-
-@dataclass(frozen=True)
-class PodRef:
-    """A ready pod behind a forward; ``ports`` maps service port → the pod's port (named
-    target ports resolved against this pod's containers; absent when it has no such port)."""
-
-    name: str
-    ip: str
-    ports: dict[int, int] = field(default_factory=dict, hash=False)
-    uid: str = ""
-
-    def target_port(self, port: int) -> int | None:
-        return self.ports.get(port)
-
-
-@dataclass(frozen=True)
-class ForwardUpsert:
-    """Create or update a forward. ``pods`` are the ready candidates, best first."""
-
-    key: ForwardKey
-    ip: str
-    names: list[str]
-    ports: list[PortMapping]
-    pods: list[PodRef]
-    headless: bool = False
-
-
-@dataclass(frozen=True)
-class ForwardRemove:
-    key: ForwardKey
-
-
-@dataclass(frozen=True)
-class HostsSnapshot:
-    """Every hosts entry we want, ip → names (the full set, not a difference)."""
-
-    entries: dict[str, list[str]]
-
-
-Command = ForwardUpsert | ForwardRemove | HostsSnapshot
-Listener = Callable[[list[Command]], None]
-
-
-@dataclass
-class RegistrySnapshot:
-    forwards: list[ForwardUpsert]
-    skipped: dict[str, str]  # "ctx/ns/name" → why it is not forwarded
-    hosts: dict[str, list[str]]
 
 
 @dataclass
@@ -133,40 +77,6 @@ class _Spec:
     ports: list[PortMapping]
     pods: list[PodRef]
     headless: bool
-
-
-def _meta(obj: Obj) -> Obj:
-    return obj.get("metadata") or {}
-
-
-def _name(obj: Obj) -> str:
-    return str(_meta(obj).get("name") or "")
-
-
-def _matches(selector: Mapping[str, str], labels: Mapping[str, str] | None) -> bool:
-    labels = labels or {}
-    return all(labels.get(k) == v for k, v in selector.items())
-
-
-def _age_key(pod: Obj) -> tuple[str, str]:
-    return (str(_meta(pod).get("creationTimestamp") or ""), _name(pod))
-
-
-def _alive(pod: Obj) -> bool:
-    phase = (pod.get("status") or {}).get("phase")
-    return not _meta(pod).get("deletionTimestamp") and phase not in ("Succeeded", "Failed")
-
-
-def _ready(pod: Obj, slice_ready: set[str]) -> bool:
-    if _meta(pod).get("deletionTimestamp"):
-        return False
-    status = pod.get("status") or {}
-    if status.get("phase") != "Running":
-        return False
-    for cond in status.get("conditions") or []:
-        if cond.get("type") == "Ready":
-            return bool(cond.get("status") == "True")
-    return _name(pod) in slice_ready
 
 
 class Registry:
@@ -261,8 +171,8 @@ class Registry:
                     if c == context and r == resource:
                         by_ns[ns] = {}
             for obj in event.objects:
-                ns = str(_meta(obj).get("namespace") or namespace)
-                by_ns.setdefault(ns, {})[_name(obj)] = obj
+                ns = str(obj_meta(obj).get("namespace") or namespace)
+                by_ns.setdefault(ns, {})[obj_name(obj)] = obj
             for ns, objs in by_ns.items():
                 self._objs[(context, ns, resource)] = objs
                 self._namespace_index(context, ns)
@@ -278,8 +188,8 @@ class Registry:
                     )
             return dirty
         obj = event.obj or {}
-        ns = str(_meta(obj).get("namespace") or namespace)
-        name = _name(obj)
+        ns = str(obj_meta(obj).get("namespace") or namespace)
+        name = obj_name(obj)
         self._namespace_index(context, ns)
         store = self._objs.setdefault((context, ns, resource), {})
         old = store.get(name)
@@ -293,7 +203,7 @@ class Registry:
             labels = [(o or {}).get("metadata", {}).get("labels") for o in (old, obj)]
             for sname, svc in self._objs.get((context, ns, SERVICES), {}).items():
                 selector = (svc.get("spec") or {}).get("selector") or {}
-                if selector and any(_matches(selector, lab) for lab in labels):
+                if selector and any(selector_matches(selector, lab) for lab in labels):
                     dirty.add((ns, sname))
         else:
             for o in (old, obj):
@@ -314,16 +224,7 @@ class Registry:
             log.log(level, message, *args)
 
     def _slice_ready(self, context: str, namespace: str) -> set[str]:
-        ready: set[str] = set()
-        for slc in self._objs.get((context, namespace, ENDPOINTSLICES), {}).values():
-            for ep in slc.get("endpoints") or []:
-                ref = ep.get("targetRef") or {}
-                if ref.get("kind", "Pod") != "Pod" or not ref.get("name"):
-                    continue
-                if (ep.get("conditions") or {}).get("ready") is not False:
-                    ready.add(str(ref["name"]))
-        return ready
-
+        return ready_in_slices(self._objs.get((context, namespace, ENDPOINTSLICES), {}).values())
     def _ports(self, key: ForwardKey, svc: Obj) -> list[PortMapping]:
         ports: list[PortMapping] = []
         used: set[int] = set()
@@ -355,22 +256,6 @@ class Registry:
             ports.append(PortMapping(local, target, "TCP", number, str(p.get("name") or "")))
         return ports
 
-    def _pod_ref(self, pod: Obj, ports: list[PortMapping]) -> PodRef:
-        resolved: dict[int, int] = {}
-        named: dict[str, int] = {}
-        for container in (pod.get("spec") or {}).get("containers") or []:
-            for cp in container.get("ports") or []:
-                if cp.get("name") and str(cp.get("protocol") or "TCP").upper() == "TCP":
-                    named.setdefault(str(cp["name"]), int(cp.get("containerPort") or 0))
-        for pm in ports:
-            if isinstance(pm.target_port, int):
-                resolved[pm.port] = pm.target_port
-            elif named.get(pm.target_port):
-                resolved[pm.port] = named[pm.target_port]
-        status = pod.get("status") or {}
-        return PodRef(_name(pod), str(status.get("podIP") or ""), resolved,
-                      str(_meta(pod).get("uid") or ""))
-
     def _desired(self, context: str, namespace: str, service: str) -> dict[ForwardKey, _Spec]:
         svc = self._objs.get((context, namespace, SERVICES), {}).get(service)
         key = ForwardKey(context, namespace, service)
@@ -398,11 +283,11 @@ class Registry:
         slice_ready = self._slice_ready(context, namespace)
         pods = [
             p for p in self._objs.get((context, namespace, PODS), {}).values()
-            if _matches(selector, _meta(p).get("labels"))
+            if selector_matches(selector, obj_meta(p).get("labels"))
         ]
-        pods.sort(key=_age_key)
-        ready = [p for p in pods if _ready(p, slice_ready)]
-        refs = [self._pod_ref(p, ports) for p in ready]
+        pods.sort(key=age_key)
+        ready = [p for p in pods if pod_ready(p, slice_ready)]
+        refs = [pod_ref(p, ports) for p in ready]
         headless = spec.get("clusterIP") == "None"
         names = hostnames.service_hostnames(
             service, namespace, context, domain=self._domain, primary=primary,
@@ -412,9 +297,9 @@ class Registry:
         if headless:
             ready_names = {r.name: r for r in refs}
             for p in pods:
-                if not _alive(p):
+                if not pod_alive(p):
                     continue
-                pname = _name(p)
+                pname = obj_name(p)
                 pkey = ForwardKey(context, namespace, service, pname)
                 pnames = hostnames.pod_hostnames(
                     pname, service, namespace, context, domain=self._domain, primary=primary,

@@ -112,6 +112,28 @@ KUBECTL = shutil.which("kubectl")
 needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
 
 
+def _kubectl_minor() -> int:
+    """The client's minor version (Debian's kubernetes-client is 1.20; newer ones are 1.27+)."""
+    if KUBECTL is None:
+        return 0
+    out = subprocess.run([KUBECTL, "version", "--client", "-o", "json"], capture_output=True,
+                         text=True, timeout=60).stdout
+    try:
+        minor = json.loads(out)["clientVersion"]["minor"]
+    except (ValueError, KeyError):
+        return 0
+    return int("".join(ch for ch in minor if ch.isdigit()) or 0)
+
+
+KUBECTL_MINOR = _kubectl_minor()
+
+
+def needs_kubectl_at_least(minor: int, feature: str) -> pytest.MarkDecorator:
+    """Skip where the installed kubectl predates ``feature`` (e.g. Debian's 1.20 client)."""
+    return pytest.mark.skipif(minor > KUBECTL_MINOR,
+                              reason=f"kubectl 1.{KUBECTL_MINOR} predates {feature}")
+
+
 class HasKubeconfig(Protocol):
     @property
     def kubeconfig_path(self) -> Path: ...

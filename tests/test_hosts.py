@@ -14,7 +14,7 @@ from pathlib import Path
 
 import portalocker
 import pytest
-from helpers import hosts_file, needs_root, python_in_unshare, run_as_nobody
+from helpers import hosts_file, needs_root, python_in_unshare, run_as_nobody, wait_for
 
 from kubefwd import hosts as hosts_module
 from kubefwd.errors import HostsFileError, PrivilegeError
@@ -25,7 +25,12 @@ from kubefwd.hosts import (
     rewrite_lines,
     update_hosts,
 )
-from kubefwd.hostsbackup import backup_hosts, default_backup_dir, invoking_user
+from kubefwd.hostsbackup import (
+    backup_hosts,
+    backup_target,
+    default_backup_dir,
+    invoking_user,
+)
 from kubefwd.hostsformat import (
     MAX_LINE,
     Marker,
@@ -377,6 +382,37 @@ def test_backup_belongs_to_sudo_user(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert dest is not None and dest.stat().st_uid == 65534
 
 
+def test_only_the_system_hosts_file_is_backed_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SUDO_USER", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert backup_target(Path("/etc/hosts")) == tmp_path / "home" / "hosts.original"
+    link = tmp_path / "link-to-etc-hosts"
+    link.symlink_to("/etc/hosts")
+    assert backup_target(link) == tmp_path / "home" / "hosts.original"
+    # Any other file is the user's own: one fixed backup name cannot serve several files.
+    assert backup_target(hosts_file(tmp_path, b"x\n")) is None
+    assert backup_target(tmp_path / "missing") is None
+
+
+@needs_root()
+def test_system_hosts_backup_goes_to_the_sudo_users_home(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SUDO_USER", "nobody")
+    assert backup_target(Path("/etc/hosts")) == Path("/nonexistent/hosts.original")
+
+
+def test_backup_holds_no_kubefwd_lines(tmp_path: Path, sleeper: subprocess.Popen[bytes]) -> None:
+    foreign = b"127.0.0.1\tlocalhost\r\n# no final newline"
+    other = Marker(sleeper.pid, process_start(sleeper.pid))  # another live instance
+    hosts = hosts_file(tmp_path, foreign)
+    update_hosts(hosts, other, {"127.1.27.9": ["theirs"]})
+    update_hosts(hosts, _ours(os.getpid()), {"127.1.27.1": ["mine"]})
+    assert b"theirs" in hosts.read_bytes() and b"mine" in hosts.read_bytes()
+    dest = backup_hosts(hosts, tmp_path)
+    assert dest is not None and dest.read_bytes() == foreign
+
+
 def test_invoking_user_without_sudo(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SUDO_USER", raising=False)
     assert invoking_user() == (Path.home(), os.getuid(), os.getgid())
@@ -663,3 +699,106 @@ def test_real_resolver_sees_names_on_a_bind_mounted_etc_hosts(tmp_path: Path) ->
     assert result["long"][:1] == ["127.1.27.1"]
     assert result["after"] == []
     assert fake.read_bytes() == b"127.0.0.1\tlocalhost\n# container hosts"
+
+
+# -- clean-up on a full disk -----------------------------------------------------------
+
+_FULL_DISK_SCRIPT = textwrap.dedent(
+    """
+    import json, os, subprocess, sys
+    from pathlib import Path
+    from kubefwd.hosts import HostsWriter
+    base = Path(sys.argv[1])
+    run = lambda *a: subprocess.run(a, check=True)
+    full = base / "full"
+    full.mkdir()
+    run("mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(full))
+    hosts = full / "hosts"
+    original = b"127.0.0.1 localhost\\n" * 20 + b"# no final newline"
+    hosts.write_bytes(original)
+    entries = {f"127.1.27.{i}": [f"svc-{i}", f"svc-{i}.ns.svc.cluster.local"]
+               for i in range(1, 30)}
+
+    def fill():
+        fd = os.open(full / "filler", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        try:
+            while True:
+                os.write(fd, b"x" * 512)
+        except OSError:
+            pass
+        os.close(fd)
+
+    result = {}
+    # rename: the normal path; in-place: a bind-mounted file; appended: someone added a line
+    # after ours, so the shrunk content is no prefix of the old one.
+    for mode in ("rename", "in-place", "appended"):
+        if mode == "in-place":
+            run("mount", "--bind", str(hosts), str(hosts))
+        (full / "filler").unlink(missing_ok=True)
+        writer = HostsWriter(hosts, min_interval=0, cleanup_timeout=2.0)
+        writer.start()
+        writer.publish(entries)
+        flushed = writer.flush()
+        if mode == "appended":
+            with open(hosts, "ab") as fh:
+                fh.write(b"10.9.9.9 added-by-someone-else\\n")
+        fill()
+        joined = writer.stop_and_join(10)
+        content = hosts.read_bytes()
+        expected = original + (b"\\n10.9.9.9 added-by-someone-else\\n"
+                               if mode == "appended" else b"")
+        result[mode] = {
+            "flushed": flushed, "joined": joined, "restored": content == expected,
+            "content": content.decode(errors="replace")[-200:],
+            "failed": writer.cleanup_failed, "error": str(writer.last_error or ""),
+        }
+        if mode == "appended":
+            hosts.write_bytes(original)
+    result["leftovers"] = sorted(p.name for p in full.iterdir())
+    print(json.dumps(result))
+    """
+)
+
+
+@pytest.mark.root
+@needs_root("unshare")
+def test_full_disk_at_shutdown_still_removes_our_lines(tmp_path: Path) -> None:
+    result = python_in_unshare(PRIVATE_MOUNTS, _FULL_DISK_SCRIPT, str(tmp_path))
+    for mode in ("rename", "in-place", "appended"):
+        run = result[mode]
+        assert run["flushed"] and run["joined"], (mode, run)
+        assert run["restored"], (mode, run)
+        assert not run["failed"] and run["error"] == "", (mode, run)
+    assert result["leftovers"] == ["filler", "hosts", "hosts.kubefwd.lock"]
+
+
+def test_failed_final_cleanup_is_reported_after_retries(tmp_path: Path) -> None:
+    hosts = hosts_file(tmp_path, b"x\n")
+    writer = _writer(hosts, min_interval=0, lock_timeout=0.05, cleanup_timeout=0.5)
+    writer.publish({"127.1.27.1": ["web"]})
+    assert writer.flush()
+    with portalocker.Lock(str(lock_path_for(hosts)), timeout=1):
+        assert writer.stop_and_join(5)
+    assert writer.cleanup_failed
+    assert isinstance(writer.last_error, HostsFileError)
+    assert writer.last_error.exit_code == 6
+    assert b"\tweb\t" in hosts.read_bytes()
+    remove_owned_lines(hosts, os.getpid())
+
+
+def test_final_cleanup_retries_until_the_lock_is_free(tmp_path: Path) -> None:
+    hosts = hosts_file(tmp_path, b"x\n")
+    writer = _writer(hosts, min_interval=0, lock_timeout=0.05, cleanup_timeout=5.0)
+    writer.publish({"127.1.27.1": ["web"]})
+    assert writer.flush()
+    lock = portalocker.Lock(str(lock_path_for(hosts)), timeout=1)
+    lock.acquire()
+    try:
+        writer.stop()
+        # The first attempt fails on the held lock; a later one gets through once it is free.
+        assert wait_for(lambda: writer.last_error is not None, 5, "a failed first attempt")
+    finally:
+        lock.release()
+    assert writer.stop_and_join(10)
+    assert not writer.cleanup_failed and writer.last_error is None
+    assert hosts.read_bytes() == b"x\n"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import http.client
+import json
+import logging
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -10,6 +13,7 @@ import pytest
 
 from kubefwd.errors import ApiError
 from kubefwd.informer import SYNC, Backoff, Informer, InformerEvent, informer_events
+from kubefwd.kube import WatchExpired
 
 
 class FakeStop:
@@ -280,3 +284,76 @@ def test_resync_interval_relists_after_a_watch_ends() -> None:
     assert next(gen).type == SYNC  # the second one is past the interval: relist
     assert script.watched_from == ["1", "2"]
     gen.close()
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [OSError("connection refused"), http.client.RemoteDisconnected("gone"),
+     json.JSONDecodeError("Expecting value", "x", 0), WatchExpired("gone", status=410)],
+    ids=lambda e: type(e).__name__,
+)
+def test_expected_failures_are_retried(failure: Exception) -> None:
+    stop = FakeStop()
+    script = Script(lists=[failure, ([], "1")], watches=[[]])
+    errors: list[Exception] = []
+    gen = informer_events(script.list_fn, script.watch_fn, stop=stop,
+                          on_error=lambda e, d: errors.append(e))
+    assert next(gen).type == SYNC
+    assert errors == [failure]
+    gen.close()
+
+
+@pytest.mark.parametrize("where", ["list", "watch"])
+def test_a_bug_is_not_retried_but_propagates(where: str) -> None:
+    stop = FakeStop()
+    bug = TypeError("unsupported operand")
+    script = Script(lists=[bug] if where == "list" else [([], "1"), ([], "2")],
+                    watches=[[ev("ADDED", svc("a", "2")), bug]])
+    errors: list[Exception] = []
+    gen = informer_events(script.list_fn, script.watch_fn, stop=stop,
+                          on_error=lambda e, d: errors.append(e))
+    if where == "watch":
+        assert [e.type for e in take(gen, 2)] == [SYNC, "ADDED"]
+    with pytest.raises(TypeError):
+        next(gen)
+    assert errors == [] and stop.waits == []
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_informer_thread_dies_once_on_a_bug_and_says_so() -> None:
+    died: list[tuple[Informer, Exception]] = []
+    retried: list[Exception] = []
+
+    def list_fn() -> tuple[list[dict[str, Any]], str]:
+        raise KeyError("metadata")
+
+    informer = Informer(
+        context="sim", namespace="shop", resource="pods", list_fn=list_fn,
+        watch_fn=lambda rv: iter(()), callback=lambda e: None,
+        backoff=Backoff(initial=0.01, cap=0.01),
+        on_error=lambda inf, exc, delay: retried.append(exc),
+        on_failure=lambda inf, exc: died.append((inf, exc)),
+    )
+    handler = _Records()
+    logger = logging.getLogger("kubefwd.informer")
+    logger.addHandler(handler)
+    try:
+        informer.start()
+        assert not informer.wait_synced(5)
+        informer.join(5)
+    finally:
+        logger.removeHandler(handler)
+    assert not informer.is_alive() and informer.failed.is_set()
+    assert isinstance(informer.last_error, KeyError)
+    assert died == [(informer, informer.last_error)] and retried == []
+    records = [r for r in handler.records if r.exc_info]
+    assert len(records) == 1 and "informer/sim/shop/pods" in records[0].getMessage()
+    assert informer.stop_and_join(1)

@@ -22,6 +22,7 @@ from helpers import service as service_yaml
 
 from kubefwd import kubeconfig as kube
 from kubefwd.errors import ApiError, ConfigError, ExitCode
+from kubefwd.forwards import ForwardKey
 from kubefwd.informer import SYNC, Backoff, Informer, InformerEvent
 from kubefwd.ipalloc import IpAllocator
 from kubefwd.kube import (
@@ -31,7 +32,7 @@ from kubefwd.kube import (
     namespace_informers,
 )
 from kubefwd.kubeconfig import load_contexts
-from kubefwd.registry import ForwardKey, Registry
+from kubefwd.registry import Registry
 from kubefwd.sim import SimCluster
 from kubefwd.sim import tls as simtls
 

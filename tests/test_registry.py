@@ -8,17 +8,17 @@ from typing import Any
 
 import pytest
 
-from kubefwd.informer import InformerEvent
-from kubefwd.ipalloc import IpAllocator
-from kubefwd.registry import (
+from kubefwd.forwards import (
     Command,
     ForwardKey,
     ForwardRemove,
     ForwardUpsert,
     HostsSnapshot,
     PortMapping,
-    Registry,
 )
+from kubefwd.informer import InformerEvent
+from kubefwd.ipalloc import IpAllocator
+from kubefwd.registry import Registry
 
 _counter = iter(range(1, 10_000))
 

@@ -21,6 +21,7 @@ from helpers import (
     kubectl_argv,
     kubectl_port_forward,
     needs_kubectl,
+    needs_kubectl_at_least,
     wait_for,
     web_and_headless_db,
 )
@@ -86,6 +87,7 @@ def test_apply_create_unchanged_and_configured(tmp_path: Path) -> None:
         assert cluster.pods("demo") == []
 
 
+@needs_kubectl_at_least(25, "strict field validation on apply")
 def test_apply_rejects_bad_manifests(tmp_path: Path) -> None:
     with SimCluster() as cluster:
         bad = tmp_path / "bad.yaml"
@@ -248,6 +250,7 @@ def test_scale_logs_and_rollout_restart(cluster: SimCluster) -> None:
     assert len(after) == 2 and not before & after
 
 
+@needs_kubectl_at_least(27, "server dry runs without OpenAPI v2 dry-run markers")
 def test_server_side_apply_and_server_dry_runs(tmp_path: Path) -> None:
     with SimCluster() as cluster:
         manifest = tmp_path / "app.yaml"
@@ -292,6 +295,7 @@ def test_sim_command_reports_a_busy_port(tmp_path: Path) -> None:
     assert f"cannot serve on port {port}" in err
 
 
+@needs_kubectl_at_least(27, "port-forward exiting when its connection is lost")
 def test_restart_apiserver_drops_a_kubectl_port_forward(cluster: SimCluster) -> None:
     with kubectl_port_forward(cluster, "svc/hello", 80, namespace="demo") as (port, proc):
         assert b"hello-" in http_get("127.0.0.1", port)[1]
