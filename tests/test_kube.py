@@ -292,6 +292,14 @@ def test_forbidden_names_the_verb_and_resource(cluster: SimCluster, client: Kube
         next(client.watch("pods", "shop", "", stop=stop))
 
 
+def test_other_refusals_have_no_doubled_error_word(client: KubeClient) -> None:
+    # The CLI prints "kubefwd: error: <message>": the message must not say "error:" again.
+    with pytest.raises(ApiError) as info:
+        client.list("services", "shop", field_selector="no.such.field=x")
+    assert str(info.value).startswith("cannot list services in namespace shop (400): ")
+    assert info.value.status == 400 and info.value.exit_code == ExitCode.API
+
+
 def test_wrong_token_is_unauthorized(cluster: SimCluster, tmp_path: Path) -> None:
     doc = yaml.safe_load(cluster.kubeconfig_path.read_text())
     doc["users"][0]["user"]["token"] = "wrong"
