@@ -83,6 +83,17 @@ def test_no_kubeconfig_is_a_clear_config_error(no_env: Path) -> None:
     assert info.value.exit_code == ExitCode.CONFIG
 
 
+def test_malformed_kubeconfig_is_one_line_naming_file_and_line(no_env: Path) -> None:
+    path = no_env / "kc"
+    path.write_text("apiVersion: v1\nclusters:\n  - name: c\n   cluster: {server: x}\n")
+    with pytest.raises(ConfigError) as info:
+        load_contexts(str(path), [])
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"invalid kubeconfig {path}: line 4: expected <block end>")
+    assert info.value.exit_code == ExitCode.CONFIG
+
+
 def test_under_sudo_the_invoking_users_kubeconfig_is_used(
     no_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
