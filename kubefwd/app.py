@@ -11,6 +11,7 @@ hosts writer (it removes our lines), undo loopback aliases.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import ipaddress
@@ -24,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
+
+import psutil
 
 from kubefwd.errors import (
     ApiError,
@@ -104,6 +107,7 @@ class Kubefwd:
         self.started_at = 0.0
         self._signals = 0
         self._first_signal_at = 0.0
+        self._starting = False  # run() is inside start(): the first signal interrupts it
         self._finished = False
         self._lock = threading.Lock()
         self._forwards: dict[str, _Forward] = {}
@@ -128,10 +132,19 @@ class Kubefwd:
         """Start, serve until SIGINT/SIGTERM, shut down; returns the exit code."""
         self.output.install()
         previous = self._install_signals()
+        children_before = _child_pids()
         try:
             try:
+                self._starting = True
                 self.start()
+            except _StartupInterrupted:
+                self._starting = False
+                self.output.info("interrupted before ready: stopping")
+                _step("stop helper processes", lambda: _end_children(children_before))
+                self.shutdown()
+                return int(ExitCode.INTERRUPTED)
             except BaseException:
+                self._starting = False
                 self.shutdown()
                 raise
             if self.stop_requested.is_set() and not self.ready.is_set():
@@ -173,6 +186,11 @@ class Kubefwd:
             self._signals = 1
             self._first_signal_at = now
             self.stop_requested.set()
+            if self._starting:
+                # Start-up may be blocked where no Event reaches (an exec plugin, a server
+                # that accepts but never answers, a hosts write being retried): leave it.
+                self._starting = False
+                raise _StartupInterrupted
             return
         if now - self._first_signal_at < _REPEAT_WINDOW:
             # One keypress often arrives twice (``timeout -s INT`` signals the process and
@@ -245,6 +263,7 @@ class Kubefwd:
         with self._lock:
             count = len({f.key[:3] for f in self._forwards.values()})
             addresses = len(self._forwards)
+        self._starting = False
         self.output.ready(count, addresses, time.monotonic() - self.started_at,
                           self._hosts.writes)
         self.ready.set()
@@ -647,6 +666,36 @@ class Kubefwd:
         if self._loopback is not None:
             for error in self._loopback.cleanup():
                 log.warning("%s", error)
+
+
+class _StartupInterrupted(BaseException):
+    """Raised by the signal handler to cut a blocked start-up short (like KeyboardInterrupt,
+    not an ``Exception``: nothing on the way may swallow it)."""
+
+
+def _child_pids() -> set[int]:
+    try:
+        return {p.pid for p in psutil.Process().children(recursive=True)}
+    except psutil.Error:
+        return set()
+
+
+def _end_children(existing: set[int], grace: float = 2.0) -> None:
+    """End the processes we started since ``existing`` was taken (an exec credential plugin
+    cut short by Ctrl-C is not waited for by its caller): TERM, then KILL after ``grace``."""
+    try:
+        children = [p for p in psutil.Process().children(recursive=True)
+                    if p.pid not in existing]
+    except psutil.Error:
+        return
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            child.terminate()
+    _, alive = psutil.wait_procs(children, timeout=grace)
+    for child in alive:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+    psutil.wait_procs(alive, timeout=grace)
 
 
 # A second SIGINT/SIGTERM sooner than this after the first is taken for the same one.

@@ -21,7 +21,7 @@ import psutil
 from kubefwd.errors import HostsFileError, KubefwdError, PrivilegeError
 from kubefwd.hostsbackup import backup_hosts, backup_target, default_backup_dir
 from kubefwd.hostsformat import HostsDoc, Marker, format_entries, parse_hosts, render_hosts
-from kubefwd.hostsio import locked, read_hosts, write_hosts
+from kubefwd.hostsio import locked, read_hosts, remove_orphaned_temps, write_hosts
 from kubefwd.threads import StoppableThread
 
 __all__ = [
@@ -105,6 +105,8 @@ def update_hosts(
     """One locked read-modify-write; True when the file changed."""
     target = Path(os.path.realpath(path))
     with locked(target, lock_timeout) as rename_ok:
+        if rename_ok:  # the sidecar lock: the one every temp file is made under
+            remove_orphaned_temps(target)
         data = read_hosts(target)
         new = rewrite_lines(parse_hosts(data), owner, entries, purge_stale=purge_stale)
         if new == data:

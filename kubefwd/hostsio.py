@@ -26,6 +26,7 @@ from kubefwd.errors import HostsFileError, PrivilegeError
 log = logging.getLogger(__name__)
 
 LOCK_SUFFIX = ".kubefwd.lock"
+TEMP_SUFFIX = ".kubefwd-tmp"
 _RENAME_IMPOSSIBLE = {errno.EBUSY, errno.EXDEV, errno.EPERM, errno.EACCES, errno.EROFS}
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 _LOCK_FLAGS = portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING
@@ -84,6 +85,34 @@ def locked(path: Path, timeout: float, *, shared: bool = False) -> Iterator[bool
             portalocker.unlock(handle)
     finally:
         handle.close()
+
+
+def remove_orphaned_temps(path: Path) -> list[str]:
+    """Delete temp files of ``path`` left by a writer killed before its rename.
+
+    Call only while holding the sidecar lock: temp files are made only under it, so any
+    found then belongs to a writer that is gone. (The sidecar itself stays: deleting a lock
+    file races with whoever is about to lock it.)
+    """
+    prefix = f".{path.name}."
+    removed: list[str] = []
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return removed
+    for name in names:
+        if name.startswith(prefix) and name.endswith(TEMP_SUFFIX):
+            try:
+                os.unlink(path.parent / name)
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                log.debug("cannot remove the leftover %s: %s", name, e.strerror)
+                continue
+            removed.append(name)
+    if removed:
+        log.info("removed leftover temp files next to %s: %s", path, ", ".join(removed))
+    return removed
 
 
 def read_hosts(path: Path) -> bytes:
@@ -163,7 +192,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
         st: os.stat_result | None = os.stat(path)
     except FileNotFoundError:
         st = None
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".kubefwd-tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         try:
             view = memoryview(data)

@@ -169,15 +169,17 @@ class KubeClient:
         what = self._where(resource, namespace)
         if status == 410:
             raise WatchExpired(f"{verb} {what}: {message}", status=410, reason="Expired")
-        word = _STATUS_WORDS.get(status, "error")
+        word = _STATUS_WORDS.get(status, "")
         exit_code = ExitCode.CONFIG if status == 404 else None
         hint = ""
         if status in (401, 403):
             hint = f" (context {self.context.name})"
+        # The CLI prints "kubefwd: error: <message>": only a specific word goes in front.
+        lead = f"{word}: " if word else ""
         raise ApiError(
-            f"{word}: cannot {verb} {what} ({status}): {message}{hint}",
+            f"{lead}cannot {verb} {what} ({status}): {message}{hint}",
             status=status,
-            reason=word,
+            reason=word or "error",
             exit_code=exit_code,
         )
 

@@ -99,14 +99,26 @@ def kubeconfig_paths(kubeconfig: str | None) -> list[str]:
     return [default]
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line for a YAML error: ``line N: what is wrong`` (PyYAML's text spans lines)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    text = " ".join(str(problem or exc).split())
+    return f"line {mark.line + 1}: {text}" if mark is not None else text
+
+
 def _read_kubeconfigs(paths: list[str]) -> list[tuple[str, dict[str, Any]]]:
     docs = []
     for path in paths:
         try:
-            with open(path) as f:
+            with open(path, encoding="utf-8") as f:
                 doc = yaml.safe_load(f) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise ConfigError(f"cannot read kubeconfig {path}: {e}") from e
+        except OSError as e:
+            raise ConfigError(f"cannot read kubeconfig {path}: {e.strerror or e}") from e
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"invalid kubeconfig {path}: not a UTF-8 text file") from e
+        except yaml.YAMLError as e:
+            raise ConfigError(f"invalid kubeconfig {path}: {_yaml_problem(e)}") from e
         if not isinstance(doc, dict):
             raise ConfigError(f"invalid kubeconfig {path}: not a mapping")
         docs.append((path, doc))

@@ -510,6 +510,40 @@ def test_kill_9_then_a_fresh_writer_purges_the_dead_lines(tmp_path: Path) -> Non
     assert hosts.read_bytes() == b"# foreign\n"
 
 
+_DIES_BEFORE_RENAME = textwrap.dedent(
+    """
+    import os, sys
+    from pathlib import Path
+    from kubefwd.hosts import Marker, update_hosts
+    def replace(src, dst):
+        print("temp file written", flush=True)
+        sys.stdin.readline()  # killed here, between the temp file and the rename
+    os.replace = replace
+    update_hosts(Path(sys.argv[1]), Marker(os.getpid()), {"127.1.27.1": ["web"]})
+    """
+)
+
+
+@pytest.mark.e2e
+def test_temp_file_orphaned_by_kill_9_is_removed_by_the_next_update(tmp_path: Path) -> None:
+    hosts = hosts_file(tmp_path, b"# foreign\n")
+    unrelated = hosts_file(tmp_path, b"keep\n", ".hosts.notes")
+    proc = subprocess.Popen([sys.executable, "-c", _DIES_BEFORE_RENAME, str(hosts)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "temp file written\n"
+    finally:
+        proc.kill()
+        proc.wait()
+    orphans = list(tmp_path.glob(".hosts.*.kubefwd-tmp"))
+    assert len(orphans) == 1 and hosts.read_bytes() == b"# foreign\n"
+    update_hosts(hosts, _ours(), {"127.1.27.2": ["db"]})
+    assert not list(tmp_path.glob(".hosts.*.kubefwd-tmp"))
+    assert unrelated.read_bytes() == b"keep\n" and lock_path_for(hosts).exists()
+    assert remove_owned_lines(hosts, 4242) and hosts.read_bytes() == b"# foreign\n"
+
+
 # -- privileges and real-kernel fallbacks (root) ---------------------------------------
 
 

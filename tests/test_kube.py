@@ -83,6 +83,17 @@ def test_no_kubeconfig_is_a_clear_config_error(no_env: Path) -> None:
     assert info.value.exit_code == ExitCode.CONFIG
 
 
+def test_malformed_kubeconfig_is_one_line_naming_file_and_line(no_env: Path) -> None:
+    path = no_env / "kc"
+    path.write_text("apiVersion: v1\nclusters:\n  - name: c\n   cluster: {server: x}\n")
+    with pytest.raises(ConfigError) as info:
+        load_contexts(str(path), [])
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"invalid kubeconfig {path}: line 4: expected <block end>")
+    assert info.value.exit_code == ExitCode.CONFIG
+
+
 def test_under_sudo_the_invoking_users_kubeconfig_is_used(
     no_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -290,6 +301,14 @@ def test_forbidden_names_the_verb_and_resource(cluster: SimCluster, client: Kube
     stop = threading.Event()
     with pytest.raises(ApiError, match=r"forbidden: cannot watch pods in namespace shop \(403\)"):
         next(client.watch("pods", "shop", "", stop=stop))
+
+
+def test_other_refusals_have_no_doubled_error_word(client: KubeClient) -> None:
+    # The CLI prints "kubefwd: error: <message>": the message must not say "error:" again.
+    with pytest.raises(ApiError) as info:
+        client.list("services", "shop", field_selector="no.such.field=x")
+    assert str(info.value).startswith("cannot list services in namespace shop (400): ")
+    assert info.value.status == 400 and info.value.exit_code == ExitCode.API
 
 
 def test_wrong_token_is_unauthorized(cluster: SimCluster, tmp_path: Path) -> None:

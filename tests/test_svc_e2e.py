@@ -3,6 +3,7 @@ directory, real clients (sockets, curl, redis-cli, getent) reaching the services
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
@@ -19,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from helpers import (
     hosts_file,
@@ -547,6 +549,124 @@ def test_sigterm_stops_cleanly_and_a_second_signal_only_cleans_hosts(
         third.proc.send_signal(signal.SIGINT)
     assert third.stop() == 1
     third.wait_line(r"interrupted again: removed our hosts entries")
+    assert hosts.read_bytes() == ORIGINAL_HOSTS
+
+
+# -- Ctrl-C while start-up is blocked -------------------------------------------------------
+
+
+def _start_svc(args: list[str], home: Path) -> subprocess.Popen[str]:
+    env = dict(os.environ, HOME=str(home))
+    return subprocess.Popen([sys.executable, "-m", "kubefwd", "svc", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def _interrupt(proc: subprocess.Popen[str], within: float = 5.0) -> tuple[int, float, str]:
+    """SIGINT, then (exit code, seconds it took to exit, output)."""
+    started = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    try:
+        out, _ = proc.communicate(timeout=within + 20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
+    return proc.returncode, time.monotonic() - started, out
+
+
+def _kubeconfig(path: Path, port: int, user: str) -> Path:
+    path.write_text(textwrap.dedent(f"""\
+        apiVersion: v1
+        kind: Config
+        clusters: [{{name: c, cluster: {{server: "http://127.0.0.1:{port}"}}}}]
+        users: [{{name: u, user: {user}}}]
+        contexts: [{{name: ctx, context: {{cluster: c, user: u, namespace: shop}}}}]
+        current-context: ctx
+        """))
+    return path
+
+
+def test_ctrl_c_interrupts_a_slow_exec_plugin_and_ends_it(hosts: Path, tmp_path: Path) -> None:
+    pid_file = tmp_path / "plugin.pid"
+    plugin = tmp_path / "plugin.py"
+    plugin.write_text("import os, sys, time\n"
+                      "open(sys.argv[1] + '.tmp', 'w').write(str(os.getpid()))\n"
+                      "os.rename(sys.argv[1] + '.tmp', sys.argv[1])\n"
+                      "time.sleep(60)\n")
+    user = (f"{{exec: {{apiVersion: client.authentication.k8s.io/v1beta1, "
+            f"command: {sys.executable}, args: [{plugin}, {pid_file}]}}}}")
+    config = _kubeconfig(tmp_path / "kubeconfig", unused_port(), user)
+    proc = _start_svc(["-c", str(config), "--hosts-path", str(hosts)], tmp_path)
+    pid = int(wait_for(lambda: pid_file.exists() and pid_file.read_text(), 15, "the plugin"))
+    try:
+        code, took, out = _interrupt(proc)
+        assert code == 130, out
+        assert took < 5, out
+        # The plugin does not outlive us (it would sleep on for a minute).
+        wait_for(lambda: not psutil.pid_exists(pid) or
+                 psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 5, "the plugin ended")
+    finally:
+        if psutil.pid_exists(pid):
+            with contextlib.suppress(psutil.Error):
+                psutil.Process(pid).kill()
+    assert hosts.read_bytes() == ORIGINAL_HOSTS
+
+
+def test_ctrl_c_interrupts_a_server_that_never_answers(hosts: Path, tmp_path: Path) -> None:
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            accepted.append(server.accept()[0])  # and never answer
+
+    acceptor = threading.Thread(target=accept, name="silent-server")
+    acceptor.start()
+    try:
+        config = _kubeconfig(tmp_path / "kubeconfig", server.getsockname()[1], "{token: t}")
+        proc = _start_svc(["-c", str(config), "--hosts-path", str(hosts)], tmp_path)
+        wait_for(lambda: accepted, 15, "kubefwd connecting")
+        code, took, out = _interrupt(proc)
+        assert code == 130, out
+        assert took < 5, out
+    finally:
+        server.close()
+        acceptor.join(5)
+        for conn in accepted:
+            conn.close()
+    assert hosts.read_bytes() == ORIGINAL_HOSTS
+
+
+def test_ctrl_c_interrupts_a_hosts_write_being_retried(
+    cluster: SimCluster, hosts: Path, tmp_path: Path, block: int
+) -> None:
+    conf = tmp_path / "base.yaml"
+    conf.write_text(f"baseUnreservedIP: 127.1.{block}.1\n")
+    lock = hosts.with_name(hosts.name + ".kubefwd.lock")
+    (tmp_path / "hosts.original").write_bytes(ORIGINAL_HOSTS)  # no backup to make first
+    with hosts_lock_held(hosts):
+        proc = _start_svc(["-c", str(cluster.kubeconfig_path), "-n", "shop", "--hosts-path",
+                           str(hosts), "-z", str(conf)], tmp_path)
+
+        def waiting_for_the_lock() -> bool:
+            try:
+                files = psutil.Process(proc.pid).open_files()
+            except psutil.Error:
+                return False
+            return any(f.path == str(lock) for f in files)
+
+        # The first hosts write waits for the lock; the lists against the sim end within
+        # milliseconds of it, so a moment later start-up is blocked in the final flush.
+        wait_for(waiting_for_the_lock, 15, "kubefwd waiting to write the hosts file")
+        threading.Event().wait(1.0)
+        proc.send_signal(signal.SIGINT)
+        started = time.monotonic()
+    code, took, out = _interrupt(proc)  # a repeat of the same signal, well within a second
+    assert code == 130, out
+    assert took + (time.monotonic() - started) < 6, out
+    assert not re.search(r"ready: \d+ services", out), out
     assert hosts.read_bytes() == ORIGINAL_HOSTS
 
 
