@@ -125,6 +125,7 @@ class Kubefwd:
         self._tunnel_bytes: dict[tuple[str, str, str], int] = {}
         self._shut_down = False
         self._privileged_ports: dict[int, list[str]] = {}
+        self._unverified: list[tuple[str, str]] = []  # (context, namespace) we could not get
 
     # -- whole-process entry ---------------------------------------------------------------
 
@@ -253,6 +254,7 @@ class Kubefwd:
             self._wait_synced()
         if self.stop_requested.is_set():
             return
+        self._warn_unverified_namespaces()
         if not self._hosts.flush(timeout=30.0):
             error = self._hosts.last_error
             raise error or HostsFileError(f"could not write the hosts file {o.hosts_path}")
@@ -281,16 +283,31 @@ class Kubefwd:
                 continue
             chosen = list(o.namespaces) or [ctx.namespace]
             for ns in chosen:
-                try:
-                    exists = client.namespace_exists(ns)
-                except ApiError as exc:
-                    if exc.status != 403:  # may not read namespaces: the lists will tell
-                        raise
-                    exists = True
-                if not exists:
+                exists = _namespace_state(client, ns)
+                if exists is None:  # may not read Namespace objects: the lists will tell
+                    self._unverified.append((ctx.name, ns))
+                elif not exists:
                     raise ConfigError(f"namespace {ns!r} not found in context {ctx.name!r}")
             result[ctx.name] = chosen
         return result
+
+    def _warn_unverified_namespaces(self) -> None:
+        """A namespace we could not look up (403) and that lists no services is most likely
+        a typo: say so instead of forwarding nothing in silence."""
+        if not self._unverified or self._registry is None:
+            return
+        snapshot = self._registry.snapshot()
+        seen = {(f.key.context, f.key.namespace) for f in snapshot.forwards}
+        for skipped in snapshot.skipped:  # "ctx/ns/name"
+            ctx, ns, _ = skipped.split("/", 2)
+            seen.add((ctx, ns))
+        for ctx, ns in self._unverified:
+            if (ctx, ns) not in seen:
+                where = f" in context {ctx!r}" if len(self._targets) > 1 else ""
+                self.output.warning(
+                    "could not verify namespace %r exists%s (403) and it has no services; "
+                    "check its name", ns, where,
+                )
 
     def _start_informers(
         self, ctx: ClusterContext, namespaces: Sequence[str], resources: Sequence[str]
@@ -696,6 +713,20 @@ def _end_children(existing: set[int], grace: float = 2.0) -> None:
         with contextlib.suppress(psutil.Error):
             child.kill()
     psutil.wait_procs(alive, timeout=grace)
+
+
+def _namespace_state(client: KubeClient, namespace: str) -> bool | None:
+    """Does the namespace exist: True, False (404), or None when we may not get Namespace
+    objects (403), which users with namespace-scoped rights often may not."""
+    try:
+        client._get_json("get", "namespaces", "", client._path("namespaces", "", namespace))
+    except ApiError as exc:
+        if exc.status == 404:
+            return False
+        if exc.status == 403:
+            return None
+        raise
+    return True
 
 
 # A second SIGINT/SIGTERM sooner than this after the first is taken for the same one.

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperCommand
 
 from kubefwd.errors import UsageError
 from kubefwd.fwdconf import build_reservations
@@ -290,7 +291,18 @@ def _opt(short: str, long: str, metavar: str, help: str) -> Any:
 
 
 def _flag(short: str, long: str, help: str) -> Any:
-    return typer.Option(long, short, help=help)
+    # An empty metavar: a flag takes no value, so the help shows none (not "<bool>").
+    return typer.Option(long, short, metavar="", help=help)
+
+
+class HelpCommand(TyperCommand):
+    """A command whose ``-h/--help`` line shows no value type (typer would print ``<bool>``)."""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)
+        if option is not None and option.metavar is None:
+            option.metavar = ""
+        return option
 
 
 def svc(
@@ -389,5 +401,6 @@ def register(app: typer.Typer) -> None:
     settings = {"help_option_names": ["-h", "--help"]}
     for name in ("svc", "services", "svcs"):
         app.command(
-            name, help=HELP, epilog=EPILOG, context_settings=settings, hidden=name != "svc"
+            name, cls=HelpCommand, help=HELP, epilog=EPILOG, context_settings=settings,
+            hidden=name != "svc",
         )(svc)

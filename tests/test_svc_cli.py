@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -198,3 +199,27 @@ def test_help_shows_every_flag_and_hides_the_aliases() -> None:
     commands = [line.split()[1] for line in run("--help").stdout.splitlines()
                 if line.startswith("│ ") and len(line.split()) > 2]
     assert "svc" in commands and "services" not in commands and "svcs" not in commands
+
+
+def test_help_shows_value_names_not_python_types() -> None:
+    env_columns = {"COLUMNS": "160"}
+    svc_help = subprocess.run(
+        [sys.executable, "-m", "kubefwd", "svc", "--help"], capture_output=True, text=True,
+        timeout=60, env={**os.environ, **env_columns},
+    ).stdout
+    assert "<bool>" not in svc_help and "<" not in svc_help.split("Examples")[0]
+    lines = {line.split()[1]: line for line in svc_help.splitlines()
+             if line.startswith("│ --")}
+    assert lines["--all-namespaces"].split()[2:4] == ["-A", "Forward"]
+    assert lines["--kubeconfig"].split()[3] == "FILE"
+    assert lines["--timeout"].split()[3] == "SECONDS"
+    sim_help = subprocess.run(
+        [sys.executable, "-m", "kubefwd", "sim", "--help"], capture_output=True, text=True,
+        timeout=60, env={**os.environ, **env_columns},
+    ).stdout
+    for python_type in ("<list[Path]>", "<list[str]>", "<int range>", "<float range>", "<file>"):
+        assert python_type not in sim_help
+    option_lines = [line for line in sim_help.splitlines() if " --" in line]
+    assert any("--port" in line and " PORT " in line for line in option_lines)
+    assert any("--filename" in line and " FILE " in line for line in option_lines)
+    assert any("--plain-http" in line and "<bool>" not in line for line in option_lines)

@@ -700,6 +700,18 @@ def test_config_errors_are_one_line_and_touch_nothing(
     assert hosts.read_bytes() == ORIGINAL_HOSTS
 
 
+def test_unverifiable_namespace_without_services_is_a_warning(
+    run: Callable[..., Kubefwd], cluster: SimCluster, hosts: Path
+) -> None:
+    cluster.forbid("namespaces", "get")  # namespace-scoped rights: no Namespace objects
+    fwd = run("-n", "shop,nope")
+    fwd.wait_line(r"WARNING could not verify namespace 'nope' exists \(403\) and it has no "
+                  r"services")
+    assert not [x for x in fwd.lines if "namespace 'shop'" in x]
+    assert "web" in hosts_entries(hosts)
+    fwd.stop_cleanly()
+
+
 def test_missing_kubeconfig(hosts: Path, tmp_path: Path) -> None:
     result = _run_to_end(["-c", str(tmp_path / "nope"), "--hosts-path", str(hosts)], tmp_path)
     assert result.returncode == 3

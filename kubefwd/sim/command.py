@@ -21,24 +21,27 @@ def _sample_manifests() -> str:
 def sim_command(
     kubeconfig_out: Annotated[
         Path,
-        typer.Option("--kubeconfig-out", "-o", help="Where to write the kubeconfig (atomically, "
-                     "once the server is ready).", dir_okay=False),
+        typer.Option("--kubeconfig-out", "-o", metavar="FILE", dir_okay=False,
+                     help="Where to write the kubeconfig (atomically, once the server is "
+                     "ready)."),
     ],
     filename: Annotated[
         Optional[list[Path]],  # noqa: UP045 - typer reads this annotation at run time
-        typer.Option("--filename", "-f", help="Manifest file(s) to load instead of the sample "
-                     "cluster (YAML or JSON, multi-document).", exists=True, dir_okay=False),
+        typer.Option("--filename", "-f", metavar="FILE", exists=True, dir_okay=False,
+                     help="Manifest file(s) to load instead of the sample cluster (YAML or "
+                     "JSON, multi-document)."),
     ] = None,
-    port: Annotated[int, typer.Option("--port", help="Port to listen on (0: any free port).",
-                                      min=0, max=65535)] = 0,
-    plain_http: Annotated[bool, typer.Option("--plain-http",
+    port: Annotated[int, typer.Option("--port", metavar="PORT", min=0, max=65535,
+                                      help="Port to listen on (0: any free port).")] = 0,
+    plain_http: Annotated[bool, typer.Option("--plain-http", metavar="",
                                              help="Serve plain HTTP instead of HTTPS.")] = False,
     context: Annotated[
         Optional[list[str]],  # noqa: UP045
-        typer.Option("--context", help="Context name(s) to write; repeat for more contexts "
-                     "pointing at the same server. Default: sim."),
+        typer.Option("--context", metavar="NAME",
+                     help="Context name(s) to write; repeat for more contexts pointing at the "
+                     "same server. Default: sim."),
     ] = None,
-    start_delay: Annotated[float, typer.Option("--start-delay", min=0.0,
+    start_delay: Annotated[float, typer.Option("--start-delay", metavar="SECONDS", min=0.0,
                                                help="Seconds a pod stays Pending.")] = 0.0,
 ) -> None:
     """Serve a simulated Kubernetes cluster until Ctrl-C.
