@@ -20,6 +20,7 @@ import os
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,6 +121,8 @@ class Kubefwd:
         self._hosts: HostsWriter | None = None
         self._loopback: LoopbackStrategy | None = None
         self._housekeeper: _Housekeeper | None = None
+        self._dispatcher: _Dispatcher | None = None
+        self._reaper: _Reaper | None = None
         self._backoff = PodBackoff()
         self._pod_last_used: dict[tuple[str, str, str], float] = {}
         self._tunnel_bytes: dict[tuple[str, str, str], int] = {}
@@ -231,7 +234,14 @@ class Kubefwd:
             domain=o.domain,
             mappings=o.mappings,
         )
-        self._registry.subscribe(self._on_commands)
+        # Commands are applied on one thread of their own: informer threads only queue them,
+        # so a slow bind or alias never holds up the watches; stopped forwarders are joined
+        # on another, so a slow removal does not hold up the commands behind it.
+        self._reaper = _Reaper(self.output)
+        self._reaper.start()
+        self._dispatcher = _Dispatcher(self._on_commands)
+        self._dispatcher.start()
+        self._registry.subscribe(self._dispatcher.put)
         # -a keeps every forwarded pod's tunnel open; otherwise an idle one closes its session
         # (buffers, API connection) and re-opens on the next connection.
         pool_options: dict[str, Any] = {"idle_timeout": 0.0} if o.auto_reconnect else {}
@@ -254,6 +264,8 @@ class Kubefwd:
             self._wait_synced()
         if self.stop_requested.is_set():
             return
+        if not self._dispatcher.wait_idle(30.0):
+            log.warning("start-up: forwards still being set up after 30s")
         self._warn_unverified_namespaces()
         if not self._hosts.flush(timeout=30.0):
             error = self._hosts.last_error
@@ -375,7 +387,7 @@ class Kubefwd:
                 raise ApiError(f"timed out listing {names}")
             self.stop_requested.wait(0.02)
 
-    # -- registry commands (on informer threads, in order, outside the registry lock) --------
+    # -- registry commands (on the dispatcher thread, in order) ------------------------------
 
     def _on_commands(self, commands: list[Any]) -> None:
         for command in commands:
@@ -431,6 +443,8 @@ class Kubefwd:
                 hold_timeout=self.options.timeout, thread_name=f"forward/{name}",
             )
             errors = forwarder.bind()
+            if errors and self._reaper is not None and self._reaper.settle(upsert.ip):
+                errors = forwarder.bind()  # a removed forward on this IP had not closed yet
             state = _Forward(upsert.key, forwarder, upsert)
             with self._lock:
                 self._forwards[name] = state
@@ -485,8 +499,11 @@ class Kubefwd:
             state = self._forwards.pop(name, None)
         if state is None:
             return
-        state.forwarder.stop_and_join()
-        self.output.removed(name, state.upsert.ip)
+        if self._reaper is None:
+            state.forwarder.stop_and_join()
+            self.output.removed(name, state.upsert.ip)
+        else:
+            self._reaper.reap(name, state.upsert.ip, state.forwarder)
 
     # -- the hot path: which tunnel takes a new connection -----------------------------------
 
@@ -636,6 +653,7 @@ class Kubefwd:
             self._shut_down = True
         self.stop_requested.set()
         _step("stop informers", self._stop_informers)
+        _step("stop applying changes", self._stop_dispatcher)
         _step("stop housekeeping", self._stop_housekeeper)
         _step("stop forwarders", self._stop_forwarders)
         _step("close tunnels", self._close_tunnels)
@@ -652,6 +670,14 @@ class Kubefwd:
         if stuck:
             log.warning("informers did not stop in time: %s", ", ".join(stuck))
 
+    def _stop_dispatcher(self) -> None:
+        if self._dispatcher is not None and not self._dispatcher.stop_and_join(10.0):
+            log.warning("the command dispatcher did not stop in time")
+
+    def _stop_reaper(self) -> None:
+        if self._reaper is not None and not self._reaper.stop_and_join(10.0):
+            log.warning("removed forwards did not stop in time")
+
     def _stop_housekeeper(self) -> None:
         if self._housekeeper is not None:
             self._housekeeper.stop_and_join()
@@ -664,6 +690,7 @@ class Kubefwd:
             state.forwarder.stop()
         for state in states:
             state.forwarder.stop_and_join()
+        self._stop_reaper()
 
     def _close_tunnels(self) -> None:
         if self._pool is not None:
@@ -760,6 +787,96 @@ def _resyncing(
             raise ApiError("periodic resync", status=410, reason="Expired")
 
     return watch
+
+
+class _Dispatcher(StoppableThread):
+    """Applies the registry's command batches one at a time, in the order they came."""
+
+    def __init__(self, apply: Callable[[list[Any]], None]) -> None:
+        super().__init__("kubefwd/dispatch")
+        self._apply = apply
+        self._cond = threading.Condition()
+        self._batches: deque[list[Any]] = deque()
+        self._queued = 0
+        self._done = 0
+
+    def put(self, batch: list[Any]) -> None:
+        """Called by the registry (in order, under its dispatch lock): queue and return."""
+        with self._cond:
+            if self.stopping.is_set():
+                return
+            self._batches.append(batch)
+            self._queued += 1
+            self._cond.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until every batch queued so far has been applied."""
+        with self._cond:
+            target = self._queued
+            return self._cond.wait_for(
+                lambda: self._done >= target or self.stopping.is_set(), timeout
+            ) and self._done >= target
+
+    def on_stop(self) -> None:
+        with self._cond:
+            self._batches.clear()  # shutting down: what is left would only be undone
+            self._cond.notify_all()
+
+    def run_loop(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: bool(self._batches) or self.stopping.is_set())
+                if self.stopping.is_set():
+                    return
+                batch = self._batches.popleft()
+            try:
+                self._apply(batch)
+            except Exception:
+                log.exception("applying registry commands failed")
+            with self._cond:
+                self._done += 1
+                self._cond.notify_all()
+
+
+class _Reaper(StoppableThread):
+    """Joins forwarders of removed forwards off the dispatcher thread, then reports them."""
+
+    def __init__(self, output: Output) -> None:
+        super().__init__("kubefwd/reaper")
+        self._output = output
+        self._cond = threading.Condition()
+        self._pending: deque[tuple[str, str, Forwarder]] = deque()
+
+    def reap(self, name: str, ip: str, forwarder: Forwarder) -> None:
+        forwarder.stop()  # listeners close on its own thread, right away
+        with self._cond:
+            self._pending.append((name, ip, forwarder))
+            self._cond.notify_all()
+
+    def settle(self, ip: str, timeout: float = 5.0) -> bool:
+        """Wait for stopping forwarders on ``ip`` to let go of it; True if there were any."""
+        with self._cond:
+            waiting = [f for _, i, f in self._pending if i == ip]
+        for forwarder in waiting:
+            forwarder.join(timeout)
+        return bool(waiting)
+
+    def on_stop(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def run_loop(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: bool(self._pending) or self.stopping.is_set())
+                if not self._pending:
+                    return
+                name, ip, forwarder = self._pending[0]
+            if not forwarder.stop_and_join(5.0):
+                log.warning("%s: its listener thread did not stop in time", name)
+            with self._cond:
+                self._pending.popleft()
+            self._output.removed(name, ip)
 
 
 class _Housekeeper(StoppableThread):

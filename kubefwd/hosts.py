@@ -21,7 +21,14 @@ import psutil
 from kubefwd.errors import HostsFileError, KubefwdError, PrivilegeError
 from kubefwd.hostsbackup import backup_hosts, backup_target, default_backup_dir
 from kubefwd.hostsformat import HostsDoc, Marker, format_entries, parse_hosts, render_hosts
-from kubefwd.hostsio import locked, read_hosts, remove_orphaned_temps, write_hosts
+from kubefwd.hostsio import (
+    cannot_write,
+    locked,
+    read_hosts,
+    remove_orphaned_temps,
+    write_blocker,
+    write_hosts,
+)
 from kubefwd.threads import StoppableThread
 
 __all__ = [
@@ -182,20 +189,23 @@ class HostsWriter(StoppableThread):
     # public API ------------------------------------------------------------------------
 
     def check_access(self) -> None:
-        """Raise PrivilegeError/HostsFileError now if the file cannot be read or written."""
+        """Raise PrivilegeError/HostsFileError now if the file cannot be read or written.
+
+        Root is suggested only where it would help: not to root itself, and not for a file
+        nobody may change (read-only file system, immutable) — that is a HostsFileError.
+        """
         target = Path(os.path.realpath(self.path))
         if target.exists():
             if not os.access(target, os.R_OK):
+                hint = "" if os.geteuid() == 0 else " (run as root or grant read permission)"
                 raise HostsFileError(
-                    f"cannot read the hosts file {self.path}: permission denied "
-                    "(run as root or grant read permission)"
+                    f"cannot read the hosts file {self.path}: permission denied{hint}"
                 )
             if not os.access(target, os.W_OK):
-                raise PrivilegeError(
-                    f"cannot write the hosts file {self.path}: run kubefwd as root (sudo) "
-                    f"or give this user write permission on {self.path}"
-                )
+                raise cannot_write(self.path)
         elif not os.access(target.parent, os.W_OK):
+            if write_blocker(target) is not None or os.geteuid() == 0:
+                raise cannot_write(self.path)
             raise PrivilegeError(
                 f"cannot create the hosts file {self.path}: no write permission on "
                 f"{target.parent} (run as root or choose another --hosts-path)"

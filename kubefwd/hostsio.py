@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import logging
 import os
+import stat
+import struct
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -21,7 +25,7 @@ from typing import IO
 
 import portalocker
 
-from kubefwd.errors import HostsFileError, PrivilegeError
+from kubefwd.errors import HostsFileError, KubefwdError, PrivilegeError
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +35,72 @@ _RENAME_IMPOSSIBLE = {errno.EBUSY, errno.EXDEV, errno.EPERM, errno.EACCES, errno
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 _LOCK_FLAGS = portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING
 _SHARED_FLAGS = portalocker.LockFlags.SHARED | portalocker.LockFlags.NON_BLOCKING
+
+
+# Linux inode flags (chattr): FS_IOC_GETFLAGS is _IOR('f', 1, long); the kernel fills an int.
+_FS_IOC_GETFLAGS = (2 << 30) | (struct.calcsize("l") << 16) | (ord("f") << 8) | 1
+_FS_IMMUTABLE_FL = 0x10
+_FS_APPEND_FL = 0x20
+
+
+def _inode_flags(path: Path) -> tuple[bool, bool]:
+    """(immutable, append-only) for ``path``; (False, False) where that cannot be told."""
+    if sys.platform.startswith("linux"):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError:
+            return False, False
+        try:
+            buf = fcntl.ioctl(fd, _FS_IOC_GETFLAGS, bytes(8))
+        except OSError:
+            return False, False
+        finally:
+            os.close(fd)
+        flags = struct.unpack_from("i", buf)[0]
+        return bool(flags & _FS_IMMUTABLE_FL), bool(flags & _FS_APPEND_FL)
+    try:
+        st_flags = getattr(os.stat(path), "st_flags", 0)  # BSD/macOS chflags
+    except OSError:
+        return False, False
+    immutable = stat.UF_IMMUTABLE | stat.SF_IMMUTABLE
+    append = stat.UF_APPEND | stat.SF_APPEND
+    return bool(st_flags & immutable), bool(st_flags & append)
+
+
+def write_blocker(path: Path) -> str | None:
+    """What keeps everyone, root included, from changing ``path`` (or creating it): a
+    read-only file system or an immutable/append-only flag. None when permissions are the
+    only question."""
+    target = Path(os.path.realpath(path))
+    probe = target if target.exists() else target.parent
+    try:
+        if os.statvfs(probe).f_flag & os.ST_RDONLY:
+            return "read-only file system"
+    except OSError:
+        return None
+    immutable, append = _inode_flags(probe)
+    whose = "" if probe == target else f"its folder {probe} is "
+    if immutable:
+        return f"{whose}immutable (chattr +i / chflags schg)"
+    if append:
+        return f"{whose}append-only (chattr +a)"
+    return None
+
+
+def cannot_write(path: Path) -> KubefwdError:
+    """The error for a hosts file this process may not change. Sudo is suggested only when
+    it would help: not to root, and not when nobody may change the file."""
+    blocker = write_blocker(path)
+    if blocker is not None:
+        return HostsFileError(f"cannot write the hosts file {path}: {blocker}")
+    if os.geteuid() == 0:
+        return HostsFileError(
+            f"cannot write the hosts file {path}: permission denied, even to root"
+        )
+    return PrivilegeError(
+        f"cannot write the hosts file {path}: run kubefwd as root (sudo) "
+        f"or give this user write permission on {path}"
+    )
 
 
 def lock_path_for(path: Path) -> Path:
@@ -62,6 +132,11 @@ def locked(path: Path, timeout: float, *, shared: bool = False) -> Iterator[bool
         try:
             handle = open(path, "rb")  # noqa: SIM115
         except OSError as e:
+            blocker = write_blocker(path)
+            if blocker is not None or os.geteuid() == 0:
+                raise HostsFileError(
+                    f"cannot lock or create the hosts file {path}: {blocker or e.strerror}"
+                ) from None
             raise PrivilegeError(
                 f"cannot lock or create the hosts file {path}: {e.strerror} "
                 f"(run as root or give this user write permission on {path.parent})"
@@ -251,15 +326,12 @@ def write_hosts(path: Path, data: bytes, *, rename_ok: bool = True) -> str:
                 log.debug("rename over %s impossible (%s); writing in place", path, e.strerror)
     try:
         _write_in_place(path, data)
-    except PermissionError:
-        raise PrivilegeError(
-            f"cannot write the hosts file {path}: run kubefwd as root (sudo) "
-            f"or give this user write permission on {path}"
-        ) from None
     except OSError as e:
         if e.errno in _NO_SPACE:
             raise HostsFileError(
                 f"no space left to write {path}; the file was left unchanged"
             ) from None
-        raise HostsFileError(f"cannot write the hosts file {path}: {e}") from None
+        if isinstance(e, PermissionError) or e.errno == errno.EROFS:
+            raise cannot_write(path) from None
+        raise HostsFileError(f"cannot write the hosts file {path}: {e.strerror}") from None
     return "in-place"

@@ -7,6 +7,8 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+from kubefwd.hostsio import write_blocker
+
 _CAP_NET_BIND_SERVICE = 10
 _PORT_START_FILE = Path("/proc/sys/net/ipv4/ip_unprivileged_port_start")
 
@@ -46,7 +48,9 @@ def needs_root_reasons(hosts_path: Path, ports: Iterable[int]) -> list[str]:
     if os.geteuid() == 0:
         return []
     reasons: list[str] = []
-    if not hosts_writable(hosts_path):
+    # A file nobody may change (read-only file system, immutable) is no reason for root:
+    # the hosts writer reports it as a hosts-file error instead.
+    if not hosts_writable(hosts_path) and write_blocker(hosts_path) is None:
         reasons.append(
             f"the hosts file {hosts_path} is not writable by this user "
             "(run with sudo, or pick a writable --hosts-path)"

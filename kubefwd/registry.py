@@ -12,6 +12,11 @@ readers (``pick_pod``, ``snapshot``) but must not call ``handle``.
 
 EndpointSlices: a pod's own Ready condition decides; slices are consulted only for pods that
 have no Ready condition at all (an endpoint with ``conditions.ready`` not false counts).
+
+Skipped ports: only TCP is forwarded. Non-TCP service ports (DNS's 53/UDP on every service of
+a namespace, say) are summed up in one warning per (context, namespace) — a count and the first
+few ``service:port/PROTO`` — the first time that namespace has any; each port, and any later
+ones, are logged at debug level (``-v``).
 """
 
 from __future__ import annotations
@@ -110,6 +115,10 @@ class Registry:
         self._skipped: dict[ForwardKey, str] = {}
         self._exhausted: set[tuple[str, str, str]] = set()
         self._warned: set[tuple[Any, ...]] = set()
+        # Non-TCP ports met in this batch, per (context, namespace), for one summary line.
+        self._proto_pending: dict[tuple[str, str], list[str]] = {}
+        self._proto_unforwarded: dict[tuple[str, str], list[str]] = {}
+        self._proto_summarized: set[tuple[str, str]] = set()
         self._listeners: list[Listener] = []
         self._queue: deque[list[Command]] = deque()
         self._dispatch_lock = threading.Lock()
@@ -225,6 +234,40 @@ class Registry:
 
     def _slice_ready(self, context: str, namespace: str) -> set[str]:
         return ready_in_slices(self._objs.get((context, namespace, ENDPOINTSLICES), {}).values())
+
+    def _skip_protocol(self, key: ForwardKey, number: int, proto: str) -> None:
+        """Note a non-TCP port (once per port): debug now, summed up by ``_log_proto_skips``."""
+        marker = ("proto", key, number, proto)
+        if marker in self._warned:
+            return
+        self._warned.add(marker)
+        log.debug("service %s: port %s/%s skipped (only TCP is forwarded)", key, number, proto)
+        where = (key.context, key.namespace)
+        self._proto_pending.setdefault(where, []).append(f"{key.service}:{number}/{proto}")
+
+    def _log_proto_skips(self) -> None:
+        """One line per (context, namespace) for the non-TCP ports of this batch: a warning
+        the first time, debug after that."""
+        for where, ports in sorted(self._proto_pending.items()):
+            unforwarded = self._proto_unforwarded.get(where, [])
+            level = logging.DEBUG if where in self._proto_summarized else logging.WARNING
+            self._proto_summarized.add(where)
+            protos = "/".join(sorted({p.rsplit("/", 1)[1] for p in ports}))
+            services = len({p.split(":", 1)[0] for p in ports})
+            shown = ", ".join(ports[:4]) + (f", ... ({len(ports) - 4} more; -v lists each)"
+                                             if len(ports) > 4 else "")
+            tail = ""
+            if unforwarded:
+                tail = (f"; not forwarded, no TCP port left: {', '.join(unforwarded[:4])}"
+                        + (f", ... ({len(unforwarded) - 4} more)" if len(unforwarded) > 4
+                           else ""))
+            log.log(level, "%s/%s: %d %s port%s of %d service%s skipped, only TCP is "
+                    "forwarded: %s%s", where[0], where[1], len(ports), protos,
+                    "s" if len(ports) != 1 else "", services, "s" if services != 1 else "",
+                    shown, tail)
+        self._proto_pending.clear()
+        self._proto_unforwarded.clear()
+
     def _ports(self, key: ForwardKey, svc: Obj) -> list[PortMapping]:
         ports: list[PortMapping] = []
         used: set[int] = set()
@@ -232,10 +275,7 @@ class Registry:
             proto = str(p.get("protocol") or "TCP").upper()
             number = int(p.get("port") or 0)
             if proto != "TCP":
-                self._warn_once(
-                    ("proto", key, number, proto),
-                    "service %s: port %s/%s skipped (only TCP is forwarded)", key, number, proto,
-                )
+                self._skip_protocol(key, number, proto)
                 continue
             if not number:
                 continue
@@ -275,7 +315,15 @@ class Registry:
         ports = self._ports(key, svc)
         if not ports:
             self._skipped[key] = "skipped: no TCP ports"
-            self._warn_once(("noports", key), "service %s skipped: no TCP ports", key)
+            declared = spec.get("ports") or []
+            only_other = bool(declared) and all(
+                str(p.get("protocol") or "TCP").upper() != "TCP" for p in declared
+            )
+            if only_other and ("noports", key) not in self._warned:
+                # Its ports are in the namespace's summary line: name it there, not here.
+                self._proto_unforwarded.setdefault((context, namespace), []).append(service)
+            self._warn_once(("noports", key), "service %s skipped: no TCP ports", key,
+                            level=logging.DEBUG if only_other else logging.WARNING)
             return {}
         ci = self._cluster_index(context)
         ni = self._namespace_index(context, namespace)
@@ -374,6 +422,7 @@ class Registry:
             if released and not retried:
                 retried = True
                 work = sorted((n, s) for (c, n, s) in self._exhausted if c == context)
+        self._log_proto_skips()
         return self._commands(removed, affected)
 
     def _add_entry(

@@ -633,6 +633,82 @@ def test_bind_mount_in_place_fallback_and_full_disk(tmp_path: Path) -> None:
 
 
 
+_READ_ONLY_SCRIPT = textwrap.dedent(
+    """
+    import json, os, subprocess, sys
+    from pathlib import Path
+    from kubefwd.hosts import HostsWriter, Marker, update_hosts
+    from kubefwd.privileges import needs_root_reasons
+    base = Path(sys.argv[1])
+    run = lambda *a: subprocess.run(a, check=True)
+    AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                 "--inh-caps=-all", sys.executable, "-c"]
+    CHECK = (
+        "import sys\\nfrom pathlib import Path\\nfrom kubefwd.hosts import HostsWriter\\n"
+        "from kubefwd.privileges import needs_root_reasons\\n"
+        "print('reasons', needs_root_reasons(Path(sys.argv[1]), []))\\n"
+        "try:\\n    HostsWriter(Path(sys.argv[1])).start()\\n"
+        "except Exception as e:\\n    print(type(e).__name__, e)\\n"
+    )
+
+    def attempt(hosts):
+        out = {}
+        try:
+            HostsWriter(hosts).start()
+            out["start"] = "started"
+        except Exception as e:
+            out["start"] = f"{type(e).__name__} {e}"
+        try:
+            update_hosts(hosts, Marker(4242), {"127.1.27.1": ["web"]})
+            out["update"] = "written"
+        except Exception as e:
+            out["update"] = f"{type(e).__name__} {e}"
+        out["nobody"] = subprocess.run(
+            AS_NOBODY + [CHECK, str(hosts)], capture_output=True, text=True, cwd="/",
+            env={**os.environ, "PYTHONPATH": os.getcwd()}).stdout
+        return out
+
+    result = {}
+    for kind in ("read-only", "immutable"):
+        mnt = base / kind
+        mnt.mkdir()
+        run("mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", str(mnt))
+        hosts = mnt / "hosts"
+        hosts.write_bytes(b"127.0.0.1 localhost\\n")
+        os.chmod(hosts, 0o666)  # nobody may write it, as far as permissions go
+        if kind == "read-only":
+            run("mount", "-o", "remount,ro", str(mnt))
+        else:
+            run("chattr", "+i", str(hosts))
+        result[kind] = attempt(hosts)
+        result[kind]["unchanged"] = hosts.read_bytes() == b"127.0.0.1 localhost\\n"
+        if kind == "immutable":
+            run("chattr", "-i", str(hosts))
+    print(json.dumps(result))
+    """
+)
+
+
+@pytest.mark.root
+@needs_root("unshare", "setpriv", "chattr")
+def test_read_only_or_immutable_hosts_file_is_a_hosts_error_not_a_call_for_root(
+    shared_dir: Path,
+) -> None:
+    result = python_in_unshare(PRIVATE_MOUNTS, _READ_ONLY_SCRIPT, str(shared_dir))
+    for kind, reason in (("read-only", "read-only file system"), ("immutable", "immutable")):
+        run = result[kind]
+        for attempt in ("start", "update"):
+            message = run[attempt]
+            assert message.startswith("HostsFileError cannot write the hosts file "), (kind, run)
+            assert str(shared_dir / kind / "hosts") in message and reason in message, (kind, run)
+            assert "sudo" not in message and "as root" not in message, (kind, run)
+        # Not root either: root would not help, so no call for it.
+        assert "reasons []" in run["nobody"], (kind, run)
+        assert "HostsFileError cannot write the hosts file" in run["nobody"], (kind, run)
+        assert reason in run["nobody"] and "sudo" not in run["nobody"], (kind, run)
+        assert run["unchanged"], (kind, run)
+
+
 _NOBODY_UPDATE = (
     "import os, sys\nfrom pathlib import Path\n"
     "from kubefwd.hosts import Marker, update_hosts\n"

@@ -240,6 +240,31 @@ def test_udp_ports_are_skipped_with_one_warning(caplog: pytest.LogCaptureFixture
     assert "no TCP ports" in reg.snapshot().skipped["sim/shop/stats"]
 
 
+def test_udp_ports_of_a_namespace_are_one_warning_and_the_detail_is_debug(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    reg, rec = make()
+    udp = {"name": "dns", "port": 53, "protocol": "UDP"}
+    tcp = {"name": "http", "port": 80, "protocol": "TCP"}
+    services = [service(f"svc{i:02}", ports=[udp, tcp]) for i in range(25)]
+    services += [service("stats", ports=[{"port": 8125, "protocol": "UDP"}])]
+    with caplog.at_level(logging.DEBUG, logger="kubefwd"):
+        sync(reg, "services", services)
+        sync(reg, "services", services)  # a relist: nothing new to say
+        event(reg, "services", "ADDED", service("late", ports=[udp, tcp]))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, warnings
+    [line] = warnings
+    assert line.startswith("sim/shop: 26 UDP ports of 26 services skipped, only TCP is "
+                           "forwarded: stats:8125/UDP, svc00:53/UDP, svc01:53/UDP, ")
+    assert "(22 more; -v lists each)" in line
+    assert line.endswith("; not forwarded, no TCP port left: stats")
+    debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert sum("port 53/UDP skipped" in m for m in debug) == 26  # svc00..svc24 and late
+    assert any("late:53/UDP" in m for m in debug)
+    assert len(upserts(rec.take())) == 26
+
+
 def test_services_without_selector_are_skipped_with_one_warning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

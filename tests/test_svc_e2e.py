@@ -931,6 +931,51 @@ def test_in_process_start_and_shutdown_leave_no_threads_or_sockets(
     assert hosts.read_bytes() == ORIGINAL_HOSTS
 
 
+def test_a_slow_forward_setup_holds_up_no_informer(
+    cluster: SimCluster, hosts: Path, tmp_path: Path, block: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Forwards are set up off the informer threads: while one namespace's new service is
+    stuck setting up its address, another namespace's changes keep reaching the registry."""
+    import kubefwd.app as app_module
+    from kubefwd.app import Kubefwd as App
+    from kubefwd.app import SvcOptions
+    from kubefwd.loopback import LoopbackStrategy
+    from kubefwd.registry import ForwardKey
+
+    armed, entered, release = threading.Event(), threading.Event(), threading.Event()
+
+    class Stuck(LoopbackStrategy):
+        def ensure(self, ip: str) -> None:
+            if armed.is_set():
+                entered.set()
+                release.wait(15)  # like an ``ip addr add`` that hangs
+            super().ensure(ip)
+
+    monkeypatch.setattr(app_module, "loopback_strategy", Stuck)
+    app = App(SvcOptions(kubeconfig=str(cluster.kubeconfig_path), namespaces=["shop", "payments"],
+                         hosts_path=hosts, backup_dir=tmp_path, base_ip=f"127.1.{block}.1"))
+    try:
+        app.start()
+        assert app.wait_ready(0)
+        armed.set()
+        cluster.apply(service("search", "shop", ports="[{port: 7700}]"))
+        assert entered.wait(5)
+        registry = app._registry
+        assert registry is not None
+        for name in ("first", "second"):
+            cluster.apply(service(name, "payments", ports="[{port: 7701}]"))
+        wait_for(lambda: registry.get(ForwardKey("one", "payments", "second")), 5,
+                 "the second payments service in the registry while shop's is stuck")
+        assert "one/payments/second" not in app.forwards()  # applied in order, after search
+        release.set()
+        wait_for(lambda: "one/payments/second" in app.forwards(), 5, "commands applied")
+    finally:
+        release.set()
+        app.shutdown()
+    assert hosts.read_bytes() == ORIGINAL_HOSTS
+
+
 def test_auto_reconnect_keeps_a_tunnel_open_before_any_connection(
     run: Callable[..., Kubefwd], hosts: Path
 ) -> None:
