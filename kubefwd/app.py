@@ -38,7 +38,7 @@ from kubefwd.errors import (
     PrivilegeError,
 )
 from kubefwd.forwarder import BindError, Forwarder, ListenPort, PodBackoff
-from kubefwd.hosts import HostsWriter, default_backup_dir, remove_owned_lines
+from kubefwd.hosts import HostsWriter, backup_target, remove_owned_lines
 from kubefwd.informer import Backoff, Informer
 from kubefwd.ipalloc import DEFAULT_BASE, IpAllocator
 from kubefwd.kube import ClusterContext, KubeClient, load_contexts, watch_callables
@@ -128,6 +128,8 @@ class Kubefwd:
         self._tunnel_bytes: dict[tuple[str, str, str], int] = {}
         self._shut_down = False
         self._privileged_ports: dict[int, list[str]] = {}
+        # Set by shutdown() when our lines could not be removed from the hosts file.
+        self.hosts_cleanup_failed = False
         self._unverified: list[tuple[str, str]] = []  # (context, namespace) we could not get
 
     # -- whole-process entry ---------------------------------------------------------------
@@ -146,7 +148,8 @@ class Kubefwd:
                 self.output.info("interrupted before ready: stopping")
                 _step("stop helper processes", lambda: _end_children(children_before))
                 self.shutdown()
-                return int(ExitCode.INTERRUPTED)
+                return int(ExitCode.HOSTS if self.hosts_cleanup_failed else
+                           ExitCode.INTERRUPTED)
             except BaseException:
                 self._starting = False
                 self.shutdown()
@@ -157,7 +160,7 @@ class Kubefwd:
             self.stop_requested.wait()
             self.output.info("stopping: closing forwards and removing hosts entries")
             self.shutdown()
-            return int(ExitCode.OK)
+            return int(ExitCode.HOSTS if self.hosts_cleanup_failed else ExitCode.OK)
         finally:
             self._finished = True
             if self._signals:
@@ -250,7 +253,7 @@ class Kubefwd:
         self._loopback = loopback_strategy()
         self._hosts = HostsWriter(
             o.hosts_path,
-            backup_dir=(o.backup_dir or default_backup_dir()) if o.make_backup else None,
+            backup_dir=self._backup_dir(),
             refresh_backup=o.refresh_backup,
             purge_stale=o.purge_stale,
         )
@@ -281,6 +284,17 @@ class Kubefwd:
         self.output.ready(count, addresses, time.monotonic() - self.started_at,
                           self._hosts.writes)
         self.ready.set()
+
+    def _backup_dir(self) -> Path | None:
+        """Where hosts.original goes: as asked, else only for the system hosts file, into the
+        invoking user's home (``backup_target``); None: no backup."""
+        o = self.options
+        if not o.make_backup:
+            return None
+        if o.backup_dir is not None:
+            return o.backup_dir
+        target = backup_target(o.hosts_path)
+        return target.parent if target is not None else None
 
     def _namespaces(self, contexts: Sequence[ClusterContext]) -> dict[str, list[str]]:
         """The namespaces of each context, checked to exist (``-A``: all of them, listed)."""
@@ -701,10 +715,14 @@ class Kubefwd:
             return
         if self._hosts.ident is None:
             return
-        if not self._hosts.stop_and_join(10.0):
+        if not self._hosts.stop_and_join(self._hosts.cleanup_timeout + 5.0):
+            self.hosts_cleanup_failed = True
             raise HostsFileError(f"timed out removing our lines from {self.options.hosts_path}")
-        if self._hosts.last_error is not None:
-            raise self._hosts.last_error
+        if self._hosts.cleanup_failed:
+            self.hosts_cleanup_failed = True
+            raise self._hosts.last_error or HostsFileError(
+                f"could not remove our lines from {self.options.hosts_path}"
+            )
 
     def _cleanup_loopback(self) -> None:
         if self._loopback is not None:

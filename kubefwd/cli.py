@@ -12,9 +12,16 @@ import traceback
 from collections.abc import Sequence
 
 import typer
+from typer.core import TyperGroup
 
 from kubefwd import __version__
 from kubefwd.errors import ExitCode, KubefwdError
+from kubefwd.svc_command import NoHelpMetavar
+
+
+class _Group(NoHelpMetavar, TyperGroup):
+    """The top-level group; its ``-h/--help`` line shows no value type."""
+
 
 app = typer.Typer(
     name="kubefwd",
@@ -28,11 +35,27 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
+    cls=_Group,
 )
 
 # Options that belong to the program, not to a subcommand.
 _GLOBAL_FLAGS = {"--traceback"}
 _TOP_LEVEL_OPTIONS = {"-h", "--help", "--version"}
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", metavar="", help="Print the version and exit."
+    ),
+    show_traceback: bool = typer.Option(
+        False, "--traceback", metavar="",
+        help="On an error, print the full traceback, not just one line.",
+    ),
+) -> None:
+    # Both are handled in main() before the command line is parsed; they are declared here
+    # so that 'kubefwd --help' lists them.
+    del version, show_traceback
 
 
 @app.command("version")
@@ -43,9 +66,11 @@ def version_command() -> None:
 
 def _register_subcommands() -> None:
     from kubefwd.sim.command import sim_command
+    from kubefwd.svc_command import HelpCommand
 
     app.command(
         "sim",
+        cls=HelpCommand,
         help=sim_command.__doc__,
         context_settings={"help_option_names": ["-h", "--help"]},
     )(sim_command)

@@ -22,9 +22,11 @@ from kubefwd.errors import HostsFileError, KubefwdError, PrivilegeError
 from kubefwd.hostsbackup import backup_hosts, backup_target, default_backup_dir
 from kubefwd.hostsformat import HostsDoc, Marker, format_entries, parse_hosts, render_hosts
 from kubefwd.hostsio import (
+    HostsChanged,
     cannot_write,
     locked,
     read_hosts,
+    read_hosts_stamped,
     remove_orphaned_temps,
     write_blocker,
     write_hosts,
@@ -43,6 +45,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# Merges started again when another program keeps editing the file under us.
+MERGE_ATTEMPTS = 5
 
 # Owner pids of the writers running in this process: always alive, whatever psutil says.
 _local_owners: dict[int, int] = {}
@@ -109,17 +114,28 @@ def update_hosts(
     purge_stale: bool = False,
     lock_timeout: float = 10.0,
 ) -> bool:
-    """One locked read-modify-write; True when the file changed."""
+    """One locked read-modify-write; True when the file changed.
+
+    Our lock binds only kubefwd processes: when another program edits the file between our
+    read and our write, the write is dropped and the merge starts again from its edit.
+    """
     target = Path(os.path.realpath(path))
     with locked(target, lock_timeout) as rename_ok:
         if rename_ok:  # the sidecar lock: the one every temp file is made under
             remove_orphaned_temps(target)
-        data = read_hosts(target)
-        new = rewrite_lines(parse_hosts(data), owner, entries, purge_stale=purge_stale)
-        if new == data:
-            return False
-        write_hosts(target, new, rename_ok=rename_ok)
-        return True
+        for _ in range(MERGE_ATTEMPTS):
+            data, stamp = read_hosts_stamped(target)
+            new = rewrite_lines(parse_hosts(data), owner, entries, purge_stale=purge_stale)
+            if new == data:
+                return False
+            try:
+                write_hosts(target, new, rename_ok=rename_ok, expect=stamp)
+                return True
+            except HostsChanged:
+                log.debug("%s changed while kubefwd merged its lines; merging again", target)
+    raise HostsFileError(
+        f"the hosts file {path} kept changing while kubefwd merged its lines; not written"
+    )
 
 
 def remove_owned_lines(path: Path, owner_pid: int, *, lock_timeout: float = 5.0) -> bool:

@@ -33,6 +33,7 @@ LOCK_SUFFIX = ".kubefwd.lock"
 TEMP_SUFFIX = ".kubefwd-tmp"
 _RENAME_IMPOSSIBLE = {errno.EBUSY, errno.EXDEV, errno.EPERM, errno.EACCES, errno.EROFS}
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+_NO_XATTRS = {errno.ENOTSUP, errno.EOPNOTSUPP}
 _LOCK_FLAGS = portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING
 _SHARED_FLAGS = portalocker.LockFlags.SHARED | portalocker.LockFlags.NON_BLOCKING
 
@@ -190,6 +191,38 @@ def remove_orphaned_temps(path: Path) -> list[str]:
     return removed
 
 
+# What tells that a file changed between our read and our write: which file it is, its size
+# and its modification and change times. None: there was no file.
+Stamp = tuple[int, int, int, int, int]
+
+
+class HostsChanged(Exception):
+    """The hosts file changed after we read it; nothing was written."""
+
+
+def _stamp(st: os.stat_result) -> Stamp:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def stamp_of(path: Path) -> Stamp | None:
+    try:
+        return _stamp(os.stat(path))
+    except FileNotFoundError:
+        return None
+
+
+def read_hosts_stamped(path: Path) -> tuple[bytes, Stamp | None]:
+    """The file's bytes and the stamp of exactly what was read."""
+    try:
+        with open(path, "rb") as fh:
+            stamp = _stamp(os.fstat(fh.fileno()))
+            return fh.read(), stamp
+    except FileNotFoundError:
+        return b"", None
+    except OSError as e:
+        raise HostsFileError(f"cannot read the hosts file {path}: {e.strerror}") from None
+
+
 def read_hosts(path: Path) -> bytes:
     try:
         return path.read_bytes()
@@ -199,11 +232,14 @@ def read_hosts(path: Path) -> bytes:
         raise HostsFileError(f"cannot read the hosts file {path}: {e.strerror}") from None
 
 
-def _write_in_place(path: Path, data: bytes) -> None:
+def _write_in_place(path: Path, data: bytes, expect: Stamp | None) -> None:
     """Rewrite the file's own inode without ever leaving it truncated."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        size = os.fstat(fd).st_size
+        st = os.fstat(fd)
+        if (expect is None and st.st_size) or (expect is not None and _stamp(st) != expect):
+            raise HostsChanged(path)
+        size = st.st_size
         if len(data) <= size:
             _shrink_in_place(fd, data)
         else:
@@ -261,8 +297,10 @@ def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
         view, offset = view[n:], offset + n
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Temp file in the same directory + fsync + rename, keeping owner and mode."""
+def _write_atomic(path: Path, data: bytes, expect: Stamp | None) -> None:
+    """Temp file in the same directory + fsync + rename, keeping owner, mode and extended
+    attributes (the SELinux label, ACLs). Raises HostsChanged, leaving the file alone, when
+    it no longer matches ``expect`` just before the rename."""
     try:
         st: os.stat_result | None = os.stat(path)
     except FileNotFoundError:
@@ -273,7 +311,6 @@ def _write_atomic(path: Path, data: bytes) -> None:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
-            os.fsync(fd)
             if st is not None:
                 mine = os.fstat(fd)
                 if (mine.st_uid, mine.st_gid) != (st.st_uid, st.st_gid):
@@ -281,10 +318,16 @@ def _write_atomic(path: Path, data: bytes) -> None:
                     # PermissionError sends the caller to the in-place write instead.
                     os.fchown(fd, st.st_uid, st.st_gid)
                 os.fchmod(fd, st.st_mode & 0o7777)
+                _copy_xattrs(path, fd)
             else:
                 os.fchmod(fd, 0o644)
+            os.fsync(fd)
         finally:
             os.close(fd)
+        # Another program may have edited the file since we read it (our lock binds only
+        # kubefwd): then the caller merges again instead of dropping that edit.
+        if stamp_of(path) != expect:
+            raise HostsChanged(path)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -298,6 +341,25 @@ def _write_atomic(path: Path, data: bytes) -> None:
             os.close(dfd)
 
 
+def _copy_xattrs(src: Path, fd: int) -> None:
+    """Give the temp file ``src``'s extended attributes. Where one cannot be set (not root,
+    say) the PermissionError sends the caller to the in-place write, which keeps them all."""
+    if not hasattr(os, "listxattr"):
+        return
+    try:
+        names = os.listxattr(src)
+    except OSError as e:
+        if e.errno in _NO_XATTRS:
+            return
+        raise
+    for name in names:
+        try:
+            os.setxattr(fd, name, os.getxattr(src, name))
+        except OSError as e:
+            if e.errno not in _NO_XATTRS and e.errno != errno.ENODATA:
+                raise
+
+
 def _size(path: Path) -> int:
     try:
         return os.stat(path).st_size
@@ -305,11 +367,17 @@ def _size(path: Path) -> int:
         return 0
 
 
-def write_hosts(path: Path, data: bytes, *, rename_ok: bool = True) -> str:
-    """Put ``data`` in ``path``; returns "rename" or "in-place". Never leaves it truncated."""
+def write_hosts(
+    path: Path, data: bytes, *, rename_ok: bool = True, expect: Stamp | None = None
+) -> str:
+    """Put ``data`` in ``path``; returns "rename" or "in-place". Never leaves it truncated.
+
+    ``expect``: the stamp of the content ``data`` was made from (``read_hosts_stamped``);
+    raises HostsChanged, writing nothing, when the file no longer matches it.
+    """
     if rename_ok:
         try:
-            _write_atomic(path, data)
+            _write_atomic(path, data, expect)
             return "rename"
         except OSError as e:
             if e.errno in _NO_SPACE:
@@ -325,7 +393,7 @@ def write_hosts(path: Path, data: bytes, *, rename_ok: bool = True) -> str:
             else:
                 log.debug("rename over %s impossible (%s); writing in place", path, e.strerror)
     try:
-        _write_in_place(path, data)
+        _write_in_place(path, data, expect)
     except OSError as e:
         if e.errno in _NO_SPACE:
             raise HostsFileError(

@@ -13,6 +13,16 @@ readers (``pick_pod``, ``snapshot``) but must not call ``handle``.
 EndpointSlices: a pod's own Ready condition decides; slices are consulted only for pods that
 have no Ready condition at all (an endpoint with ``conditions.ready`` not false counts).
 
+StatefulSet pods of headless services: a pod a StatefulSet owns comes back under the same
+name, so its per-pod forward (``pod.svc``) is kept — same key, same IP, same names, no ready
+pod — while the pod is terminating (or finished) and, once its object is gone, for
+``pod_grace`` seconds more (default 30). A pod of that name that reappears within the grace
+period simply takes the forward over; the IP stays reserved meanwhile, so a service created in
+the gap cannot take it. When the grace runs out (checked by ``expire()``, which the caller runs
+about once a second, and on every event of that context) the forward is removed as usual. The
+service's own deletion, or it ceasing to be headless, removes it at once. Pods without a
+StatefulSet owner (a Deployment's behind a headless service get new names) go at once.
+
 Skipped ports: only TCP is forwarded. Non-TCP service ports (DNS's 53/UDP on every service of
 a namespace, say) are summed up in one warning per (context, namespace) — a count and the first
 few ``service:port/PROTO`` — the first time that namespace has any; each port, and any later
@@ -24,6 +34,7 @@ from __future__ import annotations
 import bisect
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -74,6 +85,7 @@ class _Entry:
     ports: list[PortMapping]
     pods: list[PodRef]
     headless: bool
+    stateful: bool = False  # a StatefulSet's pod: kept across its restart (see above)
 
 
 @dataclass
@@ -82,6 +94,12 @@ class _Spec:
     ports: list[PortMapping]
     pods: list[PodRef]
     headless: bool
+    stateful: bool = False
+
+
+def _owned_by_statefulset(pod: Obj) -> bool:
+    refs = obj_meta(pod).get("ownerReferences") or []
+    return any(isinstance(r, dict) and r.get("kind") == "StatefulSet" for r in refs)
 
 
 class Registry:
@@ -95,8 +113,14 @@ class Registry:
         namespaces: Sequence[str] | Mapping[str, Sequence[str]],
         domain: str = "",
         mappings: Mapping[int, int] | None = None,
+        pod_grace: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._allocator = allocator
+        self._pod_grace = pod_grace
+        self._clock = clock
+        # Per-pod forwards of StatefulSet pods whose object is gone: since when (clock).
+        self._gone_since: dict[ForwardKey, float] = {}
         self._contexts = list(contexts)
         if isinstance(namespaces, Mapping):
             self._namespaces = {c: list(namespaces.get(c, [])) for c in self._contexts}
@@ -161,10 +185,35 @@ class Registry:
             raise ValueError(f"unknown resource {resource!r}")
         with self._lock.write():
             dirty = self._apply(context, namespace, resource, event)
+            dirty |= self._due(context)
             commands = self._recompute(context, dirty)
             if commands:
                 self._queue.append(commands)
         self._drain()
+
+    def expire(self) -> None:
+        """Remove the kept per-pod forwards of StatefulSet pods that did not come back within
+        ``pod_grace``; call about once a second. Delivers the commands on this thread."""
+        with self._lock.write():
+            if not self._gone_since:
+                return
+            for context in sorted({k.context for k in self._gone_since}):
+                dirty = self._due(context)
+                if dirty:
+                    commands = self._recompute(context, dirty)
+                    if commands:
+                        self._queue.append(commands)
+        self._drain()
+
+    def _due(self, context: str) -> set[tuple[str, str]]:
+        """(namespace, service) of ``context`` with a kept pod forward whose grace ran out."""
+        if not self._gone_since:
+            return set()
+        now = self._clock()
+        return {
+            (k.namespace, k.service) for k, since in self._gone_since.items()
+            if k.context == context and now - since >= self._pod_grace
+        }
 
     def _apply(
         self, context: str, namespace: str, resource: str, event: InformerEvent
@@ -345,7 +394,8 @@ class Registry:
         if headless:
             ready_names = {r.name: r for r in refs}
             for p in pods:
-                if not pod_alive(p):
+                stateful = _owned_by_statefulset(p)
+                if not pod_alive(p) and not stateful:
                     continue
                 pname = obj_name(p)
                 pkey = ForwardKey(context, namespace, service, pname)
@@ -354,8 +404,28 @@ class Registry:
                     multi_context=multi, first_context=first,
                 )
                 ref = ready_names.get(pname)
-                result[pkey] = _Spec(pnames, ports, [ref] if ref else [], True)
+                result[pkey] = _Spec(pnames, ports, [ref] if ref else [], True, stateful)
+            self._keep_gone_stateful_pods(key, ports, result)
         return result
+
+    def _keep_gone_stateful_pods(
+        self, key: ForwardKey, ports: list[PortMapping], result: dict[ForwardKey, _Spec]
+    ) -> None:
+        """Add the per-pod forwards of StatefulSet pods that are gone but within their grace
+        period to ``result`` (no ready pod); start the clock for newly gone ones."""
+        now = self._clock()
+        for pkey in self._service_keys.get((key.context, key.namespace, key.service), ()):
+            if not pkey.pod:
+                continue
+            if pkey in result:
+                self._gone_since.pop(pkey, None)
+                continue
+            entry = self._entries.get(pkey)
+            if entry is None or not entry.stateful:
+                continue
+            since = self._gone_since.setdefault(pkey, now)
+            if now - since < self._pod_grace:
+                result[pkey] = _Spec(list(entry.desired_names), ports, [], True, True)
 
     def _order(self, key: ForwardKey) -> tuple[Any, ...]:
         ci = self._cluster_index(key.context)
@@ -393,6 +463,7 @@ class Registry:
                 desired = self._desired(context, namespace, service)
                 old_keys = self._service_keys.get(skey, set())
                 for k in old_keys - desired.keys():
+                    self._gone_since.pop(k, None)
                     entry = self._entries.pop(k)
                     self._unclaim(entry, affected)
                     self._allocator.release(k)
@@ -411,6 +482,7 @@ class Registry:
                         self._hosts_dirty = True
                     else:
                         current.ports, current.pods = spec.ports, spec.pods
+                        current.stateful = spec.stateful
                     keys.add(k)
                     affected.add(k)
                 if keys:
@@ -442,7 +514,7 @@ class Registry:
         self._warned.discard(("exhausted", key))
         self._skipped.pop(key, None)
         entry = _Entry(key, self._order(key), ip, list(spec.names), spec.ports, spec.pods,
-                       spec.headless)
+                       spec.headless, spec.stateful)
         self._entries[key] = entry
         return entry
 

@@ -295,14 +295,19 @@ def _flag(short: str, long: str, help: str) -> Any:
     return typer.Option(long, short, metavar="", help=help)
 
 
-class HelpCommand(TyperCommand):
-    """A command whose ``-h/--help`` line shows no value type (typer would print ``<bool>``)."""
+class NoHelpMetavar:
+    """Mixin for a command or group whose ``-h/--help`` line shows no value type (typer would
+    print ``<bool>``)."""
 
     def get_help_option(self, ctx: Any) -> Any:
-        option = super().get_help_option(ctx)
+        option = super().get_help_option(ctx)  # type: ignore[misc]
         if option is not None and option.metavar is None:
             option.metavar = ""
         return option
+
+
+class HelpCommand(NoHelpMetavar, TyperCommand):
+    """A command whose ``-h/--help`` line shows no value type."""
 
 
 def svc(

@@ -316,6 +316,53 @@ def test_mode_and_owner_are_kept(tmp_path: Path) -> None:
     assert (final.st_mode, final.st_uid) == (before.st_mode, before.st_uid)
 
 
+def test_extended_attributes_survive_the_rename(tmp_path: Path) -> None:
+    hosts = hosts_file(tmp_path, b"127.0.0.1 localhost\n")
+    attrs = {"user.kubefwd-test": b"kept"}
+    if os.geteuid() == 0:  # the SELinux label and trusted attributes need root to set
+        attrs["security.selinux"] = b"system_u:object_r:net_conf_t:s0"
+        attrs["trusted.kubefwd-test"] = b"also kept"
+    try:
+        for name, value in attrs.items():
+            os.setxattr(hosts, name, value)
+    except OSError as e:
+        pytest.skip(f"no extended attributes here: {e}")
+    ino = hosts.stat().st_ino
+    update_hosts(hosts, _ours(), {"127.1.27.1": ["web"]})
+    assert hosts.stat().st_ino != ino  # replaced by rename
+    assert {name: os.getxattr(hosts, name) for name in attrs} == attrs
+    remove_owned_lines(hosts, 4242)
+    assert {name: os.getxattr(hosts, name) for name in attrs} == attrs
+    assert hosts.read_bytes() == b"127.0.0.1 localhost\n"
+
+
+def test_an_edit_made_while_we_merge_is_not_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another program appends a line after our read and before our rename: we merge again."""
+    hosts = hosts_file(tmp_path, b"127.0.0.1 localhost\n")
+    merge = hosts_module.rewrite_lines
+    edits = []
+
+    def merge_then_someone_edits(*args: object, **kw: object) -> bytes:
+        out = merge(*args, **kw)  # type: ignore[arg-type]
+        if not edits:
+            edits.append(subprocess.run(
+                ["sh", "-c", 'printf "10.0.0.5 edited-meanwhile\\n" >> "$1"', "sh", str(hosts)],
+                check=True,
+            ))
+        return out
+
+    monkeypatch.setattr(hosts_module, "rewrite_lines", merge_then_someone_edits)
+    assert update_hosts(hosts, _ours(), {"127.1.27.1": ["web"]})
+    assert len(edits) == 1
+    text = hosts.read_bytes()
+    assert text.startswith(b"127.0.0.1 localhost\n10.0.0.5 edited-meanwhile\n127.1.27.1\tweb\t")
+    monkeypatch.undo()
+    remove_owned_lines(hosts, 4242)
+    assert hosts.read_bytes() == b"127.0.0.1 localhost\n10.0.0.5 edited-meanwhile\n"
+
+
 def test_symlinked_hosts_file_stays_a_symlink(tmp_path: Path) -> None:
     real = tmp_path / "real-hosts"
     real.write_bytes(b"# real\n")

@@ -319,6 +319,82 @@ def test_headless_service_gets_one_forward_per_pod() -> None:
     assert [p.name for p in ups["sim/shop/db"].pods] == ["db-0"]
 
 
+def sts_pod(name: str, *, uid: str = "", **kw: Any) -> dict[str, Any]:
+    p = pod(name, app="db", **kw)
+    p["metadata"]["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": "StatefulSet",
+                                         "name": "db", "controller": True}]
+    if uid:
+        p["metadata"]["uid"] = uid
+    return p
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_statefulset_pod_restart_keeps_its_forward_and_ip() -> None:
+    clock = FakeClock()
+    reg, rec = make(pod_grace=30.0, clock=clock)
+    sync(reg, "services", [service("db", headless=True)])
+    sync(reg, "pods", [sts_pod("db-0")])
+    key0 = ForwardKey("sim", "shop", "db", "db-0")
+    ip0 = upserts(rec.take())["sim/shop/db-0.db"].ip
+    # Terminating, then gone: the forward stays, same IP and names, with no pod to go to.
+    event(reg, "pods", "MODIFIED", sts_pod("db-0", deleting=True, ready=False))
+    event(reg, "pods", "DELETED", sts_pod("db-0", deleting=True, ready=False))
+    cmds = rec.take()
+    assert not any(isinstance(c, ForwardRemove) for c in cmds)
+    held = reg.get(key0)
+    assert held is not None and held.ip == ip0 and held.pods == [] and "db-0.db" in held.names
+    assert reg.pick_pod(key0) is None
+    assert "db-0.db" in reg.snapshot().hosts[ip0]
+    # A service created in the gap cannot take the address.
+    clock.now += 20
+    reg.expire()
+    event(reg, "services", "ADDED", service("cache"))
+    assert upserts(rec.take())["sim/shop/cache"].ip != ip0
+    # The replacement, same name: the same forward picks it up once it is ready.
+    event(reg, "pods", "ADDED", sts_pod("db-0", uid="uid-new", ready=False))
+    event(reg, "pods", "MODIFIED", sts_pod("db-0", uid="uid-new", ip="127.1.0.77"))
+    cmds = rec.take()
+    assert not any(isinstance(c, ForwardRemove) for c in cmds)
+    up = upserts(cmds)["sim/shop/db-0.db"]
+    assert up.ip == ip0 and [(p.name, p.uid, p.ip) for p in up.pods] == [
+        ("db-0", "uid-new", "127.1.0.77")]
+    # Long after, the grace clock was reset by the pod's return: nothing expires.
+    clock.now += 100
+    reg.expire()
+    assert rec.take() == [] and reg.get(key0) is not None
+
+
+def test_a_statefulset_pod_that_does_not_come_back_goes_after_the_grace() -> None:
+    clock = FakeClock()
+    reg, rec = make(pod_grace=30.0, clock=clock)
+    sync(reg, "services", [service("db", headless=True)])
+    sync(reg, "pods", [sts_pod("db-0"), sts_pod("db-1")])
+    key1 = ForwardKey("sim", "shop", "db", "db-1")
+    ip1 = upserts(rec.take())["sim/shop/db-1.db"].ip
+    event(reg, "pods", "DELETED", sts_pod("db-1"))  # scaled down
+    assert not any(isinstance(c, ForwardRemove) for c in rec.take())
+    clock.now += 29
+    reg.expire()
+    assert rec.take() == []
+    clock.now += 1
+    reg.expire()
+    cmds = rec.take()
+    assert ForwardRemove(key1) in cmds and ip1 not in hosts(cmds)
+    # And a deleted headless service takes its kept pod forwards with it at once.
+    event(reg, "pods", "DELETED", sts_pod("db-0"))
+    rec.take()
+    event(reg, "services", "DELETED", service("db", headless=True))
+    removed = {c.key for c in rec.take() if isinstance(c, ForwardRemove)}
+    assert ForwardKey("sim", "shop", "db", "db-0") in removed
+
+
 def test_multi_context_names_never_conflict() -> None:
     reg, rec = make(contexts=("dev", "qa"), namespaces=("shop", "pay"))
     sync(reg, "services", [service("web")], ctx="dev", ns="shop")

@@ -225,10 +225,12 @@ def assert_foreign_lines_kept(hosts: Path) -> None:
 
 
 def test_namespaces_normal_headless_and_multiport_services(
-    run: Callable[..., Kubefwd], hosts: Path
+    run: Callable[..., Kubefwd], hosts: Path, tmp_path: Path
 ) -> None:
     fwd = run("-n", "shop,payments")
     names = hosts_entries(hosts)
+    # Only the system hosts file is backed up to ~/hosts.original; this one (--hosts-path) not.
+    assert not (tmp_path / "hosts.original").exists()
     # First namespace: bare names; every namespace: the qualified forms.
     for name in ["web", "web.shop", "web.shop.svc", "web.shop.svc.cluster.local", "cart",
                  "db", "db-0.db", "db-1.db.shop", "api.payments", "api.payments.svc"]:
@@ -973,6 +975,49 @@ def test_a_slow_forward_setup_holds_up_no_informer(
     finally:
         release.set()
         app.shutdown()
+    assert hosts.read_bytes() == ORIGINAL_HOSTS
+
+
+def test_hosts_lines_left_behind_at_shutdown_exit_6(
+    cluster: SimCluster, hosts: Path, tmp_path: Path, block: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Our lines could not be removed when stopping (the lock stays held by someone else):
+    the run ends with exit code 6 (HOSTS), not 0."""
+    import io
+    import logging
+
+    import kubefwd.app as app_module
+    from kubefwd.app import Kubefwd as App
+    from kubefwd.app import SvcOptions
+    from kubefwd.hosts import HostsWriter, remove_owned_lines
+    from kubefwd.output import LOGGER_NAME, Output
+
+    # Give up on the removal after half a second instead of the default several.
+    monkeypatch.setattr(app_module, "HostsWriter",
+                        lambda *a, **kw: HostsWriter(*a, cleanup_timeout=0.5, **kw))
+    logger = logging.getLogger(LOGGER_NAME)
+    saved = (logger.level, logger.propagate)
+    out = io.StringIO()
+    app = App(SvcOptions(kubeconfig=str(cluster.kubeconfig_path), namespaces=["shop"],
+                         hosts_path=hosts, backup_dir=tmp_path, base_ip=f"127.1.{block}.1"),
+              output=Output(stream=out))
+    codes: list[int] = []
+    runner = threading.Thread(target=lambda: codes.append(app.run()), name="kubefwd-run")
+    runner.start()
+    try:
+        assert app.wait_ready(20), out.getvalue()
+        with hosts_lock_held(hosts):
+            app.request_stop()
+            runner.join(15)
+    finally:
+        app.request_stop()
+        runner.join(15)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+    assert codes == [6], out.getvalue()
+    assert f"pid={os.getpid()}".encode() in hosts.read_bytes()
+    remove_owned_lines(hosts, os.getpid())
     assert hosts.read_bytes() == ORIGINAL_HOSTS
 
 
