@@ -37,6 +37,7 @@ __all__ = [
     "HostsWriter",
     "backup_target",  # re-exported for the CLI, as is default_backup_dir
     "default_backup_dir",
+    "foreign_entries",
     "owner_alive",
     "process_start",
     "remove_owned_lines",
@@ -147,6 +148,39 @@ def remove_owned_lines(path: Path, owner_pid: int, *, lock_timeout: float = 5.0)
     with _local_owners_lock:
         _retired_owners.add((owner_pid, os.path.realpath(path)))
     return update_hosts(Path(path), Marker(owner_pid), None, lock_timeout=lock_timeout)
+
+
+def foreign_entries(
+    path: Path, *, owner_pid: int | None = None, lock_timeout: float = 10.0
+) -> dict[str, list[str]]:
+    """IP → names of the lines other running kubefwd processes own in the hosts file.
+
+    A new instance keeps clear of these IPs and names so two of them never hand out the same
+    address. Lines of ``owner_pid`` (this process by default) and of dead owners are left
+    out. Read under the shared lock, so no half-done update is seen.
+    """
+    me = os.getpid() if owner_pid is None else owner_pid
+    target = Path(os.path.realpath(path))
+    if not target.exists():
+        return {}
+    with locked(target, lock_timeout, shared=True):
+        doc = parse_hosts(read_hosts(target))
+    out: dict[str, list[str]] = {}
+    alive: dict[tuple[int, int | None], bool] = {}
+    for body, marker in doc.owned:
+        if marker.pid == me:
+            continue
+        who = (marker.pid, marker.started)
+        if who not in alive:
+            alive[who] = owner_alive(marker)
+        if not alive[who]:
+            continue
+        fields = body.split(b"#", 1)[0].split()
+        if len(fields) < 2:
+            continue
+        names = out.setdefault(fields[0].decode("ascii", "replace"), [])
+        names.extend(n.decode("ascii", "replace") for n in fields[1:])
+    return out
 
 
 # -- the writer thread ---------------------------------------------------------------------

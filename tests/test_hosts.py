@@ -20,6 +20,7 @@ from kubefwd import hosts as hosts_module
 from kubefwd.errors import HostsFileError, PrivilegeError
 from kubefwd.hosts import (
     HostsWriter,
+    foreign_entries,
     process_start,
     remove_owned_lines,
     rewrite_lines,
@@ -589,6 +590,39 @@ def test_temp_file_orphaned_by_kill_9_is_removed_by_the_next_update(tmp_path: Pa
     assert not list(tmp_path.glob(".hosts.*.kubefwd-tmp"))
     assert unrelated.read_bytes() == b"keep\n" and lock_path_for(hosts).exists()
     assert remove_owned_lines(hosts, 4242) and hosts.read_bytes() == b"# foreign\n"
+
+
+@pytest.mark.e2e
+def test_foreign_entries_are_those_of_other_live_instances(tmp_path: Path) -> None:
+    hosts = hosts_file(tmp_path, b"127.0.0.1 localhost\n10.0.0.1 db # a comment\n")
+    assert foreign_entries(hosts) == {}
+    assert foreign_entries(tmp_path / "missing") == {}
+    other = _spawn(hosts, "4", 1)
+    try:
+        _wait_ready(other)
+        with _running(hosts, min_interval=0) as mine:
+            long_names = [f"name-{k}-padded-out-to-split-the-line.ns.svc.cluster.local"
+                          for k in range(8)]
+            mine.publish({"127.1.27.1": ["mine"], "127.1.27.2": long_names})
+            assert mine.flush()
+            with open(hosts, "ab") as fh:  # left by an instance killed with -9
+                fh.write(b"127.1.27.200\tdead\t" + Marker(_dead_pid()).render() + b"\n")
+            theirs = foreign_entries(hosts)
+            assert theirs == {f"127.4.27.{k + 1}": [f"4-0-{k}"] for k in range(5)}
+        _stop(other)
+    finally:
+        if other.poll() is None:
+            other.kill()
+        other.wait()
+    assert foreign_entries(hosts) == {}
+
+
+def test_foreign_entries_join_split_lines(tmp_path: Path, sleeper: subprocess.Popen[bytes]) -> None:
+    hosts = hosts_file(tmp_path, b"")
+    names = [f"service-number-{i}.namespace.svc.cluster.local" for i in range(20)]
+    update_hosts(hosts, Marker(sleeper.pid, process_start(sleeper.pid)), {"127.9.27.1": names})
+    assert hosts.read_bytes().count(b"127.9.27.1\t") > 1
+    assert foreign_entries(hosts) == {"127.9.27.1": names}
 
 
 # -- privileges and real-kernel fallbacks (root) ---------------------------------------
