@@ -12,7 +12,9 @@ hosts writer (it removes our lines), undo loopback aliases.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
+import fcntl
 import functools
 import ipaddress
 import logging
@@ -38,7 +40,7 @@ from kubefwd.errors import (
     PrivilegeError,
 )
 from kubefwd.forwarder import BindError, Forwarder, ListenPort, PodBackoff
-from kubefwd.hosts import HostsWriter, backup_target, remove_owned_lines
+from kubefwd.hosts import HostsWriter, backup_target, foreign_entries, remove_owned_lines
 from kubefwd.informer import Backoff, Informer
 from kubefwd.ipalloc import DEFAULT_BASE, IpAllocator
 from kubefwd.kube import ClusterContext, KubeClient, load_contexts, watch_callables
@@ -91,7 +93,8 @@ class _Forward:
 
     key: ForwardKey
     forwarder: Forwarder
-    upsert: ForwardUpsert  # as last announced by the registry
+    upsert: ForwardUpsert  # as last announced by the registry, with the address in use
+    registry_ip: str = ""  # the address the registry gave it (differs once it moved)
     announced: bool = False
     no_pod_since: float | None = None
     warned_no_pod: bool = False
@@ -122,6 +125,15 @@ class Kubefwd:
         self._loopback: LoopbackStrategy | None = None
         self._housekeeper: _Housekeeper | None = None
         self._dispatcher: _Dispatcher | None = None
+        self._allocator: IpAllocator | None = None
+        self._others = _OtherInstances(options.hosts_path)
+        self._start_lock = _StartLock(options.hosts_path)
+        # registry address → the one really used, for forwards that found theirs taken
+        self._ip_map: dict[str, str] = {}
+        self._hosts_lock = threading.Lock()  # one hosts snapshot computed at a time
+        self._raw_hosts: dict[str, list[str]] = {}  # the registry's newest snapshot
+        self._written_names: set[str] = set()  # names we have published: they stay ours
+        self._foreign_warned: set[str] = set()
         self._reaper: _Reaper | None = None
         self._backoff = PodBackoff()
         self._pod_last_used: dict[tuple[str, str, str], float] = {}
@@ -229,7 +241,15 @@ class Kubefwd:
         namespaces = self._namespaces(contexts)
         if self.stop_requested.is_set():
             return
-        allocator = IpAllocator(reservations=o.reservations, base=o.base_ip or DEFAULT_BASE)
+        # Instances starting at the same time take turns until their names are written, so
+        # each one sees the addresses and names of those before it.
+        if not self._start_lock.acquire(_START_LOCK_WAIT):
+            self.output.warning("another kubefwd has been starting on %s for %.0fs; going ahead",
+                                o.hosts_path, _START_LOCK_WAIT)
+        self._others.refresh(force=True)
+        allocator = IpAllocator(reservations=o.reservations, base=o.base_ip or DEFAULT_BASE,
+                                taken=self._others.ip_taken)
+        self._allocator = allocator
         self._registry = Registry(
             allocator=allocator,
             contexts=[c.name for c in contexts],
@@ -273,6 +293,7 @@ class Kubefwd:
         if not self._hosts.flush(timeout=30.0):
             error = self._hosts.last_error
             raise error or HostsFileError(f"could not write the hosts file {o.hosts_path}")
+        self._start_lock.release()
         self._announce_all()
         self._report_privileged_ports()
         self._housekeeper = _Housekeeper(self)
@@ -410,10 +431,70 @@ class Kubefwd:
                     self._upsert(command)
                 elif isinstance(command, ForwardRemove):
                     self._remove(command.key)
-                elif isinstance(command, HostsSnapshot) and self._hosts is not None:
-                    self._hosts.publish(command.entries)
+                elif isinstance(command, HostsSnapshot):
+                    with self._hosts_lock:
+                        self._raw_hosts = command.entries
+                    self._publish_hosts()
             except KubefwdError as exc:
                 self.output.warning("%s", exc)
+
+    def _publish_hosts(self) -> None:
+        """Hand the hosts writer the registry's snapshot at the addresses really used, less
+        the names another running kubefwd already wrote (those wait until it lets go)."""
+        hosts = self._hosts
+        if hosts is None:
+            return
+        with self._hosts_lock:
+            with self._lock:
+                ip_map = dict(self._ip_map)
+            entries: dict[str, list[str]] = {}
+            held: list[str] = []
+            for ip, names in self._raw_hosts.items():
+                kept = []
+                for name in names:
+                    if name not in self._written_names and self._others.holder(name):
+                        held.append(name)
+                    else:
+                        kept.append(name)
+                if kept:
+                    entries[ip_map.get(ip, ip)] = kept
+            self._written_names = {n for names in entries.values() for n in names}
+            new = [n for n in held if n not in self._foreign_warned]
+            self._foreign_warned.update(new)
+            hosts.publish(entries)
+        if new:
+            shown = ", ".join(new[:6]) + (f" and {len(new) - 6} more" if len(new) > 6 else "")
+            self.output.warning(
+                "not written to the hosts file, another running kubefwd has them: %s", shown
+            )
+
+    def _move_if_in_use(self, state: _Forward, errors: list[BindError]) -> list[BindError]:
+        """A port of the forward's address is held by another process (another kubefwd that
+        has not written its lines yet, say): move the forward to the next free address. A
+        reserved address (-r, -z) stays, with the error."""
+        allocator = self._allocator
+        moved = False
+        for _ in range(_MOVE_ATTEMPTS):
+            in_use = [e for e in errors if isinstance(e.__cause__, OSError)
+                      and e.__cause__.errno == errno.EADDRINUSE]
+            if not in_use or allocator is None or allocator.is_reserved(state.upsert.ip):
+                break
+            try:
+                new_ip = allocator.move(state.key, namespace=state.key.namespace)
+            except (KubefwdError, KeyError) as exc:
+                self.output.warning("%s: %s", state.key, exc)
+                break
+            self.output.warning("%s: %s; moving it to %s", state.key, in_use[0], new_ip)
+            with self._lock:
+                self._ip_map[state.registry_ip] = new_ip
+            if self._loopback is not None:
+                self._loopback.ensure(new_ip)
+            state.upsert = dataclasses.replace(state.upsert, ip=new_ip)
+            errors = state.forwarder.reconfigure(new_ip, self._listen_ports(state.upsert))
+            moved = True
+        if moved:
+            self._publish_hosts()
+        return errors
 
     def _listen_ports(self, upsert: ForwardUpsert) -> list[ListenPort]:
         return [ListenPort(p.port, p.local_port, p.name) for p in upsert.ports]
@@ -445,10 +526,13 @@ class Kubefwd:
 
     def _upsert(self, upsert: ForwardUpsert) -> None:
         name = str(upsert.key)
+        registry_ip = upsert.ip
         with self._lock:
             if self._shut_down:
                 return
             state = self._forwards.get(name)
+            if registry_ip in self._ip_map:
+                upsert = dataclasses.replace(upsert, ip=self._ip_map[registry_ip])
         if state is None:
             if self._loopback is not None:
                 self._loopback.ensure(upsert.ip)
@@ -459,7 +543,8 @@ class Kubefwd:
             errors = forwarder.bind()
             if errors and self._reaper is not None and self._reaper.settle(upsert.ip):
                 errors = forwarder.bind()  # a removed forward on this IP had not closed yet
-            state = _Forward(upsert.key, forwarder, upsert)
+            state = _Forward(upsert.key, forwarder, upsert, registry_ip=registry_ip)
+            errors = self._move_if_in_use(state, errors)
             with self._lock:
                 self._forwards[name] = state
             forwarder.start()
@@ -467,6 +552,7 @@ class Kubefwd:
         else:
             old = state.upsert
             state.upsert = upsert
+            state.registry_ip = registry_ip
             if old.ip != upsert.ip or old.ports != upsert.ports:
                 if self._loopback is not None and old.ip != upsert.ip:
                     self._loopback.ensure(upsert.ip)
@@ -497,7 +583,9 @@ class Kubefwd:
         pod = f"{key.namespace}/{u.pods[0].name}" if u.pods else None
         if len(self._targets) > 1 and pod:
             pod = f"{key.context}/{pod}"
-        self.output.forwarded(u.names or [str(key)], u.ip, ports, pod)
+        names = [n for n in u.names
+                 if n in self._written_names or not self._others.holder(n)] or [str(key)]
+        self.output.forwarded(names, u.ip, ports, pod)
 
     def _announce_all(self) -> None:
         with self._lock:
@@ -511,6 +599,8 @@ class Kubefwd:
         name = str(key)
         with self._lock:
             state = self._forwards.pop(name, None)
+            if state is not None:
+                self._ip_map.pop(state.registry_ip, None)
         if state is None:
             return
         if self._reaper is None:
@@ -568,7 +658,10 @@ class Kubefwd:
     # -- housekeeping ------------------------------------------------------------------------
 
     def housekeeping(self) -> None:
-        """Once a second: -t warnings, tunnels of vanished pods, -a re-opening."""
+        """Once a second: -t warnings, tunnels of vanished pods, -a re-opening, names other
+        instances let go of."""
+        if self._others.refresh():
+            self._publish_hosts()
         now = time.monotonic()
         with self._lock:
             states = list(self._forwards.values())
@@ -666,6 +759,7 @@ class Kubefwd:
                 return
             self._shut_down = True
         self.stop_requested.set()
+        _step("release the start-up lock", self._start_lock.release)
         _step("stop informers", self._stop_informers)
         _step("stop applying changes", self._stop_dispatcher)
         _step("stop housekeeping", self._stop_housekeeper)
@@ -730,6 +824,85 @@ class Kubefwd:
                 log.warning("%s", error)
 
 
+class _OtherInstances:
+    """Addresses and names other running kubefwd processes hold in the hosts file, read at
+    most once per ``max_age`` seconds (allocation asks for every candidate address)."""
+
+    def __init__(self, path: Path, max_age: float = 1.0) -> None:
+        self.path = path
+        self.max_age = max_age
+        self._lock = threading.Lock()
+        self._read_at = -max_age
+        self._entries: dict[str, list[str]] = {}
+        self._names: dict[str, str] = {}
+
+    def refresh(self, *, force: bool = False) -> bool:
+        """Re-read if stale (or ``force``); True when what the others hold changed."""
+        with self._lock:
+            now = time.monotonic()
+            if not force and now - self._read_at < self.max_age:
+                return False
+            self._read_at = now
+        try:
+            entries = foreign_entries(self.path, lock_timeout=1.0)
+        except (KubefwdError, OSError) as exc:
+            log.debug("could not read other instances' lines from %s: %s", self.path, exc)
+            return False
+        names = {name: ip for ip, names in entries.items() for name in names}
+        with self._lock:
+            changed = entries != self._entries
+            self._entries, self._names = entries, names
+        return changed
+
+    def ip_taken(self, ip: str) -> bool:
+        self.refresh()
+        with self._lock:
+            return ip in self._entries
+
+    def holder(self, name: str) -> str | None:
+        """The address another instance gave ``name``, if one did."""
+        with self._lock:
+            return self._names.get(name)
+
+
+class _StartLock:
+    """Taken from address allocation until the first hosts write, by every instance that
+    uses the same hosts file (an flock on ``<hosts>.kubefwd.start``): instances started
+    together take turns, so none allocates before seeing the lines of the one before."""
+
+    def __init__(self, hosts_path: Path) -> None:
+        target = Path(os.path.realpath(hosts_path))
+        self.path = target.with_name(target.name + ".kubefwd.start")
+        self._fd: int | None = None
+
+    def acquire(self, timeout: float) -> bool:
+        """True once held; False when it could not be had in ``timeout`` (or at all)."""
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            try:
+                fd = os.open(self.path, os.O_RDONLY)
+            except OSError:
+                return True  # cannot create it: nobody else can either, nothing to wait for
+        deadline = time.monotonic() + timeout
+        pause = threading.Event()  # never set: a timed wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self._fd = fd
+                return True
+            except OSError:
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    return False
+                pause.wait(0.02)
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # closing drops the flock
+
+
 class _StartupInterrupted(BaseException):
     """Raised by the signal handler to cut a blocked start-up short (like KeyboardInterrupt,
     not an ``Exception``: nothing on the way may swallow it)."""
@@ -773,6 +946,11 @@ def _namespace_state(client: KubeClient, namespace: str) -> bool | None:
         raise
     return True
 
+
+# How many times a forward moves on when the next address is in use too.
+_MOVE_ATTEMPTS = 5
+# How long an instance waits for another one that is starting on the same hosts file.
+_START_LOCK_WAIT = 20.0
 
 # A second SIGINT/SIGTERM sooner than this after the first is taken for the same one.
 _REPEAT_WINDOW = 1.0

@@ -14,6 +14,7 @@ import errno
 import fcntl
 import logging
 import os
+import re
 import stat
 import struct
 import sys
@@ -170,14 +171,15 @@ def remove_orphaned_temps(path: Path) -> list[str]:
     found then belongs to a writer that is gone. (The sidecar itself stays: deleting a lock
     file races with whoever is about to lock it.)
     """
-    prefix = f".{path.name}."
+    # mkstemp's random part is 8 of [a-z0-9_]: a temp file of "hosts.d" is not one of "hosts"
+    ours = re.compile(re.escape(f".{path.name}.") + "[a-z0-9_]{8}" + re.escape(TEMP_SUFFIX))
     removed: list[str] = []
     try:
         names = os.listdir(path.parent)
     except OSError:
         return removed
     for name in names:
-        if name.startswith(prefix) and name.endswith(TEMP_SUFFIX):
+        if ours.fullmatch(name):
             try:
                 os.unlink(path.parent / name)
             except FileNotFoundError:
@@ -258,7 +260,8 @@ def _grow_in_place(fd: int, data: bytes) -> None:
             if e.errno in _NO_SPACE:
                 raise
             # a filesystem without fallocate: go ahead without the reservation
-    _pwrite_all(fd, data, 0)
+    start = _common_prefix(_pread_all(fd, len(data)), data)  # the foreign part stays put
+    _pwrite_all(fd, memoryview(data)[start:], start)
     os.ftruncate(fd, len(data))
 
 
@@ -368,7 +371,7 @@ def _size(path: Path) -> int:
 
 
 def write_hosts(
-    path: Path, data: bytes, *, rename_ok: bool = True, expect: Stamp | None = None
+    path: Path, data: bytes, *, rename_ok: bool = True, expect: Stamp | None
 ) -> str:
     """Put ``data`` in ``path``; returns "rename" or "in-place". Never leaves it truncated.
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import threading
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import overload
 
 from kubefwd.errors import ExitCode, KubefwdError, UsageError
@@ -72,9 +72,17 @@ class IpAllocator:
     """
 
     def __init__(
-        self, *, reservations: Mapping[str, str] | None = None, base: str = DEFAULT_BASE
+        self,
+        *,
+        reservations: Mapping[str, str] | None = None,
+        base: str = DEFAULT_BASE,
+        taken: Callable[[str], bool] | None = None,
     ) -> None:
         self._reservations = validate_reservations(reservations or {})
+        # ``taken(ip)``: is the address held outside this allocator (another kubefwd's lines
+        # in the hosts file)? Such addresses are skipped, reserved ones included.
+        self._taken = taken or (lambda ip: False)
+        self._blocked: set[str] = set()  # found in use at bind time: never handed out again
         self._reserved_ips = frozenset(self._reservations.values())
         b = parse_loopback_ip(base, what="base IP").packed
         self._base = (b[1], b[2], max(b[3], _FIRST_HOST))
@@ -145,35 +153,74 @@ class IpAllocator:
                 if ip is None:
                     continue
                 owner = self._by_ip.get(ip)
-                if owner is None:
+                if owner is None and ip not in self._blocked and not self._taken(ip):
                     self._claim(key, ip)
                     return ip
                 log.warning(
-                    "reserved IP %s for %s is already used by another service; "
-                    "allocating a new one", ip, name,
+                    "reserved IP %s for %s is already used by another %s; allocating a new one",
+                    ip, name, "service" if owner is not None else "kubefwd",
                 )
             ns_lock = self._ns_locks.setdefault((cluster, ns), threading.Lock())
+        second, third = self._base[0] + cluster, self._base[1] + ns
+        label = namespace or f"#{ns}"
+        if second > 255 or third > 255:
+            raise AddressesExhausted(
+                f"no loopback range left for namespace {label} (cluster {cluster}): "
+                f"127.{second}.{third}.x does not exist"
+            )
         with ns_lock:
-            second, third, first_n = self._base[0] + cluster, self._base[1] + ns, self._base[2]
-            label = namespace or f"#{ns}"
-            if second > 255 or third > 255:
-                raise AddressesExhausted(
-                    f"no loopback range left for namespace {label} (cluster {cluster}): "
-                    f"127.{second}.{third}.x does not exist"
-                )
-            for n in range(first_n, _LAST_HOST + 1):
-                ip = f"127.{second}.{third}.{n}"
-                with self._lock:
-                    if key in self._by_key:  # a concurrent call for the same key won
-                        return self._by_key[key]
-                    if ip in self._by_ip or ip in self._reserved_ips:
-                        continue
-                    self._claim(key, ip)
-                    return ip
+            ip = self._scan(key, second, third, label)
+        return ip
+
+    def _scan(self, key: Hashable, second: int, third: int, label: str) -> str:
+        """Claim the lowest free address of 127.second.third.x for ``key`` (ns lock held)."""
+        first_n = self._base[2]
+        for n in range(first_n, _LAST_HOST + 1):
+            ip = f"127.{second}.{third}.{n}"
+            with self._lock:
+                if key in self._by_key:  # a concurrent call for the same key won
+                    return self._by_key[key]
+                if ip in self._by_ip or ip in self._reserved_ips or ip in self._blocked:
+                    continue
+            # Asked outside our lock: it may read a file.
+            if self._taken(ip):
+                continue
+            with self._lock:
+                if key in self._by_key:
+                    return self._by_key[key]
+                if ip in self._by_ip:
+                    continue
+                self._claim(key, ip)
+                return ip
         raise AddressesExhausted(
             f"no free loopback address left for namespace {label}: "
             f"127.{second}.{third}.{first_n}-{_LAST_HOST} are all in use"
         )
+
+    def move(self, key: Hashable, *, namespace: str = "") -> str:
+        """The address of ``key`` turned out to be in use (a bind failed): block it for good
+        and give ``key`` the next free one of the same range. Raises AddressesExhausted."""
+        with self._lock:
+            old = self._by_key.get(key)
+            if old is None:
+                raise KeyError(key)
+            self._blocked.add(old)
+            del self._by_key[key]
+            self._by_ip.pop(old, None)
+            octets = [int(x) for x in old.split(".")]
+            range_key = (octets[1] - self._base[0], octets[2] - self._base[1])
+            ns_lock = self._ns_locks.setdefault(range_key, threading.Lock())
+        label = namespace or f"127.{octets[1]}.{octets[2]}.x"
+        with ns_lock:
+            return self._scan(key, octets[1], octets[2], label)
+
+    def block(self, ip: str) -> None:
+        """Never hand out ``ip`` again in this run."""
+        with self._lock:
+            self._blocked.add(ip)
+
+    def is_reserved(self, ip: str) -> bool:
+        return ip in self._reserved_ips
 
     def _claim(self, key: Hashable, ip: str) -> None:
         self._by_key[key] = ip

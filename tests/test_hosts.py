@@ -576,6 +576,8 @@ _DIES_BEFORE_RENAME = textwrap.dedent(
 def test_temp_file_orphaned_by_kill_9_is_removed_by_the_next_update(tmp_path: Path) -> None:
     hosts = hosts_file(tmp_path, b"# foreign\n")
     unrelated = hosts_file(tmp_path, b"keep\n", ".hosts.notes")
+    # a temp file of another hosts file, "hosts.d", whose writer holds another lock
+    neighbour = hosts_file(tmp_path, b"busy\n", ".hosts.d.k3x9_2ab.kubefwd-tmp")
     proc = subprocess.Popen([sys.executable, "-c", _DIES_BEFORE_RENAME, str(hosts)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
@@ -584,10 +586,10 @@ def test_temp_file_orphaned_by_kill_9_is_removed_by_the_next_update(tmp_path: Pa
     finally:
         proc.kill()
         proc.wait()
-    orphans = list(tmp_path.glob(".hosts.*.kubefwd-tmp"))
+    orphans = set(tmp_path.glob(".hosts.*.kubefwd-tmp")) - {neighbour}
     assert len(orphans) == 1 and hosts.read_bytes() == b"# foreign\n"
     update_hosts(hosts, _ours(), {"127.1.27.2": ["db"]})
-    assert not list(tmp_path.glob(".hosts.*.kubefwd-tmp"))
+    assert list(tmp_path.glob(".hosts.*.kubefwd-tmp")) == [neighbour]
     assert unrelated.read_bytes() == b"keep\n" and lock_path_for(hosts).exists()
     assert remove_owned_lines(hosts, 4242) and hosts.read_bytes() == b"# foreign\n"
 

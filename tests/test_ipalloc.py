@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 
 import pytest
@@ -127,3 +128,51 @@ def test_concurrent_allocations_are_unique() -> None:
     for t in threads:
         t.join()
     assert len(results) == 200 == len(set(results))
+
+
+def test_addresses_another_instance_holds_are_skipped() -> None:
+    held = {"127.1.27.1", "127.1.27.3"}
+    asked: list[str] = []
+
+    def taken(ip: str) -> bool:
+        asked.append(ip)
+        return ip in held
+
+    alloc = IpAllocator(taken=taken)
+    assert alloc.allocate("a", 0, 0, ["a"]) == "127.1.27.2"
+    assert alloc.allocate("b", 0, 0, ["b"]) == "127.1.27.4"
+    held.clear()  # the other instance stopped: its addresses are free again
+    assert alloc.allocate("c", 0, 0, ["c"]) == "127.1.27.1"
+    assert "127.1.27.1" in asked
+
+
+def test_a_reservation_another_instance_holds_falls_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    logger = logging.getLogger("kubefwd.ipalloc")
+    logger.addHandler(caplog.handler)  # whatever another test did to propagation
+    try:
+        alloc = IpAllocator(reservations={"web": "127.1.27.9"},
+                            taken=lambda ip: ip == "127.1.27.9")
+        assert alloc.allocate("web", 0, 0, ["web"]) == "127.1.27.1"
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert "127.1.27.9 for web is already used by another kubefwd" in caplog.text
+
+
+def test_move_blocks_the_address_and_keeps_the_range() -> None:
+    alloc = IpAllocator()
+    first = alloc.allocate("a", 0, 1, ["a"])
+    alloc.allocate("b", 0, 1, ["b"])
+    assert first == "127.1.28.1"
+    moved = alloc.move("a")
+    assert moved == "127.1.28.3" and alloc.ip_of("a") == moved
+    # The address found in use is never handed out again, even when nobody holds it here.
+    alloc.release("a")
+    assert alloc.allocate("c", 0, 1, ["c"]) == "127.1.28.3"
+    assert alloc.allocate("d", 0, 1, ["d"]) == "127.1.28.4"
+    assert "127.1.28.1" not in alloc.in_use()
+    alloc.block("127.1.28.5")
+    assert alloc.allocate("e", 0, 1, ["e"]) == "127.1.28.6"
+    with pytest.raises(KeyError):
+        alloc.move("never-allocated")

@@ -476,28 +476,48 @@ def test_service_without_ready_pod_holds_then_closes_after_timeout(
 # -- the hosts file: sharing, crashes, signals ---------------------------------------------
 
 
-def test_two_instances_share_one_hosts_file(
-    run: Callable[..., Kubefwd], hosts: Path, tmp_path: Path, block: int
-) -> None:
-    conf = tmp_path / "second.yaml"
-    conf.write_text(f"baseUnreservedIP: 127.1.{block + 1}.1\n")
-    first = run("-n", "shop", ready=False)
-    second = run("-n", "payments", "-z", str(conf), ready=False)
-    first.wait_ready()
-    second.wait_ready()
-    def both() -> dict[str, str] | None:
-        entries = hosts_entries(hosts)
-        return entries if "api.payments" in entries and "web" in entries else None
+def hosts_owners(path: Path) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """From kubefwd's lines: name → the IPs given to it, IP → the pids that wrote it."""
+    ips: dict[str, set[str]] = {}
+    owners: dict[str, set[str]] = {}
+    for line in path.read_bytes().decode().splitlines():
+        if "# kubefwd pid=" not in line:
+            continue
+        fields = line.split("#", 1)[0].split()
+        pid = line.split("# kubefwd pid=", 1)[1].split()[0]
+        owners.setdefault(fields[0], set()).add(pid)
+        for name in fields[1:]:
+            ips.setdefault(name, set()).add(fields[0])
+    return ips, owners
 
-    names = wait_for(both, 10, "both instances in the hosts file")
-    assert names["api.payments"].startswith(f"127.1.{block + 1}.")
-    assert http_text(names["web"], 80).startswith("web-")
-    assert http_text(names["api.payments"], 80).startswith("api-")
-    assert first.stop() == 0
-    left = hosts_entries(hosts)
-    assert "web" not in left and "api.payments" in left
+
+def test_instances_sharing_one_hosts_file_never_share_addresses_or_names(
+    run: Callable[..., Kubefwd], hosts: Path
+) -> None:
+    # Default settings for all three (the same base address), started at the same time.
+    shop = run("-n", "shop", ready=False)
+    payments = run("-n", "payments", ready=False)
+    both = run("-n", "payments,shop", ready=False)
+    for fwd in (shop, payments, both):
+        fwd.wait_ready()
+    ips, owners = hosts_owners(hosts)
+    assert {n: i for n, i in ips.items() if len(i) > 1} == {}  # no name on two addresses
+    assert {i: o for i, o in owners.items() if len(o) > 1} == {}  # no address in two runs
+    assert set().union(*owners.values()) <= {str(f.proc.pid) for f in (shop, payments, both)}
+    names = {n: next(iter(i)) for n, i in ips.items()}
+    for name, port, body in [("web", 80, "web-"), ("cart.shop", 8080, "cart-"),
+                             ("web.shop", 80, "web-"), ("api.payments", 80, "api-"),
+                             ("api", 80, "api-")]:
+        assert http_text(names[name], port).startswith(body), name
+    assert shop.stop() == 0
+    # What the stopped run held is gone; the others keep theirs, and one of them now writes
+    # the shop names it had held back.
+    assert str(shop.proc.pid) not in set().union(*hosts_owners(hosts)[1].values())
+    ip = wait_for(lambda: hosts_entries(hosts).get("cart.shop"), 5, "cart.shop written again")
+    assert http_text(ip, 8080).startswith("cart-")
     assert_foreign_lines_kept(hosts)
-    second.stop_cleanly()
+    assert payments.stop() == 0
+    both.stop_cleanly()
 
 
 def test_kill_9_then_a_fresh_run_purges_the_stale_lines(
@@ -762,25 +782,53 @@ def test_wrong_token_is_unauthorized_naming_the_context(
     assert hosts.read_bytes() == ORIGINAL_HOSTS
 
 
-def test_port_in_use_is_reported_and_the_rest_still_forwards(
-    run: Callable[..., Kubefwd], hosts: Path, block: int
-) -> None:
-    cart = f"127.1.{block}.1"  # where cart (first service of shop) goes
+@contextmanager
+def listening_on(ip: str, port: int) -> Iterator[None]:
+    """Some other program listens on ``ip:port``."""
     blocker = socket.socket()
     blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    blocker.bind((cart, 8080))
-    blocker.listen()
     try:
+        blocker.bind((ip, port))
+        blocker.listen()
+        yield
+    finally:
+        blocker.close()
+
+
+def test_port_in_use_moves_the_service_to_the_next_free_address(
+    run: Callable[..., Kubefwd], hosts: Path, block: int
+) -> None:
+    cart = f"127.1.{block}.1"  # where cart (first service of shop) would go
+    with listening_on(cart, 8080):
         fwd = run("-n", "shop")
         line = fwd.wait_line(r"WARNING .*" + re.escape(f"{cart}:8080"))
+        assert "already in use" in line and f"pid {os.getpid()}" in line, line
+        moved = re.search(r"moving it to (\S+)", line)
+        assert moved, line
+        names = hosts_entries(hosts)
+        assert names["cart"] == names["cart.shop"] == moved.group(1) != cart
+        assert cart not in names.values()
+        assert http_text(names["cart"], 8080).startswith("cart-")
+        assert http_text(names["cart"], 9090).startswith("cart-")
+        assert http_text(names["web"], 80).startswith("web-")
+        assert fwd.stop() == 0
+    assert hosts.read_bytes() == ORIGINAL_HOSTS
+
+
+def test_port_in_use_on_a_reserved_address_is_reported_and_the_rest_still_forwards(
+    run: Callable[..., Kubefwd], hosts: Path, block: int
+) -> None:
+    cart = f"127.1.{block}.40"
+    with listening_on(cart, 8080):
+        fwd = run("-n", "shop", "-r", f"cart:{cart}")
+        line = fwd.wait_line(r"WARNING .*" + re.escape(f"{cart}:8080"))
         assert "already in use" in line and f"pid {os.getpid()}" in line
+        assert "moving" not in line
         names = hosts_entries(hosts)
         assert names["cart"] == cart
         assert http_text(cart, 9090).startswith("cart-")
         assert http_text(names["web"], 80).startswith("web-")
         assert fwd.stop() == 0
-    finally:
-        blocker.close()
     assert hosts.read_bytes() == ORIGINAL_HOSTS
 
 
