@@ -10,6 +10,7 @@ but the content shrinks (removing our lines at shutdown). Knows nothing of what 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import logging
@@ -20,9 +21,9 @@ import struct
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, cast
 
 import portalocker
 
@@ -43,6 +44,26 @@ _SHARED_FLAGS = portalocker.LockFlags.SHARED | portalocker.LockFlags.NON_BLOCKIN
 _FS_IOC_GETFLAGS = (2 << 30) | (struct.calcsize("l") << 16) | (ord("f") << 8) | 1
 _FS_IMMUTABLE_FL = 0x10
 _FS_APPEND_FL = 0x20
+
+
+_FALLOC_FL_KEEP_SIZE = 1
+
+
+def _load_fallocate() -> Callable[[int, int, int, int], int] | None:
+    """Linux fallocate(2), which, unlike os.posix_fallocate, takes a mode."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = getattr(libc, "fallocate64", None) or libc.fallocate
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    fn.restype = ctypes.c_int
+    return cast("Callable[[int, int, int, int], int]", fn)
+
+
+_fallocate = _load_fallocate()
 
 
 def _inode_flags(path: Path) -> tuple[bool, bool]:
@@ -251,15 +272,21 @@ def _write_in_place(path: Path, data: bytes, expect: Stamp | None) -> None:
         os.close(fd)
 
 
+def _reserve(fd: int, size: int) -> None:
+    """Reserve the blocks for ``size`` bytes without changing the file's size, so a full
+    disk fails before any byte changes and a crash before the write leaves no trailing NULs
+    (posix_fallocate would grow the file). Linux only; elsewhere nothing is reserved."""
+    if _fallocate is None:
+        return
+    if _fallocate(fd, _FALLOC_FL_KEEP_SIZE, 0, size) != 0:
+        err = ctypes.get_errno()
+        if err in _NO_SPACE:
+            raise OSError(err, os.strerror(err))
+        # a filesystem without fallocate: go ahead without the reservation
+
+
 def _grow_in_place(fd: int, data: bytes) -> None:
-    """Space is reserved first, so a full disk fails before any byte changes."""
-    if hasattr(os, "posix_fallocate"):
-        try:
-            os.posix_fallocate(fd, 0, len(data))
-        except OSError as e:
-            if e.errno in _NO_SPACE:
-                raise
-            # a filesystem without fallocate: go ahead without the reservation
+    _reserve(fd, len(data))
     start = _common_prefix(_pread_all(fd, len(data)), data)  # the foreign part stays put
     _pwrite_all(fd, memoryview(data)[start:], start)
     os.ftruncate(fd, len(data))

@@ -792,6 +792,40 @@ def test_read_only_or_immutable_hosts_file_is_a_hosts_error_not_a_call_for_root(
         assert run["unchanged"], (kind, run)
 
 
+_DIES_BEFORE_IN_PLACE_WRITE = textwrap.dedent(
+    """
+    import os, subprocess, sys
+    from pathlib import Path
+    from kubefwd.hosts import Marker, update_hosts
+    hosts = Path(sys.argv[1])
+    subprocess.run(["mount", "--bind", str(hosts), str(hosts)], check=True)
+    def pwrite(fd, data, offset):
+        print("space reserved", flush=True)
+        sys.stdin.readline()  # killed here, after the reservation, before any byte is written
+    os.pwrite = pwrite
+    update_hosts(hosts, Marker(os.getpid()), {"127.1.27.1": ["web", "db"]})
+    """
+)
+
+
+@pytest.mark.root
+@needs_root("unshare")
+def test_kill_9_during_an_in_place_write_leaves_no_junk(tmp_path: Path) -> None:
+    original = b"127.0.0.1 localhost\n# bind-mounted, so written in place"
+    hosts = hosts_file(tmp_path, original)
+    proc = subprocess.Popen(
+        ["unshare", *PRIVATE_MOUNTS, sys.executable, "-c", _DIES_BEFORE_IN_PLACE_WRITE,
+         str(hosts)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "space reserved\n"
+    finally:
+        proc.kill()
+        proc.wait()
+    assert hosts.read_bytes() == original  # not grown by reserved, never written space
+
+
 _NOBODY_UPDATE = (
     "import os, sys\nfrom pathlib import Path\n"
     "from kubefwd.hosts import Marker, update_hosts\n"
