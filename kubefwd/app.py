@@ -662,6 +662,8 @@ class Kubefwd:
         instances let go of."""
         if self._others.refresh():
             self._publish_hosts()
+        if self._registry is not None:
+            self._registry.expire()  # StatefulSet pod forwards whose pod did not come back
         now = time.monotonic()
         with self._lock:
             states = list(self._forwards.values())

@@ -1026,6 +1026,34 @@ def test_a_slow_forward_setup_holds_up_no_informer(
     assert hosts.read_bytes() == ORIGINAL_HOSTS
 
 
+def test_statefulset_pod_that_does_not_come_back_is_removed_after_the_grace(
+    cluster: SimCluster, hosts: Path, tmp_path: Path, block: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A scaled-down StatefulSet's pod keeps its forward for the grace period only; then it
+    goes, even when no further event comes in."""
+    import kubefwd.app as app_module
+    from kubefwd.app import Kubefwd as App
+    from kubefwd.app import SvcOptions
+    from kubefwd.registry import Registry
+
+    monkeypatch.setattr(app_module, "Registry",
+                        lambda **kw: Registry(pod_grace=0.5, **kw))
+    app = App(SvcOptions(kubeconfig=str(cluster.kubeconfig_path), namespaces=["shop"],
+                         hosts_path=hosts, backup_dir=tmp_path, base_ip=f"127.1.{block}.1"))
+    try:
+        app.start()
+        assert "one/shop/db-1.db" in app.forwards()
+        cluster.apply(workload("db", "shop", kind="StatefulSet", replicas=1, image="sim/echo",
+                               ports="[{name: pg, containerPort: 5432}]"))
+        wait_for(lambda: "one/shop/db-1.db" not in app.forwards(), 5, "db-1's forward gone")
+        wait_for(lambda: "db-1.db" not in hosts_entries(hosts), 5, "db-1.db gone from hosts")
+        assert "one/shop/db-0.db" in app.forwards()
+    finally:
+        app.shutdown()
+    assert hosts.read_bytes() == ORIGINAL_HOSTS
+
+
 def test_hosts_lines_left_behind_at_shutdown_exit_6(
     cluster: SimCluster, hosts: Path, tmp_path: Path, block: int,
     monkeypatch: pytest.MonkeyPatch,
