@@ -216,6 +216,8 @@ class Kubefwd:
             # its group, so does a terminal): not a request to cut the shutdown short.
             return
         self._signals += 1
+        if self._signals > 2:
+            return  # the emergency clean-up below is running already (this handler, nested)
         # A second signal: only make sure the hosts file is clean, then leave at once.
         try:
             remove_owned_lines(self.options.hosts_path, os.getpid(), lock_timeout=2.0)

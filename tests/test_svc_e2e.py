@@ -557,9 +557,10 @@ def test_sigterm_stops_cleanly_and_a_second_signal_only_cleans_hosts(
     again = run("-n", "shop")
     with hosts_lock_held(hosts):
         again.proc.send_signal(signal.SIGINT)
-        again.wait_line(r"stopping: closing forwards")
+        pause.wait(0.2)
         again.proc.send_signal(signal.SIGINT)
-        pause.wait(0.4)
+        again.wait_line(r"stopping: closing forwards")
+        pause.wait(0.3)
     assert again.stop() == 0
     assert hosts.read_bytes() == ORIGINAL_HOSTS
     # A second signal later than that cuts the shutdown short: our lines go, exit 1.
@@ -568,6 +569,8 @@ def test_sigterm_stops_cleanly_and_a_second_signal_only_cleans_hosts(
         third.proc.send_signal(signal.SIGINT)
         third.wait_line(r"stopping: closing forwards")
         pause.wait(1.3)
+        third.proc.send_signal(signal.SIGINT)
+        pause.wait(0.3)  # the clean-up now waits for the lock; more signals change nothing
         third.proc.send_signal(signal.SIGINT)
     assert third.stop() == 1
     third.wait_line(r"interrupted again: removed our hosts entries")
