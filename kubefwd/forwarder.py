@@ -12,6 +12,12 @@ A connection that arrives while the service has no usable pod is held (not accep
 tunnel, not closed) for at most ``hold_timeout`` seconds and spliced as soon as ``poke()``
 reports a change that gives it a route; after that it is closed, so a client sees EOF instead
 of hanging forever.
+
+A connection its tunnel could not carry before any byte of it was relayed (the tunnel failed
+to open, say because the API server is down or the pod vanished, or died first) comes back
+through the ``give_back`` callback of ``splice`` and is routed again like a new one: to
+another ready pod at once (the failed pod backs off), or held until a route appears, within
+the same ``hold_timeout`` counted from its accept.
 """
 
 from __future__ import annotations
@@ -42,14 +48,26 @@ _MAX_HELD = 256
 # While connections are held, re-ask for a route this often even without a poke (a tunnel
 # back-off may have expired).
 _HELD_RETRY = 0.25
+# A connection handed back more than once waits this long (doubling, up to the cap) before
+# it is routed again, so a route that keeps failing at once cannot spin the loop.
+_RETURN_DELAY = 0.05
+_RETURN_DELAY_CAP = 1.0
 _BACKLOG = 1024
 _LINGER_RESET = struct.pack("ii", 1, 0)
 
 
-class Splicer(Protocol):
-    """What a route hands back: a ``PodTunnel`` (or anything that can take a socket)."""
+GiveBack = Callable[[socket.socket], None]
 
-    def splice(self, local: socket.socket, port: int) -> None: ...
+
+class Splicer(Protocol):
+    """What a route hands back: a ``PodTunnel`` (or anything that can take a socket).
+
+    ``give_back`` (called on the forwarder's loop thread) takes back a socket the splicer
+    could not carry before any byte of it was relayed, to be routed again.
+    """
+
+    def splice(self, local: socket.socket, port: int,
+               give_back: GiveBack | None = None) -> None: ...
 
 
 Route = Callable[[str, int], "tuple[Splicer, int] | None"]
@@ -76,6 +94,8 @@ class _Held:
     sock: socket.socket
     port: int
     deadline: float
+    returns: int = 0  # times a tunnel handed it back
+    not_before: float = 0.0
 
 
 @dataclass
@@ -84,6 +104,7 @@ class ForwardStats:
     spliced: int = 0
     held: int = 0
     dropped: int = 0
+    returned: int = 0  # connections a tunnel handed back (to be routed again)
 
 
 # A pod whose tunnel keeps failing is avoided for 1 s, then 2, 4, … up to 5 minutes; the
@@ -219,6 +240,7 @@ class Forwarder(StoppableThread):
         self._poked = False
         self._registered: dict[int, socket.socket] = {}
         self._no_route_logged = False
+        self._closing = False
         # The loop this thread runs; tunnels that carry this service's connections live on
         # it (``route`` gets them from the pool for this loop).
         self.loop = Loop(self.name)
@@ -336,16 +358,18 @@ class Forwarder(StoppableThread):
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-            if not self._dispatch(conn, port):
+            held = _Held(conn, port, time.monotonic() + self.hold_timeout)
+            if not self._dispatch(held):
                 if len(self._held) >= _MAX_HELD or self.hold_timeout <= 0:
                     self._drop(conn)
                 else:
                     self.stats.held += 1
-                    deadline = time.monotonic() + self.hold_timeout
-                    self._held.append(_Held(conn, port, deadline))
+                    self._held.append(held)
 
-    def _dispatch(self, conn: socket.socket, port: int) -> bool:
-        """Splice ``conn`` into a tunnel if a route exists now; False when it has to wait."""
+    def _dispatch(self, held: _Held) -> bool:
+        """Splice a connection into a tunnel if a route exists now; False when it has to
+        wait."""
+        conn, port = held.sock, held.port
         try:
             route = self.route(self.key, port)
         except Exception:
@@ -360,8 +384,9 @@ class Forwarder(StoppableThread):
             return False
         self._no_route_logged = False
         tunnel, target_port = route
+        give_back = functools.partial(self._given_back, held)
         try:
-            tunnel.splice(conn, target_port)
+            tunnel.splice(conn, target_port, give_back)
         except Exception as exc:  # the tunnel owns the socket only once splice returned
             log.warning("%s: could not hand a connection to the tunnel: %s", self.key, exc)
             self._drop(conn)
@@ -369,13 +394,41 @@ class Forwarder(StoppableThread):
         self.stats.spliced += 1
         return True
 
+    def _given_back(self, held: _Held, sock: socket.socket) -> None:
+        """A tunnel could not carry this connection (nothing of it was relayed): route it
+        again on the next turn of the loop (the failure is reported by then, so the pod that
+        failed backs off), keeping its hold deadline."""
+        if not self.loop.in_loop():  # tunnels call on the loop thread; be safe anyway
+            if not self.loop.call_soon(functools.partial(self._given_back, held, sock)):
+                self._drop(sock)
+            return
+        self.stats.returned += 1
+        if self._closing or self.stopping.is_set() or len(self._held) >= _MAX_HELD:
+            self._drop(sock)
+            return
+        try:
+            sock.setblocking(True)
+        except OSError:
+            pass
+        held.returns += 1
+        held.sock = sock
+        held.not_before = 0.0
+        if held.returns > 1:
+            delay = min(_RETURN_DELAY * 2 ** (held.returns - 2), _RETURN_DELAY_CAP)
+            held.not_before = time.monotonic() + delay
+        log.debug("%s: a connection came back from its tunnel; routing it again", self.key)
+        self._held.append(held)
+        self._wake()
+
     def _retry_held(self) -> None:
         now = time.monotonic()
         for _ in range(len(self._held)):
             held = self._held.popleft()
             if self.stopping.is_set():
                 self._drop(held.sock)
-            elif self._dispatch(held.sock, held.port):
+            elif now < held.not_before and now < held.deadline:
+                self._held.append(held)
+            elif self._dispatch(held):
                 continue
             elif now >= held.deadline:
                 log.warning("%s: closed a connection that waited %gs for a ready pod",
@@ -394,6 +447,7 @@ class Forwarder(StoppableThread):
         conn.close()
 
     def _close_all(self) -> None:
+        self._closing = True  # connections tunnels hand back from now on are closed
         with self._lock:
             listeners = list(self._listeners.values())
             self._listeners.clear()

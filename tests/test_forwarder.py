@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from kubefwd.errors import NetworkError
-from kubefwd.forwarder import Forwarder, ListenPort, bind_listener
+from kubefwd.forwarder import Forwarder, ListenPort, PodBackoff, bind_listener
+from kubefwd.sim import SimCluster
+from kubefwd.tunnel import ApiTarget, PodTunnel, TunnelPool
 
 IP = "127.1.99.1"
 
@@ -21,7 +24,8 @@ class ReplySplicer:
         self.name = name
         self.threads: list[threading.Thread] = []
 
-    def splice(self, local: socket.socket, port: int) -> None:
+    def splice(self, local: socket.socket, port: int,
+               give_back: Callable[[socket.socket], None] | None = None) -> None:
         def serve() -> None:
             with local:
                 data = local.recv(1024)
@@ -224,9 +228,6 @@ def test_tunnels_live_on_the_forwarder_thread() -> None:
     """A forward with real tunnels: its connections cost no thread beyond its own."""
     import ssl
 
-    from kubefwd.sim import SimCluster
-    from kubefwd.tunnel import ApiTarget, PodTunnel, TunnelPool
-
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "namespace": "fw"},
            "spec": {"containers": [{"name": "main", "image": "sim/http",
                                     "ports": [{"containerPort": 8080}]}]}}
@@ -265,3 +266,152 @@ def test_tunnels_live_on_the_forwarder_thread() -> None:
             assert fwd.stop_and_join()
             pool.close()
         assert tunnel.state == "closed"  # the forward's end took its tunnels along
+
+
+# --- real tunnels: connections a tunnel could not carry are routed again --------------------
+
+
+def http_pod(name: str) -> dict[str, object]:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "fw"},
+            "spec": {"containers": [{"name": "main", "image": "sim/http",
+                                     "ports": [{"containerPort": 8080}]}]}}
+
+
+def sim_target(cluster: SimCluster,
+               credentials: Callable[[], dict[str, str]] | None = None) -> ApiTarget:
+    import ssl
+
+    context = ssl.create_default_context(cadata=(cluster.ca_pem or b"").decode("ascii"))
+    return ApiTarget(host="127.0.0.1", port=cluster.port, scheme="https", ssl_context=context,
+                     auth_headers=credentials or (
+                         lambda: {"Authorization": f"Bearer {cluster.token}"}))
+
+
+class PodRoutes:
+    """Routes like the svc command: the first listed pod not backing off; a tunnel failure
+    backs its pod off and pokes the forward."""
+
+    def __init__(self, target: ApiTarget, pods: list[str], *, transport: str = "auto") -> None:
+        self.target = target
+        self.pods = pods
+        self.backoff = PodBackoff()
+        self.pool = TunnelPool(transport=transport, on_dead=self._died)
+        self.forwarder: Forwarder | None = None
+        self.routed: list[str] = []
+        self.died = threading.Event()
+
+    def _died(self, context: str, namespace: str, pod: str) -> None:
+        self.died.set()
+        self.backoff.failed(pod)
+        if self.forwarder is not None:
+            self.forwarder.poke()
+
+    def route(self, key: str, port: int) -> tuple[PodTunnel, int] | None:
+        assert self.forwarder is not None
+        for pod in self.pods:
+            if self.backoff.usable(pod):
+                self.routed.append(pod)
+                return self.pool.get(self.target, "sim", "fw", pod,
+                                     loop=self.forwarder.loop), 8080
+        return None
+
+    def start(self, port: int) -> Forwarder:
+        self.forwarder = Forwarder("fw/web", IP, [ListenPort(80, port)], self.route,
+                                   hold_timeout=20)
+        return start(self.forwarder)
+
+    def close(self) -> None:
+        if self.forwarder is not None:
+            assert self.forwarder.stop_and_join()
+        self.pool.close()
+
+
+def http_get(port: int, timeout: float = 15.0) -> bytes:
+    """``GET /`` through the forward: the body (the pod's name and a newline)."""
+    with socket.create_connection((IP, port), timeout=timeout) as client:
+        client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        chunks = []
+        while chunk := client.recv(65536):
+            chunks.append(chunk)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return body
+
+
+def api_refuses(cluster: SimCluster) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", cluster.port), timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("transport", ["auto", "ws"])
+def test_connection_made_while_the_api_server_is_down_is_served_once_it_is_back(
+    transport: str,
+) -> None:
+    with SimCluster(manifests=[http_pod("web")]) as cluster:
+        cluster.wait_ready("fw")
+        routes = PodRoutes(sim_target(cluster), ["web"], transport=transport)
+        port = free_port()
+        fwd = routes.start(port)
+        try:
+            assert http_get(port) == b"web\n"  # the forward is in use: its tunnel is open
+            back = threading.Event()
+
+            def restart() -> None:
+                cluster.restart_apiserver(downtime=1.5)
+                back.set()
+
+            restarter = threading.Thread(target=restart, name="restart-apiserver")
+            restarter.start()
+            try:
+                # The outage has begun once new API connections are refused and (SPDY) the
+                # tunnel's session was cut; over WebSockets each connection dials its own.
+                deadline = time.monotonic() + 5
+                while not (api_refuses(cluster)
+                           and (transport == "ws" or routes.died.is_set())):
+                    assert time.monotonic() < deadline and not back.is_set()
+                    threading.Event().wait(0.02)
+                # Made during the outage: the tunnel cannot open until the API server is back
+                # (each attempt fails and backs the pod off); the connection waits, then works.
+                assert http_get(port) == b"web\n"
+                assert back.is_set()
+            finally:
+                restarter.join(10)
+            assert fwd.stats.returned >= 1 and fwd.stats.dropped == 0
+        finally:
+            routes.close()
+
+
+def test_connection_goes_to_another_pod_when_its_pod_vanishes_while_the_tunnel_opens() -> None:
+    with SimCluster(manifests=[http_pod("a"), http_pod("b")]) as cluster:
+        cluster.wait_ready("fw")
+        opening, deleted = threading.Event(), threading.Event()
+
+        def slow_credentials() -> dict[str, str]:
+            """The first tunnel's credentials take a while (an exec plugin, say): long
+            enough for its pod to be deleted before it reaches the API server."""
+            if not opening.is_set():
+                opening.set()
+                deleted.wait(10)
+            return {"Authorization": f"Bearer {cluster.token}"}
+
+        routes = PodRoutes(sim_target(cluster, slow_credentials), ["a", "b"])
+        port = free_port()
+        fwd = routes.start(port)
+        try:
+            answer: list[bytes] = []
+            client = threading.Thread(target=lambda: answer.append(http_get(port)),
+                                      name="client")
+            client.start()
+            assert opening.wait(10)  # routed to pod a, queued on its opening tunnel
+            cluster.delete_pod("fw", "a")
+            deleted.set()
+            client.join(15)
+            assert answer == [b"b\n"]  # the open failed (404); b took the connection
+            assert routes.routed == ["a", "b"]
+            assert fwd.stats.returned == 1 and fwd.stats.dropped == 0
+        finally:
+            deleted.set()
+            routes.close()

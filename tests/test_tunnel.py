@@ -391,6 +391,83 @@ def test_failed_open_closes_queued_connections(cluster: SimCluster) -> None:
         tunnel.close()
 
 
+class GivenBack:
+    """A ``give_back`` callback that keeps what it gets (and what had happened by then)."""
+
+    def __init__(self, dead: threading.Event | None = None) -> None:
+        self.socks: list[socket.socket] = []
+        self.dead_first: list[bool] = []
+        self.dead = dead
+        self.event = threading.Event()
+
+    def __call__(self, sock: socket.socket) -> None:
+        self.dead_first.append(self.dead is not None and self.dead.is_set())
+        self.socks.append(sock)
+        self.event.set()
+
+    def close(self) -> None:
+        for sock in self.socks:
+            sock.close()
+
+
+def test_failed_open_hands_queued_connections_back_after_reporting(
+        cluster: SimCluster) -> None:
+    dead = threading.Event()
+    tunnel = PodTunnel(target_for(cluster, token="wrong"), NS, "web",
+                       on_dead=lambda t: dead.set())
+    given = GivenBack(dead)
+    pairs = [tcp_pair() for _ in range(3)]
+    try:
+        for _client, accepted in pairs:
+            tunnel.splice(accepted, HTTP_PORT, given)
+        wait_until(lambda: len(given.socks) == 3)
+        # The very sockets spliced, open and untouched: whoever routes them again can.
+        assert sorted(map(id, given.socks)) == sorted(id(a) for _c, a in pairs)
+        assert given.dead_first == [True] * 3  # the failure was reported before
+        client, accepted = pairs[0]
+        client.sendall(b"still here")
+        accepted.setblocking(True)
+        assert accepted.recv(100) == b"still here"
+        # A tunnel that is dead hands back what is spliced into it too.
+        late_client, late = tcp_pair()
+        tunnel.splice(late, HTTP_PORT, given)
+        wait_until(lambda: len(given.socks) == 4)
+        assert given.socks[-1] is late
+        late_client.close()
+    finally:
+        tunnel.close()
+        for client, accepted in pairs:
+            client.close()
+            accepted.close()
+        given.close()
+
+
+def test_lost_session_hands_back_only_connections_nothing_was_relayed_for(
+        cluster: SimCluster) -> None:
+    dead = threading.Event()
+    used, unused = GivenBack(dead), GivenBack(dead)
+    with tunnel_to(cluster, "echo", on_dead=lambda t: dead.set()) as tunnel:
+        busy_client, busy = tcp_pair()
+        idle_client, idle = tcp_pair()
+        try:
+            tunnel.splice(busy, ECHO_PORT, used)
+            busy_client.settimeout(10)
+            echo_once(busy_client, b"relayed")
+            tunnel.splice(idle, ECHO_PORT, unused)  # streams opened, nothing sent yet
+            wait_until(lambda: tunnel.active == 2)
+            cluster.restart_apiserver()  # the session is cut
+            assert unused.event.wait(10)
+            assert unused.socks == [idle] and unused.dead_first == [True]
+            assert read_all(busy_client) == b""  # bytes went through: never replayed
+            assert used.socks == []
+            assert tunnel.state == "dead"
+        finally:
+            busy_client.close()
+            idle_client.close()
+            idle.close()
+            used.close()
+
+
 def test_unknown_pod_is_a_clear_404(cluster: SimCluster) -> None:
     with tunnel_to(cluster, "nope") as tunnel, pytest.raises(TunnelError, match="404"):
         tunnel.open()
@@ -412,6 +489,31 @@ def test_deleted_pod_closes_connections_and_kills_the_tunnel(cluster: SimCluster
         assert dead.wait(5)
         assert not tunnel.alive
         wait_until(lambda: tunnel.state == "dead")
+
+
+def test_kubelet_error_hands_back_a_connection_nothing_was_relayed_for(
+        cluster: SimCluster) -> None:
+    cluster.apply(pod("victim2", "sim/echo", ECHO_PORT))
+    cluster.wait_ready(NS)
+    dead = threading.Event()
+    given = GivenBack(dead)
+    with tunnel_to(cluster, "victim2", on_dead=lambda t: dead.set()) as tunnel:
+        with connect_through(tunnel, ECHO_PORT) as client:
+            echo_once(client, b"ping\n")
+            cluster.delete_pod(NS, "victim2")
+            assert read_all(client) == b""  # it had bytes relayed: it ends
+        # Its streams open on the session the API server keeps; the kubelet cannot reach
+        # the pod and says so before anything was relayed: it may go to another pod.
+        client, accepted = tcp_pair()
+        try:
+            tunnel.splice(accepted, ECHO_PORT, given)
+            assert given.event.wait(10)
+            assert given.socks == [accepted] and given.dead_first == [True]
+            assert "error forwarding port" in str(tunnel.last_error)
+            wait_until(lambda: tunnel.state == "dead")  # retired, and its last one is gone
+        finally:
+            client.close()
+            given.close()
 
 
 def test_api_server_restart_kills_the_tunnel_and_the_pool_replaces_it(

@@ -9,6 +9,7 @@ its owner leaves untouched until they are flushed) and sent when the socket is w
 from __future__ import annotations
 
 import itertools
+import logging
 import socket
 import ssl
 from collections import deque
@@ -17,6 +18,10 @@ from typing import Any
 
 from kubefwd.tunnel.dial import AnySocket, close_quietly, hard_shutdown
 from kubefwd.wire import websocket as ws
+
+# Takes back a local socket the tunnel could not carry before any byte of it was relayed
+# (the forwarder routes it again); called on the loop thread.
+GiveBack = Callable[[socket.socket], None]
 
 # Pieces per sendmsg call (the kernel takes up to 1024).
 _IOV_MAX = 512
@@ -208,6 +213,7 @@ class LocalConn:
         "data_id",
         "error",
         "error_id",
+        "give_back",
         "handler",
         "local_done",
         "pending",
@@ -215,12 +221,16 @@ class LocalConn:
         "remote_done",
         "rid",
         "sock",
+        "started",
     )
 
-    def __init__(self, sock: socket.socket, port: int, rid: int) -> None:
+    def __init__(self, sock: socket.socket, port: int, rid: int,
+                 give_back: GiveBack | None = None) -> None:
         self.sock = sock
         self.port = port
         self.rid = rid
+        self.give_back = give_back
+        self.started = False  # a byte (or an EOF) went one way or the other
         self.error_id = 0
         self.data_id = 0
         self.local_done = False  # local EOF seen (and passed on)
@@ -265,6 +275,31 @@ class LocalConn:
         self.closed = True
         self.pending.clear()
         close_local(self.sock)
+
+    @property
+    def unstarted(self) -> bool:
+        """Nothing of this connection was relayed either way: it may go elsewhere."""
+        return not (self.started or self.local_done or self.remote_done or self.pending
+                    or self.error or self.closed)
+
+    def release(self) -> None:
+        """Hand the local socket back (to ``give_back``, else close it): for a connection
+        the tunnel could not carry. The caller has stopped watching the socket."""
+        self.closed = True
+        self.pending.clear()
+        hand_back(self.sock, self.give_back)
+
+
+def hand_back(sock: socket.socket, to: GiveBack | None) -> None:
+    """Pass a local socket nobody started relaying to ``to``, or close it if there is none."""
+    if to is None:
+        close_local(sock)
+        return
+    try:
+        to(sock)
+    except Exception:  # the socket must not leak because a callback failed
+        logging.getLogger(__name__).exception("handing a connection back failed")
+        close_local(sock)
 
 
 def close_local(sock: socket.socket) -> None:

@@ -10,6 +10,12 @@ States: idle (no session) → opening → open → dead (a failure; the pool rep
 to idle after ``idle_timeout`` without connections; closed for good by ``close()``. A tunnel
 that retires (a stream reported an error, GOAWAY, a planned replacement) takes no new
 connections but carries the ones it has to their end, as kubectl does.
+
+A connection the tunnel cannot carry before anything of it was relayed (queued while the
+tunnel opens and the open fails, spliced just as the tunnel died or retired, its streams
+not yet used when the session was lost) goes back to whoever spliced it, through the
+``give_back`` callback of ``splice``, to be routed again; without one it is closed. One that
+had bytes relayed is never replayed: it ends with its tunnel.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from kubefwd.tunnel.dial import (
     hard_shutdown,
     negotiate,
 )
-from kubefwd.tunnel.io import LocalConn, close_local
+from kubefwd.tunnel.io import GiveBack, LocalConn, close_local, hand_back
 from kubefwd.tunnel.loop import Loop, LoopThread, Timer
 from kubefwd.tunnel.spdy_client import SpdySession
 from kubefwd.tunnel.target import ApiTarget
@@ -94,7 +100,8 @@ class PodTunnel:
         self._opens = 0  # times the tunnel became open
         self._retiring = False
         self._reported = False
-        self._pending: list[tuple[socket.socket, int]] = []  # spliced while opening
+        # Spliced while opening: socket, pod port, where it goes if the open fails.
+        self._pending: list[tuple[socket.socket, int, GiveBack | None]] = []
         self._session: SpdySession | None = None
         self._links: set[V4Link] = set()
         self._dialing: dict[int, LocalConn | None] = {}  # opener ident -> its connection
@@ -124,13 +131,16 @@ class PodTunnel:
         """True once the tunnel takes no new connections but still carries some."""
         return self._retiring and self._state == _OPEN
 
-    def splice(self, local: socket.socket, port: int) -> None:
+    def splice(self, local: socket.socket, port: int,
+               give_back: GiveBack | None = None) -> None:
         """Take ownership of a connected local socket and relay it to ``port`` of the pod.
 
-        Returns at once. If the tunnel is dead or closed, or fails to open, the socket is
-        closed (the caller routes the next connection elsewhere).
+        Returns at once. If the tunnel cannot carry the connection before a byte of it was
+        relayed (it is dead, closed or retiring, fails to open, or dies first), the socket
+        goes to ``give_back`` (on the loop thread, after the failure was reported to
+        ``on_dead``), or is closed without one. Once the loop has ended it is closed.
         """
-        if not self._submit(functools.partial(self._splice, local, port)):
+        if not self._submit(functools.partial(self._splice, local, port, give_back)):
             close_local(local)
 
     def open(self, timeout: float | None = None) -> None:
@@ -222,18 +232,19 @@ class PodTunnel:
 
     # -- opening (loop thread) -------------------------------------------------------------
 
-    def _splice(self, local: socket.socket, port: int) -> None:
+    def _splice(self, local: socket.socket, port: int, give_back: GiveBack | None) -> None:
         state = self._state
         if state in (_IDLE, _OPENING):
-            self._pending.append((local, port))
+            self._pending.append((local, port, give_back))
             if state == _IDLE:
                 self._begin_opening()
             return
         if state == _OPEN and not self._retiring:
-            self._start_conn(local, port)
+            self._start_conn(local, port, give_back)
             return
-        log.debug("tunnel %s is %s; dropping a connection", self._label, state)
-        close_local(local)
+        log.debug("tunnel %s is %s; handing a connection back", self._label,
+                  "retiring" if state == _OPEN else state)
+        hand_back(local, give_back)
 
     def _request_open(self) -> None:
         if self._state == _IDLE:
@@ -314,23 +325,23 @@ class PodTunnel:
         if self.on_open is not None:
             self.on_open(self)
         pending, self._pending = self._pending, []
-        for local, port in pending:
-            self._start_conn(local, port)
+        for local, port, give_back in pending:
+            self._start_conn(local, port, give_back)
         self._arm_idle()
 
     def _open_failed(self, error: TunnelError) -> None:
         self.last_error = error
         self._set_state(_DEAD)
         pending, self._pending = self._pending, []
-        for local, _port in pending:
-            close_local(local)
         log.warning("port-forward to %s: %s", self._label, error)
-        self._report_dead()
+        self._report_dead()  # first: whoever routes them again knows to avoid this pod
+        for local, _port, give_back in pending:
+            hand_back(local, give_back)
 
     # -- connections (loop thread) ---------------------------------------------------------
 
-    def _start_conn(self, local: socket.socket, port: int) -> None:
-        conn = LocalConn(local, port, self._next_request)
+    def _start_conn(self, local: socket.socket, port: int, give_back: GiveBack | None) -> None:
+        conn = LocalConn(local, port, self._next_request, give_back)
         self._next_request += 1
         self.connections += 1
         self.active += 1
@@ -349,16 +360,21 @@ class PodTunnel:
         if conn.closed or self._state != _OPEN:
             _close_result(result)
             if not conn.closed:
-                conn.close()
+                conn.release()  # nothing was relayed yet: it may go elsewhere
                 self._conn_ended()
             return
         if error is not None:
+            # This connection's own WebSocket is what the session is for the other
+            # transports: it failing means the pod cannot be reached now. Report that, and
+            # hand the connection (nothing of it relayed) back to be routed again.
             log.warning("port-forward to %s port %d: %s", self._label, conn.port, error)
-            conn.close()
+            self.last_error = error
             if isinstance(error, UpgradeRefused) and error.status in FINAL_STATUSES:
-                self.last_error = error
                 self._die(str(error))
             else:
+                self._retire_now(str(error))
+            conn.release()
+            if self._state == _OPEN:
                 self._conn_ended()
             return
         sock, rest = result
@@ -377,11 +393,16 @@ class PodTunnel:
         else:
             self._arm_idle()
 
-    def _forward_error(self, port: int, message: str) -> None:
+    def _forward_error(self, port: int, message: str, *, report_now: bool = False) -> None:
         """A connection got the kubelet's error text: retire the tunnel (as kubectl
-        stops using such a connection)."""
+        stops using such a connection). ``report_now``: report it before returning (a
+        connection is about to be handed back, to be routed elsewhere)."""
         log.warning("port-forward to %s port %d: %s", self._label, port, message)
-        self.retire(message)
+        if report_now:
+            self.last_error = TunnelError(f"tunnel to {self._label}: {message}")
+            self._retire_now(message)
+        else:
+            self.retire(message)
 
     def _session_lost(self, session: SpdySession, reason: str) -> None:
         if session is self._session:
@@ -406,8 +427,21 @@ class PodTunnel:
         if self._state != _OPEN or self.active > 0 or self._retiring:
             return
         log.debug("tunnel %s idle: closing its session", self._label)
-        self._teardown()
+        for conn in self._teardown():  # none: it has no connection
+            conn.release()
         self._set_state(_IDLE)
+
+    def _retire_now(self, reason: str) -> None:
+        """``retire`` on the loop thread, reporting at once."""
+        with self._lock:
+            if self._state != _OPEN or self._retiring:
+                return
+            self._retiring = True
+            self.alive = False
+        log.debug("tunnel to %s retires: %s", self._label, reason)
+        self._report_dead()
+        if self.active <= 0:
+            self._die("retired", quiet=True)
 
     def _retired(self, report: bool) -> None:
         if report:
@@ -424,25 +458,31 @@ class PodTunnel:
         if not quiet:
             self.last_error = TunnelError(f"tunnel to {self._label}: {reason}")
             log.warning("tunnel to %s died: %s", self._label, reason)
-        self._teardown()
-        self._report_dead()
+        unstarted = self._teardown()
+        self._report_dead()  # first: whoever routes them again knows to avoid this pod
+        for conn in unstarted:
+            conn.release()
 
-    def _teardown(self) -> None:
-        """Close the session and every connection on it."""
+    def _teardown(self) -> list[LocalConn]:
+        """Close the session and every connection on it, except those nothing was relayed
+        for yet: those are returned (no longer watched), for ``release``."""
         self._cancel_idle()
+        unstarted: list[LocalConn] = []
         session, self._session = self._session, None
         if session is not None:
-            session.close()
+            unstarted += session.close(keep_unstarted=True)
         for link in list(self._links):
             link.close()
         self._links.clear()
         for ident, conn in list(self._dialing.items()):
-            if conn is not None:
-                conn.close()
+            if conn is not None and not conn.closed:
+                conn.closed = True  # its dial's outcome is dropped when it comes
+                unstarted.append(conn)
                 sock = self._dial_socks.get(ident)
                 if sock is not None:
                     hard_shutdown(sock)
         self.active = 0
+        return unstarted
 
     def _report_dead(self) -> None:
         if self._reported:
@@ -460,13 +500,15 @@ class PodTunnel:
             return
         self._set_state(_CLOSED)
         pending, self._pending = self._pending, []
-        for local, _port in pending:
-            close_local(local)
         with self._lock:
             dialing = list(self._dial_socks.values())
         for sock in dialing:
             hard_shutdown(sock)
-        self._teardown()
+        unstarted = self._teardown()
+        for local, _port, give_back in pending:
+            hand_back(local, give_back)
+        for conn in unstarted:
+            conn.release()
         for thread in list(self._openers.values()):
             if thread is not threading.current_thread():
                 thread.join(10.0)

@@ -102,24 +102,30 @@ class SpdySession:
             self._ping_timer = self.loop.call_later(self.ping_interval, self._keepalive)
         self._schedule_read()  # bytes that came with the 101, if any
 
-    def close(self) -> int:
-        """Tear down (loop thread): the API connection and every local socket. Returns how
-        many connections were still open."""
+    def close(self, *, keep_unstarted: bool = False) -> list[LocalConn]:
+        """Tear down (loop thread): the API connection and every local socket.
+
+        With ``keep_unstarted`` the connections nothing was relayed for yet are not closed
+        but returned (no longer watched), for the tunnel to hand back.
+        """
         if self.closed:
-            return 0
+            return []
         self.closed = True
         if self._ping_timer is not None:
             self._ping_timer.cancel()
         self.loop.forget(self.api.sock)
         self.api.close()
-        conns = list(self.conns)
-        for conn in conns:
+        kept: list[LocalConn] = []
+        for conn in list(self.conns):
             self.loop.forget(conn.sock)
-            conn.close()
+            if keep_unstarted and conn.unstarted:
+                kept.append(conn)
+            else:
+                conn.close()
         self.conns.clear()
         self._streams.clear()
         self._blocked.clear()
-        return len(conns)
+        return kept
 
     def _lost(self, reason: str) -> None:
         if not self.closed:
@@ -214,6 +220,8 @@ class SpdySession:
             return
         except OSError:
             n = -1
+        if n >= 0:
+            conn.started = True
         if n > 0:
             # The header goes in front of the payload in the same buffer: one write, no copy.
             _HEADER.pack_into(buf, 0, conn.data_id, n)
@@ -387,6 +395,7 @@ class SpdySession:
         if self._data_id == conn.error_id:
             conn.error += data.tobytes()
             return
+        conn.started = True
         if not conn.pending:
             self._touched.append(conn)
         conn.queue(data)
@@ -424,10 +433,10 @@ class SpdySession:
             if conn.error:
                 self._stream_error(conn)
             return
-        conn.remote_done = True
         if conn.error:  # the kubelet writes its error before it closes the streams
             self._stream_error(conn)
             return
+        conn.remote_done = True
         if not conn.pending:
             self._remote_ended(conn)
 
@@ -444,10 +453,17 @@ class SpdySession:
             pass
 
     def _stream_error(self, conn: LocalConn) -> None:
-        """The server could not forward this connection: drop it (as kubectl does) and stop
-        opening new streams on this session."""
+        """The server could not forward this connection: stop opening new streams on this
+        session, and drop the connection (as kubectl does) or, if nothing of it was relayed
+        either way, hand it back to be routed again."""
         message = conn.error.decode("utf-8", "replace").strip()
         conn.error = b""
+        if conn.unstarted:
+            self.tunnel._forward_error(conn.port, message, report_now=True)
+            self._forget(conn)
+            conn.release()
+            self.tunnel._conn_ended()
+            return
         self.abort(conn, reset=False)
         self.tunnel._forward_error(conn.port, message)
 
