@@ -332,10 +332,10 @@ class Kubefwd:
                 continue
             chosen = list(o.namespaces) or [ctx.namespace]
             for ns in chosen:
-                exists = _namespace_state(client, ns)
-                if exists is None:  # may not read Namespace objects: the lists will tell
+                status = client.namespace_status(ns)
+                if status == "forbidden":  # may not read Namespace objects: the lists will tell
                     self._unverified.append((ctx.name, ns))
-                elif not exists:
+                elif status == "missing":
                     raise ConfigError(f"namespace {ns!r} not found in context {ctx.name!r}")
             result[ctx.name] = chosen
         return result
@@ -935,20 +935,6 @@ def _end_children(existing: set[int], grace: float = 2.0) -> None:
         with contextlib.suppress(psutil.Error):
             child.kill()
     psutil.wait_procs(alive, timeout=grace)
-
-
-def _namespace_state(client: KubeClient, namespace: str) -> bool | None:
-    """Does the namespace exist: True, False (404), or None when we may not get Namespace
-    objects (403), which users with namespace-scoped rights often may not."""
-    try:
-        client._get_json("get", "namespaces", "", client._path("namespaces", "", namespace))
-    except ApiError as exc:
-        if exc.status == 404:
-            return False
-        if exc.status == 403:
-            return None
-        raise
-    return True
 
 
 # How many times a forward moves on when the next address is in use too.

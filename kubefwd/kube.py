@@ -17,7 +17,7 @@ import threading
 import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from kubefwd.errors import ApiError, ExitCode
 from kubefwd.informer import Backoff, Informer, InformerEvent
@@ -27,6 +27,7 @@ from kubefwd.tunnel import ApiTarget
 __all__ = [
     "ClusterContext",  # re-exported: the CLI imports it from here
     "KubeClient",
+    "NamespaceStatus",
     "WatchExpired",
     "load_contexts",  # re-exported: the CLI imports it from here
     "make_informer",
@@ -44,6 +45,10 @@ _RESOURCES: dict[str, str] = {
     "namespaces": "/api/v1",
     "endpointslices": "/apis/discovery.k8s.io/v1",
 }
+
+
+# What ``KubeClient.namespace_status`` can tell of a namespace.
+NamespaceStatus = Literal["exists", "missing", "forbidden"]
 
 
 class WatchExpired(ApiError):
@@ -315,19 +320,25 @@ class KubeClient:
         for a in active:
             _shutdown(a.sock)
 
-    def namespace_exists(self, namespace: str) -> bool:
-        """False only when the server says 404. Users with namespace-scoped rights often may
-        not get Namespace objects: a 403 counts as "exists" (the lists will tell)."""
+    def namespace_status(self, namespace: str) -> NamespaceStatus:
+        """Whether ``namespace`` exists: "exists", "missing" (404), or "forbidden" (403: we
+        may not get Namespace objects, as users with namespace-scoped rights often may not).
+        Any other failure raises ApiError."""
         path = self._path("namespaces", "", namespace)
         try:
             self._get_json("get", "namespaces", "", path)
         except ApiError as e:
             if e.status == 404:
-                return False
+                return "missing"
             if e.status == 403:
-                return True
+                return "forbidden"
             raise
-        return True
+        return "exists"
+
+    def namespace_exists(self, namespace: str) -> bool:
+        """False only when the server says 404. Users with namespace-scoped rights often may
+        not get Namespace objects: a 403 counts as "exists" (the lists will tell)."""
+        return self.namespace_status(namespace) != "missing"
 
     def close(self) -> None:
         """Interrupt every request in flight; watches return at once."""

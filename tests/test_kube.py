@@ -303,6 +303,19 @@ def test_forbidden_names_the_verb_and_resource(cluster: SimCluster, client: Kube
         next(client.watch("pods", "shop", "", stop=stop))
 
 
+def test_namespace_status_tells_exists_missing_and_forbidden(
+    cluster: SimCluster, client: KubeClient
+) -> None:
+    assert client.namespace_status("shop") == "exists"
+    assert client.namespace_status("nope") == "missing"
+    cluster.forbid("namespaces")
+    assert client.namespace_status("shop") == "forbidden"
+    assert client.namespace_status("nope") == "forbidden"  # a 403 tells nothing either way
+    assert client.namespace_exists("nope")  # the two-way check gives it the benefit of doubt
+    cluster.allow("namespaces")
+    assert client.namespace_status("nope") == "missing"
+
+
 def test_other_refusals_have_no_doubled_error_word(client: KubeClient) -> None:
     # The CLI prints "kubefwd: error: <message>": the message must not say "error:" again.
     with pytest.raises(ApiError) as info:
