@@ -652,7 +652,31 @@ def test_unwritable_file_names_the_file_and_the_fix(shared_dir: Path) -> None:
     assert PrivilegeError.exit_code == 5
 
 
-_KERNEL_SCRIPT = textwrap.dedent(
+# Shared by the scripts below that run in a private mount namespace: mount a tiny tmpfs and
+# fill it to the last byte.
+_TINY_DISK = textwrap.dedent(
+    """
+    import os, subprocess
+
+    def run(*argv):
+        subprocess.run(argv, check=True)
+
+    def tiny_disk(path):
+        path.mkdir()
+        run("mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(path))
+
+    def fill(path):
+        fd = os.open(path / "filler", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        try:
+            while True:
+                os.write(fd, b"x" * 512)
+        except OSError:
+            pass
+        os.close(fd)
+    """
+)
+
+_KERNEL_SCRIPT = _TINY_DISK + textwrap.dedent(
     """
     import json, os, subprocess, sys
     from pathlib import Path
@@ -660,7 +684,6 @@ _KERNEL_SCRIPT = textwrap.dedent(
     from kubefwd.hosts import Marker, update_hosts, remove_owned_lines
     base = Path(sys.argv[1])
     result = {}
-    run = lambda *a: subprocess.run(a, check=True)
     # 1. a bind-mounted hosts file: rename over a mount point fails with EBUSY
     bound = base / "bound"
     bound.mkdir()
@@ -675,18 +698,11 @@ _KERNEL_SCRIPT = textwrap.dedent(
     result["bind_restored"] = hosts.read_bytes() == b"127.0.0.1 localhost\\n"
     # 2. a full filesystem: the original stays untouched, no temp file left
     full = base / "full"
-    full.mkdir()
-    run("mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(full))
+    tiny_disk(full)
     hosts = full / "hosts"
     original = b"127.0.0.1 localhost\\n" * 20
     hosts.write_bytes(original)
-    fd = os.open(full / "filler", os.O_WRONLY | os.O_CREAT)
-    try:
-        while True:
-            os.write(fd, b"x" * 512)
-    except OSError:
-        pass
-    os.close(fd)
+    fill(full)
     big = {f"127.1.27.{i}": [f"service-{i}-{k}.ns.svc.cluster.local" for k in range(20)]
            for i in range(1, 100)}
     for mode in ("rename", "in-place"):
@@ -930,30 +946,19 @@ def test_real_resolver_sees_names_on_a_bind_mounted_etc_hosts(tmp_path: Path) ->
 
 # -- clean-up on a full disk -----------------------------------------------------------
 
-_FULL_DISK_SCRIPT = textwrap.dedent(
+_FULL_DISK_SCRIPT = _TINY_DISK + textwrap.dedent(
     """
-    import json, os, subprocess, sys
+    import json, sys
     from pathlib import Path
     from kubefwd.hosts import HostsWriter
     base = Path(sys.argv[1])
-    run = lambda *a: subprocess.run(a, check=True)
     full = base / "full"
-    full.mkdir()
-    run("mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(full))
+    tiny_disk(full)
     hosts = full / "hosts"
     original = b"127.0.0.1 localhost\\n" * 20 + b"# no final newline"
     hosts.write_bytes(original)
     entries = {f"127.1.27.{i}": [f"svc-{i}", f"svc-{i}.ns.svc.cluster.local"]
                for i in range(1, 30)}
-
-    def fill():
-        fd = os.open(full / "filler", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-        try:
-            while True:
-                os.write(fd, b"x" * 512)
-        except OSError:
-            pass
-        os.close(fd)
 
     result = {}
     # rename: the normal path; in-place: a bind-mounted file; appended: someone added a line
@@ -969,7 +974,7 @@ _FULL_DISK_SCRIPT = textwrap.dedent(
         if mode == "appended":
             with open(hosts, "ab") as fh:
                 fh.write(b"10.9.9.9 added-by-someone-else\\n")
-        fill()
+        fill(full)
         joined = writer.stop_and_join(10)
         content = hosts.read_bytes()
         expected = original + (b"\\n10.9.9.9 added-by-someone-else\\n"
