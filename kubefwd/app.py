@@ -1,8 +1,8 @@
 """The orchestrator: contexts → informers → registry → forwarders, plus the hosts writer.
 
-``Kubefwd`` wires the pieces together, owns their start and shutdown order and the signal
-handling of ``kubefwd svc``; tests and the benchmark can also drive it in-process
-(``start()``, ``wait_ready()``, ``shutdown()``).
+``Kubefwd`` wires the pieces together and owns their start and shutdown order; ``run()`` is
+``kubefwd svc`` (its signals are ``signals.StopSignals``); tests and the benchmark can also
+drive it in-process (``start()``, ``wait_ready()``, ``shutdown()``).
 
 Shutdown order (each step in its own ``try`` so one failure does not skip the rest): stop the
 informers (no new commands), stop the forwarders (listeners close), close the tunnels, stop the
@@ -11,7 +11,6 @@ hosts writer (it removes our lines), undo loopback aliases.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import errno
 import fcntl
@@ -19,17 +18,13 @@ import functools
 import ipaddress
 import logging
 import os
-import signal
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
-
-import psutil
 
 from kubefwd.errors import (
     ApiError,
@@ -40,7 +35,7 @@ from kubefwd.errors import (
     PrivilegeError,
 )
 from kubefwd.forwarder import BindError, Forwarder, ListenPort, PodBackoff
-from kubefwd.hosts import HostsWriter, backup_target, foreign_entries, remove_owned_lines
+from kubefwd.hosts import HostsWriter, backup_target, foreign_entries
 from kubefwd.informer import Backoff, Informer
 from kubefwd.ipalloc import DEFAULT_BASE, IpAllocator
 from kubefwd.kube import ClusterContext, KubeClient, load_contexts, watch_callables
@@ -54,6 +49,7 @@ from kubefwd.registry import (
     HostsSnapshot,
     Registry,
 )
+from kubefwd.signals import StartupInterrupted, StopSignals, child_pids, end_children
 from kubefwd.threads import StoppableThread
 from kubefwd.tunnel import ApiTarget, PodTunnel, TunnelPool
 
@@ -109,10 +105,7 @@ class Kubefwd:
         self.stop_requested = threading.Event()
         self.ready = threading.Event()
         self.started_at = 0.0
-        self._signals = 0
-        self._first_signal_at = 0.0
-        self._starting = False  # run() is inside start(): the first signal interrupts it
-        self._finished = False
+        self._stop_signals = StopSignals(options.hosts_path, self.stop_requested)
         self._lock = threading.Lock()
         self._forwards: dict[str, _Forward] = {}
         self._informers: list[Informer] = []
@@ -149,21 +142,21 @@ class Kubefwd:
     def run(self) -> int:
         """Start, serve until SIGINT/SIGTERM, shut down; returns the exit code."""
         self.output.install()
-        previous = self._install_signals()
-        children_before = _child_pids()
+        self._stop_signals.install()
+        children_before = child_pids()
         try:
             try:
-                self._starting = True
+                self._stop_signals.starting = True
                 self.start()
-            except _StartupInterrupted:
-                self._starting = False
+            except StartupInterrupted:
+                self._stop_signals.starting = False
                 self.output.info("interrupted before ready: stopping")
-                _step("stop helper processes", lambda: _end_children(children_before))
+                _step("stop helper processes", lambda: end_children(children_before))
                 self.shutdown()
                 return int(ExitCode.HOSTS if self.hosts_cleanup_failed else
                            ExitCode.INTERRUPTED)
             except BaseException:
-                self._starting = False
+                self._stop_signals.starting = False
                 self.shutdown()
                 raise
             if self.stop_requested.is_set() and not self.ready.is_set():
@@ -174,57 +167,8 @@ class Kubefwd:
             self.shutdown()
             return int(ExitCode.HOSTS if self.hosts_cleanup_failed else ExitCode.OK)
         finally:
-            self._finished = True
-            if self._signals:
-                # We were told to stop and everything is cleaned up: a late second Ctrl-C
-                # must not kill the process on its way out with a misleading status.
-                for signum in previous:
-                    signal.signal(signum, signal.SIG_IGN)
-            else:
-                self._restore_signals(previous)
+            self._stop_signals.finish()
             self.output.uninstall()
-
-    def _install_signals(self) -> dict[int, Any]:
-        previous: dict[int, Any] = {}
-        if threading.current_thread() is not threading.main_thread():
-            return previous
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            previous[signum] = signal.signal(signum, self._on_signal)
-        return previous
-
-    @staticmethod
-    def _restore_signals(previous: dict[int, Any]) -> None:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        if self._finished:
-            return  # everything is cleaned up already; let the process end normally
-        now = time.monotonic()
-        if self._signals == 0:
-            self._signals = 1
-            self._first_signal_at = now
-            self.stop_requested.set()
-            if self._starting:
-                # Start-up may be blocked where no Event reaches (an exec plugin, a server
-                # that accepts but never answers, a hosts write being retried): leave it.
-                self._starting = False
-                raise _StartupInterrupted
-            return
-        if now - self._first_signal_at < _REPEAT_WINDOW:
-            # One keypress often arrives twice (``timeout -s INT`` signals the process and
-            # its group, so does a terminal): not a request to cut the shutdown short.
-            return
-        self._signals += 1
-        if self._signals > 2:
-            return  # the emergency clean-up below is running already (this handler, nested)
-        # A second signal: only make sure the hosts file is clean, then leave at once.
-        try:
-            remove_owned_lines(self.options.hosts_path, os.getpid(), lock_timeout=2.0)
-            os.write(2, b"kubefwd: interrupted again: removed our hosts entries, exiting now\n")
-        except Exception as exc:  # nothing may keep us from exiting now
-            os.write(2, f"kubefwd: could not clean the hosts file: {exc}\n".encode())
-        os._exit(int(ExitCode.ERROR))
 
     # -- start -----------------------------------------------------------------------------
 
@@ -303,7 +247,7 @@ class Kubefwd:
         with self._lock:
             count = len({f.key[:3] for f in self._forwards.values()})
             addresses = len(self._forwards)
-        self._starting = False
+        self._stop_signals.starting = False
         self.output.ready(count, addresses, time.monotonic() - self.started_at,
                           self._hosts.writes)
         self.ready.set()
@@ -907,43 +851,10 @@ class _StartLock:
             os.close(fd)  # closing drops the flock
 
 
-class _StartupInterrupted(BaseException):
-    """Raised by the signal handler to cut a blocked start-up short (like KeyboardInterrupt,
-    not an ``Exception``: nothing on the way may swallow it)."""
-
-
-def _child_pids() -> set[int]:
-    try:
-        return {p.pid for p in psutil.Process().children(recursive=True)}
-    except psutil.Error:
-        return set()
-
-
-def _end_children(existing: set[int], grace: float = 2.0) -> None:
-    """End the processes we started since ``existing`` was taken (an exec credential plugin
-    cut short by Ctrl-C is not waited for by its caller): TERM, then KILL after ``grace``."""
-    try:
-        children = [p for p in psutil.Process().children(recursive=True)
-                    if p.pid not in existing]
-    except psutil.Error:
-        return
-    for child in children:
-        with contextlib.suppress(psutil.Error):
-            child.terminate()
-    _, alive = psutil.wait_procs(children, timeout=grace)
-    for child in alive:
-        with contextlib.suppress(psutil.Error):
-            child.kill()
-    psutil.wait_procs(alive, timeout=grace)
-
-
 # How many times a forward moves on when the next address is in use too.
 _MOVE_ATTEMPTS = 5
 # How long an instance waits for another one that is starting on the same hosts file.
 _START_LOCK_WAIT = 20.0
-
-# A second SIGINT/SIGTERM sooner than this after the first is taken for the same one.
-_REPEAT_WINDOW = 1.0
 
 # Tunnels of pods that no forward uses any more are closed after this long.
 _UNUSED_TUNNEL_GRACE = 30.0
