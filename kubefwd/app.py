@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import fcntl
 import functools
 import ipaddress
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -28,11 +26,9 @@ from typing import Any
 
 from kubefwd.errors import (
     ApiError,
-    ConfigError,
     ExitCode,
     HostsFileError,
     KubefwdError,
-    PrivilegeError,
 )
 from kubefwd.forwarder import BindError, Forwarder, ListenPort, PodBackoff
 from kubefwd.hosts import HostsWriter, backup_target, foreign_entries
@@ -41,7 +37,6 @@ from kubefwd.ipalloc import DEFAULT_BASE, IpAllocator
 from kubefwd.kube import ClusterContext, KubeClient, load_contexts, watch_callables
 from kubefwd.loopback import LoopbackStrategy, loopback_strategy
 from kubefwd.output import Output
-from kubefwd.privileges import needs_root_reasons, unprivileged_port_start
 from kubefwd.registry import (
     ForwardKey,
     ForwardRemove,
@@ -50,6 +45,15 @@ from kubefwd.registry import (
     Registry,
 )
 from kubefwd.signals import StartupInterrupted, StopSignals, child_pids, end_children
+from kubefwd.startup import (
+    START_LOCK_WAIT,
+    StartLock,
+    check_privileges,
+    checked_namespaces,
+    report_privileged_ports,
+    wait_synced,
+    warn_unverified_namespaces,
+)
 from kubefwd.threads import StoppableThread
 from kubefwd.tunnel import ApiTarget, PodTunnel, TunnelPool
 
@@ -120,7 +124,7 @@ class Kubefwd:
         self._dispatcher: _Dispatcher | None = None
         self._allocator: IpAllocator | None = None
         self._others = _OtherInstances(options.hosts_path)
-        self._start_lock = _StartLock(options.hosts_path)
+        self._start_lock = StartLock(options.hosts_path)
         # registry address → the one really used, for forwards that found theirs taken
         self._ip_map: dict[str, str] = {}
         self._hosts_lock = threading.Lock()  # one hosts snapshot computed at a time
@@ -180,18 +184,16 @@ class Kubefwd:
         """
         o = self.options
         self.started_at = time.monotonic()
-        reasons = needs_root_reasons(o.hosts_path, [])
-        if reasons:
-            raise PrivilegeError("root is needed: " + "; ".join(reasons))
+        check_privileges(o.hosts_path)
         contexts = load_contexts(o.kubeconfig, o.contexts)
         namespaces = self._namespaces(contexts)
         if self.stop_requested.is_set():
             return
         # Instances starting at the same time take turns until their names are written, so
         # each one sees the addresses and names of those before it.
-        if not self._start_lock.acquire(_START_LOCK_WAIT):
+        if not self._start_lock.acquire(START_LOCK_WAIT):
             self.output.warning("another kubefwd has been starting on %s for %.0fs; going ahead",
-                                o.hosts_path, _START_LOCK_WAIT)
+                                o.hosts_path, START_LOCK_WAIT)
         self._others.refresh(force=True)
         allocator = IpAllocator(reservations=o.reservations, base=o.base_ip or DEFAULT_BASE,
                                 taken=self._others.ip_taken)
@@ -241,7 +243,7 @@ class Kubefwd:
             raise error or HostsFileError(f"could not write the hosts file {o.hosts_path}")
         self._start_lock.release()
         self._announce_all()
-        self._report_privileged_ports()
+        report_privileged_ports(self.output, self._privileged_ports)
         self._housekeeper = _Housekeeper(self)
         self._housekeeper.start()
         with self._lock:
@@ -274,33 +276,16 @@ class Kubefwd:
             if o.all_namespaces:
                 result[ctx.name] = client.list_namespaces()
                 continue
-            chosen = list(o.namespaces) or [ctx.namespace]
-            for ns in chosen:
-                status = client.namespace_status(ns)
-                if status == "forbidden":  # may not read Namespace objects: the lists will tell
-                    self._unverified.append((ctx.name, ns))
-                elif status == "missing":
-                    raise ConfigError(f"namespace {ns!r} not found in context {ctx.name!r}")
+            chosen, unverified = checked_namespaces(client, ctx, o.namespaces)
+            self._unverified.extend((ctx.name, ns) for ns in unverified)
             result[ctx.name] = chosen
         return result
 
     def _warn_unverified_namespaces(self) -> None:
-        """A namespace we could not look up (403) and that lists no services is most likely
-        a typo: say so instead of forwarding nothing in silence."""
         if not self._unverified or self._registry is None:
             return
-        snapshot = self._registry.snapshot()
-        seen = {(f.key.context, f.key.namespace) for f in snapshot.forwards}
-        for skipped in snapshot.skipped:  # "ctx/ns/name"
-            ctx, ns, _ = skipped.split("/", 2)
-            seen.add((ctx, ns))
-        for ctx, ns in self._unverified:
-            if (ctx, ns) not in seen:
-                where = f" in context {ctx!r}" if len(self._targets) > 1 else ""
-                self.output.warning(
-                    "could not verify namespace %r exists%s (403) and it has no services; "
-                    "check its name", ns, where,
-                )
+        warn_unverified_namespaces(self.output, self._unverified, self._registry.snapshot(),
+                                   multi_context=len(self._targets) > 1)
 
     def _start_informers(
         self, ctx: ClusterContext, namespaces: Sequence[str], resources: Sequence[str]
@@ -343,30 +328,8 @@ class Kubefwd:
             self.output.debug("%s: %s; retrying in %.0fs", informer.name, exc, delay)
 
     def _wait_synced(self) -> None:
-        """Wait for every informer's first list; a failing one is fatal at start-up."""
-        deadline = time.monotonic() + max(30.0, self.options.retry_interval * 3)
-        while not self.stop_requested.is_set():
-            pending = [i for i in self._informers if not i.synced.is_set()]
-            if not pending:
-                return
-            for informer in pending:
-                error = informer.last_error
-                if error is None:
-                    continue
-                if informer.resource == "endpointslices" and isinstance(error, ApiError) \
-                        and error.status == 403:
-                    # Readiness comes from the pods themselves; slices only fill gaps.
-                    self.output.warning("%s; continuing without EndpointSlices", error)
-                    informer.stopping.set()  # it is between lists: no watch to interrupt
-                    informer.synced.set()
-                    continue
-                if isinstance(error, KubefwdError):
-                    raise error
-                raise ApiError(f"{informer.name}: {error}")
-            if time.monotonic() > deadline:
-                names = ", ".join(i.name for i in pending)
-                raise ApiError(f"timed out listing {names}")
-            self.stop_requested.wait(0.02)
+        wait_synced(self._informers, self.stop_requested, self.output,
+                    retry_interval=self.options.retry_interval)
 
     # -- registry commands (on the dispatcher thread, in order) ------------------------------
 
@@ -453,22 +416,6 @@ class Kubefwd:
                 self._privileged_ports.setdefault(error.port, []).append(name)
             else:
                 self.output.warning("%s: %s", name, error)
-
-    def _report_privileged_ports(self) -> None:
-        """One line for every port below 1024 we could not bind during start-up."""
-        if not self._privileged_ports:
-            return
-        ports = sorted(self._privileged_ports)
-        shown = ", ".join(
-            f"{port} ({', '.join(self._privileged_ports[port][:3])}"
-            f"{', ...' if len(self._privileged_ports[port]) > 3 else ''})" for port in ports
-        )
-        example = f"{ports[0]}:{ports[0] + 8000}"
-        self.output.warning(
-            "not forwarded without root: ports below %d need root or CAP_NET_BIND_SERVICE: "
-            "%s; run with sudo, or map them to high ports with -m (e.g. -m %s)",
-            unprivileged_port_start(), shown, example,
-        )
 
     def _upsert(self, upsert: ForwardUpsert) -> None:
         name = str(upsert.key)
@@ -813,48 +760,8 @@ class _OtherInstances:
             return self._names.get(name)
 
 
-class _StartLock:
-    """Taken from address allocation until the first hosts write, by every instance that
-    uses the same hosts file (an flock on ``<hosts>.kubefwd.start``): instances started
-    together take turns, so none allocates before seeing the lines of the one before."""
-
-    def __init__(self, hosts_path: Path) -> None:
-        target = Path(os.path.realpath(hosts_path))
-        self.path = target.with_name(target.name + ".kubefwd.start")
-        self._fd: int | None = None
-
-    def acquire(self, timeout: float) -> bool:
-        """True once held; False when it could not be had in ``timeout`` (or at all)."""
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError:
-            try:
-                fd = os.open(self.path, os.O_RDONLY)
-            except OSError:
-                return True  # cannot create it: nobody else can either, nothing to wait for
-        deadline = time.monotonic() + timeout
-        pause = threading.Event()  # never set: a timed wait
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                self._fd = fd
-                return True
-            except OSError:
-                if time.monotonic() > deadline:
-                    os.close(fd)
-                    return False
-                pause.wait(0.02)
-
-    def release(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)  # closing drops the flock
-
-
 # How many times a forward moves on when the next address is in use too.
 _MOVE_ATTEMPTS = 5
-# How long an instance waits for another one that is starting on the same hosts file.
-_START_LOCK_WAIT = 20.0
 
 # Tunnels of pods that no forward uses any more are closed after this long.
 _UNUSED_TUNNEL_GRACE = 30.0
