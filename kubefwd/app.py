@@ -18,12 +18,12 @@ import ipaddress
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kubefwd.dispatch import Dispatcher, Reaper
 from kubefwd.errors import (
     ApiError,
     ExitCode,
@@ -121,7 +121,7 @@ class Kubefwd:
         self._hosts: HostsWriter | None = None
         self._loopback: LoopbackStrategy | None = None
         self._housekeeper: _Housekeeper | None = None
-        self._dispatcher: _Dispatcher | None = None
+        self._dispatcher: Dispatcher | None = None
         self._allocator: IpAllocator | None = None
         self._others = _OtherInstances(options.hosts_path)
         self._start_lock = StartLock(options.hosts_path)
@@ -131,7 +131,7 @@ class Kubefwd:
         self._raw_hosts: dict[str, list[str]] = {}  # the registry's newest snapshot
         self._written_names: set[str] = set()  # names we have published: they stay ours
         self._foreign_warned: set[str] = set()
-        self._reaper: _Reaper | None = None
+        self._reaper: Reaper | None = None
         self._backoff = PodBackoff()
         self._pod_last_used: dict[tuple[str, str, str], float] = {}
         self._tunnel_bytes: dict[tuple[str, str, str], int] = {}
@@ -208,9 +208,9 @@ class Kubefwd:
         # Commands are applied on one thread of their own: informer threads only queue them,
         # so a slow bind or alias never holds up the watches; stopped forwarders are joined
         # on another, so a slow removal does not hold up the commands behind it.
-        self._reaper = _Reaper(self.output)
+        self._reaper = Reaper(self.output)
         self._reaper.start()
-        self._dispatcher = _Dispatcher(self._on_commands)
+        self._dispatcher = Dispatcher(self._on_commands)
         self._dispatcher.start()
         self._registry.subscribe(self._dispatcher.put)
         # -a keeps every forwarded pod's tunnel open; otherwise an idle one closes its session
@@ -791,96 +791,6 @@ def _resyncing(
             raise ApiError("periodic resync", status=410, reason="Expired")
 
     return watch
-
-
-class _Dispatcher(StoppableThread):
-    """Applies the registry's command batches one at a time, in the order they came."""
-
-    def __init__(self, apply: Callable[[list[Any]], None]) -> None:
-        super().__init__("kubefwd/dispatch")
-        self._apply = apply
-        self._cond = threading.Condition()
-        self._batches: deque[list[Any]] = deque()
-        self._queued = 0
-        self._done = 0
-
-    def put(self, batch: list[Any]) -> None:
-        """Called by the registry (in order, under its dispatch lock): queue and return."""
-        with self._cond:
-            if self.stopping.is_set():
-                return
-            self._batches.append(batch)
-            self._queued += 1
-            self._cond.notify_all()
-
-    def wait_idle(self, timeout: float) -> bool:
-        """Wait until every batch queued so far has been applied."""
-        with self._cond:
-            target = self._queued
-            return self._cond.wait_for(
-                lambda: self._done >= target or self.stopping.is_set(), timeout
-            ) and self._done >= target
-
-    def on_stop(self) -> None:
-        with self._cond:
-            self._batches.clear()  # shutting down: what is left would only be undone
-            self._cond.notify_all()
-
-    def run_loop(self) -> None:
-        while True:
-            with self._cond:
-                self._cond.wait_for(lambda: bool(self._batches) or self.stopping.is_set())
-                if self.stopping.is_set():
-                    return
-                batch = self._batches.popleft()
-            try:
-                self._apply(batch)
-            except Exception:
-                log.exception("applying registry commands failed")
-            with self._cond:
-                self._done += 1
-                self._cond.notify_all()
-
-
-class _Reaper(StoppableThread):
-    """Joins forwarders of removed forwards off the dispatcher thread, then reports them."""
-
-    def __init__(self, output: Output) -> None:
-        super().__init__("kubefwd/reaper")
-        self._output = output
-        self._cond = threading.Condition()
-        self._pending: deque[tuple[str, str, Forwarder]] = deque()
-
-    def reap(self, name: str, ip: str, forwarder: Forwarder) -> None:
-        forwarder.stop()  # listeners close on its own thread, right away
-        with self._cond:
-            self._pending.append((name, ip, forwarder))
-            self._cond.notify_all()
-
-    def settle(self, ip: str, timeout: float = 5.0) -> bool:
-        """Wait for stopping forwarders on ``ip`` to let go of it; True if there were any."""
-        with self._cond:
-            waiting = [f for _, i, f in self._pending if i == ip]
-        for forwarder in waiting:
-            forwarder.join(timeout)
-        return bool(waiting)
-
-    def on_stop(self) -> None:
-        with self._cond:
-            self._cond.notify_all()
-
-    def run_loop(self) -> None:
-        while True:
-            with self._cond:
-                self._cond.wait_for(lambda: bool(self._pending) or self.stopping.is_set())
-                if not self._pending:
-                    return
-                name, ip, forwarder = self._pending[0]
-            if not forwarder.stop_and_join(5.0):
-                log.warning("%s: its listener thread did not stop in time", name)
-            with self._cond:
-                self._pending.popleft()
-            self._output.removed(name, ip)
 
 
 class _Housekeeper(StoppableThread):
