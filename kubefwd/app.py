@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kubefwd.coexist import Coexistence
 from kubefwd.dispatch import Dispatcher, Reaper
 from kubefwd.errors import (
     ApiError,
@@ -31,7 +32,7 @@ from kubefwd.errors import (
     KubefwdError,
 )
 from kubefwd.forwarder import BindError, Forwarder, ListenPort, PodBackoff
-from kubefwd.hosts import HostsWriter, backup_target, foreign_entries
+from kubefwd.hosts import HostsWriter, backup_target
 from kubefwd.informer import Backoff, Informer
 from kubefwd.ipalloc import DEFAULT_BASE, IpAllocator
 from kubefwd.kube import ClusterContext, KubeClient, load_contexts, watch_callables
@@ -123,14 +124,8 @@ class Kubefwd:
         self._housekeeper: _Housekeeper | None = None
         self._dispatcher: Dispatcher | None = None
         self._allocator: IpAllocator | None = None
-        self._others = _OtherInstances(options.hosts_path)
+        self._coexist = Coexistence(options.hosts_path, self.output)
         self._start_lock = StartLock(options.hosts_path)
-        # registry address → the one really used, for forwards that found theirs taken
-        self._ip_map: dict[str, str] = {}
-        self._hosts_lock = threading.Lock()  # one hosts snapshot computed at a time
-        self._raw_hosts: dict[str, list[str]] = {}  # the registry's newest snapshot
-        self._written_names: set[str] = set()  # names we have published: they stay ours
-        self._foreign_warned: set[str] = set()
         self._reaper: Reaper | None = None
         self._backoff = PodBackoff()
         self._pod_last_used: dict[tuple[str, str, str], float] = {}
@@ -194,9 +189,9 @@ class Kubefwd:
         if not self._start_lock.acquire(START_LOCK_WAIT):
             self.output.warning("another kubefwd has been starting on %s for %.0fs; going ahead",
                                 o.hosts_path, START_LOCK_WAIT)
-        self._others.refresh(force=True)
+        self._coexist.others.refresh(force=True)
         allocator = IpAllocator(reservations=o.reservations, base=o.base_ip or DEFAULT_BASE,
-                                taken=self._others.ip_taken)
+                                taken=self._coexist.others.ip_taken)
         self._allocator = allocator
         self._registry = Registry(
             allocator=allocator,
@@ -225,6 +220,7 @@ class Kubefwd:
             refresh_backup=o.refresh_backup,
             purge_stale=o.purge_stale,
         )
+        self._coexist.hosts = self._hosts
         self._hosts.start()
         # Pods first, then services: every service then meets its pods in its first batch, so
         # IPs come out in the same order on every run (headless pods next to their service).
@@ -341,69 +337,24 @@ class Kubefwd:
                 elif isinstance(command, ForwardRemove):
                     self._remove(command.key)
                 elif isinstance(command, HostsSnapshot):
-                    with self._hosts_lock:
-                        self._raw_hosts = command.entries
-                    self._publish_hosts()
+                    self._coexist.set_snapshot(command.entries)
+                    self._coexist.publish()
             except KubefwdError as exc:
                 self.output.warning("%s", exc)
 
-    def _publish_hosts(self) -> None:
-        """Hand the hosts writer the registry's snapshot at the addresses really used, less
-        the names another running kubefwd already wrote (those wait until it lets go)."""
-        hosts = self._hosts
-        if hosts is None:
-            return
-        with self._hosts_lock:
-            with self._lock:
-                ip_map = dict(self._ip_map)
-            entries: dict[str, list[str]] = {}
-            held: list[str] = []
-            for ip, names in self._raw_hosts.items():
-                kept = []
-                for name in names:
-                    if name not in self._written_names and self._others.holder(name):
-                        held.append(name)
-                    else:
-                        kept.append(name)
-                if kept:
-                    entries[ip_map.get(ip, ip)] = kept
-            self._written_names = {n for names in entries.values() for n in names}
-            new = [n for n in held if n not in self._foreign_warned]
-            self._foreign_warned.update(new)
-            hosts.publish(entries)
-        if new:
-            shown = ", ".join(new[:6]) + (f" and {len(new) - 6} more" if len(new) > 6 else "")
-            self.output.warning(
-                "not written to the hosts file, another running kubefwd has them: %s", shown
-            )
-
     def _move_if_in_use(self, state: _Forward, errors: list[BindError]) -> list[BindError]:
-        """A port of the forward's address is held by another process (another kubefwd that
-        has not written its lines yet, say): move the forward to the next free address. A
-        reserved address (-r, -z) stays, with the error."""
-        allocator = self._allocator
-        moved = False
-        for _ in range(_MOVE_ATTEMPTS):
-            in_use = [e for e in errors if isinstance(e.__cause__, OSError)
-                      and e.__cause__.errno == errno.EADDRINUSE]
-            if not in_use or allocator is None or allocator.is_reserved(state.upsert.ip):
-                break
-            try:
-                new_ip = allocator.move(state.key, namespace=state.key.namespace)
-            except (KubefwdError, KeyError) as exc:
-                self.output.warning("%s: %s", state.key, exc)
-                break
-            self.output.warning("%s: %s; moving it to %s", state.key, in_use[0], new_ip)
-            with self._lock:
-                self._ip_map[state.registry_ip] = new_ip
+        """Move the forward on when its address is in use (``Coexistence.move_if_in_use``)."""
+
+        def rebind(new_ip: str) -> list[BindError]:
             if self._loopback is not None:
                 self._loopback.ensure(new_ip)
             state.upsert = dataclasses.replace(state.upsert, ip=new_ip)
-            errors = state.forwarder.reconfigure(new_ip, self._listen_ports(state.upsert))
-            moved = True
-        if moved:
-            self._publish_hosts()
-        return errors
+            return state.forwarder.reconfigure(new_ip, self._listen_ports(state.upsert))
+
+        return self._coexist.move_if_in_use(
+            state.key, state.registry_ip, state.upsert.ip, errors,
+            allocator=self._allocator, rebind=rebind,
+        )
 
     def _listen_ports(self, upsert: ForwardUpsert) -> list[ListenPort]:
         return [ListenPort(p.port, p.local_port, p.name) for p in upsert.ports]
@@ -424,8 +375,9 @@ class Kubefwd:
             if self._shut_down:
                 return
             state = self._forwards.get(name)
-            if registry_ip in self._ip_map:
-                upsert = dataclasses.replace(upsert, ip=self._ip_map[registry_ip])
+        moved_to = self._coexist.moved_to(registry_ip)
+        if moved_to is not None:
+            upsert = dataclasses.replace(upsert, ip=moved_to)
         if state is None:
             if self._loopback is not None:
                 self._loopback.ensure(upsert.ip)
@@ -476,8 +428,7 @@ class Kubefwd:
         pod = f"{key.namespace}/{u.pods[0].name}" if u.pods else None
         if len(self._targets) > 1 and pod:
             pod = f"{key.context}/{pod}"
-        names = [n for n in u.names
-                 if n in self._written_names or not self._others.holder(n)] or [str(key)]
+        names = self._coexist.shown_names(u.names) or [str(key)]
         self.output.forwarded(names, u.ip, ports, pod)
 
     def _announce_all(self) -> None:
@@ -492,10 +443,9 @@ class Kubefwd:
         name = str(key)
         with self._lock:
             state = self._forwards.pop(name, None)
-            if state is not None:
-                self._ip_map.pop(state.registry_ip, None)
         if state is None:
             return
+        self._coexist.forget(state.registry_ip)
         if self._reaper is None:
             state.forwarder.stop_and_join()
             self.output.removed(name, state.upsert.ip)
@@ -553,8 +503,8 @@ class Kubefwd:
     def housekeeping(self) -> None:
         """Once a second: -t warnings, tunnels of vanished pods, -a re-opening, names other
         instances let go of."""
-        if self._others.refresh():
-            self._publish_hosts()
+        if self._coexist.others.refresh():
+            self._coexist.publish()
         if self._registry is not None:
             self._registry.expire()  # StatefulSet pod forwards whose pod did not come back
         now = time.monotonic()
@@ -719,49 +669,6 @@ class Kubefwd:
                 log.warning("%s", error)
 
 
-class _OtherInstances:
-    """Addresses and names other running kubefwd processes hold in the hosts file, read at
-    most once per ``max_age`` seconds (allocation asks for every candidate address)."""
-
-    def __init__(self, path: Path, max_age: float = 1.0) -> None:
-        self.path = path
-        self.max_age = max_age
-        self._lock = threading.Lock()
-        self._read_at = -max_age
-        self._entries: dict[str, list[str]] = {}
-        self._names: dict[str, str] = {}
-
-    def refresh(self, *, force: bool = False) -> bool:
-        """Re-read if stale (or ``force``); True when what the others hold changed."""
-        with self._lock:
-            now = time.monotonic()
-            if not force and now - self._read_at < self.max_age:
-                return False
-            self._read_at = now
-        try:
-            entries = foreign_entries(self.path, lock_timeout=1.0)
-        except (KubefwdError, OSError) as exc:
-            log.debug("could not read other instances' lines from %s: %s", self.path, exc)
-            return False
-        names = {name: ip for ip, names in entries.items() for name in names}
-        with self._lock:
-            changed = entries != self._entries
-            self._entries, self._names = entries, names
-        return changed
-
-    def ip_taken(self, ip: str) -> bool:
-        self.refresh()
-        with self._lock:
-            return ip in self._entries
-
-    def holder(self, name: str) -> str | None:
-        """The address another instance gave ``name``, if one did."""
-        with self._lock:
-            return self._names.get(name)
-
-
-# How many times a forward moves on when the next address is in use too.
-_MOVE_ATTEMPTS = 5
 
 # Tunnels of pods that no forward uses any more are closed after this long.
 _UNUSED_TUNNEL_GRACE = 30.0
