@@ -31,7 +31,7 @@ from kubefwd.errors import (
     HostsFileError,
     KubefwdError,
 )
-from kubefwd.forwarder import BindError, Forwarder, ListenPort, PodBackoff
+from kubefwd.forwarder import BindError, Forwarder, ListenPort
 from kubefwd.hosts import HostsWriter, backup_target
 from kubefwd.informer import Backoff, Informer
 from kubefwd.ipalloc import DEFAULT_BASE, IpAllocator
@@ -45,6 +45,7 @@ from kubefwd.registry import (
     HostsSnapshot,
     Registry,
 )
+from kubefwd.routing import Router
 from kubefwd.signals import StartupInterrupted, StopSignals, child_pids, end_children
 from kubefwd.startup import (
     START_LOCK_WAIT,
@@ -127,9 +128,7 @@ class Kubefwd:
         self._coexist = Coexistence(options.hosts_path, self.output)
         self._start_lock = StartLock(options.hosts_path)
         self._reaper: Reaper | None = None
-        self._backoff = PodBackoff()
-        self._pod_last_used: dict[tuple[str, str, str], float] = {}
-        self._tunnel_bytes: dict[tuple[str, str, str], int] = {}
+        self._router = Router(self.output, self._targets)
         self._shut_down = False
         self._privileged_ports: dict[int, list[str]] = {}
         # Set by shutdown() when our lines could not be removed from the hosts file.
@@ -213,6 +212,7 @@ class Kubefwd:
         pool_options: dict[str, Any] = {"idle_timeout": 0.0} if o.auto_reconnect else {}
         self._pool = TunnelPool(transport=o.transport, on_dead=self._tunnel_died,
                                 **pool_options)
+        self._router.pool = self._pool
         self._loopback = loopback_strategy()
         self._hosts = HostsWriter(
             o.hosts_path,
@@ -455,43 +455,11 @@ class Kubefwd:
     # -- the hot path: which tunnel takes a new connection -----------------------------------
 
     def _route(self, name: str, port: int) -> tuple[PodTunnel, int] | None:
-        """Called by a forwarder for each accepted connection: the first ready pod that is
-        not backing off and has the port; ``None`` holds the connection."""
-        state = self._forwards.get(name)
-        pool = self._pool
-        if state is None or pool is None:
-            return None
-        key = state.key
-        target = self._targets.get(key.context)
-        if target is None:
-            return None
-        for pod in state.upsert.pods:
-            target_port = pod.target_port(port)
-            if target_port is None:
-                self.output.warning_once(
-                    f"noport/{name}/{pod.name}/{port}",
-                    "%s: pod %s has no container port for service port %s; skipped",
-                    name, pod.name, port,
-                )
-                continue
-            pod_key = (key.context, key.namespace, pod.name)
-            if not self._backoff.usable(pod_key):
-                continue
-            try:
-                tunnel = pool.get(target, key.context, key.namespace, pod.name,
-                                  loop=state.forwarder.loop)
-            except KubefwdError:
-                return None
-            if tunnel.transport_name:
-                self._backoff.succeeded(pod_key)  # it opened: the pod answers again
-            self._pod_last_used[pod_key] = time.monotonic()
-            return tunnel, target_port
-        return None
+        """Called by a forwarder for each accepted connection (``Router.route``)."""
+        return self._router.route(self._forwards.get(name), name, port)
 
     def _tunnel_died(self, context: str, namespace: str, pod: str) -> None:
-        delay = self._backoff.failed((context, namespace, pod))
-        self.output.debug("tunnel to %s/%s failed; avoiding that pod for %.0fs",
-                          namespace, pod, delay)
+        self._router.tunnel_died(context, namespace, pod)
         with self._lock:
             states = list(self._forwards.values())
         for state in states:
@@ -523,50 +491,12 @@ class Kubefwd:
                     "%s: no ready pod after %gs; connections wait up to -t/--timeout for one",
                     key, self.options.timeout,
                 )
-        pool = self._pool
-        if pool is None:
+        if self._pool is None:
             return
-        for tunnel in pool.tunnels():
-            ctx = next((c for c, t in self._targets.items() if t is tunnel.target), "")
-            pod_key = (ctx, tunnel.namespace, tunnel.pod)
-            # Traffic counts as use: a long-lived connection to a pod that went unready is
-            # not cut just because new connections go elsewhere.
-            moved = tunnel.bytes_in + tunnel.bytes_out
-            if self._tunnel_bytes.get(pod_key) != moved:
-                self._tunnel_bytes[pod_key] = moved
-                self._pod_last_used[pod_key] = now
-            if pod_key not in wanted:
-                last = self._pod_last_used.get(pod_key, 0.0)
-                if now - last > _UNUSED_TUNNEL_GRACE:
-                    self._tunnel_bytes.pop(pod_key, None)
-                    pool.drop(*pod_key)
-                    self._pod_last_used.pop(pod_key, None)
-                    self._backoff.forget(pod_key)
+        self._router.close_unused(wanted, now)
         if self.options.auto_reconnect:
-            self._keep_tunnels_open(states)
-
-    def _keep_tunnels_open(self, states: list[_Forward]) -> None:
-        pool = self._pool
-        assert pool is not None
-        for state in states:
-            key = state.key
-            target = self._targets.get(key.context)
-            for pod in state.upsert.pods[:1]:
-                pod_key = (key.context, key.namespace, pod.name)
-                if target is None or not self._backoff.usable(pod_key):
-                    continue
-                tunnel = pool.get(target, key.context, key.namespace, pod.name,
-                                  loop=state.forwarder.loop)
-                if tunnel.transport_name and tunnel.alive:
-                    continue
-                try:
-                    tunnel.open(timeout=5.0)
-                    self._backoff.succeeded(pod_key)
-                except KubefwdError as exc:
-                    delay = self._backoff.failed(pod_key)
-                    self.output.warning("%s: %s; retrying in %.0fs", key, exc, delay)
-                if self._housekeeper is not None and self._housekeeper.stopping.is_set():
-                    return
+            housekeeper = self._housekeeper
+            self._router.keep_open(states, housekeeper.stopping if housekeeper else None)
 
     def stats(self) -> dict[str, Any]:
         """Counters for tests and the benchmark."""
@@ -670,8 +600,6 @@ class Kubefwd:
 
 
 
-# Tunnels of pods that no forward uses any more are closed after this long.
-_UNUSED_TUNNEL_GRACE = 30.0
 
 
 def _step(what: str, fn: Callable[[], None]) -> None:
