@@ -11,10 +11,7 @@ hosts writer (it removes our lines), undo loopback aliases.
 
 from __future__ import annotations
 
-import dataclasses
-import errno
 import functools
-import ipaddress
 import logging
 import threading
 import time
@@ -31,7 +28,7 @@ from kubefwd.errors import (
     HostsFileError,
     KubefwdError,
 )
-from kubefwd.forwarder import BindError, Forwarder, ListenPort
+from kubefwd.forwardset import ForwardSet
 from kubefwd.hosts import HostsWriter, backup_target
 from kubefwd.informer import Backoff, Informer
 from kubefwd.ipalloc import DEFAULT_BASE, IpAllocator
@@ -39,7 +36,6 @@ from kubefwd.kube import ClusterContext, KubeClient, load_contexts, watch_callab
 from kubefwd.loopback import LoopbackStrategy, loopback_strategy
 from kubefwd.output import Output
 from kubefwd.registry import (
-    ForwardKey,
     ForwardRemove,
     ForwardUpsert,
     HostsSnapshot,
@@ -57,7 +53,7 @@ from kubefwd.startup import (
     warn_unverified_namespaces,
 )
 from kubefwd.threads import StoppableThread
-from kubefwd.tunnel import ApiTarget, PodTunnel, TunnelPool
+from kubefwd.tunnel import ApiTarget, TunnelPool
 
 log = logging.getLogger("kubefwd.app")
 
@@ -89,19 +85,6 @@ class SvcOptions:
     make_backup: bool = True
 
 
-@dataclass
-class _Forward:
-    """What the app knows of one live forward (a service, or one pod of a headless one)."""
-
-    key: ForwardKey
-    forwarder: Forwarder
-    upsert: ForwardUpsert  # as last announced by the registry, with the address in use
-    registry_ip: str = ""  # the address the registry gave it (differs once it moved)
-    announced: bool = False
-    no_pod_since: float | None = None
-    warned_no_pod: bool = False
-
-
 class Kubefwd:
     """One run of ``kubefwd svc``: ``run()`` for the CLI, or ``start()``/``shutdown()``."""
 
@@ -113,7 +96,6 @@ class Kubefwd:
         self.started_at = 0.0
         self._stop_signals = StopSignals(options.hosts_path, self.stop_requested)
         self._lock = threading.Lock()
-        self._forwards: dict[str, _Forward] = {}
         self._informers: list[Informer] = []
         self._clients: list[KubeClient] = []
         self._targets: dict[str, ApiTarget] = {}
@@ -129,8 +111,10 @@ class Kubefwd:
         self._start_lock = StartLock(options.hosts_path)
         self._reaper: Reaper | None = None
         self._router = Router(self.output, self._targets)
+        self._live = ForwardSet(output=self.output, coexist=self._coexist, router=self._router,
+                                targets=self._targets, ready=self.ready,
+                                hold_timeout=options.timeout)
         self._shut_down = False
-        self._privileged_ports: dict[int, list[str]] = {}
         # Set by shutdown() when our lines could not be removed from the hosts file.
         self.hosts_cleanup_failed = False
         self._unverified: list[tuple[str, str]] = []  # (context, namespace) we could not get
@@ -192,6 +176,7 @@ class Kubefwd:
         allocator = IpAllocator(reservations=o.reservations, base=o.base_ip or DEFAULT_BASE,
                                 taken=self._coexist.others.ip_taken)
         self._allocator = allocator
+        self._live.allocator = allocator
         self._registry = Registry(
             allocator=allocator,
             contexts=[c.name for c in contexts],
@@ -204,16 +189,18 @@ class Kubefwd:
         # on another, so a slow removal does not hold up the commands behind it.
         self._reaper = Reaper(self.output)
         self._reaper.start()
+        self._live.reaper = self._reaper
         self._dispatcher = Dispatcher(self._on_commands)
         self._dispatcher.start()
         self._registry.subscribe(self._dispatcher.put)
         # -a keeps every forwarded pod's tunnel open; otherwise an idle one closes its session
         # (buffers, API connection) and re-opens on the next connection.
         pool_options: dict[str, Any] = {"idle_timeout": 0.0} if o.auto_reconnect else {}
-        self._pool = TunnelPool(transport=o.transport, on_dead=self._tunnel_died,
+        self._pool = TunnelPool(transport=o.transport, on_dead=self._live.tunnel_died,
                                 **pool_options)
         self._router.pool = self._pool
         self._loopback = loopback_strategy()
+        self._live.loopback = self._loopback
         self._hosts = HostsWriter(
             o.hosts_path,
             backup_dir=self._backup_dir(),
@@ -238,13 +225,13 @@ class Kubefwd:
             error = self._hosts.last_error
             raise error or HostsFileError(f"could not write the hosts file {o.hosts_path}")
         self._start_lock.release()
-        self._announce_all()
-        report_privileged_ports(self.output, self._privileged_ports)
+        self._live.announce_all()
+        report_privileged_ports(self.output, self._live.privileged_ports)
         self._housekeeper = _Housekeeper(self)
         self._housekeeper.start()
-        with self._lock:
-            count = len({f.key[:3] for f in self._forwards.values()})
-            addresses = len(self._forwards)
+        states = self._live.states()
+        count = len({f.key[:3] for f in states})
+        addresses = len(states)
         self._stop_signals.starting = False
         self.output.ready(count, addresses, time.monotonic() - self.started_at,
                           self._hosts.writes)
@@ -333,138 +320,14 @@ class Kubefwd:
         for command in commands:
             try:
                 if isinstance(command, ForwardUpsert):
-                    self._upsert(command)
+                    self._live.upsert(command)
                 elif isinstance(command, ForwardRemove):
-                    self._remove(command.key)
+                    self._live.remove(command.key)
                 elif isinstance(command, HostsSnapshot):
                     self._coexist.set_snapshot(command.entries)
                     self._coexist.publish()
             except KubefwdError as exc:
                 self.output.warning("%s", exc)
-
-    def _move_if_in_use(self, state: _Forward, errors: list[BindError]) -> list[BindError]:
-        """Move the forward on when its address is in use (``Coexistence.move_if_in_use``)."""
-
-        def rebind(new_ip: str) -> list[BindError]:
-            if self._loopback is not None:
-                self._loopback.ensure(new_ip)
-            state.upsert = dataclasses.replace(state.upsert, ip=new_ip)
-            return state.forwarder.reconfigure(new_ip, self._listen_ports(state.upsert))
-
-        return self._coexist.move_if_in_use(
-            state.key, state.registry_ip, state.upsert.ip, errors,
-            allocator=self._allocator, rebind=rebind,
-        )
-
-    def _listen_ports(self, upsert: ForwardUpsert) -> list[ListenPort]:
-        return [ListenPort(p.port, p.local_port, p.name) for p in upsert.ports]
-
-    def _bind_errors(self, name: str, errors: list[BindError]) -> None:
-        for error in errors:
-            cause = error.__cause__
-            if isinstance(cause, OSError) and cause.errno == errno.EACCES and \
-                    not self.ready.is_set():
-                self._privileged_ports.setdefault(error.port, []).append(name)
-            else:
-                self.output.warning("%s: %s", name, error)
-
-    def _upsert(self, upsert: ForwardUpsert) -> None:
-        name = str(upsert.key)
-        registry_ip = upsert.ip
-        with self._lock:
-            if self._shut_down:
-                return
-            state = self._forwards.get(name)
-        moved_to = self._coexist.moved_to(registry_ip)
-        if moved_to is not None:
-            upsert = dataclasses.replace(upsert, ip=moved_to)
-        if state is None:
-            if self._loopback is not None:
-                self._loopback.ensure(upsert.ip)
-            forwarder = Forwarder(
-                name, upsert.ip, self._listen_ports(upsert), self._route,
-                hold_timeout=self.options.timeout, thread_name=f"forward/{name}",
-            )
-            errors = forwarder.bind()
-            if errors and self._reaper is not None and self._reaper.settle(upsert.ip):
-                errors = forwarder.bind()  # a removed forward on this IP had not closed yet
-            state = _Forward(upsert.key, forwarder, upsert, registry_ip=registry_ip)
-            errors = self._move_if_in_use(state, errors)
-            with self._lock:
-                self._forwards[name] = state
-            forwarder.start()
-            self._bind_errors(name, errors)
-        else:
-            old = state.upsert
-            state.upsert = upsert
-            state.registry_ip = registry_ip
-            if old.ip != upsert.ip or old.ports != upsert.ports:
-                if self._loopback is not None and old.ip != upsert.ip:
-                    self._loopback.ensure(upsert.ip)
-                errors = state.forwarder.reconfigure(upsert.ip, self._listen_ports(upsert))
-                self._bind_errors(name, errors)
-            state.forwarder.poke()
-            if old.pods[:1] != upsert.pods[:1] and upsert.pods and self.ready.is_set():
-                self.output.debug("%s now goes to pod %s", name, upsert.pods[0].name)
-        if upsert.pods:
-            state.no_pod_since = None
-            if state.warned_no_pod:
-                state.warned_no_pod = False
-                self.output.info("%s: pod %s is ready", name, upsert.pods[0].name)
-        elif state.no_pod_since is None:
-            state.no_pod_since = time.monotonic()
-        if self.ready.is_set() and not state.announced:
-            self._announce(state)
-
-    def _announce(self, state: _Forward) -> None:
-        state.announced = True
-        u = state.upsert
-        bound = set(state.forwarder.bound_ports())
-        ports = [str(p.local_port) for p in u.ports if p.local_port in bound]
-        key = u.key
-        if not ports:
-            self.output.warning("%s: not forwarded: none of its ports could be bound", key)
-            return
-        pod = f"{key.namespace}/{u.pods[0].name}" if u.pods else None
-        if len(self._targets) > 1 and pod:
-            pod = f"{key.context}/{pod}"
-        names = self._coexist.shown_names(u.names) or [str(key)]
-        self.output.forwarded(names, u.ip, ports, pod)
-
-    def _announce_all(self) -> None:
-        with self._lock:
-            states = sorted(self._forwards.values(),
-                            key=lambda s: (ipaddress.IPv4Address(s.upsert.ip), tuple(s.key)))
-        for state in states:
-            if not state.announced:
-                self._announce(state)
-
-    def _remove(self, key: ForwardKey) -> None:
-        name = str(key)
-        with self._lock:
-            state = self._forwards.pop(name, None)
-        if state is None:
-            return
-        self._coexist.forget(state.registry_ip)
-        if self._reaper is None:
-            state.forwarder.stop_and_join()
-            self.output.removed(name, state.upsert.ip)
-        else:
-            self._reaper.reap(name, state.upsert.ip, state.forwarder)
-
-    # -- the hot path: which tunnel takes a new connection -----------------------------------
-
-    def _route(self, name: str, port: int) -> tuple[PodTunnel, int] | None:
-        """Called by a forwarder for each accepted connection (``Router.route``)."""
-        return self._router.route(self._forwards.get(name), name, port)
-
-    def _tunnel_died(self, context: str, namespace: str, pod: str) -> None:
-        self._router.tunnel_died(context, namespace, pod)
-        with self._lock:
-            states = list(self._forwards.values())
-        for state in states:
-            if any(p.name == pod for p in state.upsert.pods) and state.key.context == context:
-                state.forwarder.poke()
 
     # -- housekeeping ------------------------------------------------------------------------
 
@@ -476,21 +339,10 @@ class Kubefwd:
         if self._registry is not None:
             self._registry.expire()  # StatefulSet pod forwards whose pod did not come back
         now = time.monotonic()
-        with self._lock:
-            states = list(self._forwards.values())
-        wanted: set[tuple[str, str, str]] = set()
-        for state in states:
-            key = state.key
-            for pod in state.upsert.pods:
-                wanted.add((key.context, key.namespace, pod.name))
-            since = state.no_pod_since
-            if since is not None and not state.warned_no_pod \
-                    and now - since >= self.options.timeout:
-                state.warned_no_pod = True
-                self.output.warning(
-                    "%s: no ready pod after %gs; connections wait up to -t/--timeout for one",
-                    key, self.options.timeout,
-                )
+        states = self._live.states()
+        self._live.warn_no_pod(states, now, self.options.timeout)
+        wanted = {(s.key.context, s.key.namespace, pod.name)
+                  for s in states for pod in s.upsert.pods}
         if self._pool is None:
             return
         self._router.close_unused(wanted, now)
@@ -500,8 +352,7 @@ class Kubefwd:
 
     def stats(self) -> dict[str, Any]:
         """Counters for tests and the benchmark."""
-        with self._lock:
-            forwards = list(self._forwards.values())
+        forwards = self._live.states()
         return {
             "forwards": len(forwards),
             "hosts_writes": self._hosts.writes if self._hosts is not None else 0,
@@ -512,11 +363,7 @@ class Kubefwd:
 
     def forwards(self) -> dict[str, tuple[str, list[str], list[int]]]:
         """name → (ip, host names, local ports) of every live forward."""
-        with self._lock:
-            return {
-                name: (s.upsert.ip, list(s.upsert.names), [p.local_port for p in s.upsert.ports])
-                for name, s in self._forwards.items()
-            }
+        return self._live.describe()
 
     # -- shutdown ----------------------------------------------------------------------------
 
@@ -533,6 +380,7 @@ class Kubefwd:
             if self._shut_down:
                 return
             self._shut_down = True
+        self._live.close()
         self.stop_requested.set()
         _step("release the start-up lock", self._start_lock.release)
         _step("stop informers", self._stop_informers)
@@ -566,13 +414,7 @@ class Kubefwd:
             self._housekeeper.stop_and_join()
 
     def _stop_forwarders(self) -> None:
-        with self._lock:
-            states = list(self._forwards.values())
-            self._forwards.clear()
-        for state in states:
-            state.forwarder.stop()
-        for state in states:
-            state.forwarder.stop_and_join()
+        self._live.stop_all()
         self._stop_reaper()
 
     def _close_tunnels(self) -> None:
