@@ -1,8 +1,10 @@
 """The orchestrator: contexts → informers → registry → forwarders, plus the hosts writer.
 
 ``Kubefwd`` wires the pieces together and owns their start and shutdown order; ``run()`` is
-``kubefwd svc`` (its signals are ``signals.StopSignals``); tests and the benchmark can also
-drive it in-process (``start()``, ``wait_ready()``, ``shutdown()``).
+``kubefwd svc``; tests and the benchmark can also drive it in-process (``start()``,
+``wait_ready()``, ``shutdown()``). What it wires lives elsewhere: the start-up checks in
+``startup``, signals in ``signals``, the command threads in ``dispatch``, the live forwards in
+``forwardset``, tunnel choice in ``routing``, other instances on the hosts file in ``coexist``.
 
 Shutdown order (each step in its own ``try`` so one failure does not skip the rest): stop the
 informers (no new commands), stop the forwarders (listeners close), close the tunnels, stop the
@@ -57,6 +59,7 @@ from kubefwd.tunnel import ApiTarget, TunnelPool
 
 log = logging.getLogger("kubefwd.app")
 
+
 @dataclass
 class SvcOptions:
     """Everything ``kubefwd svc`` was asked to do, validated."""
@@ -106,7 +109,6 @@ class Kubefwd:
         self._loopback: LoopbackStrategy | None = None
         self._housekeeper: _Housekeeper | None = None
         self._dispatcher: Dispatcher | None = None
-        self._allocator: IpAllocator | None = None
         self._coexist = Coexistence(options.hosts_path, self.output)
         self._start_lock = StartLock(options.hosts_path)
         self._reaper: Reaper | None = None
@@ -175,7 +177,6 @@ class Kubefwd:
         self._coexist.others.refresh(force=True)
         allocator = IpAllocator(reservations=o.reservations, base=o.base_ip or DEFAULT_BASE,
                                 taken=self._coexist.others.ip_taken)
-        self._allocator = allocator
         self._live.allocator = allocator
         self._registry = Registry(
             allocator=allocator,
