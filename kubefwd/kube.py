@@ -1,4 +1,4 @@
-"""The Kubernetes adapter's list/watch client, and the informers built on it.
+"""The Kubernetes adapter's list/watch client, and the list and watch callables informers use.
 
 Part of the Kubernetes adapter, together with ``kubeconfig`` (which loads the contexts and is
 where ``kubernetes`` is imported); no other product module talks to the API. List and watch
@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from kubefwd.errors import ApiError, ExitCode
-from kubefwd.informer import Backoff, Informer, InformerEvent
 from kubefwd.kubeconfig import ClusterContext, load_contexts
 from kubefwd.tunnel import ApiTarget
 
@@ -30,8 +29,6 @@ __all__ = [
     "NamespaceStatus",
     "WatchExpired",
     "load_contexts",  # re-exported: the CLI imports it from here
-    "make_informer",
-    "namespace_informers",
     "watch_callables",
 ]
 
@@ -398,101 +395,3 @@ def watch_callables(
 
     return list_fn, watch_fn
 
-
-def make_informer(
-    client: KubeClient,
-    resource: str,
-    namespace: str,
-    callback: Callable[[InformerEvent], None],
-    *,
-    label_selector: str = "",
-    field_selector: str = "",
-    timeout_seconds: int = 300,
-    backoff: Backoff | None = None,
-    on_error: Callable[[Informer, Exception, float], None] | None = None,
-    resync_interval: float | None = None,
-) -> Informer:
-    """An Informer thread (not started) for one resource of one namespace of ``client``.
-
-    With ``resync_interval`` (``--resync-interval``) each watch lasts at most that long and
-    is followed by a full relist."""
-    stop = threading.Event()
-    if resync_interval is not None:
-        timeout_seconds = max(1, min(timeout_seconds, int(resync_interval)))
-    list_fn, watch_fn = watch_callables(
-        client,
-        resource,
-        namespace,
-        label_selector=label_selector,
-        field_selector=field_selector,
-        timeout_seconds=timeout_seconds,
-        stop=stop,
-    )
-    return Informer(
-        context=client.context.name,
-        namespace=namespace,
-        resource=resource,
-        list_fn=list_fn,
-        watch_fn=watch_fn,
-        callback=callback,
-        interrupt=client.interrupt,
-        backoff=backoff,
-        on_error=on_error,
-        stop=stop,
-        resync_interval=resync_interval,
-    )
-
-
-def namespace_informers(
-    client: KubeClient,
-    namespace: str,
-    handle: Callable[[str, str, str, InformerEvent], None],
-    *,
-    label_selector: str = "",
-    field_selector: str = "",
-    timeout_seconds: int = 300,
-    backoff: Callable[[], Backoff] | None = None,
-    on_error: Callable[[Informer, Exception, float], None] | None = None,
-    resync_interval: float | None = None,
-) -> list[Informer]:
-    """The three informers kubefwd runs per (context, namespace), not started.
-
-    The selectors pick services (``-l``/``-f``); pods and EndpointSlices are watched whole,
-    since each service's own selector decides which pods it uses. ``handle(context,
-    namespace, resource, event)`` is ``Registry.handle``.
-    """
-    informers = []
-
-    def slices_error(informer: Informer, exc: Exception, delay: float) -> None:
-        # EndpointSlices only back up pods without a Ready condition: a user who may not
-        # read them still gets every forward, so give up quietly instead of failing.
-        if isinstance(exc, ApiError) and exc.status in (401, 403, 404):
-            log.info("%s: %s; going on without EndpointSlices", informer.name, exc)
-            informer.synced.set()
-            informer.stopping.set()
-        elif on_error is not None:
-            on_error(informer, exc, delay)
-        else:
-            log.warning("%s: %s; retrying in %.0f s", informer.name, exc, delay)
-
-    for resource in ("services", "pods", "endpointslices"):
-        is_services = resource == "services"
-
-        def callback(event: InformerEvent, resource: str = resource) -> None:
-            handle(client.context.name, namespace, resource, event)
-
-        informers.append(
-            make_informer(
-                client,
-                resource,
-                namespace,
-                callback,
-                label_selector=label_selector if is_services else "",
-                field_selector=field_selector if is_services else "",
-                timeout_seconds=timeout_seconds,
-                backoff=backoff() if backoff else None,
-                on_error=slices_error if resource == "endpointslices" else on_error,
-                resync_interval=resync_interval,
-            )
-        )
-    return informers

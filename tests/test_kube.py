@@ -28,8 +28,7 @@ from kubefwd.ipalloc import IpAllocator
 from kubefwd.kube import (
     KubeClient,
     WatchExpired,
-    make_informer,
-    namespace_informers,
+    watch_callables,
 )
 from kubefwd.kubeconfig import load_contexts
 from kubefwd.registry import Registry
@@ -357,10 +356,29 @@ def start_informer(
     callback: Callable[[InformerEvent], None],
     **kw: Any,
 ) -> Informer:
-    informer = make_informer(client, resource, namespace, callback, timeout_seconds=30,
-                             backoff=Backoff(initial=0.05, cap=0.2), **kw)
+    informer = build_informer(client, resource, namespace, callback, **kw)
     informer.start()
     return informer
+
+
+def build_informer(
+    client: KubeClient,
+    resource: str,
+    namespace: str,
+    callback: Callable[[InformerEvent], None],
+    *,
+    label_selector: str = "",
+    on_error: Callable[[Informer, Exception, float], None] | None = None,
+) -> Informer:
+    """An Informer wired to ``client`` the way kubefwd wires its own (not started)."""
+    stop = threading.Event()
+    list_fn, watch_fn = watch_callables(client, resource, namespace,
+                                        label_selector=label_selector, timeout_seconds=30,
+                                        stop=stop)
+    return Informer(context=client.context.name, namespace=namespace, resource=resource,
+                    list_fn=list_fn, watch_fn=watch_fn, callback=callback,
+                    interrupt=client.interrupt, backoff=Backoff(initial=0.05, cap=0.2),
+                    on_error=on_error, stop=stop)
 
 
 def names_of(event: InformerEvent) -> list[str]:
@@ -416,8 +434,11 @@ def test_registry_fed_by_real_informers_picks_a_ready_pod(
 ) -> None:
     cluster.wait_ready("shop")
     registry = Registry(allocator=IpAllocator(), contexts=["sim"], namespaces=["shop"])
-    informers = namespace_informers(client, "shop", registry.handle, label_selector="tier=front",
-                                    backoff=lambda: Backoff(initial=0.05, cap=0.2))
+    informers = [
+        build_informer(client, resource, "shop", registry.callback("sim", "shop", resource),
+                       label_selector="tier=front" if resource == "services" else "")
+        for resource in ("services", "pods", "endpointslices")
+    ]
     assert [i.name for i in informers] == [
         "informer/sim/shop/services", "informer/sim/shop/pods", "informer/sim/shop/endpointslices"
     ]
@@ -437,24 +458,6 @@ def test_registry_fed_by_real_informers_picks_a_ready_pod(
     finally:
         for inf in informers:
             assert inf.stop_and_join(3)
-
-
-def test_forbidden_endpointslices_are_not_fatal(cluster: SimCluster, client: KubeClient) -> None:
-    cluster.forbid("endpointslices")
-    errors: list[Exception] = []
-    informers = namespace_informers(client, "shop", lambda *args: None,
-                                    on_error=lambda inf, exc, delay: errors.append(exc))
-    for informer in informers:
-        informer.start()
-    try:
-        for informer in informers:
-            assert informer.wait_synced(5)
-        slices = informers[2]
-        slices.join(5)
-        assert not slices.is_alive() and errors == []
-    finally:
-        for informer in informers:
-            assert informer.stop_and_join(3)
 
 
 def test_a_hanging_list_is_cut_short_by_interrupt(tmp_path: Path) -> None:

@@ -737,6 +737,17 @@ def test_unverifiable_namespace_without_services_is_a_warning(
     fwd.stop_cleanly()
 
 
+def test_forbidden_endpointslices_are_not_fatal(
+    run: Callable[..., Kubefwd], cluster: SimCluster, hosts: Path
+) -> None:
+    cluster.forbid("endpointslices")  # pods carry their own readiness: slices only fill gaps
+    fwd = run("-n", "shop")
+    fwd.wait_line(r"WARNING .*endpointslices in namespace shop \(403\).*; continuing without "
+                  r"EndpointSlices")
+    assert http_text(hosts_entries(hosts)["web"], 80).startswith("web-")
+    fwd.stop_cleanly()
+
+
 def test_missing_kubeconfig(hosts: Path, tmp_path: Path) -> None:
     result = _run_to_end(["-c", str(tmp_path / "nope"), "--hosts-path", str(hosts)], tmp_path)
     assert result.returncode == 3
