@@ -24,7 +24,7 @@ import pytest
 from kubefwd.errors import TunnelError
 from kubefwd.sim import SimCluster
 from kubefwd.tunnel import ApiTarget, Loop, LoopThread, PodTunnel, TunnelPool
-from kubefwd.wire import spdy
+from kubefwd.wire import spdyframes
 from kubefwd.wire import websocket as ws
 
 NS = "tun"
@@ -631,7 +631,7 @@ def test_auto_falls_back_to_spdy_and_dead_peer_is_detected() -> None:
 def spdy_then_goaway(sock: socket.socket, head: ws.HttpHead) -> None:
     sock.sendall(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
                  b"Upgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: portforward.k8s.io\r\n\r\n")
-    sock.sendall(spdy.goaway_frame(0))
+    sock.sendall(spdyframes.goaway_frame(0))
     while sock.recv(65536):
         pass
 

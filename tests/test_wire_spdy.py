@@ -13,45 +13,45 @@ from typing import Any
 
 import pytest
 
-from kubefwd.wire import spdy
+from kubefwd.wire import spdy, spdyframes
 from kubefwd.wire import websocket as ws
 
 
 def test_dictionary_is_the_spdy3_one() -> None:
-    assert len(spdy.DICTIONARY) == 1423
-    assert hashlib.sha256(spdy.DICTIONARY).hexdigest() == (
+    assert len(spdyframes.DICTIONARY) == 1423
+    assert hashlib.sha256(spdyframes.DICTIONARY).hexdigest() == (
         "51d27341373f923f3cd88e1eb7162aeaa3723d7585ff2399201dc06498407f02")
 
 
 def test_header_blocks_share_one_context_per_direction() -> None:
-    compressor, decompressor = spdy.HeaderCompressor(), spdy.HeaderDecompressor()
-    independent = zlib.decompressobj(zdict=spdy.DICTIONARY)
+    compressor, decompressor = spdyframes.HeaderCompressor(), spdyframes.HeaderDecompressor()
+    independent = zlib.decompressobj(zdict=spdyframes.DICTIONARY)
     for i in range(3):
         headers = {"streamType": "data", "port": "8080", "requestID": str(i)}
         block = compressor.compress(headers)
         assert block.endswith(b"\x00\x00\xff\xff")  # sync flush: each frame stands alone
         assert decompressor.decompress(block) == {k.lower(): v for k, v in headers.items()}
         raw = independent.decompress(block)
-        assert raw == spdy.encode_header_block(headers)
+        assert raw == spdyframes.encode_header_block(headers)
     assert raw[:4] == struct.pack("!I", 3) and b"streamtype" in raw
 
 
 def test_malformed_header_blocks() -> None:
-    with pytest.raises(spdy.SpdyError):
-        spdy.decode_header_block(struct.pack("!II", 1, 10) + b"abc")
-    with pytest.raises(spdy.SpdyError):
-        spdy.HeaderDecompressor().decompress(b"not zlib at all")
+    with pytest.raises(spdyframes.SpdyError):
+        spdyframes.decode_header_block(struct.pack("!II", 1, 10) + b"abc")
+    with pytest.raises(spdyframes.SpdyError):
+        spdyframes.HeaderDecompressor().decompress(b"not zlib at all")
 
 
 def test_frame_layouts() -> None:
-    assert spdy.ping_frame(7) == b"\x80\x03\x00\x06\x00\x00\x00\x04\x00\x00\x00\x07"
-    assert spdy.rst_stream_frame(3, spdy.CANCEL) == (
+    assert spdyframes.ping_frame(7) == b"\x80\x03\x00\x06\x00\x00\x00\x04\x00\x00\x00\x07"
+    assert spdyframes.rst_stream_frame(3, spdyframes.CANCEL) == (
         b"\x80\x03\x00\x03\x00\x00\x00\x08\x00\x00\x00\x03\x00\x00\x00\x05")
-    assert spdy.data_frame(5, b"hi", fin=True) == b"\x00\x00\x00\x05\x01\x00\x00\x02hi"
-    syn = spdy.syn_stream_frame(1, b"BLOCK", fin=True, priority=7)
+    assert spdyframes.data_frame(5, b"hi", fin=True) == b"\x00\x00\x00\x05\x01\x00\x00\x02hi"
+    syn = spdyframes.syn_stream_frame(1, b"BLOCK", fin=True, priority=7)
     assert syn[:8] == b"\x80\x03\x00\x01\x01\x00\x00\x0f"
     assert syn[8:18] == b"\x00\x00\x00\x01\x00\x00\x00\x00\xe0\x00" and syn[18:] == b"BLOCK"
-    assert spdy.goaway_frame(9)[8:] == b"\x00\x00\x00\x09\x00\x00\x00\x00"
+    assert spdyframes.goaway_frame(9)[8:] == b"\x00\x00\x00\x09\x00\x00\x00\x00"
 
 
 class Recorder:
@@ -84,7 +84,7 @@ def sessions() -> Iterator[tuple[spdy.SpdySession, spdy.SpdySession, list[spdy.S
     def on_stream(stream: spdy.SpdyStream) -> None:
         accepted.append(stream)
         if stream.headers.get("refuse"):
-            stream.reset(spdy.REFUSED_STREAM)
+            stream.reset(spdyframes.REFUSED_STREAM)
             return
         stream.on_data = lambda view: stream.send(view)
         stream.on_fin = stream.close
@@ -118,8 +118,8 @@ def test_refused_stream_is_reset(sessions: Any) -> None:
     client, _server, _accepted = sessions
     rec = Recorder()
     stream = client.open_stream({"refuse": "1"}, **rec.callbacks())
-    assert rec.done.wait(5) and rec.reset == [spdy.REFUSED_STREAM]
-    assert stream.reset_code == spdy.REFUSED_STREAM and stream.replied.is_set()
+    assert rec.done.wait(5) and rec.reset == [spdyframes.REFUSED_STREAM]
+    assert stream.reset_code == spdyframes.REFUSED_STREAM and stream.replied.is_set()
     with pytest.raises(ConnectionResetError):
         stream.send(b"x")
 
@@ -133,7 +133,7 @@ def test_ping_round_trip_and_session_end(sessions: Any) -> None:
     ended: list[BaseException | None] = []
     client.on_close = lambda session, error: ended.append(error)
     server.close()
-    assert rec.done.wait(5) and rec.reset == [spdy.SESSION_CLOSED]
+    assert rec.done.wait(5) and rec.reset == [spdyframes.SESSION_CLOSED]
     assert client.closed.wait(5) and ended == [None]
     with pytest.raises(ConnectionError):
         client.open_stream({"a": "b"})
@@ -156,7 +156,7 @@ def test_failing_callback_resets_only_its_stream(sessions: Any) -> None:
     bad.send(b"boom")
     ok.send(b"fine", fin=True)
     assert good.fin.wait(5) and bytes(good.data) == b"fine"
-    assert resets == [spdy.CANCEL] and bad.reset_code == spdy.CANCEL
+    assert resets == [spdyframes.CANCEL] and bad.reset_code == spdyframes.CANCEL
 
 
 def raw_pair() -> tuple[socket.socket, socket.socket]:
@@ -169,13 +169,15 @@ def test_peer_ping_is_echoed_and_goaway_stops_new_streams() -> None:
     peer, mine = raw_pair()
     session = spdy.SpdySession(mine, server=False, name="test-client").start()
     try:
-        peer.sendall(spdy.ping_frame(2))  # a server's ping id: even
-        assert peer.recv(12) == spdy.ping_frame(2)
-        peer.sendall(spdy.control_frame(spdy.SETTINGS, 0, struct.pack("!I", 0)))
-        peer.sendall(spdy.control_frame(spdy.WINDOW_UPDATE, 0, struct.pack("!II", 1, 100)))
-        peer.sendall(spdy.goaway_frame(0))
-        peer.sendall(spdy.ping_frame(4))
-        assert peer.recv(12) == spdy.ping_frame(4)  # SETTINGS/WINDOW_UPDATE were ignored
+        peer.sendall(spdyframes.ping_frame(2))  # a server's ping id: even
+        assert peer.recv(12) == spdyframes.ping_frame(2)
+        peer.sendall(spdyframes.control_frame(spdyframes.SETTINGS, 0, struct.pack("!I", 0)))
+        peer.sendall(
+            spdyframes.control_frame(spdyframes.WINDOW_UPDATE, 0, struct.pack("!II", 1, 100))
+        )
+        peer.sendall(spdyframes.goaway_frame(0))
+        peer.sendall(spdyframes.ping_frame(4))
+        assert peer.recv(12) == spdyframes.ping_frame(4)  # SETTINGS/WINDOW_UPDATE were ignored
         assert session.goaway_received
         with pytest.raises(ConnectionError):
             session.open_stream({"a": "b"})
@@ -187,7 +189,9 @@ def test_peer_ping_is_echoed_and_goaway_stops_new_streams() -> None:
 @pytest.mark.parametrize("garbage", [
     b"\x80\x02\x00\x01\x00\x00\x00\x00",  # SPDY/2
     b"\x80\x03\x00\x01\x00\xff\xff\xff",  # a control frame far too large
-    spdy.control_frame(spdy.SYN_STREAM, 0, b"\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00junk"),
+    spdyframes.control_frame(
+        spdyframes.SYN_STREAM, 0, b"\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00junk"
+    ),
     b"\x00\x00\x00\x00\x00\x00\x00\x01x",  # DATA on stream 0
 ])
 def test_garbage_ends_the_session_with_goaway(garbage: bytes) -> None:
@@ -199,10 +203,10 @@ def test_garbage_ends_the_session_with_goaway(garbage: bytes) -> None:
     try:
         peer.sendall(garbage)
         assert session.closed.wait(5)
-        assert isinstance(errors[0], spdy.SpdyError)
+        assert isinstance(errors[0], spdyframes.SpdyError)
         answer = peer.recv(100)
         assert answer[:4] == b"\x80\x03\x00\x07"  # GOAWAY
-        assert answer[-4:] == struct.pack("!I", spdy.GOAWAY_PROTOCOL_ERROR)
+        assert answer[-4:] == struct.pack("!I", spdyframes.GOAWAY_PROTOCOL_ERROR)
     finally:
         session.close()
         peer.close()
@@ -215,12 +219,12 @@ def test_stream_ids_must_be_new_and_from_the_client() -> None:
                                on_stream=lambda s: (accepted.append(s.id), s.reply()))
     session.start()
     try:
-        compressor = spdy.HeaderCompressor()
-        peer.sendall(spdy.syn_stream_frame(2, compressor.compress({"a": "b"})))
+        compressor = spdyframes.HeaderCompressor()
+        peer.sendall(spdyframes.syn_stream_frame(2, compressor.compress({"a": "b"})))
         assert peer.recv(100)[:4] == b"\x80\x03\x00\x03"  # RST_STREAM for an even id
-        peer.sendall(spdy.syn_stream_frame(5, compressor.compress({"a": "b"})))
+        peer.sendall(spdyframes.syn_stream_frame(5, compressor.compress({"a": "b"})))
         assert peer.recv(100)[:4] == b"\x80\x03\x00\x02"  # SYN_REPLY
-        peer.sendall(spdy.syn_stream_frame(3, compressor.compress({"a": "b"})))
+        peer.sendall(spdyframes.syn_stream_frame(3, compressor.compress({"a": "b"})))
         assert peer.recv(100)[:4] == b"\x80\x03\x00\x03"  # not above the last one
         assert accepted == [5]
     finally:

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from kubefwd.wire import spdy
+from kubefwd.wire import spdy, spdyframes
 from kubefwd.wire import websocket as ws
 
 log = logging.getLogger(__name__)
@@ -357,7 +357,7 @@ class _SpdyForwarder:
         if not port_text.isdigit() or not 0 < int(port_text) < 65536 or stream_type not in (
             "data", "error",
         ):
-            stream.reset(spdy.CANCEL)  # the kubelet rejects the stream
+            stream.reset(spdyframes.CANCEL)  # the kubelet rejects the stream
             return
         request_id = headers.get("requestid") or str(
             stream.id if stream_type == "error" else stream.id - 2

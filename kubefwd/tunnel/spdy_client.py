@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from kubefwd.tunnel.dial import AnySocket
 from kubefwd.tunnel.io import ApiConnection, LocalConn, WsReader, masked_message
 from kubefwd.tunnel.loop import READ, WRITE, Loop, Timer
-from kubefwd.wire import spdy as wire_spdy
+from kubefwd.wire import spdyframes
 from kubefwd.wire import websocket as ws
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ API_HIGH_WATER = 1 << 20
 # Buffer fills per readiness of the API connection before other sockets get a turn.
 _READ_ROUNDS = 4
 
-_FIN = wire_spdy.FLAG_FIN
+_FIN = spdyframes.FLAG_FIN
 _HEADER = struct.Struct(">II")
 
 
@@ -52,10 +52,10 @@ class HeaderCompressor:
 
     def __init__(self) -> None:
         self._z = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, 11, 1,
-                                   zlib.Z_DEFAULT_STRATEGY, wire_spdy.DICTIONARY)
+                                   zlib.Z_DEFAULT_STRATEGY, spdyframes.DICTIONARY)
 
     def compress(self, headers: dict[str, str]) -> bytes:
-        raw = wire_spdy.encode_header_block(headers)
+        raw = spdyframes.encode_header_block(headers)
         return self._z.compress(raw) + self._z.flush(zlib.Z_SYNC_FLUSH)
 
 
@@ -73,7 +73,7 @@ class SpdySession:
         self.conns: set[LocalConn] = set()
         self._streams: dict[int, LocalConn] = {}  # error and data stream ids
         self._compress = HeaderCompressor()
-        self._decompress = wire_spdy.HeaderDecompressor()
+        self._decompress = spdyframes.HeaderDecompressor()
         self._next_stream = 1
         self._next_ping = 1
         self._rx = bytearray(SMALL)
@@ -149,7 +149,7 @@ class SpdySession:
         self._update_local(conn)
 
     def _syn_stream(self, stream_id: int, headers: dict[str, str]) -> bytes:
-        return wire_spdy.syn_stream_frame(stream_id, self._compress.compress(headers))
+        return spdyframes.syn_stream_frame(stream_id, self._compress.compress(headers))
 
     def _update_local(self, conn: LocalConn) -> None:
         if conn.closed:
@@ -187,8 +187,8 @@ class SpdySession:
         self._forget(conn)
         conn.close()
         if reset and not self.closed:
-            self._send(wire_spdy.rst_stream_frame(conn.data_id, wire_spdy.CANCEL)
-                       + wire_spdy.rst_stream_frame(conn.error_id, wire_spdy.CANCEL), owned=True)
+            self._send(spdyframes.rst_stream_frame(conn.data_id, spdyframes.CANCEL)
+                       + spdyframes.rst_stream_frame(conn.error_id, spdyframes.CANCEL), owned=True)
         self.tunnel._conn_ended()
 
     def _on_local(self, conn: LocalConn, mask: int) -> None:
@@ -293,7 +293,7 @@ class SpdySession:
             if mask & READ:
                 self._read_api()
         except (OSError, ValueError, EOFError, struct.error, zlib.error,
-                wire_spdy.SpdyError, ws.WebSocketError) as e:
+                spdyframes.SpdyError, ws.WebSocketError) as e:
             self._lost(f"connection to the API server lost ({e})")
 
     def _read_api(self) -> None:
@@ -376,8 +376,8 @@ class SpdySession:
             flags = length >> 24
             length &= 0xFFFFFF
             if word & 0x80000000:
-                if length > wire_spdy.MAX_CONTROL_LENGTH:
-                    raise wire_spdy.SpdyError(f"control frame too large ({length} bytes)")
+                if length > spdyframes.MAX_CONTROL_LENGTH:
+                    raise spdyframes.SpdyError(f"control frame too large ({length} bytes)")
                 self._ctrl = bytearray()
                 self._ctrl_left = length
                 self._ctrl_kind = word & 0xFFFF
@@ -471,23 +471,23 @@ class SpdySession:
         frame = bytes(self._ctrl or b"")
         self._ctrl = None
         kind = self._ctrl_kind
-        if kind == wire_spdy.PING:
+        if kind == spdyframes.PING:
             (ping_id,) = struct.unpack_from(">I", frame)
             if not ping_id & 1:  # the server's ping: echo it
-                self._send(wire_spdy.control_frame(wire_spdy.PING, 0, frame[:4]), owned=True)
-        elif kind in (wire_spdy.SYN_REPLY, wire_spdy.HEADERS):
+                self._send(spdyframes.control_frame(spdyframes.PING, 0, frame[:4]), owned=True)
+        elif kind in (spdyframes.SYN_REPLY, spdyframes.HEADERS):
             self._decompress.decompress(frame[4:])
-        elif kind == wire_spdy.RST_STREAM:
+        elif kind == spdyframes.RST_STREAM:
             stream_id, _status = struct.unpack_from(">II", frame)
             conn = self._streams.get(stream_id)
             if conn is not None:
                 self.abort(conn, reset=False)
-        elif kind == wire_spdy.SYN_STREAM:
+        elif kind == spdyframes.SYN_STREAM:
             self._decompress.decompress(frame[10:])
             (stream_id,) = struct.unpack_from(">I", frame)
-            self._send(wire_spdy.rst_stream_frame(stream_id, wire_spdy.REFUSED_STREAM),
+            self._send(spdyframes.rst_stream_frame(stream_id, spdyframes.REFUSED_STREAM),
                        owned=True)
-        elif kind == wire_spdy.GOAWAY:
+        elif kind == spdyframes.GOAWAY:
             self.tunnel.retire("the API server sent GOAWAY")
 
     # -- keepalive -------------------------------------------------------------------------
@@ -505,5 +505,5 @@ class SpdySession:
             return
         ping_id = self._next_ping
         self._next_ping += 2
-        self._send(wire_spdy.ping_frame(ping_id), owned=True)
+        self._send(spdyframes.ping_frame(ping_id), owned=True)
         self._ping_timer = self.loop.call_later(self.ping_interval, self._keepalive)

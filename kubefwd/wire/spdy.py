@@ -6,9 +6,7 @@ session parses frames and calls per-stream callbacks; writes from any thread are
 by one lock. Like spdystream (the Go implementation kubelet and kubectl use) there is no
 flow control: SETTINGS and WINDOW_UPDATE are ignored and never sent.
 
-This module owns the session and its streams; the byte formats are in ``spdyframes``, whose
-names are also readable from here (``spdy.CANCEL``, ``spdy.ping_frame``) for the code that
-uses both.
+This module owns the session and its streams; the byte formats are in ``spdyframes``.
 """
 
 from __future__ import annotations
@@ -23,7 +21,6 @@ from typing import Any, Protocol
 
 from kubefwd.wire.spdyframes import (
     CANCEL,
-    DICTIONARY,
     FLAG_FIN,
     GOAWAY,
     GOAWAY_OK,
@@ -37,63 +34,20 @@ from kubefwd.wire.spdyframes import (
     REFUSED_STREAM,
     RST_STREAM,
     SESSION_CLOSED,
-    SETTINGS,
     SYN_REPLY,
     SYN_STREAM,
     VERSION,
-    WINDOW_UPDATE,
     Buffer,
     HeaderCompressor,
     HeaderDecompressor,
     SpdyError,
-    control_frame,
-    data_frame,
     data_frame_header,
-    decode_header_block,
-    encode_header_block,
     goaway_frame,
     ping_frame,
     rst_stream_frame,
     syn_reply_frame,
     syn_stream_frame,
 )
-
-# The session, and the codec names the client tunnel and the tests read as ``spdy.<name>``.
-__all__ = [
-    "CANCEL",
-    "DICTIONARY",
-    "FLAG_FIN",
-    "GOAWAY",
-    "GOAWAY_PROTOCOL_ERROR",
-    "HEADERS",
-    "PING",
-    "REFUSED_STREAM",
-    "RST_STREAM",
-    "SESSION_CLOSED",
-    "SETTINGS",
-    "SYN_REPLY",
-    "SYN_STREAM",
-    "WINDOW_UPDATE",
-    "DataCallback",
-    "FinCallback",
-    "HeaderCompressor",
-    "HeaderDecompressor",
-    "ResetCallback",
-    "SpdyError",
-    "SpdySession",
-    "SpdyStream",
-    "Transport",
-    "control_frame",
-    "data_frame",
-    "decode_header_block",
-    "encode_header_block",
-    "ensure_blocking",
-    "goaway_frame",
-    "ping_frame",
-    "rst_stream_frame",
-    "shutdown_transport",
-    "syn_stream_frame",
-]
 
 log = logging.getLogger(__name__)
 
