@@ -24,11 +24,11 @@ from kubefwd.kubeconfig import ClusterContext, load_contexts
 from kubefwd.tunnel import ApiTarget
 
 __all__ = [
-    "ClusterContext",  # re-exported: the CLI imports it from here
+    "ClusterContext",  # re-exported: the orchestrator imports it from here
     "KubeClient",
     "NamespaceStatus",
     "WatchExpired",
-    "load_contexts",  # re-exported: the CLI imports it from here
+    "load_contexts",  # re-exported: the orchestrator imports it from here
     "watch_callables",
 ]
 

@@ -18,7 +18,8 @@ from pathlib import Path
 from kubefwd.errors import ApiError, ConfigError, KubefwdError, PrivilegeError
 from kubefwd.forwards import RegistrySnapshot
 from kubefwd.informer import Informer
-from kubefwd.kube import ClusterContext, KubeClient
+from kubefwd.kube import KubeClient
+from kubefwd.kubeconfig import ClusterContext
 from kubefwd.output import Output
 from kubefwd.privileges import needs_root_reasons, unprivileged_port_start
 
