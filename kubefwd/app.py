@@ -298,6 +298,7 @@ class Kubefwd:
                     interrupt=functools.partial(self._interrupt_watches, client),
                     backoff=Backoff(initial=min(1.0, o.retry_interval), cap=o.retry_interval),
                     on_error=self._informer_error,
+                    on_recovered=self._api_reachable,
                 )
                 self._informers.append(informer)
                 informer.start()
@@ -310,6 +311,14 @@ class Kubefwd:
             self.output.warning("%s: %s; retrying in %.0fs", informer.name, exc, delay)
         else:
             self.output.debug("%s: %s; retrying in %.0fs", informer.name, exc, delay)
+
+    def _api_reachable(self, informer: Informer) -> None:
+        """An informer listed again after failing: its API server is back, so held
+        connections to that context's pods are retried now (on the informer's thread; no
+        lock of ours is held)."""
+        self.output.debug("%s: the API server answers again; retrying held connections",
+                          informer.name)
+        self._router.api_reachable(informer.context, self._live.states())
 
     def _wait_synced(self) -> None:
         wait_synced(self._informers, self.stop_requested, self.output,

@@ -195,6 +195,10 @@ class Informer(StoppableThread):
     prompt. ``synced`` is set after the first successful list; ``last_error`` holds the most
     recent failure (None once a list succeeds), for start-up checks.
 
+    ``on_recovered(informer)`` is called on this thread once the SYNC of a list that
+    succeeded after a failure has been handed to ``callback``: the API server is reachable
+    again.
+
     A failure outside ``RETRYABLE`` (a bug) ends the thread: ``failed`` is set, ``last_error``
     keeps the exception, it is logged once with its traceback, and ``on_failure(informer,
     exc)`` is called on this thread (the app decides what a dead informer means).
@@ -215,6 +219,7 @@ class Informer(StoppableThread):
         stop: threading.Event | None = None,
         resync_interval: float | None = None,
         on_failure: Callable[[Informer, Exception], None] | None = None,
+        on_recovered: Callable[[Informer], None] | None = None,
     ) -> None:
         super().__init__(f"informer/{context}/{namespace or '*'}/{resource}")
         if stop is not None:  # the Event the watch callable was bound to
@@ -230,12 +235,15 @@ class Informer(StoppableThread):
         self._on_error = on_error
         self._resync_interval = resync_interval
         self._on_failure = on_failure
+        self._on_recovered = on_recovered
+        self._recovered = False  # the last list succeeded after a failure
         self.synced = threading.Event()
         self.failed = threading.Event()
         self.last_error: Exception | None = None
 
     def _listed(self) -> tuple[list[dict[str, Any]], str]:
         result = self._list_fn()
+        self._recovered = self.last_error is not None
         self.last_error = None
         return result
 
@@ -277,6 +285,17 @@ class Informer(StoppableThread):
                 log.exception("%s: handling a %s event failed", self.name, event.type)
             if event.type == SYNC:
                 self.synced.set()
+                if self._recovered:
+                    self._recovered = False
+                    self._tell_recovered()
+
+    def _tell_recovered(self) -> None:
+        if self._on_recovered is None:
+            return
+        try:
+            self._on_recovered(self)
+        except Exception:
+            log.exception("%s: on_recovered failed", self.name)
 
     def on_stop(self) -> None:
         if self._interrupt is not None:

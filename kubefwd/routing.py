@@ -1,7 +1,8 @@
 """Which pod's tunnel takes each new connection, and which tunnels stay open.
 
 The hot path (``Router.route``, called by a forwarder for every accepted connection), the
-per-pod back-off that keeps connections off a pod whose tunnel just failed, closing tunnels
+per-pod back-off that keeps connections off a pod whose tunnel just failed (forgotten when
+the API server answers again after an outage), closing tunnels
 that no forward uses any more, and with -a re-opening the ones forwards do use. Kept apart
 from the app: it is the only code that asks the tunnel pool for tunnels, and it needs nothing
 of start-up or shutdown.
@@ -91,6 +92,17 @@ class Router:
         delay = self._backoff.failed((context, namespace, pod))
         self.output.debug("tunnel to %s/%s failed; avoiding that pod for %.0fs",
                           namespace, pod, delay)
+
+    def api_reachable(self, context: str, states: Sequence[RoutedForward]) -> None:
+        """The API server of ``context`` answers again (after an outage): its pods' tunnels
+        failed only because it was down, so forget their back-off and let the forwards retry
+        the connections they hold now rather than when the back-off would have run out."""
+        for state in states:
+            if state.key.context != context:
+                continue
+            for pod in state.upsert.pods:
+                self._backoff.forget((context, state.key.namespace, pod.name))
+            state.forwarder.poke()
 
     def close_unused(self, wanted: set[PodKey], now: float) -> None:
         """Close the tunnels of pods not in ``wanted`` that carried nothing for a while."""

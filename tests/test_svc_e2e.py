@@ -1117,3 +1117,79 @@ def test_auto_reconnect_keeps_a_tunnel_open_before_any_connection(
     fwd = run("-n", "shop", "-a", "-v")
     fwd.wait_line(r"tunnel shop/web-\S+ open over", timeout=5)
     fwd.stop_cleanly()
+
+
+def test_connection_held_through_an_api_outage_is_answered_as_soon_as_the_api_is_back(
+    cluster: SimCluster, hosts: Path, tmp_path: Path, block: int
+) -> None:
+    """During an outage every tunnel attempt fails and the pod's back-off grows (1 s, 2 s,
+    4 s, …). Once an informer lists again the API is reachable: the back-off is forgotten and
+    the held connection goes through at once, not when the back-off would have run out."""
+    from kubefwd.app import Kubefwd as App
+    from kubefwd.app import SvcOptions
+
+    app = App(SvcOptions(kubeconfig=str(cluster.kubeconfig_path), namespaces=["shop"],
+                         hosts_path=hosts, backup_dir=tmp_path, base_ip=f"127.1.{block}.1",
+                         retry_interval=0.25, timeout=30))
+    restarter: threading.Thread | None = None
+    try:
+        app.start()
+        ip = app.forwards()["one/shop/web"][0]
+        assert http_text(ip, 80).startswith("web-")  # the tunnel is open
+        pod = next(p["metadata"]["name"] for p in cluster.pods("shop")
+                   if p["metadata"]["name"].startswith("web-"))
+        backoff = app._router._backoff
+        back_at: list[float] = []
+
+        def outage() -> None:
+            cluster.restart_apiserver(downtime=4.0)
+            back_at.append(time.monotonic())
+
+        restarter = threading.Thread(target=outage, name="restart-apiserver")
+        restarter.start()
+        key = ("one", "shop", pod)
+        # The outage has begun: new API connections are refused and the tunnel was cut.
+        wait_for(lambda: not back_at and _refused("127.0.0.1", cluster.port)
+                 and backoff.remaining(key) > 0, 5, "the outage")
+        answers: list[tuple[str | None, float]] = []
+
+        def client() -> None:
+            text = _http_within(ip, 80, 20.0)
+            answers.append((text, time.monotonic()))
+
+        held = threading.Thread(target=client, name="held-client")
+        held.start()
+        # Until the API is back: when would the pod's back-off let the connection through?
+        retry_at = 0.0
+        pause = threading.Event()
+        while not back_at:
+            retry_at = time.monotonic() + backoff.remaining(key)
+            pause.wait(0.01)
+        held.join(25)
+        restarter.join(10)
+        assert answers and answers[0][0] and answers[0][0].startswith("web-"), answers
+        waited_after = answers[0][1] - back_at[0]
+        print(f"back-off would have held it {retry_at - back_at[0]:.2f}s after the API came "
+              f"back; answered after {waited_after:.2f}s")
+        assert retry_at - back_at[0] > 1.5  # the back-off had grown past the outage
+        assert waited_after < 1.0
+    finally:
+        if restarter is not None:
+            restarter.join(10)
+        app.shutdown()
+    assert hosts.read_bytes() == ORIGINAL_HOSTS
+
+
+def _refused(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def _http_within(ip: str, port: int, timeout: float) -> str | None:
+    try:
+        return http_text(ip, port, timeout=timeout)
+    except (OSError, AssertionError):
+        return None
