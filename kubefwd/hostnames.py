@@ -12,26 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from kubefwd.errors import UsageError
-
-_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _NOT_LABEL_CHARS = re.compile(r"[^a-z0-9-]+")
-
-
-def validate_domain(domain: str) -> str:
-    """Return ``domain`` normalised (lower case, no trailing dot) or raise UsageError."""
-    clean = domain.strip().lower().rstrip(".")
-    if not clean:
-        raise UsageError(f"--domain: {domain!r} is not a DNS name")
-    if len(clean) > 253:
-        raise UsageError(f"--domain: {domain!r} is longer than 253 characters")
-    for label in clean.split("."):
-        if not _LABEL.match(label):
-            raise UsageError(
-                f"--domain: {domain!r} is not a DNS name (label {label!r}: use 1-63 of "
-                "a-z, 0-9 and '-', not starting or ending with '-')"
-            )
-    return clean
 
 
 def context_label(context: str) -> str:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import pytest
-
-from kubefwd.errors import UsageError
-from kubefwd.hostnames import context_label, pod_hostnames, service_hostnames, validate_domain
+from kubefwd.hostnames import context_label, pod_hostnames, service_hostnames
 
 
 def test_primary_service_single_context() -> None:
@@ -78,14 +75,3 @@ def test_no_duplicates_when_namespace_looks_like_suffix() -> None:
     assert len(names) == len(set(names))
 
 
-@pytest.mark.parametrize("domain, clean", [("Example.ORG.", "example.org"), ("lan", "lan")])
-def test_valid_domains(domain: str, clean: str) -> None:
-    assert validate_domain(domain) == clean
-
-
-@pytest.mark.parametrize(
-    "domain", ["", ".", "a..b", "-a.b", "a-.b", "a_b.c", "x" * 64 + ".com", "a b", "é.com"]
-)
-def test_invalid_domains(domain: str) -> None:
-    with pytest.raises(UsageError, match="--domain"):
-        validate_domain(domain)

@@ -11,7 +11,13 @@ import pytest
 from helpers import hosts_file
 
 from kubefwd.errors import ExitCode, UsageError
-from kubefwd.svc_command import build_options, parse_duration, parse_mappings, split_list
+from kubefwd.svc_command import (
+    build_options,
+    check_domain,
+    parse_duration,
+    parse_mappings,
+    split_list,
+)
 
 HOSTS = b"127.0.0.1 localhost\r\n# keep me\n::1 ip6-localhost"
 
@@ -46,6 +52,19 @@ def test_durations(text: str, seconds: float) -> None:
 def test_bad_durations(text: str) -> None:
     with pytest.raises(UsageError):
         parse_duration(text, "--x")
+
+
+@pytest.mark.parametrize("domain, clean", [("Example.ORG.", "example.org"), ("lan", "lan")])
+def test_valid_domains(domain: str, clean: str) -> None:
+    assert check_domain(domain) == clean
+
+
+@pytest.mark.parametrize(
+    "domain", ["a..b", "-a.b", "a-.b", "a_b.c", "x" * 64 + ".com", "a b", "é.com"]
+)
+def test_invalid_domains(domain: str) -> None:
+    with pytest.raises(UsageError, match="--domain"):
+        check_domain(domain)
 
 
 def test_mappings() -> None:
