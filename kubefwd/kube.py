@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from kubefwd.errors import ApiError, ExitCode
 from kubefwd.kubeconfig import ClusterContext, load_contexts
+from kubefwd.sockets import hard_shutdown
 from kubefwd.tunnel import ApiTarget
 
 __all__ = [
@@ -315,7 +316,8 @@ class KubeClient:
         with self._lock:
             active = [a for a in self._active if a.stop is stop]
         for a in active:
-            _shutdown(a.sock)
+            if a.sock is not None:
+                hard_shutdown(a.sock)
 
     def namespace_status(self, namespace: str) -> NamespaceStatus:
         """Whether ``namespace`` exists: "exists", "missing" (404), or "forbidden" (403: we
@@ -344,18 +346,8 @@ class KubeClient:
         for a in active:
             if a.stop is not None:
                 a.stop.set()
-            _shutdown(a.sock)
-
-
-def _shutdown(sock: socket.socket | None) -> None:
-    if sock is None:
-        return
-    try:
-        # The plain socket's shutdown: SSLSocket.shutdown would drop its SSL object under
-        # the reading thread's feet.
-        socket.socket.shutdown(sock, socket.SHUT_RDWR)
-    except OSError:
-        pass
+            if a.sock is not None:
+                hard_shutdown(a.sock)
 
 
 def watch_callables(

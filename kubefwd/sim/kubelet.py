@@ -42,6 +42,7 @@ from kubefwd.sim.podstatus import (
     timestamp,
 )
 from kubefwd.sim.processes import container_env, exited, expand, reap, terminate
+from kubefwd.sockets import hard_shutdown
 from kubefwd.threads import StoppableThread
 
 log = logging.getLogger(__name__)
@@ -162,7 +163,7 @@ class Kubelet:
             pod.stopped = True
             tracked = list(pod.tracked)
         for sock in tracked:
-            _shutdown(sock)
+            hard_shutdown(sock)
         with pod.op_lock:
             servers, procs = self._detach(pod, terminated=False)
             for s in servers:
@@ -187,7 +188,7 @@ class Kubelet:
             for proc in procs:
                 reap(proc)
             for sock in tracked:
-                _shutdown(sock)
+                hard_shutdown(sock)
             with self._lock:
                 restarts = [(c, c.generation) for c in pod.containers if c.state == "terminated"]
                 self._want_report(pod)
@@ -226,7 +227,7 @@ class Kubelet:
             if pod is not None and alive:
                 pod.tracked.add(sock)
         if not alive:
-            _shutdown(sock)
+            hard_shutdown(sock)
         try:
             yield
         finally:
@@ -493,15 +494,3 @@ class Kubelet:
             if self._logdir is None:
                 self._logdir = Path(tempfile.mkdtemp(prefix="kubefwd-sim-pods-"))
             return self._logdir
-
-
-def _shutdown(sock: socket.socket) -> None:
-    """End a connection now, even if another thread is blocked on it.
-
-    Only shut down, not closed: the thread that owns the socket closes it, so its descriptor
-    number cannot be reused under that thread's feet.
-    """
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass

@@ -18,6 +18,7 @@ import socket
 import threading
 from collections.abc import Callable, Iterable
 
+from kubefwd.sockets import hard_shutdown
 from kubefwd.threads import StoppableThread
 
 log = logging.getLogger(__name__)
@@ -167,7 +168,7 @@ class PodServers:
             listeners, self._listeners = self._listeners, []
             threads = list(self._conns.values())
             for conn in self._conns:
-                _shutdown(conn)
+                hard_shutdown(conn)
         for sock in listeners:
             self._hub.remove(sock)
             sock.close()
@@ -209,13 +210,6 @@ class PodServers:
             with self._lock:
                 self._conns.pop(conn, None)
                 conn.close()
-
-
-def _shutdown(sock: socket.socket) -> None:
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
 
 
 def serve_echo(conn: socket.socket) -> None:

@@ -17,10 +17,10 @@ import socket
 import ssl
 from collections.abc import Callable, Mapping
 from http import HTTPStatus
-from typing import Any
 
 from kubefwd import __version__
 from kubefwd.errors import TunnelError
+from kubefwd.sockets import close_quietly
 from kubefwd.tunnel.target import ApiTarget
 from kubefwd.wire import websocket as ws
 
@@ -43,25 +43,6 @@ class UpgradeRefused(TunnelError):
         super().__init__(message)
         self.status = status
         self.reason = reason
-
-
-def hard_shutdown(sock: Any) -> None:
-    """Shut a (TLS) socket down both ways to wake threads blocked on it; never raises.
-
-    For a TLS socket the descriptor itself is shut down, leaving the TLS object alone so a
-    reader blocked in it sees EOF instead of a vanished object.
-    """
-    try:
-        socket.socket.shutdown(sock, socket.SHUT_RDWR)
-    except (OSError, TypeError, ValueError):
-        pass
-
-
-def close_quietly(sock: Any) -> None:
-    try:
-        sock.close()
-    except OSError:
-        pass
 
 
 def _host_header(target: ApiTarget) -> str:

@@ -16,7 +16,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from kubefwd.tunnel.dial import AnySocket, close_quietly, hard_shutdown
+from kubefwd.sockets import close_quietly, hard_shutdown
+from kubefwd.tunnel.dial import AnySocket
 from kubefwd.wire import websocket as ws
 
 # Takes back a local socket the tunnel could not carry before any byte of it was relayed

@@ -28,14 +28,13 @@ from collections.abc import Callable
 from typing import Any
 
 from kubefwd.errors import TunnelError
+from kubefwd.sockets import close_quietly, hard_shutdown
 from kubefwd.tunnel.dial import (
     FINAL_STATUSES,
     TRANSPORTS,
     AnySocket,
     UpgradeRefused,
-    close_quietly,
     dial_v4,
-    hard_shutdown,
     negotiate,
 )
 from kubefwd.tunnel.io import GiveBack, LocalConn, close_local, hand_back
