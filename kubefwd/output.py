@@ -76,9 +76,6 @@ class Output:
         self.log.info("Forwarding %s%s%s:%s%s%s", ", ".join(names), a, ip, ",".join(ports), a,
                       target)
 
-    def repointed(self, key: str, pod: str) -> None:
-        self.log.debug("%s now goes to %s", key, pod)
-
     def removed(self, key: str, ip: str) -> None:
         self.log.info("Stopped forwarding %s (%s)", key, ip)
 
@@ -104,10 +101,6 @@ class Output:
             return
         self._warned.add(key)
         self.log.warning(message, *args)
-
-    def forget_warning(self, key: str) -> None:
-        """Let the warning for ``key`` be printed again (the condition cleared)."""
-        self._warned.discard(key)
 
     def error(self, message: str, *args: object) -> None:
         self.log.error(message, *args)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
-from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +42,3 @@ class StoppableThread(threading.Thread):
         if self.is_alive() and threading.current_thread() is not self:
             self.join(timeout)
         return not self.is_alive()
-
-
-def start_thread(name: str, target: Callable[..., Any], *args: Any) -> threading.Thread:
-    """Start a named daemon thread for work that ends by itself (no stop Event needed)."""
-    thread = threading.Thread(target=target, args=args, name=name, daemon=True)
-    thread.start()
-    return thread

@@ -175,10 +175,6 @@ class PodServers:
         for thread in threads:
             thread.join(timeout)
 
-    def connection_count(self) -> int:
-        with self._lock:
-            return len(self._conns)
-
     def _on_accept(self, conn: socket.socket, *, port: int) -> None:
         with contextlib.suppress(OSError):  # the peer may already have reset it
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -23,7 +23,6 @@ from kubefwd.wire.spdyframes import (
     CANCEL,
     FLAG_FIN,
     GOAWAY,
-    GOAWAY_OK,
     GOAWAY_PROTOCOL_ERROR,
     HEADERS,
     INTERNAL_ERROR,
@@ -206,7 +205,6 @@ class SpdySession:
         self.name = name
         self.max_frame = min(max_frame, MAX_DATA_LENGTH)
         self.rtt: float | None = None  # last measured ping round trip, seconds
-        self.last_received = time.monotonic()  # when the last frame arrived
         self.goaway_received = False
         self.error: BaseException | None = None
         self.closed = threading.Event()  # set once the session has ended and on_close ran
@@ -248,15 +246,6 @@ class SpdySession:
             thread.join(timeout)
         elif thread is None:
             self._finish(None)
-
-    def goaway(self, status: int = GOAWAY_OK) -> None:
-        """Tell the peer no more streams will be accepted."""
-        with self._lock:
-            last = self._last_peer_id
-        try:
-            self._write(goaway_frame(last, status))
-        except OSError:
-            pass
 
     @property
     def active_streams(self) -> int:
@@ -506,7 +495,6 @@ class SpdySession:
                             raise EOFError("connection closed inside a SPDY control frame")
                         have += n
                     payload = bytes(big)
-                self.last_received = time.monotonic()
                 self._on_control(frame_type, flags, payload)
                 continue
             # DATA frame: deliver as it arrives, coalescing small reads (TLS records).
@@ -538,7 +526,6 @@ class SpdySession:
                             self._reset_stream(stream, CANCEL, notify=True)
                 start += chunk
                 remaining -= chunk
-            self.last_received = time.monotonic()
             if flags & FLAG_FIN and stream is not None:
                 self._remote_fin(stream)
 

@@ -347,7 +347,6 @@ class WebSocket:
         self.on_pong: Callable[[bytes], None] | None = None
         self.close_code: int | None = None  # what the peer's close frame said
         self.close_sent = False
-        self.close_received = False
         self._wlock = threading.Lock()
         self._rbuf = bytearray(max(_READ_CHUNK, len(initial)))
         self._rbuf[: len(initial)] = initial
@@ -502,7 +501,6 @@ class WebSocket:
             if self.on_pong is not None:
                 self.on_pong(payload)
             return False
-        self.close_received = True
         code, _reason = parse_close_payload(payload)
         self.close_code = code
         self.send_close(code if code is not None else CLOSE_NORMAL)
