@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from kubefwd.sim.objects import StatusError
 from kubefwd.wire import spdy, spdyframes
 from kubefwd.wire import websocket as ws
 
@@ -80,10 +81,7 @@ def serve_portforward(sock: socket.socket, req: PortForwardRequest) -> None:
 def _send_status(sock: socket.socket, code: int, message: str) -> None:
     """Answer with a Status error, as the API server does before any upgrade."""
     reason = {400: "BadRequest", 403: "Forbidden", 405: "MethodNotAllowed"}.get(code, "")
-    body = json.dumps({
-        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-        "message": message, "reason": reason, "code": code,
-    }).encode()
+    body = json.dumps(StatusError(code, reason, message).to_status()).encode()
     head = (
         f"HTTP/1.1 {code} {http.HTTPStatus(code).phrase}\r\n"
         "Content-Type: application/json\r\n"
