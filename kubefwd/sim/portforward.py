@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from kubefwd.sim.objects import StatusError
+from kubefwd.sockets import close_quietly
 from kubefwd.wire import spdy, spdyframes
 from kubefwd.wire import websocket as ws
 
@@ -69,10 +70,7 @@ def serve_portforward(sock: socket.socket, req: PortForwardRequest) -> None:
     except Exception:  # one bad connection must never take the server down
         log.exception("port-forward to %s/%s failed", req.namespace, req.pod)
     finally:
-        try:
-            sock.close()
-        except OSError:
-            pass
+        close_quietly(sock)
 
 
 # --- negotiation ---------------------------------------------------------------------------

@@ -305,8 +305,5 @@ def hand_back(sock: socket.socket, to: GiveBack | None) -> None:
 
 def close_local(sock: socket.socket) -> None:
     """Close a local socket (a FIN to the client, or an RST if it still sent us data)."""
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
+    hard_shutdown(sock)
     close_quietly(sock)
