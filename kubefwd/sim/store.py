@@ -24,7 +24,6 @@ from kubefwd.sim.objects import (
     RESOURCES,
     Filter,
     Obj,
-    Requirement,
     ResourceInfo,
     StatusError,
     bad_request,
@@ -43,7 +42,7 @@ from kubefwd.sim.objects import (
 
 # Re-exported: the store is where the rest of the sim (and tests) get the vocabulary from.
 __all__ = [
-    "BY_KIND", "RESOURCES", "Change", "Filter", "Obj", "Requirement", "ResourceInfo",
+    "BY_KIND", "RESOURCES", "Change", "Filter", "Obj", "ResourceInfo",
     "StatusError", "Store", "Watch", "bad_request", "invalid", "labels_match", "name_problem",
     "not_found", "now_rfc3339", "parse_field_selector", "parse_label_selector",
     "random_suffix", "selector_from_match_labels",
