@@ -22,9 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from kubefwd.sim.cluster import SimCluster
-    from kubefwd.sim.store import StatusError, Store
 
-__all__ = ["SimCluster", "StatusError", "Store"]
+__all__ = ["SimCluster"]
 
 
 def __getattr__(name: str) -> Any:
@@ -33,8 +32,4 @@ def __getattr__(name: str) -> Any:
         from kubefwd.sim.cluster import SimCluster
 
         return SimCluster
-    if name in ("StatusError", "Store"):
-        from kubefwd.sim import store
-
-        return getattr(store, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
