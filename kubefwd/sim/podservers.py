@@ -309,7 +309,7 @@ def serve_http(conn: socket.socket, pod_name: str) -> None:
             method, target, version, headers = _parse_head(head)
             tokens = {t.strip().lower() for t in headers.get("connection", "").split(",")}
             close = "keep-alive" not in tokens if version == "HTTP/1.0" else "close" in tokens
-            body_len, digest = _read_body(conn, reader, method, headers)
+            body_len, digest = _read_body(conn, reader, headers)
         except (_BadRequest, ValueError) as e:
             conn.sendall(_response("400 Bad Request", f"{e}\n".encode(), close=True))
             return
@@ -326,7 +326,7 @@ def serve_http(conn: socket.socket, pod_name: str) -> None:
             return
 
 
-def _read_body(conn: socket.socket, reader: _Reader, method: str,
+def _read_body(conn: socket.socket, reader: _Reader,
                headers: dict[str, str]) -> tuple[int, str]:
     """Consume the request body; its length and sha256."""
     hasher = hashlib.sha256()
