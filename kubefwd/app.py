@@ -31,10 +31,12 @@ from kubefwd.errors import (
     KubefwdError,
 )
 from kubefwd.forwardset import ForwardSet
-from kubefwd.hosts import HostsWriter, backup_target
+from kubefwd.hosts import HostsWriter
+from kubefwd.hostsbackup import backup_target
 from kubefwd.informer import Backoff, Informer
 from kubefwd.ipalloc import DEFAULT_BASE, IpAllocator
-from kubefwd.kube import ClusterContext, KubeClient, load_contexts, watch_callables
+from kubefwd.kube import KubeClient, watch_callables
+from kubefwd.kubeconfig import ClusterContext, load_contexts
 from kubefwd.loopback import LoopbackStrategy, loopback_strategy
 from kubefwd.output import Output
 from kubefwd.registry import (

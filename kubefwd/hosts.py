@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 
 from kubefwd.errors import HostsFileError, KubefwdError, PrivilegeError
-from kubefwd.hostsbackup import backup_hosts, backup_target
+from kubefwd.hostsbackup import backup_hosts
 from kubefwd.hostsformat import HostsDoc, Marker, format_entries, parse_hosts, render_hosts
 from kubefwd.hostsio import (
     HostsChanged,
@@ -35,7 +35,6 @@ from kubefwd.threads import StoppableThread
 
 __all__ = [
     "HostsWriter",
-    "backup_target",  # re-exported: the orchestrator imports it from here
     "foreign_entries",
     "owner_alive",
     "process_start",

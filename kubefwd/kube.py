@@ -20,16 +20,14 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from kubefwd.errors import ApiError, ExitCode
-from kubefwd.kubeconfig import ClusterContext, load_contexts
+from kubefwd.kubeconfig import ClusterContext
 from kubefwd.sockets import hard_shutdown
 from kubefwd.tunnel import ApiTarget
 
 __all__ = [
-    "ClusterContext",  # re-exported: the orchestrator imports it from here
     "KubeClient",
     "NamespaceStatus",
     "WatchExpired",
-    "load_contexts",  # re-exported: the orchestrator imports it from here
     "watch_callables",
 ]
 
