@@ -15,6 +15,7 @@ from typer.core import TyperCommand
 
 from kubefwd.errors import UsageError
 from kubefwd.fwdconf import build_reservations
+from kubefwd.selectors import split_requirements
 
 TRANSPORTS = ("auto", "spdy-ws", "spdy", "ws")
 
@@ -128,22 +129,6 @@ def check_namespace(name: str) -> str:
     return name
 
 
-def _split_selector(text: str) -> list[str]:
-    """Comma-separated requirements; commas inside ``( )`` belong to a set."""
-    terms: list[str] = []
-    depth, start = 0, 0
-    for i, ch in enumerate(text):
-        if ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            terms.append(text[start:i].strip())
-            start = i + 1
-    terms.append(text[start:].strip())
-    return terms
-
-
 def _label_key_problem(key: str) -> str | None:
     prefix, slash, name = key.rpartition("/")
     if slash and (not prefix or len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix)):
@@ -168,7 +153,7 @@ def check_label_selector(text: str) -> str:
     if not text:
         return ""
     flag = "-l/--selector"
-    for term in _split_selector(text):
+    for term in split_requirements(text):
         problem: str | None
         if not term:
             problem = "empty requirement (stray comma?)"

@@ -9,6 +9,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from kubefwd.selectors import split_requirements
+
 Obj = dict[str, Any]
 
 
@@ -206,27 +208,13 @@ _LABEL_KEY = re.compile(r"^([a-z0-9A-Z]([-a-z0-9A-Z_.]*[a-z0-9A-Z])?/)?"
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
 
-def _split_terms(selector: str) -> list[str]:
-    terms, depth, start = [], 0, 0
-    for i, ch in enumerate(selector):
-        if ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            terms.append(selector[start:i])
-            start = i + 1
-    terms.append(selector[start:])
-    return [t.strip() for t in terms]
-
-
 def parse_label_selector(selector: str) -> list[Requirement]:
     """Parse ``a=b,c!=d,e in (f,g),h notin (i),j,!k``; raises StatusError 400."""
     selector = selector.strip()
     if not selector:
         return []
     result = []
-    for term in _split_terms(selector):
+    for term in split_requirements(selector):
         req = _parse_term(term)
         if not _LABEL_KEY.match(req.key) or any(not _LABEL_VALUE.match(v) for v in req.values):
             raise bad_request(f"unable to parse requirement: invalid label selector {term!r}")
