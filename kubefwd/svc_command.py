@@ -15,7 +15,7 @@ from typer.core import TyperCommand
 
 from kubefwd.errors import UsageError
 from kubefwd.fwdconf import build_reservations
-from kubefwd.selectors import split_requirements
+from kubefwd.selectorsyntax import split_requirements
 
 TRANSPORTS = ("auto", "spdy-ws", "spdy", "ws")
 
