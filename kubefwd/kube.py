@@ -332,11 +332,6 @@ class KubeClient:
             raise
         return "exists"
 
-    def namespace_exists(self, namespace: str) -> bool:
-        """False only when the server says 404. Users with namespace-scoped rights often may
-        not get Namespace objects: a 403 counts as "exists" (the lists will tell)."""
-        return self.namespace_status(namespace) != "missing"
-
     def close(self) -> None:
         """Interrupt every request in flight; watches return at once."""
         with self._lock:

@@ -266,7 +266,8 @@ def test_list_with_selectors_and_namespaces(client: KubeClient) -> None:
     assert [i["metadata"]["name"] for i in front] == ["web"]
     named, _ = client.list("services", "shop", field_selector="metadata.name=db")
     assert [i["metadata"]["name"] for i in named] == ["db"]
-    assert client.namespace_exists("shop") and not client.namespace_exists("nope")
+    assert client.namespace_status("shop") == "exists"
+    assert client.namespace_status("nope") == "missing"
     assert "shop" in client.list_namespaces()
     slices, _ = client.list("endpointslices", "shop")
     assert isinstance(slices, list)
@@ -295,7 +296,7 @@ def test_forbidden_names_the_verb_and_resource(cluster: SimCluster, client: Kube
     assert str(info.value).startswith("forbidden: cannot list services in namespace shop (403): ")
     assert info.value.status == 403 and info.value.exit_code == ExitCode.API
     cluster.forbid("namespaces", "get")
-    assert client.namespace_exists("shop")  # cannot tell: assume it exists
+    assert client.namespace_status("shop") == "forbidden"  # cannot tell either way
     cluster.forbid("pods", "watch")
     stop = threading.Event()
     with pytest.raises(ApiError, match=r"forbidden: cannot watch pods in namespace shop \(403\)"):
@@ -310,7 +311,6 @@ def test_namespace_status_tells_exists_missing_and_forbidden(
     cluster.forbid("namespaces")
     assert client.namespace_status("shop") == "forbidden"
     assert client.namespace_status("nope") == "forbidden"  # a 403 tells nothing either way
-    assert client.namespace_exists("nope")  # the two-way check gives it the benefit of doubt
     cluster.allow("namespaces")
     assert client.namespace_status("nope") == "missing"
 
