@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from kubefwd.errors import (
     HostsFileError,
     KubefwdError,
 )
+from kubefwd.forwarder import ForwardStats
 from kubefwd.forwardset import ForwardSet
 from kubefwd.hosts import HostsWriter
 from kubefwd.hostsbackup import backup_target
@@ -371,15 +372,19 @@ class Kubefwd:
             self._router.keep_open(states, housekeeper.stopping if housekeeper else None)
 
     def stats(self) -> dict[str, Any]:
-        """Counters for tests and the benchmark."""
+        """Counters for tests and the benchmark: every forwarder counter summed (accepted,
+        spliced, held, dropped, returned)."""
         forwards = self._live.states()
-        return {
+        counters: dict[str, Any] = {
             "forwards": len(forwards),
             "hosts_writes": self._hosts.writes if self._hosts is not None else 0,
             "tunnels": len(self._pool.tunnels()) if self._pool is not None else 0,
-            "accepted": sum(f.forwarder.stats.accepted for f in forwards),
-            "dropped": sum(f.forwarder.stats.dropped for f in forwards),
         }
+        for counter in fields(ForwardStats):
+            counters[counter.name] = sum(
+                getattr(f.forwarder.stats, counter.name) for f in forwards
+            )
+        return counters
 
     def forwards(self) -> dict[str, tuple[str, list[str], list[int]]]:
         """name → (ip, host names, local ports) of every live forward."""

@@ -989,7 +989,11 @@ def test_in_process_start_and_shutdown_leave_no_threads_or_sockets(
         ip, names, ports = forwards["one/shop/web"]
         assert "web.shop" in names and ports == [80]
         assert http_text(ip, 80).startswith("web-")
-        assert app.stats()["tunnels"] == 1
+        stats = app.stats()
+        assert stats["tunnels"] == 1
+        # the one connection was accepted and handed to the tunnel at once
+        assert (stats["accepted"], stats["spliced"], stats["held"], stats["dropped"],
+                stats["returned"]) == (1, 1, 0, 0, 0)
     finally:
         app.shutdown()
     assert hosts.read_bytes() == ORIGINAL_HOSTS
