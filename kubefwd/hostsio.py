@@ -234,32 +234,68 @@ def stamp_of(path: Path) -> Stamp | None:
         return None
 
 
+# A hosts file larger than this is not one (``/dev/zero`` behind a symlink, a runaway file).
+MAX_HOSTS_BYTES = 64 << 20
+
+
+def _open_regular(path: Path) -> int:
+    """Open ``path`` for reading without blocking (a FIFO would), and only when it is a
+    regular file: whatever it names may have changed since the command line was checked."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise HostsFileError(f"the hosts file {path} is not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def read_hosts_stamped(path: Path) -> tuple[bytes, Stamp | None]:
     """The file's bytes and the stamp of exactly what was read."""
     try:
-        with open(path, "rb") as fh:
-            stamp = _stamp(os.fstat(fh.fileno()))
-            return fh.read(), stamp
+        fd = _open_regular(path)
     except FileNotFoundError:
         return b"", None
     except OSError as e:
         raise HostsFileError(f"cannot read the hosts file {path}: {e.strerror}") from None
+    try:
+        stamp = _stamp(os.fstat(fd))
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > MAX_HOSTS_BYTES:
+                raise HostsFileError(
+                    f"the hosts file {path} is larger than {MAX_HOSTS_BYTES >> 20} MiB; "
+                    "refusing to read it")
+            chunks.append(chunk)
+        return b"".join(chunks), stamp
+    except OSError as e:
+        raise HostsFileError(f"cannot read the hosts file {path}: {e.strerror}") from None
+    finally:
+        os.close(fd)
 
 
 def read_hosts(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return b""
-    except OSError as e:
-        raise HostsFileError(f"cannot read the hosts file {path}: {e.strerror}") from None
+    return read_hosts_stamped(path)[0]
+
+
+def _refuse_special(st: os.stat_result, path: Path) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        raise HostsFileError(f"the hosts file {path} is not a regular file; not writing it")
 
 
 def _write_in_place(path: Path, data: bytes, expect: Stamp | None) -> None:
     """Rewrite the file's own inode without ever leaving it truncated."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
     try:
         st = os.fstat(fd)
+        _refuse_special(st, path)
         if (expect is None and st.st_size) or (expect is not None and _stamp(st) != expect):
             raise HostsChanged(path)
         size = st.st_size
@@ -335,6 +371,8 @@ def _write_atomic(path: Path, data: bytes, expect: Stamp | None) -> None:
         st: os.stat_result | None = os.stat(path)
     except FileNotFoundError:
         st = None
+    if st is not None:
+        _refuse_special(st, path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         try:

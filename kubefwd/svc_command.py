@@ -6,7 +6,9 @@ call): a bad value is one line and exit code 2.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -231,11 +233,51 @@ def check_domain(domain: str) -> str:
 
 
 def check_hosts_path(path: Path) -> Path:
-    if path.is_dir():
-        raise UsageError(f"--hosts-path: {path} is a directory, not a hosts file")
-    if not path.exists() and not path.parent.is_dir():
-        raise UsageError(f"--hosts-path: directory {path.parent} does not exist")
+    """A hosts file is a regular file (or a symlink to one), or a new file in an existing
+    directory. A device, a FIFO, a socket or anything under /proc, /sys or /dev is refused
+    before anything is touched: replacing ``/dev/null`` by a regular file, or blocking
+    start-up on a FIFO, must never happen."""
+    problem = hosts_path_problem(path)
+    if problem is not None:
+        raise UsageError(f"--hosts-path: {path} {problem}")
     return path
+
+
+def hosts_path_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be a hosts file, or None when it can."""
+    try:
+        resolved = Path(os.path.realpath(path))
+    except (OSError, ValueError) as e:
+        return f"cannot be resolved: {e}"
+    for root in _SPECIAL_TREES:
+        if resolved == root or root in resolved.parents:
+            return f"is under {root}, which holds no hosts file"
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if not path.parent.is_dir():
+            return f"cannot be created: directory {path.parent} does not exist"
+        return None
+    except OSError as e:
+        return f"cannot be read: {e.strerror}"
+    if stat.S_ISREG(st.st_mode):
+        return None
+    return f"is {_file_kind(st.st_mode)}, not a regular file"
+
+
+_SPECIAL_TREES = (Path("/proc"), Path("/sys"), Path("/dev"))
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a special file"
 
 
 # -- the command ---------------------------------------------------------------------------

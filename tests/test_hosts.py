@@ -1034,3 +1034,33 @@ def test_final_cleanup_retries_until_the_lock_is_free(tmp_path: Path) -> None:
     assert writer.stop_and_join(10)
     assert not writer.cleanup_failed and writer.last_error is None
     assert hosts.read_bytes() == b"x\n"
+
+
+def test_reading_a_fifo_never_blocks_and_is_refused(tmp_path: Path) -> None:
+    from kubefwd.hostsio import read_hosts
+
+    fifo = tmp_path / "hosts"
+    os.mkfifo(fifo)
+    with pytest.raises(HostsFileError, match="not a regular file"):
+        read_hosts(fifo)
+
+
+def test_reading_a_huge_file_is_refused_not_loaded(tmp_path: Path) -> None:
+    from kubefwd.hostsio import MAX_HOSTS_BYTES, read_hosts
+
+    huge = tmp_path / "hosts"
+    with open(huge, "wb") as fh:
+        fh.truncate(MAX_HOSTS_BYTES + 1)  # sparse: no disk used
+    with pytest.raises(HostsFileError, match="larger than"):
+        read_hosts(huge)
+
+
+def test_writer_refuses_to_replace_a_special_file(tmp_path: Path) -> None:
+    from kubefwd.hostsio import write_hosts
+
+    fifo = tmp_path / "hosts"
+    os.mkfifo(fifo)
+    with pytest.raises(HostsFileError, match="not a regular file"):
+        write_hosts(fifo, b"127.1.27.1 web\n", expect=None)
+    assert fifo.is_fifo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hosts"]

@@ -8,12 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import hosts_file
+from helpers import hosts_file, needs_root
 
 from kubefwd.errors import ExitCode, UsageError
 from kubefwd.svc_command import (
     build_options,
     check_domain,
+    check_hosts_path,
+    hosts_path_problem,
     parse_duration,
     parse_mappings,
     split_list,
@@ -242,3 +244,95 @@ def test_help_shows_value_names_not_python_types() -> None:
     assert any("--port" in line and " PORT " in line for line in option_lines)
     assert any("--filename" in line and " FILE " in line for line in option_lines)
     assert any("--plain-http" in line and "<bool>" not in line for line in option_lines)
+
+
+def _special_files(tmp_path: Path) -> dict[str, Path]:
+    """A FIFO, a listening Unix socket's path and a directory, made in a private folder."""
+    import socket as socket_module
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    sock_path = tmp_path / "sock"
+    sock = socket_module.socket(socket_module.AF_UNIX)
+    sock.bind(str(sock_path))
+    sock.close()
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    return {"a FIFO": fifo, "a socket": sock_path, "a directory": folder}
+
+
+@pytest.mark.parametrize("kind", ["a FIFO", "a socket", "a directory"])
+def test_hosts_path_that_is_not_a_regular_file_is_refused_untouched(
+    kind: str, tmp_path: Path
+) -> None:
+    path = _special_files(tmp_path)[kind]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = run("svc", "-n", "shop", "--hosts-path", str(path),
+                 "-c", str(tmp_path / "no-kubeconfig"), timeout=20)
+    assert result.returncode == ExitCode.USAGE, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"kubefwd: error: --hosts-path: {path} is {kind}, not a regular file"]
+    # Nothing beside it: no lock or start-up sidecar, no temp file, the node unchanged.
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_hosts_path_symlink_to_a_regular_file_is_accepted(tmp_path: Path) -> None:
+    target = hosts_file(tmp_path, HOSTS)
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    assert check_hosts_path(link) == link
+
+
+@pytest.mark.parametrize("path", ["/proc/kc", "/proc/self/environ", "/sys/kernel/x",
+                                  "/dev/null", "/dev/shm/hosts"])
+def test_hosts_path_in_kernel_trees_is_refused(path: str) -> None:
+    # Only looked at (a stat), never opened.
+    problem = hosts_path_problem(Path(path))
+    assert problem is not None and "holds no hosts file" in problem
+
+
+def test_hosts_path_symlink_into_dev_is_refused(tmp_path: Path) -> None:
+    link = tmp_path / "hosts"
+    link.symlink_to("/dev/zero")
+    with pytest.raises(UsageError, match="under /dev"):
+        check_hosts_path(link)
+
+
+@pytest.mark.root
+@needs_root("mknod")
+def test_device_node_outside_dev_stays_a_device(tmp_path: Path) -> None:
+    """A character device named as the hosts file (a null device made in a private folder)
+    is refused with exit 2 and is still the same device afterwards."""
+    node = tmp_path / "nulldev"
+    subprocess.run(["mknod", str(node), "c", "1", "3"], check=True)
+    result = run("svc", "-n", "shop", "--hosts-path", str(node),
+                 "-c", str(tmp_path / "no-kubeconfig"), timeout=20)
+    assert result.returncode == ExitCode.USAGE, result.stderr
+    assert "is a device, not a regular file" in result.stderr
+    st = os.stat(node)
+    import stat as stat_module
+
+    assert stat_module.S_ISCHR(st.st_mode) and os.major(st.st_rdev) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nulldev"]
+
+
+@pytest.mark.root
+@needs_root("unshare", "mount", "mknod")
+def test_dev_null_as_hosts_path_in_a_private_dev(tmp_path: Path) -> None:
+    """The case that once replaced the system's /dev/null: replayed inside a private mount
+    namespace whose /dev is a fresh tmpfs holding its own null device."""
+    script = (
+        "mount -t tmpfs none /dev && mknod -m 666 /dev/null c 1 3 && "
+        f"{sys.executable} -m kubefwd svc -n shop --hosts-path /dev/null "
+        f"-c {tmp_path}/no-kubeconfig 2>{tmp_path}/err; echo code=$?; "
+        "stat -c %F /dev/null; ls -A /dev"
+    )
+    done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                          capture_output=True, text=True, timeout=30)
+    if "unshare failed" in done.stderr:
+        pytest.skip("unshare not permitted here")
+    lines = done.stdout.split()
+    assert "code=2" in lines, done.stdout + done.stderr
+    assert "character special file" in done.stdout
+    assert done.stdout.strip().endswith("null")  # nothing else was created in /dev
+    assert "holds no hosts file" in (tmp_path / "err").read_text()
