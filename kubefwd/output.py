@@ -7,7 +7,9 @@ line-buffered: tests and scripts wait for lines such as ``ready:`` while the pro
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -38,6 +40,40 @@ class _Formatter(logging.Formatter):
         return f"{stamp} {message}"
 
 
+class _QuietStreamHandler(logging.StreamHandler[TextIO]):
+    """A stream handler that goes quiet once its stream is gone.
+
+    When stdout is closed or full (``| head`` exited, ``>/dev/full``, the terminal was
+    closed), the forwards are still the job: we keep forwarding and stop writing the log,
+    instead of printing a traceback for every line (or dying on EPIPE, which would take the
+    user's connections down only because whoever read the log stopped reading).
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self.broken = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.broken:
+            return
+        try:
+            self.stream.write(self.format(record) + self.terminator)
+            self.flush()
+        except OSError:
+            self._give_up()
+        except Exception:
+            self.handleError(record)
+
+    def _give_up(self) -> None:
+        self.broken = True
+        # The interpreter flushes stdout once more at exit: point the stream at nothing so
+        # that last flush cannot fail noisily either.
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.stream.fileno())
+            os.close(devnull)
+
+
 class Output:
     """The user-facing log: what is forwarded where, what was skipped and why."""
 
@@ -53,7 +89,7 @@ class Output:
         """Route the ``kubefwd`` logger to our stream (``-v``: debug too)."""
         if self._handler is not None:
             return
-        handler = logging.StreamHandler(self.stream)
+        handler = _QuietStreamHandler(self.stream)
         handler.setFormatter(_Formatter())
         self.log.addHandler(handler)
         self.log.setLevel(logging.DEBUG if self.verbose else logging.INFO)

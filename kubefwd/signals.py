@@ -1,4 +1,8 @@
-"""SIGINT/SIGTERM for one run of ``kubefwd svc``, and the emergency second-signal path.
+"""Stop signals for one run of ``kubefwd svc``, and the emergency second-signal path.
+
+SIGINT (Ctrl-C), SIGTERM, SIGHUP (the terminal was closed) and SIGQUIT (Ctrl-\\) all mean
+"stop": each runs the same orderly shutdown, so no signal a user can send from a terminal
+leaves our lines in the hosts file.
 
 The first signal asks for the orderly shutdown (or, during start-up, cuts start-up short); a
 second one only removes our hosts lines and leaves at once. Kept apart from the app because
@@ -23,7 +27,10 @@ import psutil
 from kubefwd.errors import ExitCode
 from kubefwd.hosts import remove_owned_lines
 
-# A second SIGINT/SIGTERM sooner than this after the first is taken for the same one.
+# The signals that ask for the orderly shutdown.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+
+# A second stop signal sooner than this after the first is taken for the same one.
 REPEAT_WINDOW = 1.0
 
 
@@ -33,7 +40,7 @@ class StartupInterrupted(BaseException):
 
 
 class StopSignals:
-    """The SIGINT/SIGTERM handler of one run: sets ``stop_requested`` on the first signal,
+    """The stop-signal handler of one run: sets ``stop_requested`` on the first signal,
     raises ``StartupInterrupted`` while ``starting``, cleans the hosts file and exits on a
     second one."""
 
@@ -47,10 +54,10 @@ class StopSignals:
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
-        """Take over SIGINT and SIGTERM (only possible on the main thread)."""
+        """Take over the stop signals (only possible on the main thread)."""
         if threading.current_thread() is not threading.main_thread():
             return
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in STOP_SIGNALS:
             self._previous[signum] = signal.signal(signum, self._on_signal)
 
     def finish(self) -> None:
@@ -89,10 +96,16 @@ class StopSignals:
         # A second signal: only make sure the hosts file is clean, then leave at once.
         try:
             remove_owned_lines(self.hosts_path, os.getpid(), lock_timeout=2.0)
-            os.write(2, b"kubefwd: interrupted again: removed our hosts entries, exiting now\n")
+            _say(b"kubefwd: interrupted again: removed our hosts entries, exiting now\n")
         except Exception as exc:  # nothing may keep us from exiting now
-            os.write(2, f"kubefwd: could not clean the hosts file: {exc}\n".encode())
+            _say(f"kubefwd: could not clean the hosts file: {exc}\n".encode())
         os._exit(int(ExitCode.ERROR))
+
+
+def _say(message: bytes) -> None:
+    """Write to stderr from a signal handler; a closed terminal must not stop the exit."""
+    with contextlib.suppress(OSError):
+        os.write(2, message)
 
 
 def child_pids() -> set[int]:

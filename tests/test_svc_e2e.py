@@ -1197,3 +1197,40 @@ def _http_within(ip: str, port: int, timeout: float) -> str | None:
         return http_text(ip, port, timeout=timeout)
     except (OSError, AssertionError):
         return None
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGQUIT], ids=["SIGHUP", "SIGQUIT"])
+def test_terminal_signals_stop_cleanly(
+    run: Callable[..., Kubefwd], sig: signal.Signals
+) -> None:
+    """Closing the terminal (SIGHUP) or Ctrl-\\ (SIGQUIT) runs the same orderly shutdown as
+    Ctrl-C: exit 0 and the hosts file as it was."""
+    fwd = run("-n", "shop")
+    assert hosts_entries(fwd.hosts)
+    fwd.stop_cleanly(sig)
+
+
+def test_stdout_full_keeps_forwarding_quietly(
+    cluster: SimCluster, hosts: Path, tmp_path: Path, block: int
+) -> None:
+    """With stdout on a full device every log line fails: kubefwd forwards anyway, prints no
+    logging traceback, and stops cleanly."""
+    conf = tmp_path / "base.yaml"
+    conf.write_text(f"baseUnreservedIP: 127.1.{block}.1\n")
+    env = dict(os.environ, HOME=str(tmp_path), PYTHONUNBUFFERED="1")
+    argv = [sys.executable, "-m", "kubefwd", "svc", "-c", str(cluster.kubeconfig_path),
+            "--hosts-path", str(hosts), "-n", "shop", "-z", str(conf)]
+    with open("/dev/full", "w") as full:
+        proc = subprocess.Popen(argv, stdout=full, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        ip = wait_for(lambda: hosts_entries(hosts).get("web.shop"), 20, "web.shop in hosts")
+        assert wait_for(lambda: try_http(ip, 80), 10, "web answers").startswith("web-")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=5)
+    assert proc.returncode == 0, err
+    assert "Logging error" not in err and "Traceback" not in err, err
+    assert hosts.read_bytes() == ORIGINAL_HOSTS
