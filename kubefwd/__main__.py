@@ -1,3 +1,3 @@
-from kubefwd.cli import main
+from kubefwd.commands.cli import main
 
 main()

@@ -1,7 +1,7 @@
 """Error classes and exit codes.
 
 Every failure the user can cause or meet is a ``KubefwdError`` subclass carrying the
-exit code it maps to; the CLI edge (``kubefwd.cli``) turns it into one line on stderr.
+exit code it maps to; the CLI edge (``kubefwd.commands.cli``) turns it into one line on stderr.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from kubefwd.sim.store import (
     random_suffix,
     selector_from_match_labels,
 )
-from kubefwd.threads import StoppableThread
+from kubefwd.support.threads import StoppableThread
 
 log = logging.getLogger(__name__)
 

@@ -42,8 +42,8 @@ from kubefwd.sim.podstatus import (
     timestamp,
 )
 from kubefwd.sim.processes import container_env, exited, expand, reap, terminate
-from kubefwd.sockets import hard_shutdown
-from kubefwd.threads import StoppableThread
+from kubefwd.support.sockets import hard_shutdown
+from kubefwd.support.threads import StoppableThread
 
 log = logging.getLogger(__name__)
 

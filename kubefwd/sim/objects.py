@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from kubefwd.selectorsyntax import split_requirements
+from kubefwd.support.selectorsyntax import split_requirements
 
 Obj = dict[str, Any]
 

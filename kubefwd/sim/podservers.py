@@ -18,8 +18,8 @@ import socket
 import threading
 from collections.abc import Callable, Iterable
 
-from kubefwd.sockets import hard_shutdown
-from kubefwd.threads import StoppableThread
+from kubefwd.support.sockets import hard_shutdown
+from kubefwd.support.threads import StoppableThread
 
 log = logging.getLogger(__name__)
 

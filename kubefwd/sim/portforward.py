@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from kubefwd.sim.objects import StatusError
-from kubefwd.sockets import close_quietly
+from kubefwd.support.sockets import close_quietly
 from kubefwd.wire import spdy, spdyframes
 from kubefwd.wire import websocket as ws
 

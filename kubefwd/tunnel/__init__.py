@@ -16,9 +16,9 @@ API connection, WebSocket frame reader, local ends), ``spdy_client`` (the SPDY s
 
 from __future__ import annotations
 
+from kubefwd.cluster.target import ApiTarget
 from kubefwd.tunnel.loop import Loop, LoopThread
 from kubefwd.tunnel.pod import PodTunnel
 from kubefwd.tunnel.pool import TunnelPool
-from kubefwd.tunnel.target import ApiTarget
 
 __all__ = ["ApiTarget", "Loop", "LoopThread", "PodTunnel", "TunnelPool"]

@@ -19,9 +19,9 @@ from collections.abc import Callable, Mapping
 from http import HTTPStatus
 
 from kubefwd import __version__
+from kubefwd.cluster.target import ApiTarget
 from kubefwd.errors import TunnelError
-from kubefwd.sockets import close_quietly
-from kubefwd.tunnel.target import ApiTarget
+from kubefwd.support.sockets import close_quietly
 from kubefwd.wire import websocket as ws
 
 log = logging.getLogger(__name__)

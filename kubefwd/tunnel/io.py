@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from kubefwd.sockets import close_quietly, hard_shutdown
+from kubefwd.support.sockets import close_quietly, hard_shutdown
 from kubefwd.tunnel.dial import AnySocket
 from kubefwd.wire import websocket as ws
 

@@ -27,8 +27,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from kubefwd.cluster.target import ApiTarget
 from kubefwd.errors import TunnelError
-from kubefwd.sockets import close_quietly, hard_shutdown
+from kubefwd.support.sockets import close_quietly, hard_shutdown
 from kubefwd.tunnel.dial import (
     FINAL_STATUSES,
     TRANSPORTS,
@@ -40,7 +41,6 @@ from kubefwd.tunnel.dial import (
 from kubefwd.tunnel.io import GiveBack, LocalConn, close_local, hand_back
 from kubefwd.tunnel.loop import Loop, LoopThread, Timer
 from kubefwd.tunnel.spdy_client import SpdySession
-from kubefwd.tunnel.target import ApiTarget
 from kubefwd.tunnel.ws_v4 import V4Link
 
 log = logging.getLogger("kubefwd.tunnel")

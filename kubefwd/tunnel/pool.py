@@ -10,11 +10,11 @@ import functools
 import threading
 from collections.abc import Callable
 
+from kubefwd.cluster.target import ApiTarget
 from kubefwd.errors import TunnelError
 from kubefwd.tunnel.dial import TRANSPORTS
 from kubefwd.tunnel.loop import Loop
 from kubefwd.tunnel.pod import IDLE_TIMEOUT, PING_INTERVAL, PodTunnel
-from kubefwd.tunnel.target import ApiTarget
 
 _Key = tuple[str, str, str, int]
 

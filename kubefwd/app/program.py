@@ -1,0 +1,508 @@
+"""The orchestrator: contexts → informers → registry → forwarders, plus the hosts writer.
+
+``Kubefwd`` wires the pieces together and owns their start and shutdown order; ``run()`` is
+``kubefwd svc``; tests and the benchmark can also drive it in-process (``start()``,
+``wait_ready()``, ``shutdown()``). What it wires lives elsewhere: the start-up checks in
+``startup``, signals in ``signals``, the command threads in ``dispatch``, the live forwards in
+``forwardset``, tunnel choice in ``routing``, other instances on the hosts file in ``coexist``.
+
+Shutdown order (each step in its own ``try`` so one failure does not skip the rest): stop the
+informers (no new commands), stop the forwarders (listeners close), close the tunnels, stop the
+hosts writer (it removes our lines), undo loopback aliases.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from kubefwd.app.signals import StartupInterrupted, StopSignals, child_pids, end_children
+from kubefwd.app.startup import (
+    START_LOCK_WAIT,
+    StartLock,
+    check_privileges,
+    checked_namespaces,
+    report_privileged_ports,
+    wait_synced,
+    warn_unverified_namespaces,
+)
+from kubefwd.cluster.client import KubeClient, watch_callables
+from kubefwd.cluster.informer import Backoff, Informer
+from kubefwd.cluster.kubeconfig import ClusterContext, load_contexts
+from kubefwd.errors import (
+    ApiError,
+    ExitCode,
+    HostsFileError,
+    KubefwdError,
+)
+from kubefwd.hosts.backup import backup_target
+from kubefwd.hosts.writer import HostsWriter
+from kubefwd.registry.ipalloc import DEFAULT_BASE, IpAllocator
+from kubefwd.registry.registry import (
+    ForwardRemove,
+    ForwardUpsert,
+    HostsSnapshot,
+    Registry,
+)
+from kubefwd.serve.coexist import Coexistence
+from kubefwd.serve.dispatch import Dispatcher, Reaper
+from kubefwd.serve.forwarder import ForwardStats
+from kubefwd.serve.forwardset import ForwardSet
+from kubefwd.serve.routing import Router
+from kubefwd.support.threads import StoppableThread
+from kubefwd.system.loopback import LoopbackStrategy, loopback_strategy
+from kubefwd.tunnel import ApiTarget, TunnelPool
+from kubefwd.ui.text import Output
+
+log = logging.getLogger("kubefwd.app.program")
+
+
+@dataclass
+class SvcOptions:
+    """Everything ``kubefwd svc`` was asked to do, validated."""
+
+    kubeconfig: str | None = None
+    contexts: list[str] = field(default_factory=list)
+    namespaces: list[str] = field(default_factory=list)
+    all_namespaces: bool = False
+    label_selector: str = ""
+    field_selector: str = ""
+    domain: str = ""
+    mappings: dict[int, int] = field(default_factory=dict)
+    reservations: dict[str, str] = field(default_factory=dict)
+    base_ip: str | None = None
+    timeout: float = 300.0
+    hosts_path: Path = Path("/etc/hosts")
+    refresh_backup: bool = False
+    purge_stale: bool = False
+    resync_interval: float = 300.0
+    retry_interval: float = 10.0
+    auto_reconnect: bool = False
+    verbose: bool = False
+    transport: str = "auto"
+    # Not flags: where ~/hosts.original goes (None: the invoking user's home).
+    backup_dir: Path | None = None
+    make_backup: bool = True
+
+
+class Kubefwd:
+    """One run of ``kubefwd svc``: ``run()`` for the CLI, or ``start()``/``shutdown()``."""
+
+    def __init__(self, options: SvcOptions, *, output: Output | None = None) -> None:
+        self.options = options
+        self.output = output or Output(verbose=options.verbose)
+        self.stop_requested = threading.Event()
+        self.ready = threading.Event()
+        self.started_at = 0.0
+        self._stop_signals = StopSignals(options.hosts_path, self.stop_requested)
+        self._lock = threading.Lock()
+        self._informers: list[Informer] = []
+        self._clients: list[KubeClient] = []
+        self._targets: dict[str, ApiTarget] = {}
+        self._informer_stop = threading.Event()
+        self._registry: Registry | None = None
+        self._pool: TunnelPool | None = None
+        self._hosts: HostsWriter | None = None
+        self._loopback: LoopbackStrategy | None = None
+        self._housekeeper: _Housekeeper | None = None
+        self._dispatcher: Dispatcher | None = None
+        self._coexist = Coexistence(options.hosts_path, self.output)
+        self._start_lock = StartLock(options.hosts_path)
+        self._reaper: Reaper | None = None
+        self._router = Router(self.output, self._targets)
+        self._live = ForwardSet(output=self.output, coexist=self._coexist, router=self._router,
+                                targets=self._targets, ready=self.ready,
+                                hold_timeout=options.timeout)
+        self._shut_down = False
+        # Set by shutdown() when our lines could not be removed from the hosts file.
+        self.hosts_cleanup_failed = False
+        self._unverified: list[tuple[str, str]] = []  # (context, namespace) we could not get
+
+    # -- whole-process entry ---------------------------------------------------------------
+
+    def run(self) -> int:
+        """Start, serve until SIGINT/SIGTERM, shut down; returns the exit code."""
+        self.output.install()
+        self._stop_signals.install()
+        children_before = child_pids()
+        try:
+            try:
+                self._stop_signals.starting = True
+                self.start()
+            except StartupInterrupted:
+                self._stop_signals.starting = False
+                self.output.info("interrupted before ready: stopping")
+                _step("stop helper processes", lambda: end_children(children_before))
+                self.shutdown()
+                return int(ExitCode.HOSTS if self.hosts_cleanup_failed else
+                           ExitCode.INTERRUPTED)
+            except BaseException:
+                self._stop_signals.starting = False
+                self.shutdown()
+                raise
+            if self.stop_requested.is_set() and not self.ready.is_set():
+                self.shutdown()
+                return int(ExitCode.INTERRUPTED)
+            # Everything built so far (imported modules, the registry, the forwards) lives as
+            # long as the process: take it out of the collector's sight, so that a full
+            # collection in the middle of a connection scans only what came after. Without
+            # this, full collections over the start-up objects put milliseconds into the
+            # slowest 1% of new connections (scripts/bench, new-connection p99). Only for the
+            # process that runs kubefwd: an embedding program keeps its collector as it is.
+            gc.freeze()
+            self.stop_requested.wait()
+            self.output.info("stopping: closing forwards and removing hosts entries")
+            self.shutdown()
+            return int(ExitCode.HOSTS if self.hosts_cleanup_failed else ExitCode.OK)
+        finally:
+            self._stop_signals.finish()
+            self.output.uninstall()
+
+    # -- start -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Check, connect, list everything, bind every listener, write the hosts file.
+
+        Returns once all of that is done (``ready`` is set) or a stop was requested; raises a
+        ``KubefwdError`` for anything the user must fix (call ``shutdown()`` afterwards).
+        """
+        o = self.options
+        self.started_at = time.monotonic()
+        check_privileges(o.hosts_path)
+        contexts = load_contexts(o.kubeconfig, o.contexts)
+        namespaces = self._namespaces(contexts)
+        if self.stop_requested.is_set():
+            return
+        # Instances starting at the same time take turns until their names are written, so
+        # each one sees the addresses and names of those before it.
+        if not self._start_lock.acquire(START_LOCK_WAIT):
+            self.output.warning("another kubefwd has been starting on %s for %.0fs; going ahead",
+                                o.hosts_path, START_LOCK_WAIT)
+        self._coexist.others.refresh(force=True)
+        allocator = IpAllocator(reservations=o.reservations, base=o.base_ip or DEFAULT_BASE,
+                                taken=self._coexist.others.ip_taken)
+        self._live.allocator = allocator
+        self._registry = Registry(
+            allocator=allocator,
+            contexts=[c.name for c in contexts],
+            namespaces={c.name: namespaces[c.name] for c in contexts},
+            domain=o.domain,
+            mappings=o.mappings,
+        )
+        # Commands are applied on one thread of their own: informer threads only queue them,
+        # so a slow bind or alias never holds up the watches; stopped forwarders are joined
+        # on another, so a slow removal does not hold up the commands behind it.
+        self._reaper = Reaper(self.output)
+        self._reaper.start()
+        self._live.reaper = self._reaper
+        self._dispatcher = Dispatcher(self._on_commands)
+        self._dispatcher.start()
+        self._registry.subscribe(self._dispatcher.put)
+        # -a keeps every forwarded pod's tunnel open; otherwise an idle one closes its session
+        # (buffers, API connection) and re-opens on the next connection.
+        pool_options: dict[str, Any] = {"idle_timeout": 0.0} if o.auto_reconnect else {}
+        self._pool = TunnelPool(transport=o.transport, on_dead=self._live.tunnel_died,
+                                **pool_options)
+        self._router.pool = self._pool
+        self._loopback = loopback_strategy()
+        self._live.loopback = self._loopback
+        self._hosts = HostsWriter(
+            o.hosts_path,
+            backup_dir=self._backup_dir(),
+            refresh_backup=o.refresh_backup,
+            purge_stale=o.purge_stale,
+        )
+        self._coexist.hosts = self._hosts
+        self._hosts.start()
+        # Pods first, then services: every service then meets its pods in its first batch, so
+        # IPs come out in the same order on every run (headless pods next to their service).
+        for resources in (("pods", "endpointslices"), ("services",)):
+            for ctx in contexts:
+                scope = namespaces[ctx.name] if not o.all_namespaces else [""]
+                self._start_informers(ctx, scope, resources)
+            self._wait_synced()
+        if self.stop_requested.is_set():
+            return
+        if not self._dispatcher.wait_idle(30.0):
+            log.warning("start-up: forwards still being set up after 30s")
+        self._warn_unverified_namespaces()
+        if not self._hosts.flush(timeout=30.0):
+            error = self._hosts.last_error
+            raise error or HostsFileError(f"could not write the hosts file {o.hosts_path}")
+        self._start_lock.release()
+        self._live.announce_all()
+        report_privileged_ports(self.output, self._live.privileged_ports)
+        self._housekeeper = _Housekeeper(self)
+        self._housekeeper.start()
+        states = self._live.states()
+        count = len({f.key[:3] for f in states})
+        addresses = len(states)
+        self._stop_signals.starting = False
+        self.output.ready(count, addresses, time.monotonic() - self.started_at,
+                          self._hosts.writes)
+        self.ready.set()
+
+    def _backup_dir(self) -> Path | None:
+        """Where hosts.original goes: as asked, else only for the system hosts file, into the
+        invoking user's home (``backup_target``); None: no backup."""
+        o = self.options
+        if not o.make_backup:
+            return None
+        if o.backup_dir is not None:
+            return o.backup_dir
+        target = backup_target(o.hosts_path)
+        return target.parent if target is not None else None
+
+    def _namespaces(self, contexts: Sequence[ClusterContext]) -> dict[str, list[str]]:
+        """The namespaces of each context, checked to exist (``-A``: all of them, listed)."""
+        o = self.options
+        result: dict[str, list[str]] = {}
+        for ctx in contexts:
+            client = KubeClient(ctx)
+            self._clients.append(client)
+            self._targets[ctx.name] = ctx.target
+            if o.all_namespaces:
+                result[ctx.name] = client.list_namespaces()
+                continue
+            chosen, unverified = checked_namespaces(client, ctx, o.namespaces)
+            self._unverified.extend((ctx.name, ns) for ns in unverified)
+            result[ctx.name] = chosen
+        return result
+
+    def _warn_unverified_namespaces(self) -> None:
+        if not self._unverified or self._registry is None:
+            return
+        warn_unverified_namespaces(self.output, self._unverified, self._registry.snapshot(),
+                                   multi_context=len(self._targets) > 1)
+
+    def _start_informers(
+        self, ctx: ClusterContext, namespaces: Sequence[str], resources: Sequence[str]
+    ) -> None:
+        o = self.options
+        assert self._registry is not None
+        client = next(c for c in self._clients if c.context is ctx)
+        watch_timeout = int(max(1, min(300.0, o.resync_interval)))
+        for ns in namespaces:
+            for resource in resources:
+                selectors = resource == "services"
+                list_fn, watch_fn = watch_callables(
+                    client, resource, ns,
+                    label_selector=o.label_selector if selectors else "",
+                    field_selector=o.field_selector if selectors else "",
+                    timeout_seconds=watch_timeout,
+                    stop=self._informer_stop,
+                )
+                informer = Informer(
+                    context=ctx.name,
+                    namespace=ns,
+                    resource=resource,
+                    list_fn=list_fn,
+                    watch_fn=_resyncing(watch_fn, o.resync_interval),
+                    callback=self._registry.callback(ctx.name, ns, resource),
+                    interrupt=functools.partial(self._interrupt_watches, client),
+                    backoff=Backoff(initial=min(1.0, o.retry_interval), cap=o.retry_interval),
+                    on_error=self._informer_error,
+                    on_recovered=self._api_reachable,
+                )
+                self._informers.append(informer)
+                informer.start()
+
+    def _interrupt_watches(self, client: KubeClient, _stop: threading.Event) -> None:
+        client.interrupt(self._informer_stop)
+
+    def _informer_error(self, informer: Informer, exc: Exception, delay: float) -> None:
+        if self.ready.is_set():
+            self.output.warning("%s: %s; retrying in %.0fs", informer.name, exc, delay)
+        else:
+            self.output.debug("%s: %s; retrying in %.0fs", informer.name, exc, delay)
+
+    def _api_reachable(self, informer: Informer) -> None:
+        """An informer listed again after failing: its API server is back, so held
+        connections to that context's pods are retried now (on the informer's thread; no
+        lock of ours is held)."""
+        self.output.debug("%s: the API server answers again; retrying held connections",
+                          informer.name)
+        self._router.api_reachable(informer.context, self._live.states())
+
+    def _wait_synced(self) -> None:
+        wait_synced(self._informers, self.stop_requested, self.output,
+                    retry_interval=self.options.retry_interval)
+
+    # -- registry commands (on the dispatcher thread, in order) ------------------------------
+
+    def _on_commands(self, commands: list[Any]) -> None:
+        for command in commands:
+            try:
+                if isinstance(command, ForwardUpsert):
+                    self._live.upsert(command)
+                elif isinstance(command, ForwardRemove):
+                    self._live.remove(command.key)
+                elif isinstance(command, HostsSnapshot):
+                    self._coexist.set_snapshot(command.entries)
+                    self._coexist.publish()
+            except KubefwdError as exc:
+                self.output.warning("%s", exc)
+
+    # -- housekeeping ------------------------------------------------------------------------
+
+    def housekeeping(self) -> None:
+        """Once a second: -t warnings, tunnels of vanished pods, -a re-opening, names other
+        instances let go of."""
+        if self._coexist.others.refresh():
+            self._coexist.publish()
+        if self._registry is not None:
+            self._registry.expire()  # StatefulSet pod forwards whose pod did not come back
+        now = time.monotonic()
+        states = self._live.states()
+        self._live.warn_no_pod(states, now, self.options.timeout)
+        wanted = {(s.key.context, s.key.namespace, pod.name)
+                  for s in states for pod in s.upsert.pods}
+        if self._pool is None:
+            return
+        self._router.close_unused(wanted, now)
+        if self.options.auto_reconnect:
+            housekeeper = self._housekeeper
+            self._router.keep_open(states, housekeeper.stopping if housekeeper else None)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for tests and the benchmark: every forwarder counter summed (accepted,
+        spliced, held, dropped, returned)."""
+        forwards = self._live.states()
+        counters: dict[str, Any] = {
+            "forwards": len(forwards),
+            "hosts_writes": self._hosts.writes if self._hosts is not None else 0,
+            "tunnels": len(self._pool.tunnels()) if self._pool is not None else 0,
+        }
+        for counter in fields(ForwardStats):
+            counters[counter.name] = sum(
+                getattr(f.forwarder.stats, counter.name) for f in forwards
+            )
+        return counters
+
+    def forwards(self) -> dict[str, tuple[str, list[str], list[int]]]:
+        """name → (ip, host names, local ports) of every live forward."""
+        return self._live.describe()
+
+    # -- shutdown ----------------------------------------------------------------------------
+
+    def wait_ready(self, timeout: float) -> bool:
+        return self.ready.wait(timeout)
+
+    def request_stop(self) -> None:
+        self.stop_requested.set()
+
+    def shutdown(self) -> None:
+        """Stop informers → forwarders → tunnels → hosts lines → loopback; each step isolated,
+        so one failure does not skip the rest. Safe to call more than once."""
+        with self._lock:
+            if self._shut_down:
+                return
+            self._shut_down = True
+        self._live.close()
+        self.stop_requested.set()
+        _step("release the start-up lock", self._start_lock.release)
+        _step("stop informers", self._stop_informers)
+        _step("stop applying changes", self._stop_dispatcher)
+        _step("stop housekeeping", self._stop_housekeeper)
+        _step("stop forwarders", self._stop_forwarders)
+        _step("close tunnels", self._close_tunnels)
+        _step("remove hosts entries", self._stop_hosts)
+        _step("remove loopback addresses", self._cleanup_loopback)
+
+    def _stop_informers(self) -> None:
+        self._informer_stop.set()
+        for informer in self._informers:
+            informer.stop()
+        for client in self._clients:
+            client.close()
+        stuck = [i.name for i in self._informers if not i.stop_and_join(5.0)]
+        if stuck:
+            log.warning("informers did not stop in time: %s", ", ".join(stuck))
+
+    def _stop_dispatcher(self) -> None:
+        if self._dispatcher is not None and not self._dispatcher.stop_and_join(10.0):
+            log.warning("the command dispatcher did not stop in time")
+
+    def _stop_reaper(self) -> None:
+        if self._reaper is not None and not self._reaper.stop_and_join(10.0):
+            log.warning("removed forwards did not stop in time")
+
+    def _stop_housekeeper(self) -> None:
+        if self._housekeeper is not None:
+            self._housekeeper.stop_and_join()
+
+    def _stop_forwarders(self) -> None:
+        self._live.stop_all()
+        self._stop_reaper()
+
+    def _close_tunnels(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+
+    def _stop_hosts(self) -> None:
+        if self._hosts is None:
+            return
+        if self._hosts.ident is None:
+            return
+        if not self._hosts.stop_and_join(self._hosts.cleanup_timeout + 5.0):
+            self.hosts_cleanup_failed = True
+            raise HostsFileError(f"timed out removing our lines from {self.options.hosts_path}")
+        if self._hosts.cleanup_failed:
+            self.hosts_cleanup_failed = True
+            raise self._hosts.last_error or HostsFileError(
+                f"could not remove our lines from {self.options.hosts_path}"
+            )
+
+    def _cleanup_loopback(self) -> None:
+        if self._loopback is not None:
+            for error in self._loopback.cleanup():
+                log.warning("%s", error)
+
+
+
+
+
+def _step(what: str, fn: Callable[[], None]) -> None:
+    try:
+        fn()
+    except Exception as exc:
+        log.error("shutdown: %s failed: %s", what, exc)
+
+
+def _resyncing(
+    watch_fn: Callable[[str], Iterable[dict[str, Any]]], every: float
+) -> Callable[[str], Iterator[dict[str, Any]]]:
+    """Wrap a watch so that, ``every`` seconds after the last list, it ends with an
+    "expired" error: the informer lists everything again (the --resync-interval)."""
+    listed_at = [time.monotonic()]
+
+    def watch(rv: str) -> Iterator[dict[str, Any]]:
+        if time.monotonic() - listed_at[0] >= every:
+            listed_at[0] = time.monotonic()
+            raise ApiError("periodic resync", status=410, reason="Expired")
+        yield from watch_fn(rv)
+        if time.monotonic() - listed_at[0] >= every:
+            listed_at[0] = time.monotonic()
+            raise ApiError("periodic resync", status=410, reason="Expired")
+
+    return watch
+
+
+class _Housekeeper(StoppableThread):
+    def __init__(self, app: Kubefwd) -> None:
+        super().__init__("kubefwd/housekeeping")
+        self.app = app
+
+    def run_loop(self) -> None:
+        while not self.stopping.wait(1.0):
+            try:
+                self.app.housekeeping()
+            except Exception:
+                log.exception("housekeeping failed")

@@ -1,0 +1,382 @@
+"""The Kubernetes adapter's list/watch client, and the list and watch callables informers use.
+
+Part of the Kubernetes adapter, together with ``kubeconfig`` (which loads the contexts and is
+where ``kubernetes`` is imported); no other product module talks to the API. List and watch
+talk HTTP/1.1 with ``http.client`` and hand back raw JSON dicts: deserializing hundreds of
+objects into the generated models would cost more than the rest of start-up.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import socket
+import ssl
+import threading
+import urllib.parse
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from kubefwd.cluster.kubeconfig import ClusterContext
+from kubefwd.errors import ApiError, ExitCode
+from kubefwd.support.sockets import hard_shutdown
+from kubefwd.tunnel import ApiTarget
+
+__all__ = [
+    "KubeClient",
+    "NamespaceStatus",
+    "WatchExpired",
+    "watch_callables",
+]
+
+log = logging.getLogger(__name__)
+
+# resource -> API path prefix, for the resources kubefwd reads.
+_RESOURCES: dict[str, str] = {
+    "services": "/api/v1",
+    "pods": "/api/v1",
+    "endpoints": "/api/v1",
+    "namespaces": "/api/v1",
+    "endpointslices": "/apis/discovery.k8s.io/v1",
+}
+
+
+# What ``KubeClient.namespace_status`` can tell of a namespace.
+NamespaceStatus = Literal["exists", "missing", "forbidden"]
+
+
+class WatchExpired(ApiError):
+    """The watch's resourceVersion is too old (410 Gone): the caller must list again."""
+
+
+class _Connection(http.client.HTTPConnection):
+    """HTTP or HTTPS to an ApiTarget, with its TLS context and SNI name."""
+
+    def __init__(self, target: ApiTarget, timeout: float) -> None:
+        super().__init__(target.host, target.port, timeout=timeout)
+        self._target = target
+
+    def connect(self) -> None:
+        super().connect()
+        t = self._target
+        if t.scheme == "https":
+            ctx = t.ssl_context or ssl.create_default_context()
+            self.sock = ctx.wrap_socket(self.sock, server_hostname=t.server_hostname or t.host)
+
+
+def _status_message(body: bytes) -> str:
+    try:
+        status = json.loads(body)
+        if isinstance(status, dict) and status.get("message"):
+            return str(status["message"])
+    except ValueError:
+        pass
+    return body.decode("utf-8", "replace").strip()[:200]
+
+
+_STATUS_WORDS = {401: "unauthorized", 403: "forbidden", 404: "not found"}
+
+
+@dataclass
+class _Active:
+    """A request in flight that ``interrupt(stop)`` may cut short."""
+
+    stop: threading.Event | None
+    sock: socket.socket | None
+
+
+class KubeClient:
+    """List and watch raw objects of one context. Thread-safe: every call has its own
+    connection (lists are few; a watch holds its connection for its whole life)."""
+
+    def __init__(self, context: ClusterContext, *, timeout: float = 30.0) -> None:
+        self.context = context
+        self.target = context.target
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        self._active: list[_Active] = []
+
+    @property
+    def url(self) -> str:
+        t = self.target
+        return f"{t.scheme}://{t.host}:{t.port}{t.base_path}"
+
+    # -- requests
+
+    def _path(self, resource: str, namespace: str, name: str = "") -> str:
+        prefix = _RESOURCES.get(resource)
+        if prefix is None:
+            raise ValueError(f"unsupported resource {resource!r}")
+        base = self.target.base_path + prefix
+        if resource == "namespaces":
+            path = f"{base}/namespaces"
+        elif namespace:
+            path = f"{base}/namespaces/{urllib.parse.quote(namespace, safe='')}/{resource}"
+        else:
+            path = f"{base}/{resource}"
+        return f"{path}/{urllib.parse.quote(name, safe='')}" if name else path
+
+    def _where(self, resource: str, namespace: str) -> str:
+        if resource == "namespaces":
+            return resource
+        return f"{resource} in namespace {namespace}" if namespace else f"{resource} cluster-wide"
+
+    def _request(
+        self,
+        path: str,
+        timeout: float,
+        stop: threading.Event | None,
+    ) -> tuple[_Connection, http.client.HTTPResponse, _Active]:
+        """Send a GET; the caller must ``_finish`` the returned handle."""
+        conn = _Connection(self.target, timeout)
+        headers = {"Accept": "application/json", "User-Agent": "kubefwd"}
+        active = _Active(stop, None)
+        try:
+            headers.update(self.target.auth_headers())
+            conn.connect()
+            active.sock = conn.sock
+            with self._lock:
+                self._active.append(active)
+            if stop is not None and stop.is_set():
+                raise ConnectionAbortedError("stopped")
+            conn.request("GET", path, headers=headers)
+            resp = conn.getresponse()
+        except ssl.SSLError as e:
+            self._finish(conn, active)
+            raise ApiError(
+                f"TLS error talking to the API server at {self.url} "
+                f"(context {self.context.name}): {e}"
+            ) from e
+        except (OSError, http.client.HTTPException) as e:
+            self._finish(conn, active)
+            raise ApiError(
+                f"cannot reach the API server at {self.url} "
+                f"(context {self.context.name}): {e or type(e).__name__}"
+            ) from e
+        return conn, resp, active
+
+    def _finish(self, conn: _Connection, active: _Active) -> None:
+        with self._lock:
+            if active in self._active:
+                self._active.remove(active)
+        conn.close()
+
+    def _raise_for(
+        self, verb: str, resource: str, namespace: str, status: int, body: bytes
+    ) -> None:
+        message = _status_message(body)
+        what = self._where(resource, namespace)
+        if status == 410:
+            raise WatchExpired(f"{verb} {what}: {message}", status=410, reason="Expired")
+        word = _STATUS_WORDS.get(status, "")
+        exit_code = ExitCode.CONFIG if status == 404 else None
+        hint = ""
+        if status in (401, 403):
+            hint = f" (context {self.context.name})"
+        # The CLI prints "kubefwd: error: <message>": only a specific word goes in front.
+        lead = f"{word}: " if word else ""
+        raise ApiError(
+            f"{lead}cannot {verb} {what} ({status}): {message}{hint}",
+            status=status,
+            reason=word or "error",
+            exit_code=exit_code,
+        )
+
+    def _get_json(
+        self,
+        verb: str,
+        resource: str,
+        namespace: str,
+        path: str,
+        stop: threading.Event | None = None,
+    ) -> dict[str, Any]:
+        conn, resp, active = self._request(path, self._timeout, stop)
+        try:
+            body = resp.read()
+        except (OSError, http.client.HTTPException) as e:
+            raise ApiError(
+                f"connection to the API server at {self.url} broke while reading "
+                f"{self._where(resource, namespace)}: {e or type(e).__name__}"
+            ) from e
+        finally:
+            self._finish(conn, active)
+        if resp.status != 200:
+            self._raise_for(verb, resource, namespace, resp.status, body)
+        try:
+            data = json.loads(body)
+        except ValueError as e:
+            raise ApiError(f"invalid JSON from {self.url}{path}: {e}") from e
+        if not isinstance(data, dict):
+            raise ApiError(f"unexpected answer from {self.url}{path}")
+        return data
+
+    # -- public API
+
+    def list_namespaces(self) -> list[str]:
+        """Names of all namespaces, sorted (for --all-namespaces)."""
+        items, _ = self.list("namespaces", "")
+        return sorted(str(i["metadata"]["name"]) for i in items)
+
+    def list(
+        self,
+        resource: str,
+        namespace: str,
+        *,
+        label_selector: str = "",
+        field_selector: str = "",
+        stop: threading.Event | None = None,
+    ) -> tuple[list[dict[str, Any]], str]:
+        """All objects of ``resource`` in ``namespace`` ("" = all), and the list's RV.
+
+        With ``stop``, ``interrupt(stop)`` aborts the request (it raises ApiError)."""
+        query = {}
+        if label_selector:
+            query["labelSelector"] = label_selector
+        if field_selector:
+            query["fieldSelector"] = field_selector
+        path = self._path(resource, namespace)
+        if query:
+            path += "?" + urllib.parse.urlencode(query)
+        data = self._get_json("list", resource, namespace, path, stop)
+        items = data.get("items") or []
+        rv = str((data.get("metadata") or {}).get("resourceVersion") or "")
+        return list(items), rv
+
+    def watch(
+        self,
+        resource: str,
+        namespace: str,
+        resource_version: str,
+        *,
+        label_selector: str = "",
+        field_selector: str = "",
+        timeout_seconds: int = 300,
+        stop: threading.Event,
+    ) -> Iterator[dict[str, Any]]:
+        """Raw watch events (ADDED, MODIFIED, DELETED, BOOKMARK) after ``resource_version``.
+
+        Ends when the server ends the stream (``timeout_seconds``) or when ``stop`` is set
+        and ``interrupt(stop)`` is called; raises WatchExpired on 410 and ApiError otherwise.
+        """
+        query = {
+            "watch": "1",
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": str(timeout_seconds),
+        }
+        if resource_version:
+            query["resourceVersion"] = resource_version
+        if label_selector:
+            query["labelSelector"] = label_selector
+        if field_selector:
+            query["fieldSelector"] = field_selector
+        path = self._path(resource, namespace) + "?" + urllib.parse.urlencode(query)
+        if stop.is_set():
+            return
+        # A dead server must not hang the watch forever: allow a margin past the timeout.
+        conn, resp, active = self._request(path, timeout_seconds + 30, stop)
+        try:
+            if resp.status != 200:
+                body = resp.read()
+                self._raise_for("watch", resource, namespace, resp.status, body)
+            while not stop.is_set():
+                try:
+                    line = resp.readline()
+                except (OSError, ValueError, http.client.HTTPException) as e:
+                    if stop.is_set():
+                        return
+                    raise ApiError(
+                        f"watch of {self._where(resource, namespace)} at {self.url} "
+                        f"broke: {e or type(e).__name__}"
+                    ) from e
+                if not line:
+                    return
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    event = json.loads(line)
+                except ValueError as e:
+                    raise ApiError(f"invalid watch event from {self.url}: {e}") from e
+                if event.get("type") == "ERROR":
+                    status = event.get("object") or {}
+                    code = int(status.get("code") or 0)
+                    raise_body = json.dumps(status).encode()
+                    self._raise_for("watch", resource, namespace, code or 500, raise_body)
+                yield event
+        finally:
+            self._finish(conn, active)
+
+    def interrupt(self, stop: threading.Event) -> None:
+        """Cut short the lists and watches started with ``stop`` (set it first): a watch
+        returns at once, a list raises ApiError."""
+        with self._lock:
+            active = [a for a in self._active if a.stop is stop]
+        for a in active:
+            if a.sock is not None:
+                hard_shutdown(a.sock)
+
+    def namespace_status(self, namespace: str) -> NamespaceStatus:
+        """Whether ``namespace`` exists: "exists", "missing" (404), or "forbidden" (403: we
+        may not get Namespace objects, as users with namespace-scoped rights often may not).
+        Any other failure raises ApiError."""
+        path = self._path("namespaces", "", namespace)
+        try:
+            self._get_json("get", "namespaces", "", path)
+        except ApiError as e:
+            if e.status == 404:
+                return "missing"
+            if e.status == 403:
+                return "forbidden"
+            raise
+        return "exists"
+
+    def close(self) -> None:
+        """Interrupt every request in flight; watches return at once."""
+        with self._lock:
+            active = list(self._active)
+        for a in active:
+            if a.stop is not None:
+                a.stop.set()
+            if a.sock is not None:
+                hard_shutdown(a.sock)
+
+
+def watch_callables(
+    client: KubeClient,
+    resource: str,
+    namespace: str,
+    *,
+    label_selector: str = "",
+    field_selector: str = "",
+    timeout_seconds: int = 300,
+    stop: threading.Event,
+) -> tuple[
+    Callable[[], tuple[list[dict[str, Any]], str]],
+    Callable[[str], Iterator[dict[str, Any]]],
+]:
+    """The list and watch callables an informer loop needs, bound to one resource."""
+
+    def list_fn() -> tuple[list[dict[str, Any]], str]:
+        return client.list(
+            resource,
+            namespace,
+            label_selector=label_selector,
+            field_selector=field_selector,
+            stop=stop,
+        )
+
+    def watch_fn(rv: str) -> Iterator[dict[str, Any]]:
+        return client.watch(
+            resource,
+            namespace,
+            rv,
+            label_selector=label_selector,
+            field_selector=field_selector,
+            timeout_seconds=timeout_seconds,
+            stop=stop,
+        )
+
+    return list_fn, watch_fn
+

@@ -1,0 +1,438 @@
+"""``kubefwd svc`` (aliases ``services``, ``svcs``): flags, validation, then the orchestrator.
+
+Every value is checked here, before anything is touched (no hosts file read, no socket, no API
+call): a bad value is one line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperCommand
+
+from kubefwd.errors import UsageError
+from kubefwd.registry.reservations import build_reservations
+from kubefwd.support.selectorsyntax import split_requirements
+
+TRANSPORTS = ("auto", "spdy-ws", "spdy", "ws")
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+# RFC 1123 label (namespaces, and each dot-separated part of a domain).
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+# Label keys ([prefix/]name) and values, as Kubernetes validates them.
+_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+# One label requirement: `key op value`, `key in (...)`, `key notin (...)`, `key`, `!key`.
+_KEY = r"(?P<key>[^\s=!<>(),]+)"
+_LABEL_OP = re.compile(rf"^{_KEY}\s*(?P<op>==|!=|=|>|<)\s*(?P<value>[^\s=!<>(),]*)$")
+_LABEL_SET = re.compile(rf"^{_KEY}\s+(?P<op>in|notin)\s*\((?P<values>[^()]*)\)$")
+_LABEL_EXISTS = re.compile(rf"^!?\s*{_KEY}$")
+# Fields of a Service that API servers accept in a field selector.
+SERVICE_FIELDS = ("metadata.name", "metadata.namespace", "spec.clusterIP", "spec.type")
+
+HELP = (
+    "Forward the services of the chosen namespaces; their names go to the hosts file.\n\n"
+    "Each service gets its own loopback IP (127.1.27.1, ...) and listens there on its own "
+    "ports; each connection tunnels through the Kubernetes API to a ready pod, following "
+    "pods as they restart."
+)
+
+EPILOG = """\
+\b
+Examples:
+  sudo kubefwd svc -n shop,payments        # two namespaces
+  sudo kubefwd svc -n shop -l app=web      # only services labelled app=web
+  sudo kubefwd svc -x dev,qa -n shop       # two clusters: web.shop.dev, ...
+  sudo kubefwd svc -A -d dev.local         # all namespaces, + web.dev.local
+  sudo kubefwd svc -n shop -m 80:8080      # service port 80 listens on 8080
+  sudo kubefwd svc -n shop -r web:127.1.27.99
+  kubefwd svc -n shop --hosts-path ./hosts # no root for a file you own
+
+\b
+Then:  curl http://web:80/   or   curl http://web.shop:80/
+Ctrl-C stops and removes the lines kubefwd added to the hosts file.
+"""
+
+
+# -- parsing helpers (pure, unit-tested) ---------------------------------------------------
+
+
+def split_list(values: list[str] | None) -> list[str]:
+    """``-n a,b -n c`` → ``[a, b, c]``: repeatable and comma-separated, order kept, no dupes."""
+    out: list[str] = []
+    for value in values or []:
+        for part in value.split(","):
+            part = part.strip()
+            if part and part not in out:
+                out.append(part)
+    return out
+
+
+def parse_duration(text: str, flag: str) -> float:
+    """Seconds from ``300``, ``300s``, ``5m``, ``1h``, ``1m30s`` or ``500ms``; must be > 0."""
+    value = text.strip().lower()
+    seconds: float
+    try:
+        seconds = float(value)
+    except ValueError:
+        pos = 0
+        seconds = 0.0
+        for match in _DURATION_PART.finditer(value):
+            if match.start() != pos:
+                break
+            seconds += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+            pos = match.end()
+        if pos != len(value) or not value:
+            raise UsageError(
+                f"{flag}: '{text}' is not a duration (use seconds or e.g. 300s, 5m, 1h)"
+            ) from None
+    if seconds <= 0:
+        raise UsageError(f"{flag}: '{text}' must be longer than zero")
+    return seconds
+
+
+def _port(text: str, what: str, flag: str, raw: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise UsageError(f"{flag} '{raw}': {what} '{text}' is not a number") from None
+    if not 1 <= port <= 65535:
+        raise UsageError(f"{flag} '{raw}': {what} {port} is outside 1-65535")
+    return port
+
+
+def parse_mappings(values: list[str] | None) -> dict[int, int]:
+    """``-m 80:8080`` → ``{80: 8080}``: service port 80 listens on local port 8080."""
+    out: dict[int, int] = {}
+    for raw in split_list(values):
+        service, sep, local = raw.partition(":")
+        if not sep:
+            raise UsageError(f"-m/--mapping '{raw}': expected servicePort:localPort, e.g. 80:8080")
+        sport = _port(service, "service port", "-m/--mapping", raw)
+        lport = _port(local, "local port", "-m/--mapping", raw)
+        if sport in out and out[sport] != lport:
+            raise UsageError(f"-m/--mapping: service port {sport} is mapped twice")
+        out[sport] = lport
+    return out
+
+
+def check_namespace(name: str) -> str:
+    if not _DNS_LABEL.match(name):
+        raise UsageError(
+            f"-n/--namespace: '{name}' is not a valid namespace name "
+            "(lowercase letters, digits and '-', at most 63)"
+        )
+    return name
+
+
+def _label_key_problem(key: str) -> str | None:
+    prefix, slash, name = key.rpartition("/")
+    if slash and (not prefix or len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix)):
+        return f"'{prefix}' is not a valid label key prefix (a lowercase DNS subdomain)"
+    if not _LABEL_NAME.match(name):
+        return (f"'{key}' is not a valid label key (at most 63 letters, digits, '-', '_' "
+                "or '.', starting and ending with a letter or digit)")
+    return None
+
+
+def _label_value_problem(value: str) -> str | None:
+    if value and not _LABEL_NAME.match(value):
+        return (f"'{value}' is not a valid label value (at most 63 letters, digits, '-', '_' "
+                "or '.', starting and ending with a letter or digit)")
+    return None
+
+
+def check_label_selector(text: str) -> str:
+    """A Kubernetes label selector: ``k=v``, ``k==v``, ``k!=v``, ``k in (a,b)``,
+    ``k notin (a,b)``, ``k``, ``!k`` (and ``k>N``, ``k<N``), comma-separated."""
+    text = text.strip()
+    if not text:
+        return ""
+    flag = "-l/--selector"
+    for term in split_requirements(text):
+        problem: str | None
+        if not term:
+            problem = "empty requirement (stray comma?)"
+        elif m := _LABEL_SET.match(term):
+            values = [v.strip() for v in m["values"].split(",")]
+            if not any(values):
+                problem = f"a set needs values, e.g. {m['key']} {m['op']} (a,b)"
+            else:
+                problem = _label_key_problem(m["key"]) or next(
+                    filter(None, map(_label_value_problem, values)), None
+                )
+        elif m := _LABEL_OP.match(term):
+            problem = _label_key_problem(m["key"]) or _label_value_problem(m["value"])
+            if problem is None and m["op"] in "<>" and not re.fullmatch(r"-?\d+", m["value"]):
+                problem = f"'{term}': {m['op']} needs a whole number"
+        elif m := _LABEL_EXISTS.match(term):
+            problem = _label_key_problem(m["key"])
+        else:
+            problem = (f"cannot parse '{term}' (use key=value, key!=value, key in (a,b), "
+                       "key notin (a,b), key or !key)")
+        if problem:
+            raise UsageError(f"{flag} '{text}': {problem}")
+    return text
+
+
+def check_field_selector(text: str) -> str:
+    """A field selector on services: ``field=value``, ``field==value`` or ``field!=value``,
+    comma-separated, over the fields API servers index for services."""
+    text = text.strip()
+    if not text:
+        return ""
+    flag = "-f/--field-selector"
+    for term in _split_escaped(text):
+        if not term.strip():
+            raise UsageError(f"{flag} '{text}': empty requirement (stray comma?)")
+        m = re.fullmatch(r"\s*([^=!\s]+)\s*(==|!=|=)(.*)", term, re.DOTALL)
+        if not m:
+            raise UsageError(
+                f"{flag} '{text}': cannot parse '{term}' (use field=value or field!=value)"
+            )
+        if m[1] not in SERVICE_FIELDS:
+            raise UsageError(
+                f"{flag} '{text}': services cannot be selected by '{m[1]}' "
+                f"(use {', '.join(SERVICE_FIELDS)})"
+            )
+    return text
+
+
+def _split_escaped(text: str) -> list[str]:
+    """Split on commas not escaped with a backslash (as Kubernetes field selectors do)."""
+    terms: list[str] = []
+    current: list[str] = []
+    escaped = False
+    for ch in text:
+        if escaped:
+            current.append(ch)
+            escaped = False
+        elif ch == "\\":
+            current.append(ch)
+            escaped = True
+        elif ch == ",":
+            terms.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    terms.append("".join(current))
+    return terms
+
+
+def check_domain(domain: str) -> str:
+    domain = domain.strip().strip(".").lower()
+    if domain and not all(_DNS_LABEL.match(part) for part in domain.split(".")):
+        raise UsageError(f"-d/--domain: '{domain}' is not a valid DNS domain")
+    return domain
+
+
+def check_hosts_path(path: Path) -> Path:
+    """A hosts file is a regular file (or a symlink to one), or a new file in an existing
+    directory. A device, a FIFO, a socket or anything under /proc, /sys or /dev is refused
+    before anything is touched: replacing ``/dev/null`` by a regular file, or blocking
+    start-up on a FIFO, must never happen."""
+    problem = hosts_path_problem(path)
+    if problem is not None:
+        raise UsageError(f"--hosts-path: {path} {problem}")
+    return path
+
+
+def hosts_path_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be a hosts file, or None when it can."""
+    try:
+        resolved = Path(os.path.realpath(path))
+    except (OSError, ValueError) as e:
+        return f"cannot be resolved: {e}"
+    for root in _SPECIAL_TREES:
+        if resolved == root or root in resolved.parents:
+            return f"is under {root}, which holds no hosts file"
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if not path.parent.is_dir():
+            return f"cannot be created: directory {path.parent} does not exist"
+        return None
+    except OSError as e:
+        return f"cannot be read: {e.strerror}"
+    if stat.S_ISREG(st.st_mode):
+        return None
+    return f"is {_file_kind(st.st_mode)}, not a regular file"
+
+
+_SPECIAL_TREES = (Path("/proc"), Path("/sys"), Path("/dev"))
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a special file"
+
+
+# -- the command ---------------------------------------------------------------------------
+
+_ETC_HOSTS = Path("/etc/hosts")
+_H_KUBECONFIG = "Kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)."
+_H_CONTEXT = "Context(s) to forward; repeatable and comma-separated (default: the current one)."
+_H_NS = "Namespace(s); repeatable and comma-separated (default: the context's namespace)."
+_H_ALL = "Forward the services of every namespace."
+_H_SELECTOR = "Label selector for services, e.g. app=web,tier!=db."
+_H_FIELD = "Field selector for services, e.g. metadata.name=web."
+_H_DOMAIN = "Also write name.DOMAIN for the services of the first namespace."
+_H_MAP = "Listen on LOCAL for service port SVC (e.g. 80:8080); repeatable."
+_H_RESERVE = "Give service NAME this loopback IP (e.g. web:127.1.27.99); repeatable."
+_H_FWDCONF = "YAML with baseUnreservedIP and serviceConfigurations: [{name, ip}]."
+_H_TIMEOUT = (
+    "How long a connection to a service with no ready pod waits for one before it is closed; "
+    "a service still without a ready pod after this long gets a warning."
+)
+_H_HOSTS = "Hosts file to write (every code path, cleanup included, uses it)."
+_H_BACKUP = "Replace ~/hosts.original with the current hosts file before changing it."
+_H_PURGE = "Remove hosts lines left by earlier kubefwd runs (those of dead runs go anyway)."
+_H_RESYNC = "Re-list everything this often, as a safety net under the watches (e.g. 5m)."
+_H_RETRY = (
+    "Longest wait between retries of a failed list or watch (retries start after 1s and "
+    "double up to this)."
+)
+_H_AUTO = (
+    "Keep a tunnel open to every forwarded pod and re-open it as soon as it dies (backing "
+    "off 1s to 5m), instead of opening it on the next connection."
+)
+_H_TRANSPORT = "Tunnel protocol: SPDY in a WebSocket, plain SPDY, WebSocket v4, or auto."
+
+
+def _opt(short: str, long: str, metavar: str, help: str) -> Any:
+    names = [long, short] if short else [long]
+    return typer.Option(*names, metavar=metavar, help=help)
+
+
+def _flag(short: str, long: str, help: str) -> Any:
+    # An empty metavar: a flag takes no value, so the help shows none (not "<bool>").
+    return typer.Option(long, short, metavar="", help=help)
+
+
+class NoHelpMetavar:
+    """Mixin for a command or group whose ``-h/--help`` line shows no value type (typer would
+    print ``<bool>``)."""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)  # type: ignore[misc]
+        if option is not None and option.metavar is None:
+            option.metavar = ""
+        return option
+
+
+class HelpCommand(NoHelpMetavar, TyperCommand):
+    """A command whose ``-h/--help`` line shows no value type."""
+
+
+def svc(
+    kubeconfig: Annotated[str | None, _opt("-c", "--kubeconfig", "FILE", _H_KUBECONFIG)] = None,
+    context: Annotated[list[str] | None, _opt("-x", "--context", "CTX", _H_CONTEXT)] = None,
+    namespace: Annotated[list[str] | None, _opt("-n", "--namespace", "NS", _H_NS)] = None,
+    all_namespaces: Annotated[bool, _flag("-A", "--all-namespaces", _H_ALL)] = False,
+    selector: Annotated[str, _opt("-l", "--selector", "SELECTOR", _H_SELECTOR)] = "",
+    field_selector: Annotated[str, _opt("-f", "--field-selector", "SELECTOR", _H_FIELD)] = "",
+    domain: Annotated[str, _opt("-d", "--domain", "DOMAIN", _H_DOMAIN)] = "",
+    mapping: Annotated[list[str] | None, _opt("-m", "--mapping", "SVC:LOCAL", _H_MAP)] = None,
+    reserve: Annotated[list[str] | None, _opt("-r", "--reserve", "NAME:IP", _H_RESERVE)] = None,
+    fwd_conf: Annotated[Path | None, _opt("-z", "--fwd-conf", "FILE", _H_FWDCONF)] = None,
+    timeout: Annotated[str, _opt("-t", "--timeout", "SECONDS", _H_TIMEOUT)] = "300",
+    hosts_path: Annotated[Path, _opt("", "--hosts-path", "FILE", _H_HOSTS)] = _ETC_HOSTS,
+    refresh_backup: Annotated[bool, _flag("-b", "--refresh-backup", _H_BACKUP)] = False,
+    purge_stale_ips: Annotated[bool, _flag("-p", "--purge-stale-ips", _H_PURGE)] = False,
+    resync_interval: Annotated[str, _opt("", "--resync-interval", "DURATION", _H_RESYNC)] = "5m",
+    retry_interval: Annotated[str, _opt("", "--retry-interval", "DURATION", _H_RETRY)] = "10s",
+    auto_reconnect: Annotated[bool, _flag("-a", "--auto-reconnect", _H_AUTO)] = False,
+    verbose: Annotated[bool, _flag("-v", "--verbose", "Log every event in detail.")] = False,
+    transport: Annotated[str, _opt("", "--transport", "|".join(TRANSPORTS), _H_TRANSPORT)] = "auto",
+) -> int:
+    """Forward the services of the chosen namespaces; names go to the hosts file."""
+    from kubefwd.app.program import Kubefwd
+
+    options = build_options(
+        kubeconfig=kubeconfig, context=context, namespace=namespace,
+        all_namespaces=all_namespaces, selector=selector, field_selector=field_selector,
+        domain=domain, mapping=mapping, reserve=reserve, fwd_conf=fwd_conf, timeout=timeout,
+        hosts_path=hosts_path, refresh_backup=refresh_backup, purge_stale_ips=purge_stale_ips,
+        resync_interval=resync_interval, retry_interval=retry_interval,
+        auto_reconnect=auto_reconnect, verbose=verbose, transport=transport,
+    )
+    return Kubefwd(options).run()
+
+
+def build_options(
+    *,
+    kubeconfig: str | None = None,
+    context: list[str] | None = None,
+    namespace: list[str] | None = None,
+    all_namespaces: bool = False,
+    selector: str = "",
+    field_selector: str = "",
+    domain: str = "",
+    mapping: list[str] | None = None,
+    reserve: list[str] | None = None,
+    fwd_conf: Path | None = None,
+    timeout: str = "300",
+    hosts_path: Path = Path("/etc/hosts"),
+    refresh_backup: bool = False,
+    purge_stale_ips: bool = False,
+    resync_interval: str = "5m",
+    retry_interval: str = "10s",
+    auto_reconnect: bool = False,
+    verbose: bool = False,
+    transport: str = "auto",
+) -> Any:
+    """Validate the command line into ``SvcOptions``; raises ``UsageError`` (exit 2)."""
+    from kubefwd.app.program import SvcOptions
+
+    namespaces = [check_namespace(ns) for ns in split_list(namespace)]
+    if all_namespaces and namespaces:
+        raise UsageError("-A/--all-namespaces and -n/--namespace cannot be used together")
+    if transport not in TRANSPORTS:
+        raise UsageError(f"--transport: '{transport}' is not one of {', '.join(TRANSPORTS)}")
+    reservations, base_ip = build_reservations(split_list(reserve), fwd_conf)
+    if kubeconfig is not None and not kubeconfig.strip():
+        raise UsageError("-c/--kubeconfig: empty file name")
+    return SvcOptions(
+        kubeconfig=kubeconfig,
+        contexts=split_list(context),
+        namespaces=namespaces,
+        all_namespaces=all_namespaces,
+        label_selector=check_label_selector(selector),
+        field_selector=check_field_selector(field_selector),
+        domain=check_domain(domain),
+        mappings=parse_mappings(mapping),
+        reservations=reservations,
+        base_ip=base_ip,
+        timeout=parse_duration(timeout, "-t/--timeout"),
+        hosts_path=check_hosts_path(hosts_path),
+        refresh_backup=refresh_backup,
+        purge_stale=purge_stale_ips,
+        resync_interval=parse_duration(resync_interval, "--resync-interval"),
+        retry_interval=parse_duration(retry_interval, "--retry-interval"),
+        auto_reconnect=auto_reconnect,
+        verbose=verbose,
+        transport=transport,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``svc`` and its hidden aliases ``services`` and ``svcs`` to the ``kubefwd`` app."""
+    settings = {"help_option_names": ["-h", "--help"]}
+    for name in ("svc", "services", "svcs"):
+        app.command(
+            name, cls=HelpCommand, help=HELP, epilog=EPILOG, context_settings=settings,
+            hidden=name != "svc",
+        )(svc)

@@ -1,0 +1,170 @@
+"""Sharing one hosts file and the loopback range with other running kubefwd instances.
+
+Another instance's lines are read (at most once a second) so that allocation skips its
+addresses, names it already wrote are held back from ours until it lets go of them, and a
+forward whose address turns out to be in use moves to the next free one. Kept apart from the
+app: this is the only place that knows other instances exist, and the addresses really used
+can differ from the registry's because of it.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from kubefwd.errors import KubefwdError
+from kubefwd.hosts.writer import HostsWriter, foreign_entries
+from kubefwd.registry.forwards import ForwardKey
+from kubefwd.registry.ipalloc import IpAllocator
+from kubefwd.serve.forwarder import BindError
+from kubefwd.ui.text import Output
+
+log = logging.getLogger("kubefwd.app.program")  # the app's work, logged under its name
+
+# How many times a forward moves on when the next address is in use too.
+MOVE_ATTEMPTS = 5
+
+
+class OtherInstances:
+    """Addresses and names other running kubefwd processes hold in the hosts file, read at
+    most once per ``max_age`` seconds (allocation asks for every candidate address)."""
+
+    def __init__(self, path: Path, max_age: float = 1.0) -> None:
+        self.path = path
+        self.max_age = max_age
+        self._lock = threading.Lock()
+        self._read_at = -max_age
+        self._entries: dict[str, list[str]] = {}
+        self._names: dict[str, str] = {}
+
+    def refresh(self, *, force: bool = False) -> bool:
+        """Re-read if stale (or ``force``); True when what the others hold changed."""
+        with self._lock:
+            now = time.monotonic()
+            if not force and now - self._read_at < self.max_age:
+                return False
+            self._read_at = now
+        try:
+            entries = foreign_entries(self.path, lock_timeout=1.0)
+        except (KubefwdError, OSError) as exc:
+            log.debug("could not read other instances' lines from %s: %s", self.path, exc)
+            return False
+        names = {name: ip for ip, names in entries.items() for name in names}
+        with self._lock:
+            changed = entries != self._entries
+            self._entries, self._names = entries, names
+        return changed
+
+    def ip_taken(self, ip: str) -> bool:
+        self.refresh()
+        with self._lock:
+            return ip in self._entries
+
+    def holder(self, name: str) -> str | None:
+        """The address another instance gave ``name``, if one did."""
+        with self._lock:
+            return self._names.get(name)
+
+
+class Coexistence:
+    """The hosts entries and addresses this instance really uses, given the others: the
+    registry's snapshot at moved addresses, less the names another instance holds."""
+
+    def __init__(self, hosts_path: Path, output: Output) -> None:
+        self.others = OtherInstances(hosts_path)
+        self.output = output
+        self.hosts: HostsWriter | None = None  # set once the writer exists
+        # registry address → the one really used, for forwards that found theirs taken
+        self._ip_map: dict[str, str] = {}
+        self._ip_lock = threading.Lock()
+        self._hosts_lock = threading.Lock()  # one hosts snapshot computed at a time
+        self._raw_hosts: dict[str, list[str]] = {}  # the registry's newest snapshot
+        self._written_names: set[str] = set()  # names we have published: they stay ours
+        self._foreign_warned: set[str] = set()
+
+    def moved_to(self, registry_ip: str) -> str | None:
+        """The address a forward given ``registry_ip`` moved to, if it moved."""
+        with self._ip_lock:
+            return self._ip_map.get(registry_ip)
+
+    def forget(self, registry_ip: str) -> None:
+        """The forward given ``registry_ip`` is gone."""
+        with self._ip_lock:
+            self._ip_map.pop(registry_ip, None)
+
+    def set_snapshot(self, entries: dict[str, list[str]]) -> None:
+        """The registry's newest hosts snapshot (ip → names), at its own addresses."""
+        with self._hosts_lock:
+            self._raw_hosts = entries
+
+    def publish(self) -> None:
+        """Hand the hosts writer the registry's snapshot at the addresses really used, less
+        the names another running kubefwd already wrote (those wait until it lets go)."""
+        hosts = self.hosts
+        if hosts is None:
+            return
+        with self._hosts_lock:
+            with self._ip_lock:
+                ip_map = dict(self._ip_map)
+            entries: dict[str, list[str]] = {}
+            held: list[str] = []
+            for ip, names in self._raw_hosts.items():
+                kept = []
+                for name in names:
+                    if name not in self._written_names and self.others.holder(name):
+                        held.append(name)
+                    else:
+                        kept.append(name)
+                if kept:
+                    entries[ip_map.get(ip, ip)] = kept
+            self._written_names = {n for names in entries.values() for n in names}
+            new = [n for n in held if n not in self._foreign_warned]
+            self._foreign_warned.update(new)
+            hosts.publish(entries)
+        if new:
+            shown = ", ".join(new[:6]) + (f" and {len(new) - 6} more" if len(new) > 6 else "")
+            self.output.warning(
+                "not written to the hosts file, another running kubefwd has them: %s", shown
+            )
+
+    def shown_names(self, names: Sequence[str]) -> list[str]:
+        """Those of ``names`` that are ours to announce (not held back for another)."""
+        return [n for n in names if n in self._written_names or not self.others.holder(n)]
+
+    def move_if_in_use(
+        self,
+        key: ForwardKey,
+        registry_ip: str,
+        ip: str,
+        errors: list[BindError],
+        *,
+        allocator: IpAllocator | None,
+        rebind: Callable[[str], list[BindError]],
+    ) -> list[BindError]:
+        """A port of the forward's address ``ip`` is held by another process (another kubefwd
+        that has not written its lines yet, say): move the forward to the next free address
+        (``rebind`` binds it there). A reserved address (-r, -z) stays, with the error."""
+        moved = False
+        for _ in range(MOVE_ATTEMPTS):
+            in_use = [e for e in errors if isinstance(e.__cause__, OSError)
+                      and e.__cause__.errno == errno.EADDRINUSE]
+            if not in_use or allocator is None or allocator.is_reserved(ip):
+                break
+            try:
+                new_ip = allocator.move(key, namespace=key.namespace)
+            except (KubefwdError, KeyError) as exc:
+                self.output.warning("%s: %s", key, exc)
+                break
+            self.output.warning("%s: %s; moving it to %s", key, in_use[0], new_ip)
+            with self._ip_lock:
+                self._ip_map[registry_ip] = new_ip
+            ip = new_ip
+            errors = rebind(new_ip)
+            moved = True
+        if moved:
+            self.publish()
+        return errors

@@ -1,0 +1,243 @@
+"""The live forwards: one ``Forwarder`` per forward the registry announced, kept in step with it.
+
+Creates, reconfigures and removes forwarders as registry commands arrive (on the dispatcher
+thread), announces each once it is bound, tells which ports could not be bound, warns about
+forwards left without a ready pod, and answers each accepted connection through the router.
+Kept apart from the app, which only wires it up, starts it and stops it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import ipaddress
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from kubefwd.registry.forwards import ForwardKey, ForwardUpsert
+from kubefwd.registry.ipalloc import IpAllocator
+from kubefwd.serve.coexist import Coexistence
+from kubefwd.serve.dispatch import Reaper
+from kubefwd.serve.forwarder import BindError, Forwarder, ListenPort
+from kubefwd.serve.routing import Router
+from kubefwd.system.loopback import LoopbackStrategy
+from kubefwd.tunnel import ApiTarget, PodTunnel
+from kubefwd.ui.text import Output
+
+
+@dataclass
+class LiveForward:
+    """What the app knows of one live forward (a service, or one pod of a headless one)."""
+
+    key: ForwardKey
+    forwarder: Forwarder
+    upsert: ForwardUpsert  # as last announced by the registry, with the address in use
+    registry_ip: str = ""  # the address the registry gave it (differs once it moved)
+    announced: bool = False
+    no_pod_since: float | None = None
+    warned_no_pod: bool = False
+
+
+class ForwardSet:
+    """The forwarders of one run, by forward name; thread-safe. ``loopback``, ``reaper`` and
+    ``allocator`` are set once start-up has made them."""
+
+    def __init__(
+        self,
+        *,
+        output: Output,
+        coexist: Coexistence,
+        router: Router,
+        targets: Mapping[str, ApiTarget],
+        ready: threading.Event,
+        hold_timeout: float,
+    ) -> None:
+        self.output = output
+        self.loopback: LoopbackStrategy | None = None
+        self.reaper: Reaper | None = None
+        self.allocator: IpAllocator | None = None
+        # Ports below 1024 that could not be bound during start-up → the forwards wanting them.
+        self.privileged_ports: dict[int, list[str]] = {}
+        self._coexist = coexist
+        self._router = router
+        self._targets = targets
+        self._ready = ready
+        self._hold_timeout = hold_timeout
+        self._lock = threading.Lock()
+        self._forwards: dict[str, LiveForward] = {}
+        self._closed = False
+
+    # -- registry commands (on the dispatcher thread, in order) ------------------------------
+
+    def upsert(self, upsert: ForwardUpsert) -> None:
+        name = str(upsert.key)
+        registry_ip = upsert.ip
+        with self._lock:
+            if self._closed:
+                return
+            state = self._forwards.get(name)
+        moved_to = self._coexist.moved_to(registry_ip)
+        if moved_to is not None:
+            upsert = dataclasses.replace(upsert, ip=moved_to)
+        if state is None:
+            if self.loopback is not None:
+                self.loopback.ensure(upsert.ip)
+            forwarder = Forwarder(
+                name, upsert.ip, self._listen_ports(upsert), self.route,
+                hold_timeout=self._hold_timeout, thread_name=f"forward/{name}",
+            )
+            errors = forwarder.bind()
+            if errors and self.reaper is not None and self.reaper.settle(upsert.ip):
+                errors = forwarder.bind()  # a removed forward on this IP had not closed yet
+            state = LiveForward(upsert.key, forwarder, upsert, registry_ip=registry_ip)
+            errors = self._move_if_in_use(state, errors)
+            with self._lock:
+                self._forwards[name] = state
+            forwarder.start()
+            self._bind_errors(name, errors)
+        else:
+            old = state.upsert
+            state.upsert = upsert
+            state.registry_ip = registry_ip
+            if old.ip != upsert.ip or old.ports != upsert.ports:
+                if self.loopback is not None and old.ip != upsert.ip:
+                    self.loopback.ensure(upsert.ip)
+                errors = state.forwarder.reconfigure(upsert.ip, self._listen_ports(upsert))
+                self._bind_errors(name, errors)
+            state.forwarder.poke()
+            if old.pods[:1] != upsert.pods[:1] and upsert.pods and self._ready.is_set():
+                self.output.debug("%s now goes to pod %s", name, upsert.pods[0].name)
+        if upsert.pods:
+            state.no_pod_since = None
+            if state.warned_no_pod:
+                state.warned_no_pod = False
+                self.output.info("%s: pod %s is ready", name, upsert.pods[0].name)
+        elif state.no_pod_since is None:
+            state.no_pod_since = time.monotonic()
+        if self._ready.is_set() and not state.announced:
+            self._announce(state)
+
+    def remove(self, key: ForwardKey) -> None:
+        name = str(key)
+        with self._lock:
+            state = self._forwards.pop(name, None)
+        if state is None:
+            return
+        self._coexist.forget(state.registry_ip)
+        if self.reaper is None:
+            state.forwarder.stop_and_join()
+            self.output.removed(name, state.upsert.ip)
+        else:
+            self.reaper.reap(name, state.upsert.ip, state.forwarder)
+
+    def _move_if_in_use(self, state: LiveForward, errors: list[BindError]) -> list[BindError]:
+        """Move the forward on when its address is in use (``Coexistence.move_if_in_use``)."""
+
+        def rebind(new_ip: str) -> list[BindError]:
+            if self.loopback is not None:
+                self.loopback.ensure(new_ip)
+            state.upsert = dataclasses.replace(state.upsert, ip=new_ip)
+            return state.forwarder.reconfigure(new_ip, self._listen_ports(state.upsert))
+
+        return self._coexist.move_if_in_use(
+            state.key, state.registry_ip, state.upsert.ip, errors,
+            allocator=self.allocator, rebind=rebind,
+        )
+
+    @staticmethod
+    def _listen_ports(upsert: ForwardUpsert) -> list[ListenPort]:
+        return [ListenPort(p.port, p.local_port, p.name) for p in upsert.ports]
+
+    def _bind_errors(self, name: str, errors: list[BindError]) -> None:
+        for error in errors:
+            cause = error.__cause__
+            if isinstance(cause, OSError) and cause.errno == errno.EACCES and \
+                    not self._ready.is_set():
+                self.privileged_ports.setdefault(error.port, []).append(name)
+            else:
+                self.output.warning("%s: %s", name, error)
+
+    # -- announcing --------------------------------------------------------------------------
+
+    def _announce(self, state: LiveForward) -> None:
+        state.announced = True
+        u = state.upsert
+        bound = set(state.forwarder.bound_ports())
+        ports = [str(p.local_port) for p in u.ports if p.local_port in bound]
+        key = u.key
+        if not ports:
+            self.output.warning("%s: not forwarded: none of its ports could be bound", key)
+            return
+        pod = f"{key.namespace}/{u.pods[0].name}" if u.pods else None
+        if len(self._targets) > 1 and pod:
+            pod = f"{key.context}/{pod}"
+        names = self._coexist.shown_names(u.names) or [str(key)]
+        self.output.forwarded(names, u.ip, ports, pod)
+
+    def announce_all(self) -> None:
+        """Announce every forward not announced yet, in address order (at start-up)."""
+        with self._lock:
+            states = sorted(self._forwards.values(),
+                            key=lambda s: (ipaddress.IPv4Address(s.upsert.ip), tuple(s.key)))
+        for state in states:
+            if not state.announced:
+                self._announce(state)
+
+    # -- connections -------------------------------------------------------------------------
+
+    def route(self, name: str, port: int) -> tuple[PodTunnel, int] | None:
+        """Called by a forwarder for each accepted connection (``Router.route``)."""
+        return self._router.route(self._forwards.get(name), name, port)
+
+    def tunnel_died(self, context: str, namespace: str, pod: str) -> None:
+        """A tunnel to ``pod`` failed: back off from it and let its forwards route again."""
+        self._router.tunnel_died(context, namespace, pod)
+        with self._lock:
+            states = list(self._forwards.values())
+        for state in states:
+            if any(p.name == pod for p in state.upsert.pods) and state.key.context == context:
+                state.forwarder.poke()
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def states(self) -> list[LiveForward]:
+        with self._lock:
+            return list(self._forwards.values())
+
+    def describe(self) -> dict[str, tuple[str, list[str], list[int]]]:
+        """name → (ip, host names, local ports) of every live forward."""
+        with self._lock:
+            return {
+                name: (s.upsert.ip, list(s.upsert.names), [p.local_port for p in s.upsert.ports])
+                for name, s in self._forwards.items()
+            }
+
+    def warn_no_pod(self, states: list[LiveForward], now: float, timeout: float) -> None:
+        """Warn, once each, about forwards that have had no ready pod for ``timeout``."""
+        for state in states:
+            since = state.no_pod_since
+            if since is not None and not state.warned_no_pod and now - since >= timeout:
+                state.warned_no_pod = True
+                self.output.warning(
+                    "%s: no ready pod after %gs; connections wait up to -t/--timeout for one",
+                    state.key, timeout,
+                )
+
+    # -- stopping ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """No new forwards from now on (shutdown has begun)."""
+        with self._lock:
+            self._closed = True
+
+    def stop_all(self) -> None:
+        """Stop every forwarder (their listeners close at once), then join them all."""
+        with self._lock:
+            states = list(self._forwards.values())
+            self._forwards.clear()
+        for state in states:
+            state.forwarder.stop()
+        for state in states:
+            state.forwarder.stop_and_join()

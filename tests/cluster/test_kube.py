@@ -1,0 +1,489 @@
+"""Kubeconfig loading and the list/watch client, against crafted kubeconfigs and the sim."""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+import ssl
+import stat
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from helpers import manifests, namespace, unused_port, workload
+from helpers import service as service_yaml
+
+from kubefwd.cluster import kubeconfig as kube
+from kubefwd.cluster.client import (
+    KubeClient,
+    WatchExpired,
+    watch_callables,
+)
+from kubefwd.cluster.informer import SYNC, Backoff, Informer, InformerEvent
+from kubefwd.cluster.kubeconfig import load_contexts
+from kubefwd.errors import ApiError, ConfigError, ExitCode
+from kubefwd.registry.forwards import ForwardKey
+from kubefwd.registry.ipalloc import IpAllocator
+from kubefwd.registry.registry import Registry
+from kubefwd.sim import SimCluster
+from kubefwd.sim import tls as simtls
+
+
+def kubeconfig(
+    server: str = "https://127.0.0.1:6443",
+    user: dict[str, Any] | None = None,
+    cluster: dict[str, Any] | None = None,
+    contexts: tuple[str, ...] = ("dev",),
+    current: str | None = "dev",
+) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "c", "cluster": {"server": server, **(cluster or {})}}],
+        "users": [{"name": "u", "user": user if user is not None else {"token": "abc"}}],
+        "contexts": [{"name": n, "context": {"cluster": "c", "user": "u",
+                                             **({"namespace": "shop"} if n == "dev" else {})}}
+                     for n in contexts],
+    }
+    if current:
+        doc["current-context"] = current
+    return doc
+
+
+def write(path: Path, doc: dict[str, Any]) -> str:
+    path.write_text(yaml.safe_dump(doc))
+    return str(path)
+
+
+@pytest.fixture
+def no_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    return tmp_path
+
+
+# -- kubeconfig -----------------------------------------------------------------------------
+
+
+def test_no_kubeconfig_is_a_clear_config_error(no_env: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_contexts(None, [])
+    message = str(info.value)
+    assert message.startswith("no kubeconfig found (looked in ")
+    assert str(no_env / "home" / ".kube" / "config") in message
+    assert "pass --kubeconfig or set KUBECONFIG" in message
+    assert info.value.exit_code == ExitCode.CONFIG
+
+
+def test_malformed_kubeconfig_is_one_line_naming_file_and_line(no_env: Path) -> None:
+    path = no_env / "kc"
+    path.write_text("apiVersion: v1\nclusters:\n  - name: c\n   cluster: {server: x}\n")
+    with pytest.raises(ConfigError) as info:
+        load_contexts(str(path), [])
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"invalid kubeconfig {path}: line 4: expected <block end>")
+    assert info.value.exit_code == ExitCode.CONFIG
+
+
+def test_under_sudo_the_invoking_users_kubeconfig_is_used(
+    no_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pwd
+
+    me = pwd.getpwuid(os.getuid())
+    monkeypatch.setenv("SUDO_USER", me.pw_name)
+    user_config = Path(me.pw_dir) / ".kube" / "config"
+    paths = kube.kubeconfig_paths(None)
+    assert paths == [str(no_env / "home" / ".kube" / "config"), str(user_config)]
+    monkeypatch.setenv("KUBECONFIG", str(no_env / "kc"))  # an explicit choice wins
+    assert kube.kubeconfig_paths(None) == [str(no_env / "kc")]
+
+
+def test_default_context_is_the_current_one_and_namespace_defaults(no_env: Path) -> None:
+    path = write(no_env / "kc", kubeconfig(contexts=("dev", "qa")))
+    [ctx] = load_contexts(path, [])
+    assert (ctx.name, ctx.index, ctx.namespace) == ("dev", 0, "shop")
+    assert (ctx.target.host, ctx.target.port, ctx.target.scheme) == ("127.0.0.1", 6443, "https")
+    assert ctx.target.auth_headers() == {"Authorization": "Bearer abc"}
+    qa, dev = load_contexts(path, ["qa", "dev"])
+    assert (qa.name, qa.index, qa.namespace, dev.index) == ("qa", 0, "default", 1)
+
+
+def test_unknown_context_lists_the_available_ones(no_env: Path) -> None:
+    path = write(no_env / "kc", kubeconfig(contexts=("dev", "qa")))
+    with pytest.raises(ConfigError, match=r"context 'prod' not found .*available: dev, qa"):
+        load_contexts(path, ["prod"])
+
+
+def test_no_current_context_asks_for_one(no_env: Path) -> None:
+    path = write(no_env / "kc", kubeconfig(current=None))
+    with pytest.raises(ConfigError, match=r"no current-context; pass --context .*dev"):
+        load_contexts(path, [])
+    assert load_contexts(path, ["dev"])[0].name == "dev"
+
+
+def test_kubeconfig_env_list_is_merged(no_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = write(no_env / "a", kubeconfig(contexts=("dev",)))
+    other = kubeconfig(server="http://127.0.0.1:8080", contexts=("qa",), current="qa")
+    other["clusters"][0]["name"] = "c2"
+    other["users"][0]["name"] = "u2"
+    other["contexts"][0]["context"].update(cluster="c2", user="u2")
+    second = write(no_env / "b", other)
+    monkeypatch.setenv("KUBECONFIG", f"{first}:{no_env / 'missing'}:{second}")
+    dev, qa = load_contexts(None, ["dev", "qa"])
+    assert dev.target.scheme == "https" and qa.target.scheme == "http"
+    assert qa.target.port == 8080 and qa.target.ssl_context is None
+    assert load_contexts(None, [])[0].name == "dev"  # the first file's current-context wins
+
+
+def test_client_certificate_data_goes_to_a_private_temp_dir(no_env: Path) -> None:
+    creds = simtls.generate()
+    kube_dir = no_env / "home" / ".kube"
+    kube_dir.mkdir(parents=True)
+    user = {
+        "client-certificate-data": base64.b64encode(creds.cert_pem).decode(),
+        "client-key-data": base64.b64encode(creds.key_pem).decode(),
+    }
+    cluster = {"certificate-authority-data": base64.b64encode(creds.ca_pem).decode()}
+    path = write(kube_dir / "config", kubeconfig(user=user, cluster=cluster))
+    [ctx] = load_contexts(None, [])
+    assert path and sorted(os.listdir(kube_dir)) == ["config"]  # nothing written next to it
+    private = kube._credentials_dir()
+    assert stat.S_IMODE(os.stat(private).st_mode) == 0o700
+    assert os.listdir(private) == []  # loaded into the SSL context, then removed
+    sslctx = ctx.target.ssl_context
+    assert isinstance(sslctx, ssl.SSLContext) and sslctx.verify_mode == ssl.CERT_REQUIRED
+    assert any(c.get("subject") for c in sslctx.get_ca_certs())
+    assert ctx.target.auth_headers() == {}
+
+
+def test_insecure_skip_tls_verify(no_env: Path) -> None:
+    path = write(no_env / "kc", kubeconfig(cluster={"insecure-skip-tls-verify": True}))
+    sslctx = load_contexts(path, [])[0].target.ssl_context
+    assert sslctx is not None and sslctx.verify_mode == ssl.CERT_NONE
+    assert not sslctx.check_hostname
+
+
+def test_token_file_is_read_again_when_it_changes(no_env: Path) -> None:
+    token = no_env / "token"
+    token.write_text("one\n")
+    path = write(no_env / "kc", kubeconfig(user={"tokenFile": "token"}))
+    auth = load_contexts(path, [])[0].target.auth_headers
+    assert auth() == {"Authorization": "Bearer one"}
+    token.write_text("two\n")
+    os.utime(token, (time.time() + 5, time.time() + 5))
+    assert auth() == {"Authorization": "Bearer two"}
+
+
+def test_exec_plugin_token_is_refreshed_when_it_expires(no_env: Path) -> None:
+    counter = no_env / "count"
+    plugin = no_env / "plugin.py"
+    plugin.write_text(textwrap.dedent(f"""
+        import datetime, json, pathlib
+        p = pathlib.Path({str(counter)!r})
+        n = int(p.read_text()) + 1 if p.exists() else 1
+        p.write_text(str(n))
+        # expires within the client's 5-minute skew: every use refreshes it
+        exp = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(minutes=1)
+        expiry = exp.strftime("%Y-%m-%dT%H:%M:%SZ")
+        print(json.dumps({{"apiVersion": "client.authentication.k8s.io/v1",
+                          "kind": "ExecCredential",
+                          "status": {{"token": f"tok{{n}}", "expirationTimestamp": expiry}}}}))
+    """))
+    user = {"exec": {"apiVersion": "client.authentication.k8s.io/v1", "command": sys.executable,
+                     "args": [str(plugin)], "interactiveMode": "Never"}}
+    path = write(no_env / "kc", kubeconfig(user=user))
+    auth = load_contexts(path, [])[0].target.auth_headers
+    first, second = auth()["Authorization"], auth()["Authorization"]
+    assert first.startswith("Bearer tok") and first != second
+
+
+def test_a_failing_exec_plugin_is_a_config_error_naming_it(no_env: Path) -> None:
+    user = {"exec": {"apiVersion": "client.authentication.k8s.io/v1",
+                     "command": str(no_env / "no-such-plugin"), "interactiveMode": "Never"}}
+    path = write(no_env / "kc", kubeconfig(user=user))
+    with pytest.raises(ConfigError, match=r"context 'dev': cannot get credentials: .*no-such"):
+        load_contexts(path, [])
+
+
+def test_bad_server_url_is_a_config_error(no_env: Path) -> None:
+    path = write(no_env / "kc", kubeconfig(server="ftp://example"))
+    with pytest.raises(ConfigError, match="invalid server URL"):
+        load_contexts(path, [])
+
+
+# -- against the simulated cluster -----------------------------------------------------------
+
+MANIFESTS = manifests(
+    namespace("shop"),
+    workload("web", "shop", replicas=2),
+    service_yaml("web", "shop", labels="{tier: front}"),
+    service_yaml("db", "shop", ports="[{port: 5432}]"),
+)
+
+
+def service(name: str, ns: str = "shop") -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": ns},
+            "spec": {"selector": {"app": name}, "ports": [{"port": 80}]}}
+
+
+@pytest.fixture
+def cluster() -> Iterator[SimCluster]:
+    # A pod range of our own: other suites may run simulated pods at the same time.
+    with SimCluster(manifests=MANIFESTS, contexts=("sim", "sim2"),
+                    pod_ip_range="127.1.112.0/20") as c:
+        yield c
+
+
+@pytest.fixture
+def client(cluster: SimCluster) -> Iterator[KubeClient]:
+    [ctx] = load_contexts(str(cluster.kubeconfig_path), ["sim"])
+    k = KubeClient(ctx)
+    yield k
+    k.close()
+
+
+def test_load_contexts_from_the_sim_kubeconfig(cluster: SimCluster) -> None:
+    sim, sim2 = load_contexts(str(cluster.kubeconfig_path), ["sim", "sim2"])
+    assert sim.server == cluster.url and sim.target.port == cluster.port
+    assert (sim.index, sim2.index, sim.namespace) == (0, 1, "default")
+    with pytest.raises(ConfigError, match="available: sim, sim2"):
+        load_contexts(str(cluster.kubeconfig_path), ["nope"])
+
+
+def test_list_with_selectors_and_namespaces(client: KubeClient) -> None:
+    items, rv = client.list("services", "shop")
+    assert sorted(i["metadata"]["name"] for i in items) == ["db", "web"] and rv
+    front, _ = client.list("services", "shop", label_selector="tier=front")
+    assert [i["metadata"]["name"] for i in front] == ["web"]
+    named, _ = client.list("services", "shop", field_selector="metadata.name=db")
+    assert [i["metadata"]["name"] for i in named] == ["db"]
+    assert client.namespace_status("shop") == "exists"
+    assert client.namespace_status("nope") == "missing"
+    assert "shop" in client.list_namespaces()
+    slices, _ = client.list("endpointslices", "shop")
+    assert isinstance(slices, list)
+
+
+def test_watch_streams_events_and_raises_watch_expired(
+    cluster: SimCluster, client: KubeClient
+) -> None:
+    _, rv = client.list("services", "shop")
+    stop = threading.Event()
+    events = client.watch("services", "shop", rv, stop=stop, timeout_seconds=10)
+    cluster.apply(service("cache"))
+    first = next(events)
+    assert (first["type"], first["object"]["metadata"]["name"]) == ("ADDED", "cache")
+    cluster.expire_watch_history()
+    with pytest.raises(WatchExpired):
+        next(events)
+    with pytest.raises(WatchExpired):  # too old from the start: HTTP 200 + ERROR event
+        next(client.watch("services", "shop", rv, stop=stop, timeout_seconds=10))
+
+
+def test_forbidden_names_the_verb_and_resource(cluster: SimCluster, client: KubeClient) -> None:
+    cluster.forbid("services", "list")
+    with pytest.raises(ApiError) as info:
+        client.list("services", "shop")
+    assert str(info.value).startswith("forbidden: cannot list services in namespace shop (403): ")
+    assert info.value.status == 403 and info.value.exit_code == ExitCode.API
+    cluster.forbid("namespaces", "get")
+    assert client.namespace_status("shop") == "forbidden"  # cannot tell either way
+    cluster.forbid("pods", "watch")
+    stop = threading.Event()
+    with pytest.raises(ApiError, match=r"forbidden: cannot watch pods in namespace shop \(403\)"):
+        next(client.watch("pods", "shop", "", stop=stop))
+
+
+def test_namespace_status_tells_exists_missing_and_forbidden(
+    cluster: SimCluster, client: KubeClient
+) -> None:
+    assert client.namespace_status("shop") == "exists"
+    assert client.namespace_status("nope") == "missing"
+    cluster.forbid("namespaces")
+    assert client.namespace_status("shop") == "forbidden"
+    assert client.namespace_status("nope") == "forbidden"  # a 403 tells nothing either way
+    cluster.allow("namespaces")
+    assert client.namespace_status("nope") == "missing"
+
+
+def test_other_refusals_have_no_doubled_error_word(client: KubeClient) -> None:
+    # The CLI prints "kubefwd: error: <message>": the message must not say "error:" again.
+    with pytest.raises(ApiError) as info:
+        client.list("services", "shop", field_selector="no.such.field=x")
+    assert str(info.value).startswith("cannot list services in namespace shop (400): ")
+    assert info.value.status == 400 and info.value.exit_code == ExitCode.API
+
+
+def test_wrong_token_is_unauthorized(cluster: SimCluster, tmp_path: Path) -> None:
+    doc = yaml.safe_load(cluster.kubeconfig_path.read_text())
+    doc["users"][0]["user"]["token"] = "wrong"
+    [ctx] = load_contexts(write(tmp_path / "kc", doc), [])
+    with pytest.raises(ApiError, match=r"unauthorized: cannot list pods in namespace shop \(401\)"):
+        KubeClient(ctx).list("pods", "shop")
+
+
+def test_unreachable_server_names_the_url(tmp_path: Path) -> None:
+    port = unused_port()
+    path = write(tmp_path / "kc", kubeconfig(server=f"http://127.0.0.1:{port}"))
+    [ctx] = load_contexts(path, [])
+    with pytest.raises(ApiError, match=rf"cannot reach the API server at http://127.0.0.1:{port}"):
+        KubeClient(ctx, timeout=5).list("services", "shop")
+
+
+def test_untrusted_server_certificate_is_a_tls_error(cluster: SimCluster, tmp_path: Path) -> None:
+    doc = yaml.safe_load(cluster.kubeconfig_path.read_text())
+    other_ca = simtls.generate().ca_pem
+    doc["clusters"][0]["cluster"]["certificate-authority-data"] = base64.b64encode(
+        other_ca).decode()
+    [ctx] = load_contexts(write(tmp_path / "kc", doc), ["sim"])
+    with pytest.raises(ApiError, match=r"TLS error .*certificate verify failed"):
+        KubeClient(ctx).list("services", "shop")
+
+
+def start_informer(
+    client: KubeClient,
+    resource: str,
+    namespace: str,
+    callback: Callable[[InformerEvent], None],
+    **kw: Any,
+) -> Informer:
+    informer = build_informer(client, resource, namespace, callback, **kw)
+    informer.start()
+    return informer
+
+
+def build_informer(
+    client: KubeClient,
+    resource: str,
+    namespace: str,
+    callback: Callable[[InformerEvent], None],
+    *,
+    label_selector: str = "",
+    on_error: Callable[[Informer, Exception, float], None] | None = None,
+) -> Informer:
+    """An Informer wired to ``client`` the way kubefwd wires its own (not started)."""
+    stop = threading.Event()
+    list_fn, watch_fn = watch_callables(client, resource, namespace,
+                                        label_selector=label_selector, timeout_seconds=30,
+                                        stop=stop)
+    return Informer(context=client.context.name, namespace=namespace, resource=resource,
+                    list_fn=list_fn, watch_fn=watch_fn, callback=callback,
+                    interrupt=client.interrupt, backoff=Backoff(initial=0.05, cap=0.2),
+                    on_error=on_error, stop=stop)
+
+
+def names_of(event: InformerEvent) -> list[str]:
+    return sorted(o["metadata"]["name"] for o in event.objects)
+
+
+def test_informer_follows_changes_recovers_from_410_and_restarts(
+    cluster: SimCluster, client: KubeClient
+) -> None:
+    got: list[InformerEvent] = []
+    informer = start_informer(client, "services", "shop", got.append)
+    try:
+        assert informer.wait_synced(5)
+        assert names_of(got[0]) == ["db", "web"]
+        cluster.apply(service("cache"))
+        cluster.wait_for(lambda: any(e.type == "ADDED" for e in got), 5)
+        # history expires and a service goes away meanwhile: the relist drops it
+        cluster.expire_watch_history()
+        cluster.delete("Service", "shop", "db")
+        cluster.wait_for(lambda: [e for e in got if e.type == SYNC
+                                  and names_of(e) == ["cache", "web"]]
+                         or [e for e in got if e.type == "DELETED"], 5)
+        # the API server drops every connection: the informer comes back by itself
+        cluster.restart_apiserver()
+        cluster.apply(service("late"))
+        cluster.wait_for(lambda: any(o["metadata"]["name"] == "late"
+                                     for e in got for o in (e.obj, *e.objects) if o), 5)
+    finally:
+        t0 = time.monotonic()
+        assert informer.stop_and_join(3)
+        assert time.monotonic() - t0 < 1.0  # the blocked watch was woken, not waited out
+
+
+def test_informer_reports_403_then_recovers(cluster: SimCluster, client: KubeClient) -> None:
+    cluster.forbid("pods", "list")
+    errors: list[Exception] = []
+    got: list[InformerEvent] = []
+    informer = start_informer(client, "pods", "shop", got.append,
+                              on_error=lambda inf, exc, delay: errors.append(exc))
+    try:
+        cluster.wait_for(lambda: errors, 5)
+        assert "forbidden: cannot list pods in namespace shop (403)" in str(errors[0])
+        assert informer.last_error is not None and not informer.synced.is_set()
+        cluster.allow("pods", "list")
+        assert informer.wait_synced(5)
+        assert informer.last_error is None
+    finally:
+        assert informer.stop_and_join(3)
+
+
+def test_registry_fed_by_real_informers_picks_a_ready_pod(
+    cluster: SimCluster, client: KubeClient
+) -> None:
+    cluster.wait_ready("shop")
+    registry = Registry(allocator=IpAllocator(), contexts=["sim"], namespaces=["shop"])
+    informers = [
+        build_informer(client, resource, "shop", registry.callback("sim", "shop", resource),
+                       label_selector="tier=front" if resource == "services" else "")
+        for resource in ("services", "pods", "endpointslices")
+    ]
+    assert [i.name for i in informers] == [
+        "informer/sim/shop/services", "informer/sim/shop/pods", "informer/sim/shop/endpointslices"
+    ]
+    for informer in informers:
+        informer.start()
+    key = ForwardKey("sim", "shop", "web")
+    try:
+        first = cluster.wait_for(lambda: registry.pick_pod(key, 80), 5)
+        assert first.target_port(80) == 8080
+        fwd = registry.get(key)
+        assert fwd is not None and "web.shop" in fwd.names and len(fwd.pods) == 2
+        # the chosen pod is deleted: the registry moves on to the other one at once
+        cluster.delete_pod("shop", first.name)
+        cluster.wait_for(lambda: (p := registry.pick_pod(key, 80)) and p.name != first.name, 5)
+        # db is not labelled tier=front: not forwarded at all
+        assert [str(f.key) for f in registry.snapshot().forwards] == ["sim/shop/web"]
+    finally:
+        for inf in informers:
+            assert inf.stop_and_join(3)
+
+
+def test_a_hanging_list_is_cut_short_by_interrupt(tmp_path: Path) -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        [ctx] = load_contexts(write(tmp_path / "kc", kubeconfig(server=f"http://127.0.0.1:{port}")),
+                              [])
+        client = KubeClient(ctx, timeout=30)
+        stop = threading.Event()
+        outcome: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                client.list("services", "shop", stop=stop)
+            except ApiError as e:
+                outcome.append(e)
+
+        thread = threading.Thread(target=run, name="hanging-list")
+        thread.start()
+        conn, _ = server.accept()  # the server never answers
+        with conn:
+            t0 = time.monotonic()
+            stop.set()
+            client.interrupt(stop)
+            thread.join(5)
+        assert not thread.is_alive() and time.monotonic() - t0 < 2
+        assert outcome and isinstance(outcome[0], ApiError)

@@ -1,0 +1,178 @@
+"""IP allocation: deterministic ranges, reservations, stability, exhaustion."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import pytest
+
+from kubefwd.errors import UsageError
+from kubefwd.registry.ipalloc import AddressesExhausted, IpAllocator, validate_reservations
+
+
+def test_ranges_follow_cluster_and_namespace_index() -> None:
+    alloc = IpAllocator()
+    assert alloc.allocate("a", 0, 0, ["a"]) == "127.1.27.1"
+    assert alloc.allocate("b", 0, 0, ["b"]) == "127.1.27.2"
+    assert alloc.allocate("c", 0, 1, ["c"]) == "127.1.28.1"
+    assert alloc.allocate("d", 1, 0, ["d"]) == "127.2.27.1"
+    assert alloc.allocate("e", 2, 3, ["e"]) == "127.3.30.1"
+
+
+def test_same_key_keeps_its_ip_until_released() -> None:
+    alloc = IpAllocator()
+    first = alloc.allocate(("ctx", "ns", "web"), 0, 0, ["web"])
+    alloc.allocate(("ctx", "ns", "db"), 0, 0, ["db"])
+    assert alloc.allocate(("ctx", "ns", "web"), 0, 0, ["web"]) == first
+    assert alloc.ip_of(("ctx", "ns", "web")) == first
+    alloc.release(("ctx", "ns", "web"))
+    assert alloc.ip_of(("ctx", "ns", "web")) is None
+    # the lowest free address is reused deterministically
+    assert alloc.allocate(("ctx", "ns", "new"), 0, 0, ["new"]) == first
+
+
+def test_release_by_ip_and_short_form() -> None:
+    alloc = IpAllocator()
+    ip = alloc.allocate(0, 0, ["web", "web.ns"])
+    assert alloc.allocate(0, 0, ["web", "web.ns"]) == ip
+    alloc.release(ip)
+    assert alloc.in_use() == {}
+    alloc.release("never-held")  # harmless
+
+
+def test_reservation_by_any_name_and_never_given_to_others() -> None:
+    alloc = IpAllocator(reservations={"db.shop": "127.1.27.1", "cache": "127.9.9.9"})
+    # 127.1.27.1 is reserved: the first ordinary service skips it
+    assert alloc.allocate("web", 0, 0, ["web", "web.shop"]) == "127.1.27.2"
+    assert alloc.allocate("db", 0, 0, ["db", "db.shop", "db.shop.svc"]) == "127.1.27.1"
+    assert alloc.allocate("cache", 0, 1, ["cache.pay", "cache"]) == "127.9.9.9"
+    # exact match only
+    assert alloc.allocate("x", 0, 0, ["cache2"]) == "127.1.27.3"
+
+
+def test_reservation_taken_falls_back_to_dynamic() -> None:
+    alloc = IpAllocator(reservations={"web.ns.svc.cluster.local": "127.5.5.5"})
+    names = ["web.ns", "web.ns.svc.cluster.local"]
+    assert alloc.allocate("ctx1", 0, 0, names) == "127.5.5.5"
+    assert alloc.allocate("ctx2", 1, 0, names) == "127.2.27.1"
+
+
+def test_base_shifts_ranges() -> None:
+    alloc = IpAllocator(base="127.1.28.1")
+    assert alloc.allocate("a", 0, 0, ["a"]) == "127.1.28.1"
+    assert alloc.allocate("b", 0, 1, ["b"]) == "127.1.29.1"
+    alloc = IpAllocator(base="127.2.27.10")
+    assert alloc.allocate("a", 1, 0, ["a"]) == "127.3.27.10"
+
+
+@pytest.mark.parametrize(
+    "reservations, message",
+    [
+        ({"web": "10.0.0.1"}, "outside the loopback range"),
+        ({"web": "127.1.1"}, "not an IPv4 address"),
+        ({"web": "banana"}, "not an IPv4 address"),
+        ({"web": "::1"}, "not an IPv4 address"),
+        ({"web": "127.0.0.0"}, "not a usable host address"),
+        ({"web": "127.1.27.5", "db": "127.1.27.5"}, "duplicates web:127.1.27.5"),
+        ({" ": "127.1.27.5"}, "empty service name"),
+        ({"web": "127.1.27.5", "WEB": "127.1.27.6"}, "given twice"),
+    ],
+)
+def test_bad_reservations_are_usage_errors(reservations: dict[str, str], message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        IpAllocator(reservations=reservations)
+
+
+def test_bad_base_is_usage_error() -> None:
+    with pytest.raises(UsageError, match="base IP"):
+        IpAllocator(base="192.168.0.1")
+
+
+def test_validate_reservations_normalises() -> None:
+    assert validate_reservations({" Web ": " 127.1.27.9 "}) == {"web": "127.1.27.9"}
+    alloc = IpAllocator(reservations={"DB": "127.1.27.9"})
+    assert alloc.allocate("k", 0, 0, ["db"]) == "127.1.27.9"
+
+
+def test_exhaustion_names_the_namespace_and_never_uses_0_or_255() -> None:
+    alloc = IpAllocator()
+    ips = {alloc.allocate(i, 0, 0, [f"s{i}"], namespace="shop") for i in range(254)}
+    assert len(ips) == 254
+    assert "127.1.27.0" not in ips and "127.1.27.255" not in ips
+    with pytest.raises(AddressesExhausted, match="namespace shop"):
+        alloc.allocate(999, 0, 0, ["s999"], namespace="shop")
+    # other namespaces are unaffected
+    assert alloc.allocate(1000, 0, 1, ["other"]) == "127.1.28.1"
+
+
+def test_namespace_index_beyond_range_is_exhaustion() -> None:
+    with pytest.raises(AddressesExhausted, match="namespace far"):
+        IpAllocator().allocate("k", 0, 300, ["x"], namespace="far")
+
+
+def test_concurrent_allocations_are_unique() -> None:
+    alloc = IpAllocator()
+    results: list[str] = []
+    lock = threading.Lock()
+
+    def work(start: int) -> None:
+        for i in range(start, start + 50):
+            ip = alloc.allocate(i, 0, i % 3, [f"s{i}"])
+            with lock:
+                results.append(ip)
+
+    threads = [threading.Thread(target=work, args=(k * 50,), name=f"alloc-{k}") for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 200 == len(set(results))
+
+
+def test_addresses_another_instance_holds_are_skipped() -> None:
+    held = {"127.1.27.1", "127.1.27.3"}
+    asked: list[str] = []
+
+    def taken(ip: str) -> bool:
+        asked.append(ip)
+        return ip in held
+
+    alloc = IpAllocator(taken=taken)
+    assert alloc.allocate("a", 0, 0, ["a"]) == "127.1.27.2"
+    assert alloc.allocate("b", 0, 0, ["b"]) == "127.1.27.4"
+    held.clear()  # the other instance stopped: its addresses are free again
+    assert alloc.allocate("c", 0, 0, ["c"]) == "127.1.27.1"
+    assert "127.1.27.1" in asked
+
+
+def test_a_reservation_another_instance_holds_falls_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    logger = logging.getLogger("kubefwd.registry.ipalloc")
+    logger.addHandler(caplog.handler)  # whatever another test did to propagation
+    try:
+        alloc = IpAllocator(reservations={"web": "127.1.27.9"},
+                            taken=lambda ip: ip == "127.1.27.9")
+        assert alloc.allocate("web", 0, 0, ["web"]) == "127.1.27.1"
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert "127.1.27.9 for web is already used by another kubefwd" in caplog.text
+
+
+def test_move_blocks_the_address_and_keeps_the_range() -> None:
+    alloc = IpAllocator()
+    first = alloc.allocate("a", 0, 1, ["a"])
+    alloc.allocate("b", 0, 1, ["b"])
+    assert first == "127.1.28.1"
+    moved = alloc.move("a")
+    assert moved == "127.1.28.3" and alloc.ip_of("a") == moved
+    # The address found in use is never handed out again, even when nobody holds it here.
+    alloc.release("a")
+    assert alloc.allocate("c", 0, 1, ["c"]) == "127.1.28.3"
+    assert alloc.allocate("d", 0, 1, ["d"]) == "127.1.28.4"
+    assert "127.1.28.1" not in alloc.in_use()
+    alloc.block("127.1.28.5")
+    assert alloc.allocate("e", 0, 1, ["e"]) == "127.1.28.6"
+    with pytest.raises(KeyError):
+        alloc.move("never-allocated")

@@ -1,0 +1,523 @@
+"""Registry diffs: informer events in, forward/hosts commands out."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import pytest
+
+from kubefwd.cluster.informer import InformerEvent
+from kubefwd.registry.forwards import (
+    Command,
+    ForwardKey,
+    ForwardRemove,
+    ForwardUpsert,
+    HostsSnapshot,
+    PortMapping,
+)
+from kubefwd.registry.ipalloc import IpAllocator
+from kubefwd.registry.registry import Registry
+
+_counter = iter(range(1, 10_000))
+
+
+def service(
+    name: str,
+    ns: str = "shop",
+    *,
+    selector: dict[str, str] | None = None,
+    ports: list[dict[str, Any]] | None = None,
+    headless: bool = False,
+    kind: str = "ClusterIP",
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "type": kind,
+        "ports": ports if ports is not None else [{"name": "http", "port": 80,
+                                                   "targetPort": 8080, "protocol": "TCP"}],
+        "clusterIP": "None" if headless else "10.0.0.1",
+    }
+    if selector is None:
+        selector = {"app": name}
+    if selector:
+        spec["selector"] = selector
+    return {"kind": "Service", "metadata": {"name": name, "namespace": ns}, "spec": spec}
+
+
+def pod(
+    name: str,
+    ns: str = "shop",
+    *,
+    app: str = "web",
+    ready: bool | None = True,
+    phase: str = "Running",
+    created: str = "2026-01-01T00:00:00Z",
+    deleting: bool = False,
+    ip: str = "",
+    container_ports: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": ns, "labels": {"app": app},
+                            "creationTimestamp": created, "uid": f"uid-{name}"}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-01-01T01:00:00Z"
+    status: dict[str, Any] = {"phase": phase, "podIP": ip or f"127.1.0.{next(_counter) % 250}"}
+    if ready is not None:
+        status["conditions"] = [{"type": "Ready", "status": "True" if ready else "False"}]
+    return {
+        "kind": "Pod",
+        "metadata": meta,
+        "spec": {"containers": [{"name": "c", "ports": container_ports or []}]},
+        "status": status,
+    }
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.batches: list[list[Command]] = []
+
+    def __call__(self, batch: list[Command]) -> None:
+        self.batches.append(batch)
+
+    def take(self) -> list[Command]:
+        out = [c for b in self.batches for c in b]
+        self.batches.clear()
+        return out
+
+
+def make(
+    contexts: tuple[str, ...] = ("sim",),
+    namespaces: tuple[str, ...] = ("shop",),
+    **kw: Any,
+) -> tuple[Registry, Recorder]:
+    reservations = kw.pop("reservations", None)
+    reg = Registry(allocator=IpAllocator(reservations=reservations), contexts=contexts,
+                   namespaces=namespaces, **kw)
+    rec = Recorder()
+    reg.subscribe(rec)
+    return reg, rec
+
+
+def sync(reg: Registry, resource: str, objs: list[dict[str, Any]], ctx: str = "sim",
+         ns: str = "shop") -> None:
+    reg.handle(ctx, ns, resource, InformerEvent("SYNC", objects=tuple(objs)))
+
+
+def event(reg: Registry, resource: str, kind: str, obj: dict[str, Any],
+          ctx: str = "sim", ns: str = "shop") -> None:
+    reg.handle(ctx, ns, resource, InformerEvent(kind, obj=obj))
+
+
+def upserts(cmds: list[Command]) -> dict[str, ForwardUpsert]:
+    return {str(c.key): c for c in cmds if isinstance(c, ForwardUpsert)}
+
+
+def hosts(cmds: list[Command]) -> dict[str, list[str]]:
+    snaps = [c for c in cmds if isinstance(c, HostsSnapshot)]
+    assert snaps, "expected a hosts snapshot"
+    return snaps[-1].entries
+
+
+WEB = ForwardKey("sim", "shop", "web")
+
+
+def test_service_with_ready_pods_is_forwarded_with_ip_names_and_ports() -> None:
+    reg, rec = make()
+    sync(reg, "services", [service("web")])
+    sync(reg, "pods", [pod("web-b", created="2026-01-01T00:00:02Z"),
+                       pod("web-a", created="2026-01-01T00:00:02Z"),
+                       pod("web-old", created="2026-01-01T00:00:01Z")])
+    cmds = rec.take()
+    up = upserts(cmds)["sim/shop/web"]
+    assert up.ip == "127.1.27.1"
+    assert up.names == ["web", "web.shop", "web.shop.svc", "web.shop.svc.cluster.local"]
+    assert up.ports == [PortMapping(80, 8080, "TCP", 80, "http")]
+    # oldest first, then by name
+    assert [p.name for p in up.pods] == ["web-old", "web-a", "web-b"]
+    assert up.pods[0].ports == {80: 8080}
+    assert hosts(cmds) == {"127.1.27.1": up.names}
+    picked = reg.pick_pod(WEB)
+    assert picked is not None and picked.name == "web-old"
+    assert reg.pick_pod(WEB, 80) == picked and reg.pick_pod(WEB, 81) is None
+
+
+def test_pod_readiness_changes_update_pods_but_keep_the_ip() -> None:
+    reg, rec = make()
+    sync(reg, "services", [service("web")])
+    sync(reg, "pods", [pod("web-1")])
+    first = upserts(rec.take())["sim/shop/web"]
+    event(reg, "pods", "MODIFIED", pod("web-1", ready=False))
+    cmds = rec.take()
+    assert upserts(cmds)["sim/shop/web"].pods == []
+    assert not any(isinstance(c, HostsSnapshot) for c in cmds)  # names did not change
+    assert reg.pick_pod(WEB) is None
+    event(reg, "pods", "ADDED", pod("web-2", created="2026-01-02T00:00:00Z", ready=False))
+    assert rec.take() == []  # nothing a listener would see changed
+    event(reg, "pods", "MODIFIED", pod("web-2", created="2026-01-02T00:00:00Z"))
+    up = upserts(rec.take())["sim/shop/web"]
+    assert [p.name for p in up.pods] == ["web-2"] and up.ip == first.ip
+    event(reg, "pods", "MODIFIED", pod("web-2", deleting=True))
+    assert upserts(rec.take())["sim/shop/web"].pods == []
+    event(reg, "pods", "DELETED", pod("web-2"))
+    event(reg, "pods", "ADDED", pod("web-3", phase="Pending", ready=False))
+    assert rec.take() == []
+    event(reg, "pods", "MODIFIED", pod("web-3"))
+    assert upserts(rec.take())["sim/shop/web"].ip == first.ip
+
+
+def test_service_deleted_removes_the_forward_and_its_hosts_lines() -> None:
+    reg, rec = make()
+    sync(reg, "services", [service("web"), service("api")])
+    rec.take()
+    event(reg, "services", "DELETED", service("web"))
+    cmds = rec.take()
+    assert ForwardRemove(WEB) in cmds
+    assert all("web" not in n for names in hosts(cmds).values() for n in names)
+    assert reg.pick_pod(WEB) is None
+    assert [str(f.key) for f in reg.snapshot().forwards] == ["sim/shop/api"]
+
+
+def test_service_update_changes_ports_and_selector() -> None:
+    reg, rec = make()
+    sync(reg, "services", [service("web")])
+    sync(reg, "pods", [pod("web-1"), pod("other-1", app="other")])
+    rec.take()
+    changed = service("web", selector={"app": "other"},
+                      ports=[{"port": 80}, {"port": 443, "targetPort": 8443}])
+    event(reg, "services", "MODIFIED", changed)
+    up = upserts(rec.take())["sim/shop/web"]
+    assert [p.name for p in up.pods] == ["other-1"]
+    assert [(m.local_port, m.target_port) for m in up.ports] == [(80, 80), (443, 8443)]
+    assert up.pods[0].ports == {80: 80, 443: 8443}
+
+
+def test_sync_drops_objects_deleted_while_disconnected() -> None:
+    reg, rec = make()
+    sync(reg, "services", [service("web"), service("api")])
+    sync(reg, "pods", [pod("web-1")])
+    rec.take()
+    sync(reg, "services", [service("api")])  # web vanished during a watch outage
+    sync(reg, "pods", [])
+    cmds = rec.take()
+    assert ForwardRemove(WEB) in cmds
+    assert reg.pick_pod(WEB) is None
+
+
+def test_named_target_port_is_resolved_per_pod() -> None:
+    reg, rec = make()
+    svc = service("web", ports=[{"name": "http", "port": 80, "targetPort": "web"},
+                                {"name": "admin", "port": 9000, "targetPort": "admin"}])
+    sync(reg, "services", [svc])
+    sync(reg, "pods", [
+        pod("web-a", created="2026-01-01T00:00:01Z",
+            container_ports=[{"name": "web", "containerPort": 8080}]),
+        pod("web-b", created="2026-01-01T00:00:02Z",
+            container_ports=[{"name": "web", "containerPort": 9090},
+                             {"name": "admin", "containerPort": 9001}]),
+    ])
+    up = upserts(rec.take())["sim/shop/web"]
+    assert up.ports[0].target_port == "web"
+    assert up.pods[0].ports == {80: 8080}
+    assert up.pods[1].ports == {80: 9090, 9000: 9001}
+    a, b = reg.pick_pod(WEB, 80), reg.pick_pod(WEB, 9000)
+    assert a is not None and a.name == "web-a" and a.target_port(80) == 8080
+    assert b is not None and b.name == "web-b"  # web-a has no "admin" port
+
+
+def test_udp_ports_are_skipped_with_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+    reg, rec = make()
+    svc = service("dns", ports=[{"name": "dns", "port": 53, "protocol": "UDP"},
+                                {"name": "dns-tcp", "port": 53, "protocol": "TCP"}])
+    with caplog.at_level(logging.WARNING):
+        sync(reg, "services", [svc])
+        sync(reg, "services", [svc])
+    up = upserts(rec.take())["sim/shop/dns"]
+    assert [(m.port, m.protocol) for m in up.ports] == [(53, "TCP")]
+    assert sum("53/UDP" in r.getMessage() for r in caplog.records) == 1
+    only_udp = service("stats", ports=[{"port": 8125, "protocol": "UDP"}])
+    sync(reg, "services", [only_udp])
+    assert "sim/shop/stats" not in upserts(rec.take())
+    assert "no TCP ports" in reg.snapshot().skipped["sim/shop/stats"]
+
+
+def test_udp_ports_of_a_namespace_are_one_warning_and_the_detail_is_debug(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    reg, rec = make()
+    udp = {"name": "dns", "port": 53, "protocol": "UDP"}
+    tcp = {"name": "http", "port": 80, "protocol": "TCP"}
+    services = [service(f"svc{i:02}", ports=[udp, tcp]) for i in range(25)]
+    services += [service("stats", ports=[{"port": 8125, "protocol": "UDP"}])]
+    with caplog.at_level(logging.DEBUG, logger="kubefwd"):
+        sync(reg, "services", services)
+        sync(reg, "services", services)  # a relist: nothing new to say
+        event(reg, "services", "ADDED", service("late", ports=[udp, tcp]))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, warnings
+    [line] = warnings
+    assert line.startswith("sim/shop: 26 UDP ports of 26 services skipped, only TCP is "
+                           "forwarded: stats:8125/UDP, svc00:53/UDP, svc01:53/UDP, ")
+    assert "(22 more; -v lists each)" in line
+    assert line.endswith("; not forwarded, no TCP port left: stats")
+    debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert sum("port 53/UDP skipped" in m for m in debug) == 26  # svc00..svc24 and late
+    assert any("late:53/UDP" in m for m in debug)
+    assert len(upserts(rec.take())) == 26
+
+
+def test_services_without_selector_are_skipped_with_one_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    reg, rec = make()
+    manual = service("manual", selector={})
+    with caplog.at_level(logging.WARNING):
+        sync(reg, "services", [manual, service("web")])
+        event(reg, "services", "MODIFIED", manual)
+    assert set(upserts(rec.take())) == {"sim/shop/web"}
+    assert sum("manual" in r.getMessage() for r in caplog.records) == 1
+    assert reg.snapshot().skipped == {"sim/shop/manual": "skipped: it has no selector"}
+    # once deleted, it is no longer listed as skipped
+    sync(reg, "services", [service("web")])
+    assert reg.snapshot().skipped == {}
+
+
+def test_mappings_change_the_local_port() -> None:
+    reg, rec = make(mappings={80: 8080})
+    sync(reg, "services", [service("web", ports=[{"port": 80, "targetPort": 8000},
+                                                 {"port": 8080}])])
+    up = upserts(rec.take())["sim/shop/web"]
+    # 80 -> 8080 locally; the service's own 8080 would collide and is skipped
+    assert [(m.local_port, m.port, m.target_port) for m in up.ports] == [(8080, 80, 8000)]
+
+
+def test_headless_service_gets_one_forward_per_pod() -> None:
+    reg, rec = make()
+    sync(reg, "services", [service("db", headless=True)])
+    sync(reg, "pods", [pod("db-0", app="db", created="2026-01-01T00:00:01Z"),
+                       pod("db-1", app="db", created="2026-01-01T00:00:02Z", ready=False)])
+    cmds = rec.take()
+    ups = upserts(cmds)
+    assert set(ups) == {"sim/shop/db", "sim/shop/db-0.db", "sim/shop/db-1.db"}
+    assert [p.name for p in ups["sim/shop/db"].pods] == ["db-0"]
+    assert ups["sim/shop/db-0.db"].names[:2] == ["db-0.db", "db-0.db.shop"]
+    assert ups["sim/shop/db-0.db"].pods[0].name == "db-0"
+    assert ups["sim/shop/db-1.db"].pods == []  # not ready yet: bound, waiting
+    ips = {ups[k].ip for k in ups}
+    assert len(ips) == 3
+    assert set(hosts(cmds)) == ips
+    key0 = ForwardKey("sim", "shop", "db", "db-0")
+    ip0 = ups["sim/shop/db-0.db"].ip
+    p0 = reg.pick_pod(key0)
+    assert p0 is not None and p0.name == "db-0"
+    # the pod is deleted: its forward goes; the replacement (same name) comes back
+    event(reg, "pods", "DELETED", pod("db-0", app="db"))
+    cmds = rec.take()
+    assert ForwardRemove(key0) in cmds
+    event(reg, "pods", "ADDED", pod("db-0", app="db", created="2026-01-01T00:01:00Z"))
+    ups = upserts(rec.take())
+    assert ups["sim/shop/db-0.db"].ip == ip0  # the freed address comes back
+    assert [p.name for p in ups["sim/shop/db"].pods] == ["db-0"]
+
+
+def sts_pod(name: str, *, uid: str = "", **kw: Any) -> dict[str, Any]:
+    p = pod(name, app="db", **kw)
+    p["metadata"]["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": "StatefulSet",
+                                         "name": "db", "controller": True}]
+    if uid:
+        p["metadata"]["uid"] = uid
+    return p
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_statefulset_pod_restart_keeps_its_forward_and_ip() -> None:
+    clock = FakeClock()
+    reg, rec = make(pod_grace=30.0, clock=clock)
+    sync(reg, "services", [service("db", headless=True)])
+    sync(reg, "pods", [sts_pod("db-0")])
+    key0 = ForwardKey("sim", "shop", "db", "db-0")
+    ip0 = upserts(rec.take())["sim/shop/db-0.db"].ip
+    # Terminating, then gone: the forward stays, same IP and names, with no pod to go to.
+    event(reg, "pods", "MODIFIED", sts_pod("db-0", deleting=True, ready=False))
+    event(reg, "pods", "DELETED", sts_pod("db-0", deleting=True, ready=False))
+    cmds = rec.take()
+    assert not any(isinstance(c, ForwardRemove) for c in cmds)
+    held = reg.get(key0)
+    assert held is not None and held.ip == ip0 and held.pods == [] and "db-0.db" in held.names
+    assert reg.pick_pod(key0) is None
+    assert "db-0.db" in reg.snapshot().hosts[ip0]
+    # A service created in the gap cannot take the address.
+    clock.now += 20
+    reg.expire()
+    event(reg, "services", "ADDED", service("cache"))
+    assert upserts(rec.take())["sim/shop/cache"].ip != ip0
+    # The replacement, same name: the same forward picks it up once it is ready.
+    event(reg, "pods", "ADDED", sts_pod("db-0", uid="uid-new", ready=False))
+    event(reg, "pods", "MODIFIED", sts_pod("db-0", uid="uid-new", ip="127.1.0.77"))
+    cmds = rec.take()
+    assert not any(isinstance(c, ForwardRemove) for c in cmds)
+    up = upserts(cmds)["sim/shop/db-0.db"]
+    assert up.ip == ip0 and [(p.name, p.uid, p.ip) for p in up.pods] == [
+        ("db-0", "uid-new", "127.1.0.77")]
+    # Long after, the grace clock was reset by the pod's return: nothing expires.
+    clock.now += 100
+    reg.expire()
+    assert rec.take() == [] and reg.get(key0) is not None
+
+
+def test_a_statefulset_pod_that_does_not_come_back_goes_after_the_grace() -> None:
+    clock = FakeClock()
+    reg, rec = make(pod_grace=30.0, clock=clock)
+    sync(reg, "services", [service("db", headless=True)])
+    sync(reg, "pods", [sts_pod("db-0"), sts_pod("db-1")])
+    key1 = ForwardKey("sim", "shop", "db", "db-1")
+    ip1 = upserts(rec.take())["sim/shop/db-1.db"].ip
+    event(reg, "pods", "DELETED", sts_pod("db-1"))  # scaled down
+    assert not any(isinstance(c, ForwardRemove) for c in rec.take())
+    clock.now += 29
+    reg.expire()
+    assert rec.take() == []
+    clock.now += 1
+    reg.expire()
+    cmds = rec.take()
+    assert ForwardRemove(key1) in cmds and ip1 not in hosts(cmds)
+    # And a deleted headless service takes its kept pod forwards with it at once.
+    event(reg, "pods", "DELETED", sts_pod("db-0"))
+    rec.take()
+    event(reg, "services", "DELETED", service("db", headless=True))
+    removed = {c.key for c in rec.take() if isinstance(c, ForwardRemove)}
+    assert ForwardKey("sim", "shop", "db", "db-0") in removed
+
+
+def test_multi_context_names_never_conflict() -> None:
+    reg, rec = make(contexts=("dev", "qa"), namespaces=("shop", "pay"))
+    sync(reg, "services", [service("web")], ctx="dev", ns="shop")
+    sync(reg, "services", [service("web", ns="pay")], ctx="dev", ns="pay")
+    sync(reg, "services", [service("web")], ctx="qa", ns="shop")
+    ups = upserts(rec.batches[0] + rec.batches[1] + rec.batches[2])
+    assert ups["dev/shop/web"].ip == "127.1.27.1"
+    assert ups["dev/pay/web"].ip == "127.1.28.1"
+    assert ups["qa/shop/web"].ip == "127.2.27.1"
+    assert "web" in ups["dev/shop/web"].names and "web.shop.dev" in ups["dev/shop/web"].names
+    assert "web" not in ups["dev/pay/web"].names and "web.pay" in ups["dev/pay/web"].names
+    assert ups["qa/shop/web"].names == ["web.shop.qa", "web.shop.svc.qa"]
+    all_names = [n for names in hosts(rec.take()).values() for n in names]
+    assert len(all_names) == len(set(all_names))
+
+
+def test_a_name_claimed_twice_goes_to_the_first_and_moves_when_it_leaves() -> None:
+    # A headless pod "p" of service "x" wants the name "p.x", which a service called "p.x"
+    # also wants: the service sorts first and keeps it; when it leaves, the pod gets it.
+    reg, rec = make()
+    sync(reg, "services", [service("x", headless=True), service("p.x", selector={"app": "p"})])
+    sync(reg, "pods", [pod("p", app="x")])
+    svc_key, pod_key = ForwardKey("sim", "shop", "p.x"), ForwardKey("sim", "shop", "x", "p")
+    ups = {c.key: c for c in rec.take() if isinstance(c, ForwardUpsert)}
+    assert "p.x" in ups[svc_key].names and "p.x" not in ups[pod_key].names
+    headless_pod = reg.get(ForwardKey("sim", "shop", "x", "p"))
+    assert headless_pod is not None and "p.x" not in headless_pod.names
+    event(reg, "services", "DELETED", service("p.x", selector={"app": "p"}))
+    cmds = rec.take()
+    moved = next(c for c in cmds if isinstance(c, ForwardUpsert) and c.key == pod_key)
+    assert "p.x" in moved.names
+    assert "p.x" in hosts(cmds)[moved.ip]
+
+
+def test_reservations_and_exhaustion(caplog: pytest.LogCaptureFixture) -> None:
+    reg, rec = make(reservations={"web": "127.1.27.200"})
+    sync(reg, "services", [service("web")])
+    assert upserts(rec.take())["sim/shop/web"].ip == "127.1.27.200"
+    many = [service(f"s{i:03d}") for i in range(260)]
+    with caplog.at_level(logging.ERROR):
+        sync(reg, "services", [service("web"), *many])
+    got = upserts(rec.take())
+    assert len(got) == 253  # .1-.254 minus the reservation
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 260 - 253
+    assert "no free loopback address" in errors[0].getMessage()
+    # one service leaves: a waiting one takes its address
+    event(reg, "services", "DELETED", service("s000"))
+    cmds = rec.take()
+    assert ForwardRemove(ForwardKey("sim", "shop", "s000")) in cmds
+    assert [str(c.key) for c in cmds if isinstance(c, ForwardUpsert)] == ["sim/shop/s253"]
+
+
+def test_endpointslices_decide_only_when_the_pod_has_no_ready_condition() -> None:
+    reg, rec = make()
+    sync(reg, "services", [service("web")])
+    sync(reg, "pods", [pod("web-1", ready=None), pod("web-2", ready=False)])
+    assert upserts(rec.take())["sim/shop/web"].pods == []
+    slice_ = {
+        "kind": "EndpointSlice",
+        "metadata": {"name": "web-abc", "namespace": "shop",
+                     "labels": {"kubernetes.io/service-name": "web"}},
+        "endpoints": [
+            {"addresses": ["127.1.0.1"], "conditions": {"ready": True},
+             "targetRef": {"kind": "Pod", "name": "web-1"}},
+            {"addresses": ["127.1.0.2"], "conditions": {"ready": True},
+             "targetRef": {"kind": "Pod", "name": "web-2"}},
+        ],
+    }
+    event(reg, "endpointslices", "ADDED", slice_)
+    assert [p.name for p in upserts(rec.take())["sim/shop/web"].pods] == ["web-1"]
+
+
+def test_commands_are_delivered_outside_the_lock_and_in_order() -> None:
+    reg, _ = make(namespaces=("shop", "pay"))
+    seen: list[tuple[str, int]] = []
+
+    def listener(batch: list[Command]) -> None:
+        # readers work from a listener: the write lock is not held
+        for c in batch:
+            if isinstance(c, ForwardUpsert):
+                reg.pick_pod(c.key)
+                seen.append((str(c.key), len(c.pods)))
+
+    reg.subscribe(listener)
+    sync(reg, "services", [service("web")])
+    barrier = threading.Barrier(4)
+
+    def churn(i: int) -> None:
+        barrier.wait()
+        for j in range(25):
+            ready = j % 2 == 0
+            event(reg, "pods", "MODIFIED", pod(f"web-{i}", ready=ready))
+
+    threads = [threading.Thread(target=churn, args=(i,), name=f"churn-{i}") for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    final = reg.get(WEB)
+    assert final is not None
+    # the last delivered state is the registry's final state
+    assert seen[-1] == ("sim/shop/web", len(final.pods))
+    assert len(final.pods) == 4  # every churner ends on ready (j=24)
+
+
+def test_snapshot_lists_forwards_in_order() -> None:
+    reg, _ = make(namespaces=("shop", "pay"))
+    sync(reg, "services", [service("b"), service("a")])
+    sync(reg, "services", [service("z", ns="pay")], ns="pay")
+    snap = reg.snapshot()
+    assert [str(f.key) for f in snap.forwards] == ["sim/shop/a", "sim/shop/b", "sim/pay/z"]
+    assert snap.hosts["127.1.28.1"][0] == "z.pay"
+
+
+def test_cluster_wide_informers_bucket_objects_by_namespace() -> None:
+    reg, rec = make(namespaces=("a", "b"))
+    sync(reg, "pods", [pod("web-1", "a"), pod("web-2", "b")], ns="")
+    sync(reg, "services", [service("web", "a"), service("web", "b")], ns="")
+    ups = upserts(rec.take())
+    assert ups["sim/a/web"].ip == "127.1.27.1" and ups["sim/b/web"].ip == "127.1.28.1"
+    assert [p.name for p in ups["sim/b/web"].pods] == ["web-2"]
+    event(reg, "pods", "DELETED", pod("web-2", "b"), ns="")
+    assert upserts(rec.take())["sim/b/web"].pods == []
+    sync(reg, "services", [service("web", "a")], ns="")  # b's service went away meanwhile
+    assert ForwardRemove(ForwardKey("sim", "b", "web")) in rec.take()

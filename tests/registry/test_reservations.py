@@ -1,0 +1,111 @@
+"""-r/--reserve and -z/--fwd-conf: validated reservations, one-line errors with file:line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kubefwd.errors import UsageError
+from kubefwd.registry.reservations import build_reservations, load_fwd_conf, parse_reserve
+
+
+def test_reserve_flags() -> None:
+    assert parse_reserve(["db:127.1.28.1", " web : 127.1.28.2 "]) == {
+        "db": "127.1.28.1",
+        "web": "127.1.28.2",
+    }
+    assert parse_reserve(["db:127.1.28.1", "db:127.1.28.1"]) == {"db": "127.1.28.1"}
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        (["db"], "expected name:ip"),
+        ([":127.1.1.1"], "expected name:ip"),
+        (["db:"], "expected name:ip"),
+        (["db:10.0.0.1"], "outside the loopback range"),
+        (["db:127.1.300.1"], "not an IPv4 address"),
+        (["db:127.1.28.1", "db:127.1.28.2"], "already reserved as 127.1.28.1"),
+        (["db:127.1.28.1", "web:127.1.28.1"], "duplicates"),
+    ],
+)
+def test_bad_reserve_flags(values: list[str], message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        parse_reserve(values)
+
+
+def _conf(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "fwd.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_fwd_conf_file(tmp_path: Path) -> None:
+    path = _conf(
+        tmp_path,
+        "baseUnreservedIP: 127.1.28.1\n"
+        "serviceConfigurations:\n"
+        "  - name: db\n    ip: 127.1.29.1\n"
+        "  - {name: cache.shop, ip: 127.1.29.2}\n",
+    )
+    conf = load_fwd_conf(path)
+    assert conf.base == "127.1.28.1"
+    assert conf.reservations == {"db": "127.1.29.1", "cache.shop": "127.1.29.2"}
+
+
+def test_empty_and_partial_files(tmp_path: Path) -> None:
+    assert load_fwd_conf(_conf(tmp_path, "")).reservations == {}
+    assert load_fwd_conf(_conf(tmp_path, "serviceConfigurations:\n")).base == "127.1.27.0"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("baseUnreservedIP: 10.1.1.1\n", r"fwd.yaml:1: baseUnreservedIP: 10.1.1.1 is outside"),
+        ("[1, 2]\n", "fwd.yaml:1: expected a mapping"),
+        ("baseUnreservedIp: 127.1.1.1\n", "fwd.yaml:1: unknown key 'baseUnreservedIp'"),
+        ("serviceConfigurations: db\n", "fwd.yaml:1: serviceConfigurations must be a list"),
+        ("serviceConfigurations:\n  - db\n", "fwd.yaml:2: each service configuration"),
+        ("serviceConfigurations:\n  - name: db\n", "fwd.yaml:2: service configuration without ip"),
+        (
+            "serviceConfigurations:\n  - name: db\n    ipp: 127.1.1.1\n",
+            "fwd.yaml:3: unknown key 'ipp'",
+        ),
+        (
+            "serviceConfigurations:\n  - name: db\n    ip: nope\n",
+            "fwd.yaml:2: ip: 'nope' is not an IPv4 address",
+        ),
+        (
+            "serviceConfigurations:\n  - {name: a, ip: 127.1.1.1}\n  - {name: b, ip: 127.1.1.1}\n",
+            "fwd.yaml:3: b:127.1.1.1 duplicates a:127.1.1.1 from line 2",
+        ),
+        (
+            "serviceConfigurations:\n  - {name: a, ip: 127.1.1.1}\n  - {name: a, ip: 127.1.1.2}\n",
+            "fwd.yaml:3: a is already reserved as 127.1.1.1 on line 2",
+        ),
+        ("serviceConfigurations:\n  - {name: '', ip: 127.1.1.1}\n", "fwd.yaml:2: name must be"),
+        ("a: [\n", r"fwd.yaml:2: "),
+    ],
+)
+def test_bad_files_name_file_and_line(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message) as info:
+        load_fwd_conf(_conf(tmp_path, text))
+    assert "\n" not in str(info.value)
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match=r"--fwd-conf .*missing\.yaml: cannot read it"):
+        load_fwd_conf(tmp_path / "missing.yaml")
+    (tmp_path / "bin.yaml").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(UsageError, match="not a UTF-8"):
+        load_fwd_conf(tmp_path / "bin.yaml")
+
+
+def test_flags_override_the_file_and_duplicates_across_them_fail(tmp_path: Path) -> None:
+    path = _conf(tmp_path, "serviceConfigurations:\n  - {name: db, ip: 127.1.29.1}\n")
+    reservations, base = build_reservations(["db:127.1.29.9", "web:127.1.29.2"], path)
+    assert reservations == {"db": "127.1.29.9", "web": "127.1.29.2"} and base == "127.1.27.0"
+    with pytest.raises(UsageError, match="duplicates"):
+        build_reservations(["web:127.1.29.1"], path)
+    assert build_reservations([], None) == ({}, "127.1.27.0")
