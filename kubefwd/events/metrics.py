@@ -1,0 +1,269 @@
+"""Byte and connection counters per forward and port, and their rates sampled once a second.
+
+The hot path is a forwarder's selector loop: it keeps the ``PortCounters`` of each of its
+ports and does ``counters.bytes_in += n``, nothing else, no lock. Each counter has one
+writer (that forward's thread) and any number of readers, which only ever read whole ints.
+Creating the counters of a port takes a lock once; the sampler thread calls ``sample()``
+once a second (O(ports)), which turns the cumulative counts into rates over a rolling window
+and keeps ``history`` samples per forward for sparklines.
+
+Direction: ``bytes_in`` came from the pod to the local client, ``bytes_out`` went from the
+local client to the pod. A rate is bytes per second over the last ``window`` seconds (or
+since the port's counters were created, when that is more recent).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from kubefwd.support.threads import StoppableThread
+
+log = logging.getLogger("kubefwd.events")
+
+
+class PortCounters:
+    """Cumulative counts of one port of one forward; plain ints, one writer."""
+
+    __slots__ = ("bytes_in", "bytes_out", "failed", "open", "total")
+
+    def __init__(self) -> None:
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.open = 0  # connections open now
+        self.total = 0  # connections accepted so far
+        self.failed = 0  # connections given up
+
+    def __repr__(self) -> str:
+        return (
+            f"PortCounters(in={self.bytes_in}, out={self.bytes_out}, open={self.open}, "
+            f"total={self.total}, failed={self.failed})"
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PortMetrics:
+    port: int
+    bytes_in: int
+    bytes_out: int
+    open: int
+    total: int
+    failed: int
+    rate_in: float
+    rate_out: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ForwardMetrics:
+    """One forward's figures: sums over its ports, each port, and the rate history (oldest
+    first) as (bytes_in_rate, bytes_out_rate) pairs."""
+
+    key: str
+    bytes_in: int
+    bytes_out: int
+    open: int
+    total: int
+    failed: int
+    rate_in: float
+    rate_out: float
+    ports: tuple[PortMetrics, ...]
+    history: tuple[tuple[float, float], ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MetricsSnapshot:
+    """Totals over every forward (including those already forgotten: totals never go down,
+    except ``open``), and each forward sorted by key."""
+
+    time: float
+    bytes_in: int
+    bytes_out: int
+    open: int
+    total: int
+    failed: int
+    rate_in: float
+    rate_out: float
+    forwards: tuple[ForwardMetrics, ...]
+
+
+class _PortTrack:
+    """A port's counters and the points of its rolling window, kept by the sampler."""
+
+    __slots__ = ("counters", "points", "rate_in", "rate_out")
+
+    def __init__(self, counters: PortCounters, now: float) -> None:
+        self.counters = counters
+        self.points: collections.deque[tuple[float, int, int]] = collections.deque(
+            [(now, 0, 0)]
+        )
+        self.rate_in = 0.0
+        self.rate_out = 0.0
+
+
+class _ForwardTrack:
+    __slots__ = ("history", "ports")
+
+    def __init__(self, history: int) -> None:
+        self.ports: dict[int, _PortTrack] = {}
+        self.history: collections.deque[tuple[float, float]] = collections.deque(
+            maxlen=history
+        )
+
+
+class MetricsRegistry:
+    """Counters per (forward, port), rates over a rolling window, and a rate history."""
+
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        window: float = 5.0,
+        history: int = 60,
+    ) -> None:
+        if window <= 0 or history < 1:
+            raise ValueError("the rate window must be positive and the history at least 1")
+        self._clock = clock
+        self._window = window
+        self._history = history
+        self._lock = threading.Lock()
+        self._forwards: dict[str, _ForwardTrack] = {}
+        self._retiring: dict[str, _ForwardTrack] = {}
+        # What forgotten forwards had counted, so that totals never go down.
+        self._gone_bytes_in = 0
+        self._gone_bytes_out = 0
+        self._gone_total = 0
+        self._gone_failed = 0
+
+    def counters(self, key: str, port: int) -> PortCounters:
+        """The counters of ``port`` of forward ``key``, created on the first call."""
+        track = self._forwards.get(key)
+        if track is not None:
+            port_track = track.ports.get(port)
+            if port_track is not None:
+                return port_track.counters
+        with self._lock:
+            track = self._forwards.get(key)
+            if track is None:
+                track = self._forwards[key] = _ForwardTrack(self._history)
+            port_track = track.ports.get(port)
+            if port_track is None:
+                port_track = _PortTrack(PortCounters(), self._clock())
+                # Copy on write: the sampler and snapshot iterate ports without the lock.
+                track.ports = {**track.ports, port: port_track}
+            return port_track.counters
+
+    def forget(self, key: str) -> None:
+        """Forward ``key`` is gone: it stays in snapshots until the next ``sample()``, and a
+        later ``counters(key, ...)`` starts afresh."""
+        with self._lock:
+            track = self._forwards.pop(key, None)
+            if track is not None:
+                self._retiring[key] = track
+
+    def sample(self) -> None:
+        """Compute every port's rates over the window and append one history sample per
+        forward; drop the forwards forgotten since the last sample."""
+        now = self._clock()
+        horizon = now - self._window
+        with self._lock:
+            forwards = tuple(self._forwards.values())
+            retired, self._retiring = tuple(self._retiring.values()), {}
+            for track in retired:
+                for p in track.ports.values():
+                    c = p.counters
+                    self._gone_bytes_in += c.bytes_in
+                    self._gone_bytes_out += c.bytes_out
+                    self._gone_total += c.total
+                    self._gone_failed += c.failed
+        for track in forwards:
+            fwd_in = fwd_out = 0.0
+            for p in track.ports.values():
+                c = p.counters
+                points = p.points
+                points.append((now, c.bytes_in, c.bytes_out))
+                # The base is the newest point at or before the horizon, or the oldest
+                # point when the port is younger than the window.
+                while len(points) > 1 and points[1][0] <= horizon:
+                    points.popleft()
+                base_t, base_in, base_out = points[0]
+                span = now - base_t
+                if span > 0:
+                    p.rate_in = (c.bytes_in - base_in) / span
+                    p.rate_out = (c.bytes_out - base_out) / span
+                else:
+                    p.rate_in = p.rate_out = 0.0
+                fwd_in += p.rate_in
+                fwd_out += p.rate_out
+            track.history.append((fwd_in, fwd_out))
+
+    def snapshot(self) -> MetricsSnapshot:
+        """Every figure as of now (rates as of the last sample)."""
+        with self._lock:
+            tracks = {**self._retiring, **self._forwards}
+            gone = (self._gone_bytes_in, self._gone_bytes_out, self._gone_total,
+                    self._gone_failed)
+        forwards = tuple(_forward_metrics(k, tracks[k]) for k in sorted(tracks))
+        return MetricsSnapshot(
+            time=self._clock(),
+            bytes_in=gone[0] + sum(f.bytes_in for f in forwards),
+            bytes_out=gone[1] + sum(f.bytes_out for f in forwards),
+            open=sum(f.open for f in forwards),
+            total=gone[2] + sum(f.total for f in forwards),
+            failed=gone[3] + sum(f.failed for f in forwards),
+            rate_in=sum(f.rate_in for f in forwards),
+            rate_out=sum(f.rate_out for f in forwards),
+            forwards=forwards,
+        )
+
+
+def _forward_metrics(key: str, track: _ForwardTrack) -> ForwardMetrics:
+    ports = tuple(
+        PortMetrics(
+            port=port,
+            bytes_in=p.counters.bytes_in,
+            bytes_out=p.counters.bytes_out,
+            open=p.counters.open,
+            total=p.counters.total,
+            failed=p.counters.failed,
+            rate_in=p.rate_in,
+            rate_out=p.rate_out,
+        )
+        for port, p in sorted(track.ports.items())
+    )
+    return ForwardMetrics(
+        key=key,
+        bytes_in=sum(p.bytes_in for p in ports),
+        bytes_out=sum(p.bytes_out for p in ports),
+        open=sum(p.open for p in ports),
+        total=sum(p.total for p in ports),
+        failed=sum(p.failed for p in ports),
+        rate_in=sum(p.rate_in for p in ports),
+        rate_out=sum(p.rate_out for p in ports),
+        ports=ports,
+        history=tuple(track.history),
+    )
+
+
+class MetricsSampler(StoppableThread):
+    """The thread that calls ``registry.sample()`` once per ``interval`` seconds."""
+
+    def __init__(self, registry: MetricsRegistry, interval: float = 1.0) -> None:
+        super().__init__("kubefwd/metrics")
+        self.registry = registry
+        self.interval = interval
+
+    def run_loop(self) -> None:
+        while not self.stopping.wait(self.interval):
+            try:
+                self.registry.sample()
+            except Exception:  # a bad sample must not stop the rates for good
+                log.exception("metrics sample failed")
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Set the stop Event and wait up to ``timeout`` seconds for the thread to end."""
+        super().stop()
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join(timeout)
