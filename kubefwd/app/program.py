@@ -36,12 +36,18 @@ from kubefwd.app.startup import (
 from kubefwd.cluster.client import KubeClient, watch_callables
 from kubefwd.cluster.informer import Backoff, Informer
 from kubefwd.cluster.kubeconfig import ClusterContext, load_contexts
+from kubefwd.cluster.target import ApiTarget
 from kubefwd.errors import (
     ApiError,
     ExitCode,
     HostsFileError,
     KubefwdError,
 )
+from kubefwd.events.bus import EventBus
+from kubefwd.events.metrics import MetricsRegistry, MetricsSampler
+from kubefwd.events.report import BusLogHandler, Reporter, route_logging, unroute_logging
+from kubefwd.events.store import StateStore
+from kubefwd.events.types import ShutdownComplete, ShutdownStarted
 from kubefwd.hosts.backup import backup_target
 from kubefwd.hosts.writer import HostsWriter
 from kubefwd.registry.ipalloc import DEFAULT_BASE, IpAllocator
@@ -58,8 +64,7 @@ from kubefwd.serve.forwardset import ForwardSet
 from kubefwd.serve.routing import Router
 from kubefwd.support.threads import StoppableThread
 from kubefwd.system.loopback import LoopbackStrategy, loopback_strategy
-from kubefwd.tunnel import ApiTarget, TunnelPool
-from kubefwd.ui.text import Output
+from kubefwd.tunnel import TunnelPool
 
 log = logging.getLogger("kubefwd.app.program")
 
@@ -95,9 +100,16 @@ class SvcOptions:
 class Kubefwd:
     """One run of ``kubefwd svc``: ``run()`` for the CLI, or ``start()``/``shutdown()``."""
 
-    def __init__(self, options: SvcOptions, *, output: Output | None = None) -> None:
+    def __init__(self, options: SvcOptions, *, bus: EventBus | None = None) -> None:
         self.options = options
-        self.output = output or Output(verbose=options.verbose)
+        # What the run says goes out as events; the outputs (text, JSON, TUI, API) subscribe.
+        self.bus = bus if bus is not None else EventBus()
+        self.store = StateStore()
+        self._detach_store = self.bus.attach(self.store.fold)
+        self.metrics = MetricsRegistry()
+        self._sampler = MetricsSampler(self.metrics)
+        self.report = Reporter(self.bus, verbose=options.verbose)
+        self._log_handler: BusLogHandler | None = None
         self.stop_requested = threading.Event()
         self.ready = threading.Event()
         self.started_at = 0.0
@@ -113,13 +125,13 @@ class Kubefwd:
         self._loopback: LoopbackStrategy | None = None
         self._housekeeper: _Housekeeper | None = None
         self._dispatcher: Dispatcher | None = None
-        self._coexist = Coexistence(options.hosts_path, self.output)
+        self._coexist = Coexistence(options.hosts_path, self.report)
         self._start_lock = StartLock(options.hosts_path)
         self._reaper: Reaper | None = None
-        self._router = Router(self.output, self._targets)
-        self._live = ForwardSet(output=self.output, coexist=self._coexist, router=self._router,
+        self._router = Router(self.report, self._targets)
+        self._live = ForwardSet(report=self.report, coexist=self._coexist, router=self._router,
                                 targets=self._targets, ready=self.ready,
-                                hold_timeout=options.timeout)
+                                hold_timeout=options.timeout, metrics=self.metrics)
         self._shut_down = False
         # Set by shutdown() when our lines could not be removed from the hosts file.
         self.hosts_cleanup_failed = False
@@ -128,42 +140,53 @@ class Kubefwd:
     # -- whole-process entry ---------------------------------------------------------------
 
     def run(self) -> int:
-        """Start, serve until SIGINT/SIGTERM, shut down; returns the exit code."""
-        self.output.install()
+        """Start, serve until a stop signal, shut down; returns the exit code (also published
+        as the last event, ``ShutdownComplete``)."""
+        self._log_handler = route_logging(self.bus, verbose=self.options.verbose)
         self._stop_signals.install()
-        children_before = child_pids()
+        code: int = int(ExitCode.ERROR)
         try:
-            try:
-                self._stop_signals.starting = True
-                self.start()
-            except StartupInterrupted:
-                self._stop_signals.starting = False
-                self.output.info("interrupted before ready: stopping")
-                _step("stop helper processes", lambda: end_children(children_before))
-                self.shutdown()
-                return int(ExitCode.HOSTS if self.hosts_cleanup_failed else
-                           ExitCode.INTERRUPTED)
-            except BaseException:
-                self._stop_signals.starting = False
-                self.shutdown()
-                raise
-            if self.stop_requested.is_set() and not self.ready.is_set():
-                self.shutdown()
-                return int(ExitCode.INTERRUPTED)
-            # Everything built so far (imported modules, the registry, the forwards) lives as
-            # long as the process: take it out of the collector's sight, so that a full
-            # collection in the middle of a connection scans only what came after. Without
-            # this, full collections over the start-up objects put milliseconds into the
-            # slowest 1% of new connections (scripts/bench, new-connection p99). Only for the
-            # process that runs kubefwd: an embedding program keeps its collector as it is.
-            gc.freeze()
-            self.stop_requested.wait()
-            self.output.info("stopping: closing forwards and removing hosts entries")
-            self.shutdown()
-            return int(ExitCode.HOSTS if self.hosts_cleanup_failed else ExitCode.OK)
+            code = self._run()
+            return code
+        except KubefwdError as exc:
+            code = int(exc.exit_code)
+            raise
         finally:
             self._stop_signals.finish()
-            self.output.uninstall()
+            self.bus.publish(ShutdownComplete(exit_code=code))
+            if self._log_handler is not None:
+                unroute_logging(self._log_handler)
+                self._log_handler = None
+
+    def _run(self) -> int:
+        children_before = child_pids()
+        try:
+            self._stop_signals.starting = True
+            self.start()
+        except StartupInterrupted:
+            self._stop_signals.starting = False
+            self.report.info("interrupted before ready: stopping")
+            _step("stop helper processes", lambda: end_children(children_before))
+            self.shutdown("interrupted")
+            return int(ExitCode.HOSTS if self.hosts_cleanup_failed else ExitCode.INTERRUPTED)
+        except BaseException:
+            self._stop_signals.starting = False
+            self.shutdown("error")
+            raise
+        if self.stop_requested.is_set() and not self.ready.is_set():
+            self.shutdown("interrupted")
+            return int(ExitCode.INTERRUPTED)
+        # Everything built so far (imported modules, the registry, the forwards) lives as
+        # long as the process: take it out of the collector's sight, so that a full
+        # collection in the middle of a connection scans only what came after. Without
+        # this, full collections over the start-up objects put milliseconds into the
+        # slowest 1% of new connections (scripts/bench, new-connection p99). Only for the
+        # process that runs kubefwd: an embedding program keeps its collector as it is.
+        gc.freeze()
+        self._stop_signals.wait_for_stop()
+        self.report.info("stopping: closing forwards and removing hosts entries")
+        self.shutdown("signal")
+        return int(ExitCode.HOSTS if self.hosts_cleanup_failed else ExitCode.OK)
 
     # -- start -----------------------------------------------------------------------------
 
@@ -175,6 +198,7 @@ class Kubefwd:
         """
         o = self.options
         self.started_at = time.monotonic()
+        self._sampler.start()
         check_privileges(o.hosts_path)
         contexts = load_contexts(o.kubeconfig, o.contexts)
         namespaces = self._namespaces(contexts)
@@ -183,7 +207,7 @@ class Kubefwd:
         # Instances starting at the same time take turns until their names are written, so
         # each one sees the addresses and names of those before it.
         if not self._start_lock.acquire(START_LOCK_WAIT):
-            self.output.warning("another kubefwd has been starting on %s for %.0fs; going ahead",
+            self.report.warning("another kubefwd has been starting on %s for %.0fs; going ahead",
                                 o.hosts_path, START_LOCK_WAIT)
         self._coexist.others.refresh(force=True)
         allocator = IpAllocator(reservations=o.reservations, base=o.base_ip or DEFAULT_BASE,
@@ -199,7 +223,7 @@ class Kubefwd:
         # Commands are applied on one thread of their own: informer threads only queue them,
         # so a slow bind or alias never holds up the watches; stopped forwarders are joined
         # on another, so a slow removal does not hold up the commands behind it.
-        self._reaper = Reaper(self.output)
+        self._reaper = Reaper(self.report)
         self._reaper.start()
         self._live.reaper = self._reaper
         self._dispatcher = Dispatcher(self._on_commands)
@@ -238,14 +262,14 @@ class Kubefwd:
             raise error or HostsFileError(f"could not write the hosts file {o.hosts_path}")
         self._start_lock.release()
         self._live.announce_all()
-        report_privileged_ports(self.output, self._live.privileged_ports)
+        report_privileged_ports(self.report, self._live.privileged_ports)
         self._housekeeper = _Housekeeper(self)
         self._housekeeper.start()
         states = self._live.states()
         count = len({f.key[:3] for f in states})
         addresses = len(states)
         self._stop_signals.starting = False
-        self.output.ready(count, addresses, time.monotonic() - self.started_at,
+        self.report.ready(count, addresses, time.monotonic() - self.started_at,
                           self._hosts.writes)
         self.ready.set()
 
@@ -279,7 +303,7 @@ class Kubefwd:
     def _warn_unverified_namespaces(self) -> None:
         if not self._unverified or self._registry is None:
             return
-        warn_unverified_namespaces(self.output, self._unverified, self._registry.snapshot(),
+        warn_unverified_namespaces(self.report, self._unverified, self._registry.snapshot(),
                                    multi_context=len(self._targets) > 1)
 
     def _start_informers(
@@ -319,20 +343,20 @@ class Kubefwd:
 
     def _informer_error(self, informer: Informer, exc: Exception, delay: float) -> None:
         if self.ready.is_set():
-            self.output.warning("%s: %s; retrying in %.0fs", informer.name, exc, delay)
+            self.report.warning("%s: %s; retrying in %.0fs", informer.name, exc, delay)
         else:
-            self.output.debug("%s: %s; retrying in %.0fs", informer.name, exc, delay)
+            self.report.debug("%s: %s; retrying in %.0fs", informer.name, exc, delay)
 
     def _api_reachable(self, informer: Informer) -> None:
         """An informer listed again after failing: its API server is back, so held
         connections to that context's pods are retried now (on the informer's thread; no
         lock of ours is held)."""
-        self.output.debug("%s: the API server answers again; retrying held connections",
+        self.report.debug("%s: the API server answers again; retrying held connections",
                           informer.name)
         self._router.api_reachable(informer.context, self._live.states())
 
     def _wait_synced(self) -> None:
-        wait_synced(self._informers, self.stop_requested, self.output,
+        wait_synced(self._informers, self.stop_requested, self.report,
                     retry_interval=self.options.retry_interval)
 
     # -- registry commands (on the dispatcher thread, in order) ------------------------------
@@ -348,7 +372,7 @@ class Kubefwd:
                     self._coexist.set_snapshot(command.entries)
                     self._coexist.publish()
             except KubefwdError as exc:
-                self.output.warning("%s", exc)
+                self.report.warning("%s", exc)
 
     # -- housekeeping ------------------------------------------------------------------------
 
@@ -397,14 +421,16 @@ class Kubefwd:
 
     def request_stop(self) -> None:
         self.stop_requested.set()
+        self._stop_signals.wake()
 
-    def shutdown(self) -> None:
+    def shutdown(self, reason: str = "requested") -> None:
         """Stop informers → forwarders → tunnels → hosts lines → loopback; each step isolated,
         so one failure does not skip the rest. Safe to call more than once."""
         with self._lock:
             if self._shut_down:
                 return
             self._shut_down = True
+        self.bus.publish(ShutdownStarted(reason=reason))
         self._live.close()
         self.stop_requested.set()
         _step("release the start-up lock", self._start_lock.release)
@@ -415,6 +441,7 @@ class Kubefwd:
         _step("close tunnels", self._close_tunnels)
         _step("remove hosts entries", self._stop_hosts)
         _step("remove loopback addresses", self._cleanup_loopback)
+        _step("stop sampling metrics", self._sampler.stop)
 
     def _stop_informers(self) -> None:
         self._informer_stop.set()

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -52,6 +54,9 @@ class StopSignals:
         self.finished = False
         self._first_at = 0.0
         self._previous: dict[int, Any] = {}
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
+        self._previous_wakeup_fd = -1
 
     def install(self) -> None:
         """Take over the stop signals (only possible on the main thread)."""
@@ -59,12 +64,42 @@ class StopSignals:
             return
         for signum in STOP_SIGNALS:
             self._previous[signum] = signal.signal(signum, self._on_signal)
+        # The kernel may deliver a signal to any thread; Python runs the handler only on the
+        # main thread, and only once that thread runs again. A main thread asleep in a lock
+        # wait would not notice: it sleeps in select() on this socket instead, which the
+        # interpreter's C-level handler writes to from whichever thread got the signal.
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._previous_wakeup_fd = signal.set_wakeup_fd(self._wake_w.fileno(),
+                                                        warn_on_full_buffer=False)
+
+    def wait_for_stop(self) -> None:
+        """Sleep until a stop is requested (a signal, or ``wake`` after ``stop_requested`` was
+        set from another thread)."""
+        if self._wake_r is None:
+            self.stop_requested.wait()
+            return
+        while not self.stop_requested.is_set():
+            select.select([self._wake_r], [], [], None)
+            with contextlib.suppress(OSError):
+                while self._wake_r.recv(4096):
+                    pass
+
+    def wake(self) -> None:
+        """Wake ``wait_for_stop`` (from any thread)."""
+        if self._wake_w is not None:
+            with contextlib.suppress(OSError):
+                self._wake_w.send(b"\0")
 
     def finish(self) -> None:
         """Everything is cleaned up: hand the signals back, or ignore them when we were told
         to stop (a late second Ctrl-C must not kill the process on its way out with a
         misleading status)."""
         self.finished = True
+        if self._wake_w is not None:
+            with contextlib.suppress(ValueError):  # not on the main thread
+                signal.set_wakeup_fd(self._previous_wakeup_fd)
         if self.received:
             for signum in self._previous:
                 signal.signal(signum, signal.SIG_IGN)

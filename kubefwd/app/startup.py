@@ -19,9 +19,9 @@ from kubefwd.cluster.client import KubeClient
 from kubefwd.cluster.informer import Informer
 from kubefwd.cluster.kubeconfig import ClusterContext
 from kubefwd.errors import ApiError, ConfigError, KubefwdError, PrivilegeError
+from kubefwd.events.report import Reporter
 from kubefwd.registry.forwards import RegistrySnapshot
 from kubefwd.system.privileges import needs_root_reasons, unprivileged_port_start
-from kubefwd.ui.text import Output
 
 # How long an instance waits for another one that is starting on the same hosts file.
 START_LOCK_WAIT = 20.0
@@ -51,7 +51,7 @@ def checked_namespaces(
 
 
 def warn_unverified_namespaces(
-    output: Output,
+    report: Reporter,
     unverified: Sequence[tuple[str, str]],
     snapshot: RegistrySnapshot,
     *,
@@ -66,7 +66,7 @@ def warn_unverified_namespaces(
     for ctx, ns in unverified:
         if (ctx, ns) not in seen:
             where = f" in context {ctx!r}" if multi_context else ""
-            output.warning(
+            report.warning(
                 "could not verify namespace %r exists%s (403) and it has no services; "
                 "check its name", ns, where,
             )
@@ -75,7 +75,7 @@ def warn_unverified_namespaces(
 def wait_synced(
     informers: Sequence[Informer],
     stop_requested: threading.Event,
-    output: Output,
+    report: Reporter,
     *,
     retry_interval: float,
 ) -> None:
@@ -92,7 +92,7 @@ def wait_synced(
             if informer.resource == "endpointslices" and isinstance(error, ApiError) \
                     and error.status == 403:
                 # Readiness comes from the pods themselves; slices only fill gaps.
-                output.warning("%s; continuing without EndpointSlices", error)
+                report.warning("%s; continuing without EndpointSlices", error)
                 informer.stopping.set()  # it is between lists: no watch to interrupt
                 informer.synced.set()
                 continue
@@ -105,7 +105,7 @@ def wait_synced(
         stop_requested.wait(0.02)
 
 
-def report_privileged_ports(output: Output, privileged_ports: dict[int, list[str]]) -> None:
+def report_privileged_ports(report: Reporter, privileged_ports: dict[int, list[str]]) -> None:
     """One line for every port below 1024 we could not bind during start-up."""
     if not privileged_ports:
         return
@@ -115,7 +115,7 @@ def report_privileged_ports(output: Output, privileged_ports: dict[int, list[str
         f"{', ...' if len(privileged_ports[port]) > 3 else ''})" for port in ports
     )
     example = f"{ports[0]}:{ports[0] + 8000}"
-    output.warning(
+    report.warning(
         "not forwarded without root: ports below %d need root or CAP_NET_BIND_SERVICE: "
         "%s; run with sudo, or map them to high ports with -m (e.g. -m %s)",
         unprivileged_port_start(), shown, example,

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from kubefwd.cluster.kubeconfig import ClusterContext
+from kubefwd.cluster.target import ApiTarget
 from kubefwd.errors import ApiError, ExitCode
 from kubefwd.support.sockets import hard_shutdown
-from kubefwd.tunnel import ApiTarget
 
 __all__ = [
     "KubeClient",

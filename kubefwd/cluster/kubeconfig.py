@@ -28,8 +28,8 @@ from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 from kubernetes.config.config_exception import ConfigException
 
+from kubefwd.cluster.target import ApiTarget
 from kubefwd.errors import ConfigError
-from kubefwd.tunnel import ApiTarget
 
 log = logging.getLogger(__name__)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -283,6 +284,11 @@ def _file_kind(mode: int) -> str:
 # -- the command ---------------------------------------------------------------------------
 
 _ETC_HOSTS = Path("/etc/hosts")
+OUTPUTS = ("text", "json")
+_H_OUTPUT = (
+    "text: the log lines; json: one JSON object per event and line (type, time, fields), "
+    "for scripts."
+)
 _H_KUBECONFIG = "Kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)."
 _H_CONTEXT = "Context(s) to forward; repeatable and comma-separated (default: the current one)."
 _H_NS = "Namespace(s); repeatable and comma-separated (default: the context's namespace)."
@@ -357,9 +363,16 @@ def svc(
     auto_reconnect: Annotated[bool, _flag("-a", "--auto-reconnect", _H_AUTO)] = False,
     verbose: Annotated[bool, _flag("-v", "--verbose", "Log every event in detail.")] = False,
     transport: Annotated[str, _opt("", "--transport", "|".join(TRANSPORTS), _H_TRANSPORT)] = "auto",
+    output: Annotated[str, _opt("-o", "--output", "|".join(OUTPUTS), _H_OUTPUT)] = "text",
 ) -> int:
     """Forward the services of the chosen namespaces; names go to the hosts file."""
     from kubefwd.app.program import Kubefwd
+    from kubefwd.events.bus import EventBus
+    from kubefwd.ui.jsonlines import JsonLines
+    from kubefwd.ui.text import TextLog
+
+    if output not in OUTPUTS:
+        raise UsageError(f"-o/--output '{output}': choose one of {', '.join(OUTPUTS)}")
 
     options = build_options(
         kubeconfig=kubeconfig, context=context, namespace=namespace,
@@ -369,7 +382,19 @@ def svc(
         resync_interval=resync_interval, retry_interval=retry_interval,
         auto_reconnect=auto_reconnect, verbose=verbose, transport=transport,
     )
-    return Kubefwd(options).run()
+    bus = EventBus()
+    app = Kubefwd(options, bus=bus)
+    log: JsonLines | TextLog
+    if output == "json":
+        log = JsonLines(bus, sys.stdout)
+    else:
+        log = TextLog(bus, sys.stdout, verbose=verbose, metrics=app.metrics.snapshot)
+    log.start()
+    try:
+        return app.run()
+    finally:
+        log.finish()
+        bus.close()
 
 
 def build_options(

@@ -17,11 +17,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from kubefwd.errors import KubefwdError
+from kubefwd.events.report import Reporter
 from kubefwd.hosts.writer import HostsWriter, foreign_entries
 from kubefwd.registry.forwards import ForwardKey
 from kubefwd.registry.ipalloc import IpAllocator
 from kubefwd.serve.forwarder import BindError
-from kubefwd.ui.text import Output
 
 log = logging.getLogger("kubefwd.app.program")  # the app's work, logged under its name
 
@@ -74,9 +74,9 @@ class Coexistence:
     """The hosts entries and addresses this instance really uses, given the others: the
     registry's snapshot at moved addresses, less the names another instance holds."""
 
-    def __init__(self, hosts_path: Path, output: Output) -> None:
+    def __init__(self, hosts_path: Path, report: Reporter) -> None:
         self.others = OtherInstances(hosts_path)
-        self.output = output
+        self.report = report
         self.hosts: HostsWriter | None = None  # set once the writer exists
         # registry address → the one really used, for forwards that found theirs taken
         self._ip_map: dict[str, str] = {}
@@ -127,7 +127,7 @@ class Coexistence:
             hosts.publish(entries)
         if new:
             shown = ", ".join(new[:6]) + (f" and {len(new) - 6} more" if len(new) > 6 else "")
-            self.output.warning(
+            self.report.warning(
                 "not written to the hosts file, another running kubefwd has them: %s", shown
             )
 
@@ -157,9 +157,9 @@ class Coexistence:
             try:
                 new_ip = allocator.move(key, namespace=key.namespace)
             except (KubefwdError, KeyError) as exc:
-                self.output.warning("%s: %s", key, exc)
+                self.report.warning("%s: %s", key, exc)
                 break
-            self.output.warning("%s: %s; moving it to %s", key, in_use[0], new_ip)
+            self.report.warning("%s: %s; moving it to %s", key, in_use[0], new_ip)
             with self._ip_lock:
                 self._ip_map[registry_ip] = new_ip
             ip = new_ip

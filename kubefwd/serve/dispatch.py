@@ -15,9 +15,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from kubefwd.events.report import Reporter
 from kubefwd.serve.forwarder import Forwarder
 from kubefwd.support.threads import StoppableThread
-from kubefwd.ui.text import Output
 
 log = logging.getLogger("kubefwd.app.program")  # the app's work, logged under its name
 
@@ -74,9 +74,9 @@ class Dispatcher(StoppableThread):
 class Reaper(StoppableThread):
     """Joins forwarders of removed forwards off the dispatcher thread, then reports them."""
 
-    def __init__(self, output: Output) -> None:
+    def __init__(self, report: Reporter) -> None:
         super().__init__("kubefwd/reaper")
-        self._output = output
+        self._report = report
         self._cond = threading.Condition()
         self._pending: deque[tuple[str, str, Forwarder]] = deque()
 
@@ -109,4 +109,4 @@ class Reaper(StoppableThread):
                 log.warning("%s: its listener thread did not stop in time", name)
             with self._cond:
                 self._pending.popleft()
-            self._output.removed(name, ip)
+            self._report.removed(name, ip)

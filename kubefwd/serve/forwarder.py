@@ -35,6 +35,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from kubefwd.errors import NetworkError
+from kubefwd.events.bus import EventBus
+from kubefwd.events.metrics import PortCounters
+from kubefwd.events.types import ConnectionFailed, ConnectionHeld
 from kubefwd.support.threads import StoppableThread
 from kubefwd.tunnel.loop import READ, Loop
 
@@ -67,7 +70,8 @@ class Splicer(Protocol):
     """
 
     def splice(self, local: socket.socket, port: int,
-               give_back: GiveBack | None = None) -> None: ...
+               give_back: GiveBack | None = None,
+               meter: PortCounters = ...) -> None: ...
 
 
 Route = Callable[[str, int], "tuple[Splicer, int] | None"]
@@ -94,6 +98,7 @@ class _Held:
     sock: socket.socket
     port: int
     deadline: float
+    meter: PortCounters
     returns: int = 0  # times a tunnel handed it back
     not_before: float = 0.0
 
@@ -225,9 +230,15 @@ class Forwarder(StoppableThread):
         *,
         hold_timeout: float = 300.0,
         thread_name: str | None = None,
+        bus: EventBus | None = None,
+        meters: Callable[[int], PortCounters] | None = None,
     ) -> None:
         super().__init__(thread_name or f"forward/{key}")
         self.key = key
+        # Connection events go to ``bus``; ``meters(port)`` gives the counters of a port
+        # (bytes and connections, counted with an integer add on this thread).
+        self.bus = bus if bus is not None else EventBus()
+        self._meters = meters if meters is not None else _own_meters()
         self.route = route
         self.hold_timeout = hold_timeout
         self.stats = ForwardStats()
@@ -353,18 +364,22 @@ class Forwarder(StoppableThread):
                     log.warning("%s: out of file descriptors; refusing a connection", self.key)
                 return
             self.stats.accepted += 1
+            meter = self._meters(port)
+            meter.total += 1
+            meter.open += 1
             conn.setblocking(True)
             try:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-            held = _Held(conn, port, time.monotonic() + self.hold_timeout)
+            held = _Held(conn, port, time.monotonic() + self.hold_timeout, meter)
             if not self._dispatch(held):
                 if len(self._held) >= _MAX_HELD or self.hold_timeout <= 0:
-                    self._drop(conn)
+                    self._drop(held, "no ready pod")
                 else:
                     self.stats.held += 1
                     self._held.append(held)
+                    self.bus.publish(ConnectionHeld(key=self.key, port=port))
 
     def _dispatch(self, held: _Held) -> bool:
         """Splice a connection into a tunnel if a route exists now; False when it has to
@@ -386,10 +401,10 @@ class Forwarder(StoppableThread):
         tunnel, target_port = route
         give_back = functools.partial(self._given_back, held)
         try:
-            tunnel.splice(conn, target_port, give_back)
+            tunnel.splice(conn, target_port, give_back, held.meter)
         except Exception as exc:  # the tunnel owns the socket only once splice returned
             log.warning("%s: could not hand a connection to the tunnel: %s", self.key, exc)
-            self._drop(conn)
+            self._drop(held, f"the tunnel refused it: {exc}")
             return True
         self.stats.spliced += 1
         return True
@@ -400,11 +415,14 @@ class Forwarder(StoppableThread):
         failed backs off), keeping its hold deadline."""
         if not self.loop.in_loop():  # tunnels call on the loop thread; be safe anyway
             if not self.loop.call_soon(functools.partial(self._given_back, held, sock)):
-                self._drop(sock)
+                held.sock = sock
+                self._drop(held, "stopping")
             return
         self.stats.returned += 1
+        held.sock = sock
         if self._closing or self.stopping.is_set() or len(self._held) >= _MAX_HELD:
-            self._drop(sock)
+            self._drop(held, "stopping" if self._closing or self.stopping.is_set()
+                       else "too many connections waiting")
             return
         try:
             sock.setblocking(True)
@@ -425,7 +443,7 @@ class Forwarder(StoppableThread):
         for _ in range(len(self._held)):
             held = self._held.popleft()
             if self.stopping.is_set():
-                self._drop(held.sock)
+                self._drop(held, "stopping")
             elif now < held.not_before and now < held.deadline:
                 self._held.append(held)
             elif self._dispatch(held):
@@ -433,11 +451,16 @@ class Forwarder(StoppableThread):
             elif now >= held.deadline:
                 log.warning("%s: closed a connection that waited %gs for a ready pod",
                             self.key, self.hold_timeout)
-                self._drop(held.sock)
+                self._drop(held, f"no ready pod within {self.hold_timeout:g}s")
             else:
                 self._held.append(held)
 
-    def _drop(self, conn: socket.socket) -> None:
+    def _drop(self, held: _Held, reason: str) -> None:
+        """Close a connection nobody will carry (an RST), counted as failed."""
+        conn = held.sock
+        held.meter.open -= 1
+        held.meter.failed += 1
+        self.bus.publish(ConnectionFailed(key=self.key, port=held.port, reason=reason))
         self.stats.dropped += 1
         try:
             # An RST, not a FIN: the client learns at once that nothing answered.
@@ -454,7 +477,7 @@ class Forwarder(StoppableThread):
         for listener in listeners:
             listener.sock.close()
         while self._held:
-            self._drop(self._held.popleft().sock)
+            self._drop(self._held.popleft(), "stopping")
 
     def held_count(self) -> int:
         return len(self._held)
@@ -467,3 +490,16 @@ class Forwarder(StoppableThread):
             self.loop.close()
             return True
         return super().stop_and_join(timeout)
+
+
+def _own_meters() -> Callable[[int], PortCounters]:
+    """Counters of a forwarder nobody meters (tests, embedding): kept, but read by nobody."""
+    meters: dict[int, PortCounters] = {}
+
+    def meter(port: int) -> PortCounters:
+        counters = meters.get(port)
+        if counters is None:
+            counters = meters[port] = PortCounters()
+        return counters
+
+    return meter

@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import ipaddress
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from kubefwd.cluster.target import ApiTarget
+from kubefwd.events.metrics import MetricsRegistry
+from kubefwd.events.report import Reporter
+from kubefwd.events.types import PodChanged, TunnelFailed
 from kubefwd.registry.forwards import ForwardKey, ForwardUpsert
 from kubefwd.registry.ipalloc import IpAllocator
 from kubefwd.serve.coexist import Coexistence
@@ -23,8 +28,7 @@ from kubefwd.serve.dispatch import Reaper
 from kubefwd.serve.forwarder import BindError, Forwarder, ListenPort
 from kubefwd.serve.routing import Router
 from kubefwd.system.loopback import LoopbackStrategy
-from kubefwd.tunnel import ApiTarget, PodTunnel
-from kubefwd.ui.text import Output
+from kubefwd.tunnel import PodTunnel
 
 
 @dataclass
@@ -47,14 +51,16 @@ class ForwardSet:
     def __init__(
         self,
         *,
-        output: Output,
+        report: Reporter,
         coexist: Coexistence,
         router: Router,
         targets: Mapping[str, ApiTarget],
         ready: threading.Event,
         hold_timeout: float,
+        metrics: MetricsRegistry | None = None,
     ) -> None:
-        self.output = output
+        self.report = report
+        self.metrics = metrics if metrics is not None else MetricsRegistry()
         self.loopback: LoopbackStrategy | None = None
         self.reaper: Reaper | None = None
         self.allocator: IpAllocator | None = None
@@ -87,6 +93,7 @@ class ForwardSet:
             forwarder = Forwarder(
                 name, upsert.ip, self._listen_ports(upsert), self.route,
                 hold_timeout=self._hold_timeout, thread_name=f"forward/{name}",
+                bus=self.report.bus, meters=functools.partial(self.metrics.counters, name),
             )
             errors = forwarder.bind()
             if errors and self.reaper is not None and self.reaper.settle(upsert.ip):
@@ -107,13 +114,17 @@ class ForwardSet:
                 errors = state.forwarder.reconfigure(upsert.ip, self._listen_ports(upsert))
                 self._bind_errors(name, errors)
             state.forwarder.poke()
-            if old.pods[:1] != upsert.pods[:1] and upsert.pods and self._ready.is_set():
-                self.output.debug("%s now goes to pod %s", name, upsert.pods[0].name)
+            if old.pods[:1] != upsert.pods[:1]:
+                pod = upsert.pods[0].name if upsert.pods else None
+                self.report.bus.publish(PodChanged(
+                    key=name, pod=pod, previous=old.pods[0].name if old.pods else None))
+                if pod and self._ready.is_set():
+                    self.report.debug("%s now goes to pod %s", name, pod)
         if upsert.pods:
             state.no_pod_since = None
             if state.warned_no_pod:
                 state.warned_no_pod = False
-                self.output.info("%s: pod %s is ready", name, upsert.pods[0].name)
+                self.report.info("%s: pod %s is ready", name, upsert.pods[0].name)
         elif state.no_pod_since is None:
             state.no_pod_since = time.monotonic()
         if self._ready.is_set() and not state.announced:
@@ -126,9 +137,10 @@ class ForwardSet:
         if state is None:
             return
         self._coexist.forget(state.registry_ip)
+        self.metrics.forget(name)
         if self.reaper is None:
             state.forwarder.stop_and_join()
-            self.output.removed(name, state.upsert.ip)
+            self.report.removed(name, state.upsert.ip)
         else:
             self.reaper.reap(name, state.upsert.ip, state.forwarder)
 
@@ -157,7 +169,7 @@ class ForwardSet:
                     not self._ready.is_set():
                 self.privileged_ports.setdefault(error.port, []).append(name)
             else:
-                self.output.warning("%s: %s", name, error)
+                self.report.warning("%s: %s", name, error)
 
     # -- announcing --------------------------------------------------------------------------
 
@@ -168,13 +180,14 @@ class ForwardSet:
         ports = [str(p.local_port) for p in u.ports if p.local_port in bound]
         key = u.key
         if not ports:
-            self.output.warning("%s: not forwarded: none of its ports could be bound", key)
+            self.report.not_forwarded(str(key), "not forwarded: none of its ports could be bound")
             return
         pod = f"{key.namespace}/{u.pods[0].name}" if u.pods else None
         if len(self._targets) > 1 and pod:
             pod = f"{key.context}/{pod}"
         names = self._coexist.shown_names(u.names) or [str(key)]
-        self.output.forwarded(names, u.ip, ports, pod)
+        self.report.forwarded(str(key), context=key.context, namespace=key.namespace,
+                              service=key.service, names=names, ip=u.ip, ports=ports, pod=pod)
 
     def announce_all(self) -> None:
         """Announce every forward not announced yet, in address order (at start-up)."""
@@ -198,6 +211,8 @@ class ForwardSet:
             states = list(self._forwards.values())
         for state in states:
             if any(p.name == pod for p in state.upsert.pods) and state.key.context == context:
+                self.report.bus.publish(TunnelFailed(
+                    key=str(state.key), pod=pod, message=f"the tunnel to {namespace}/{pod} failed"))
                 state.forwarder.poke()
 
     # -- reading -----------------------------------------------------------------------------
@@ -220,7 +235,7 @@ class ForwardSet:
             since = state.no_pod_since
             if since is not None and not state.warned_no_pod and now - since >= timeout:
                 state.warned_no_pod = True
-                self.output.warning(
+                self.report.warning(
                     "%s: no ready pod after %gs; connections wait up to -t/--timeout for one",
                     state.key, timeout,
                 )

@@ -15,11 +15,13 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
+from kubefwd.cluster.target import ApiTarget
 from kubefwd.errors import KubefwdError
+from kubefwd.events.report import Reporter
+from kubefwd.events.types import ConnectionRouted
 from kubefwd.registry.forwards import ForwardKey, ForwardUpsert
 from kubefwd.serve.forwarder import Forwarder, PodBackoff
-from kubefwd.tunnel import ApiTarget, PodTunnel, TunnelPool
-from kubefwd.ui.text import Output
+from kubefwd.tunnel import PodTunnel, TunnelPool
 
 # Tunnels of pods that no forward uses any more are closed after this long.
 UNUSED_TUNNEL_GRACE = 30.0
@@ -44,8 +46,8 @@ class Router:
     """Picks a tunnel per connection and keeps the tunnel pool tidy; ``pool`` is set once
     the pool exists, ``targets`` (context → API target) is read as the app fills it."""
 
-    def __init__(self, output: Output, targets: Mapping[str, ApiTarget]) -> None:
-        self.output = output
+    def __init__(self, report: Reporter, targets: Mapping[str, ApiTarget]) -> None:
+        self.report = report
         self.pool: TunnelPool | None = None
         self._targets = targets
         self._backoff = PodBackoff()
@@ -67,7 +69,7 @@ class Router:
         for pod in state.upsert.pods:
             target_port = pod.target_port(port)
             if target_port is None:
-                self.output.warning_once(
+                self.report.warning_once(
                     f"noport/{name}/{pod.name}/{port}",
                     "%s: pod %s has no container port for service port %s; skipped",
                     name, pod.name, port,
@@ -84,13 +86,14 @@ class Router:
             if tunnel.transport_name:
                 self._backoff.succeeded(pod_key)  # it opened: the pod answers again
             self._pod_last_used[pod_key] = time.monotonic()
+            self.report.bus.publish(ConnectionRouted(key=name, port=port, pod=pod.name))
             return tunnel, target_port
         return None
 
     def tunnel_died(self, context: str, namespace: str, pod: str) -> None:
         """The pod's tunnel failed: avoid the pod for its back-off."""
         delay = self._backoff.failed((context, namespace, pod))
-        self.output.debug("tunnel to %s/%s failed; avoiding that pod for %.0fs",
+        self.report.debug("tunnel to %s/%s failed; avoiding that pod for %.0fs",
                           namespace, pod, delay)
 
     def api_reachable(self, context: str, states: Sequence[RoutedForward]) -> None:
@@ -149,6 +152,6 @@ class Router:
                     self._backoff.succeeded(pod_key)
                 except KubefwdError as exc:
                     delay = self._backoff.failed(pod_key)
-                    self.output.warning("%s: %s; retrying in %.0fs", key, exc, delay)
+                    self.report.warning("%s: %s; retrying in %.0fs", key, exc, delay)
                 if stopping is not None and stopping.is_set():
                     return

@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from kubefwd.events.metrics import PortCounters
 from kubefwd.support.sockets import close_quietly, hard_shutdown
 from kubefwd.tunnel.dial import AnySocket
 from kubefwd.wire import websocket as ws
@@ -206,17 +207,26 @@ class WsReader:
         self.on_control(self._control_op, payload)
 
 
+# Connections spliced without a meter count into this one, which nobody reads.
+UNMETERED = PortCounters()
+
+
 class LocalConn:
-    """The local end of one forwarded TCP connection (non-blocking) and its state."""
+    """The local end of one forwarded TCP connection (non-blocking) and its state.
+
+    ``meter`` counts its bytes (``bytes_in``: from the pod to the client, ``bytes_out``: from
+    the client to the pod) with an integer add on the loop thread, and its end (``open``)."""
 
     __slots__ = (
         "closed",
         "data_id",
+        "ended",
         "error",
         "error_id",
         "give_back",
         "handler",
         "local_done",
+        "meter",
         "pending",
         "port",
         "remote_done",
@@ -226,8 +236,11 @@ class LocalConn:
     )
 
     def __init__(self, sock: socket.socket, port: int, rid: int,
-                 give_back: GiveBack | None = None) -> None:
+                 give_back: GiveBack | None = None,
+                 meter: PortCounters = UNMETERED) -> None:
         self.sock = sock
+        self.meter = meter
+        self.ended = False  # closed for good (not handed back): no longer counted open
         self.port = port
         self.rid = rid
         self.give_back = give_back
@@ -273,6 +286,9 @@ class LocalConn:
         return True
 
     def close(self) -> None:
+        if not self.ended:
+            self.ended = True
+            self.meter.open -= 1
         self.closed = True
         self.pending.clear()
         close_local(self.sock)
@@ -286,6 +302,7 @@ class LocalConn:
     def release(self) -> None:
         """Hand the local socket back (to ``give_back``, else close it): for a connection
         the tunnel could not carry. The caller has stopped watching the socket."""
+        self.ended = True  # whoever takes it back counts it from now on
         self.closed = True
         self.pending.clear()
         hand_back(self.sock, self.give_back)

@@ -29,6 +29,7 @@ from typing import Any
 
 from kubefwd.cluster.target import ApiTarget
 from kubefwd.errors import TunnelError
+from kubefwd.events.metrics import PortCounters
 from kubefwd.support.sockets import close_quietly, hard_shutdown
 from kubefwd.tunnel.dial import (
     FINAL_STATUSES,
@@ -38,7 +39,7 @@ from kubefwd.tunnel.dial import (
     dial_v4,
     negotiate,
 )
-from kubefwd.tunnel.io import GiveBack, LocalConn, close_local, hand_back
+from kubefwd.tunnel.io import UNMETERED, GiveBack, LocalConn, close_local, hand_back
 from kubefwd.tunnel.loop import Loop, LoopThread, Timer
 from kubefwd.tunnel.spdy_client import SpdySession
 from kubefwd.tunnel.ws_v4 import V4Link
@@ -100,7 +101,7 @@ class PodTunnel:
         self._retiring = False
         self._reported = False
         # Spliced while opening: socket, pod port, where it goes if the open fails.
-        self._pending: list[tuple[socket.socket, int, GiveBack | None]] = []
+        self._pending: list[tuple[socket.socket, int, GiveBack | None, PortCounters]] = []
         self._session: SpdySession | None = None
         self._links: set[V4Link] = set()
         self._dialing: dict[int, LocalConn | None] = {}  # opener ident -> its connection
@@ -131,7 +132,7 @@ class PodTunnel:
         return self._retiring and self._state == _OPEN
 
     def splice(self, local: socket.socket, port: int,
-               give_back: GiveBack | None = None) -> None:
+               give_back: GiveBack | None = None, meter: PortCounters = UNMETERED) -> None:
         """Take ownership of a connected local socket and relay it to ``port`` of the pod.
 
         Returns at once. If the tunnel cannot carry the connection before a byte of it was
@@ -139,7 +140,8 @@ class PodTunnel:
         goes to ``give_back`` (on the loop thread, after the failure was reported to
         ``on_dead``), or is closed without one. Once the loop has ended it is closed.
         """
-        if not self._submit(functools.partial(self._splice, local, port, give_back)):
+        if not self._submit(functools.partial(self._splice, local, port, give_back, meter)):
+            meter.open -= 1
             close_local(local)
 
     def open(self, timeout: float | None = None) -> None:
@@ -231,15 +233,16 @@ class PodTunnel:
 
     # -- opening (loop thread) -------------------------------------------------------------
 
-    def _splice(self, local: socket.socket, port: int, give_back: GiveBack | None) -> None:
+    def _splice(self, local: socket.socket, port: int, give_back: GiveBack | None,
+                meter: PortCounters) -> None:
         state = self._state
         if state in (_IDLE, _OPENING):
-            self._pending.append((local, port, give_back))
+            self._pending.append((local, port, give_back, meter))
             if state == _IDLE:
                 self._begin_opening()
             return
         if state == _OPEN and not self._retiring:
-            self._start_conn(local, port, give_back)
+            self._start_conn(local, port, give_back, meter)
             return
         log.debug("tunnel %s is %s; handing a connection back", self._label,
                   "retiring" if state == _OPEN else state)
@@ -324,8 +327,8 @@ class PodTunnel:
         if self.on_open is not None:
             self.on_open(self)
         pending, self._pending = self._pending, []
-        for local, port, give_back in pending:
-            self._start_conn(local, port, give_back)
+        for local, port, give_back, meter in pending:
+            self._start_conn(local, port, give_back, meter)
         self._arm_idle()
 
     def _open_failed(self, error: TunnelError) -> None:
@@ -334,13 +337,14 @@ class PodTunnel:
         pending, self._pending = self._pending, []
         log.warning("port-forward to %s: %s", self._label, error)
         self._report_dead()  # first: whoever routes them again knows to avoid this pod
-        for local, _port, give_back in pending:
+        for local, _port, give_back, _meter in pending:
             hand_back(local, give_back)
 
     # -- connections (loop thread) ---------------------------------------------------------
 
-    def _start_conn(self, local: socket.socket, port: int, give_back: GiveBack | None) -> None:
-        conn = LocalConn(local, port, self._next_request, give_back)
+    def _start_conn(self, local: socket.socket, port: int, give_back: GiveBack | None,
+                    meter: PortCounters) -> None:
+        conn = LocalConn(local, port, self._next_request, give_back, meter)
         self._next_request += 1
         self.connections += 1
         self.active += 1
@@ -504,7 +508,7 @@ class PodTunnel:
         for sock in dialing:
             hard_shutdown(sock)
         unstarted = self._teardown()
-        for local, _port, give_back in pending:
+        for local, _port, give_back, _meter in pending:
             hand_back(local, give_back)
         for conn in unstarted:
             conn.release()

@@ -227,6 +227,7 @@ class SpdySession:
             _HEADER.pack_into(buf, 0, conn.data_id, n)
             self._send(view[:8 + n], owned=False)
             self.tunnel.bytes_out += n
+            conn.meter.bytes_out += n
             if n == len(buf) - 8 and n < CHUNK:
                 self._tx = bytearray(8 + CHUNK)  # a bulk upload: bigger frames
         elif n == 0:
@@ -400,6 +401,7 @@ class SpdySession:
             self._touched.append(conn)
         conn.queue(data)
         self.tunnel.bytes_in += len(data)
+        conn.meter.bytes_in += len(data)
 
     def _flush_touched(self) -> None:
         """End of a read round: hand what arrived to the local sockets, a few big writes

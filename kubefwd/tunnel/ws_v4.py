@@ -135,6 +135,7 @@ class V4Link:
             self._finish()
             return
         self.tunnel.bytes_out += n
+        self.conn.meter.bytes_out += n
         if n == len(buf) - 1 and n < CHUNK:
             self._tx = bytearray(1 + CHUNK)
         if self.api.queued:
@@ -208,6 +209,7 @@ class V4Link:
             return
         self.conn.queue(piece)
         self.tunnel.bytes_in += len(piece)
+        self.conn.meter.bytes_in += len(piece)
 
     def _control(self, opcode: int, payload: bytes) -> None:
         if opcode == ws.OP_PING:

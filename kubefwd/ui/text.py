@@ -1,68 +1,140 @@
-"""Plain log output of ``kubefwd svc``: one line per forwarded service, warnings, ``-v`` detail.
+"""The plain log of ``kubefwd svc``: a bus subscriber printing one line per event worth a line.
 
-Everything goes through the ``kubefwd`` logger, so library modules that log (informers,
-tunnels, the hosts writer) end up on the same stream in the same format. The stream is
-line-buffered: tests and scripts wait for lines such as ``ready:`` while the process runs.
+One line per forwarded service (``names → IP:ports → pod``), warnings for what was skipped,
+the ``ready:`` line, whatever the core's modules log; ``-v`` adds their detail and, every
+``SUMMARY_EVERY`` seconds that traffic moved, a one-line traffic summary. The stream is
+written line by line: tests and scripts wait for lines such as ``ready:`` while the process
+runs. When the stream is gone (``| head`` exited, ``>/dev/full``, the terminal was closed),
+the forwards are still the job: the log goes quiet, forwarding goes on.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
-import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable
 from typing import TextIO
 
-LOGGER_NAME = "kubefwd"
+from kubefwd.events.bus import EventBus, Subscription
+from kubefwd.events.metrics import MetricsSnapshot
+from kubefwd.events.types import (
+    ErrorRaised,
+    Event,
+    ForwardBound,
+    ForwardUnbound,
+    LogLine,
+    Ready,
+    SubscriberDropped,
+    WarningRaised,
+)
+from kubefwd.support.threads import StoppableThread
+
+# With -v, a traffic summary at most this often (and only when something moved).
+SUMMARY_EVERY = 10.0
+
+_PRINTED = (ForwardBound, ForwardUnbound, Ready, LogLine, WarningRaised, ErrorRaised,
+            SubscriberDropped)
 
 
-def _arrow(stream: TextIO) -> str:
+def arrow_for(stream: TextIO) -> str:
     encoding = (getattr(stream, "encoding", None) or "ascii").lower()
     return " → " if "utf" in encoding else " -> "
 
 
-class _Formatter(logging.Formatter):
-    """``HH:MM:SS`` then a level tag for anything but plain information."""
+def format_event(event: Event, arrow: str = " → ") -> str | None:
+    """The log line of ``event`` (without the time), or None when it has none."""
+    if isinstance(event, ForwardBound):
+        target = event.pod if event.pod else "(no ready pod yet)"
+        return (f"Forwarding {', '.join(event.names)}{arrow}{event.ip}:{','.join(event.ports)}"
+                f"{arrow}{target}")
+    if isinstance(event, ForwardUnbound):
+        return f"Stopped forwarding {event.key} ({event.ip})"
+    if isinstance(event, Ready):
+        return (f"ready: {event.services} services forwarded on {event.addresses} addresses in "
+                f"{event.seconds:.2f}s (hosts file written {event.hosts_writes} times); "
+                "Ctrl-C to stop")
+    if isinstance(event, WarningRaised):
+        return f"WARNING {event.message}"
+    if isinstance(event, ErrorRaised):
+        return f"ERROR {event.message}"
+    if isinstance(event, LogLine):
+        return f"debug {event.message}" if event.level == "debug" else event.message
+    if isinstance(event, SubscriberDropped):
+        return (f"WARNING output '{event.subscriber}' fell behind and lost {event.dropped} "
+                "events")
+    return None
 
-    def format(self, record: logging.LogRecord) -> str:
-        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
-        message = record.getMessage()
-        if record.exc_info and record.levelno >= logging.ERROR:
-            message += "\n" + self.formatException(record.exc_info)
-        if record.levelno >= logging.ERROR:
-            return f"{stamp} ERROR {message}"
-        if record.levelno >= logging.WARNING:
-            return f"{stamp} WARNING {message}"
-        if record.levelno <= logging.DEBUG:
-            return f"{stamp} debug {message}"
-        return f"{stamp} {message}"
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
 
 
-class _QuietStreamHandler(logging.StreamHandler[TextIO]):
-    """A stream handler that goes quiet once its stream is gone.
+def traffic_summary(snap: MetricsSnapshot) -> str:
+    active = sum(1 for f in snap.forwards if f.open)
+    return (f"traffic: {snap.open} open connections on {active} forwards, {snap.total} in all "
+            f"({snap.failed} failed); in {human_bytes(snap.bytes_in)} "
+            f"({human_bytes(snap.rate_in)}/s), out {human_bytes(snap.bytes_out)} "
+            f"({human_bytes(snap.rate_out)}/s)")
 
-    When stdout is closed or full (``| head`` exited, ``>/dev/full``, the terminal was
-    closed), the forwards are still the job: we keep forwarding and stop writing the log,
-    instead of printing a traceback for every line (or dying on EPIPE, which would take the
-    user's connections down only because whoever read the log stopped reading).
-    """
 
-    def __init__(self, stream: TextIO) -> None:
-        super().__init__(stream)
+class TextLog(StoppableThread):
+    """Prints the events of ``bus`` as log lines on ``stream`` from a thread of its own."""
+
+    def __init__(self, bus: EventBus, stream: TextIO, *, verbose: bool = False,
+                 metrics: Callable[[], MetricsSnapshot] | None = None) -> None:
+        super().__init__("kubefwd/text-log")
+        self.stream = stream
+        self.verbose = verbose
+        self.arrow = arrow_for(stream)
         self.broken = False
+        self._metrics = metrics if verbose else None
+        self._summary_at = time.monotonic()
+        self._summary_seen: tuple[int, int, int] = (0, 0, 0)
+        self._sub: Subscription = bus.subscribe("text log", types=_PRINTED, maxsize=100_000)
 
-    def emit(self, record: logging.LogRecord) -> None:
+    def run_loop(self) -> None:
+        # Without a summary to print, nothing wakes this thread but an event.
+        wait = 1.0 if self._metrics is not None else None
+        while True:
+            event = self._sub.get(timeout=wait)
+            if event is not None:
+                self.write(event)
+            elif self._sub.closed:
+                return  # closed and emptied: every line is out
+            if self._metrics is not None:
+                self._maybe_summary()
+
+    def write(self, event: Event) -> None:
+        line = format_event(event, self.arrow)
+        if line is not None:
+            self._print(event.time, line)
+
+    def _maybe_summary(self) -> None:
+        assert self._metrics is not None
+        now = time.monotonic()
+        if now - self._summary_at < SUMMARY_EVERY:
+            return
+        self._summary_at = now
+        snap = self._metrics()
+        seen = (snap.bytes_in, snap.bytes_out, snap.total)
+        if seen != self._summary_seen:
+            self._summary_seen = seen
+            self._print(time.time(), traffic_summary(snap))
+
+    def _print(self, when: float, line: str) -> None:
         if self.broken:
             return
+        stamp = time.strftime("%H:%M:%S", time.localtime(when))
         try:
-            self.stream.write(self.format(record) + self.terminator)
-            self.flush()
+            self.stream.write(f"{stamp} {line}\n")
+            self.stream.flush()
         except OSError:
             self._give_up()
-        except Exception:
-            self.handleError(record)
 
     def _give_up(self) -> None:
         self.broken = True
@@ -73,70 +145,10 @@ class _QuietStreamHandler(logging.StreamHandler[TextIO]):
             os.dup2(devnull, self.stream.fileno())
             os.close(devnull)
 
+    def on_stop(self) -> None:
+        # The thread prints what is still queued, then ends.
+        self._sub.close()
 
-class Output:
-    """The user-facing log: what is forwarded where, what was skipped and why."""
-
-    def __init__(self, *, verbose: bool = False, stream: TextIO | None = None) -> None:
-        self.stream = stream if stream is not None else sys.stdout
-        self.verbose = verbose
-        self.arrow = _arrow(self.stream)
-        self.log = logging.getLogger(LOGGER_NAME)
-        self._handler: logging.Handler | None = None
-        self._warned: set[str] = set()
-
-    def install(self) -> None:
-        """Route the ``kubefwd`` logger to our stream (``-v``: debug too)."""
-        if self._handler is not None:
-            return
-        handler = _QuietStreamHandler(self.stream)
-        handler.setFormatter(_Formatter())
-        self.log.addHandler(handler)
-        self.log.setLevel(logging.DEBUG if self.verbose else logging.INFO)
-        self.log.propagate = False
-        self._handler = handler
-
-    def uninstall(self) -> None:
-        if self._handler is not None:
-            self.log.removeHandler(self._handler)
-            self._handler = None
-
-    # -- the lines users read -----------------------------------------------------------
-
-    def forwarded(
-        self, names: Sequence[str], ip: str, ports: Sequence[str], pod: str | None
-    ) -> None:
-        """``web, web.shop, … → 127.1.27.1:80,443 → shop/web-0``; no pod yet: ``(waiting)``."""
-        a = self.arrow
-        target = pod if pod else "(no ready pod yet)"
-        self.log.info("Forwarding %s%s%s:%s%s%s", ", ".join(names), a, ip, ",".join(ports), a,
-                      target)
-
-    def removed(self, key: str, ip: str) -> None:
-        self.log.info("Stopped forwarding %s (%s)", key, ip)
-
-    def ready(self, services: int, endpoints: int, seconds: float, hosts_writes: int) -> None:
-        self.log.info(
-            "ready: %d services forwarded on %d addresses in %.2fs (hosts file written %d "
-            "times); Ctrl-C to stop",
-            services, endpoints, seconds, hosts_writes,
-        )
-
-    def info(self, message: str, *args: object) -> None:
-        self.log.info(message, *args)
-
-    def debug(self, message: str, *args: object) -> None:
-        self.log.debug(message, *args)
-
-    def warning(self, message: str, *args: object) -> None:
-        self.log.warning(message, *args)
-
-    def warning_once(self, key: str, message: str, *args: object) -> None:
-        """Warn about ``key`` only the first time (a service with no pod, a skipped port)."""
-        if key in self._warned:
-            return
-        self._warned.add(key)
-        self.log.warning(message, *args)
-
-    def error(self, message: str, *args: object) -> None:
-        self.log.error(message, *args)
+    def finish(self, timeout: float = 5.0) -> None:
+        """Print everything published so far, then stop."""
+        self.stop_and_join(timeout)

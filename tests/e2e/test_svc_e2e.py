@@ -1085,8 +1085,10 @@ def test_hosts_lines_left_behind_at_shutdown_exit_6(
     import kubefwd.app.program as app_module
     from kubefwd.app.program import Kubefwd as App
     from kubefwd.app.program import SvcOptions
+    from kubefwd.events.bus import EventBus
+    from kubefwd.events.report import LOGGER_NAME
     from kubefwd.hosts.writer import HostsWriter, remove_owned_lines
-    from kubefwd.ui.text import LOGGER_NAME, Output
+    from kubefwd.ui.text import TextLog
 
     # Give up on the removal after half a second instead of the default several.
     monkeypatch.setattr(app_module, "HostsWriter",
@@ -1094,9 +1096,12 @@ def test_hosts_lines_left_behind_at_shutdown_exit_6(
     logger = logging.getLogger(LOGGER_NAME)
     saved = (logger.level, logger.propagate)
     out = io.StringIO()
+    bus = EventBus()
     app = App(SvcOptions(kubeconfig=str(cluster.kubeconfig_path), namespaces=["shop"],
                          hosts_path=hosts, backup_dir=tmp_path, base_ip=f"127.1.{block}.1"),
-              output=Output(stream=out))
+              bus=bus)
+    text = TextLog(bus, out)
+    text.start()
     codes: list[int] = []
     runner = threading.Thread(target=lambda: codes.append(app.run()), name="kubefwd-run")
     runner.start()
@@ -1108,6 +1113,7 @@ def test_hosts_lines_left_behind_at_shutdown_exit_6(
     finally:
         app.request_stop()
         runner.join(15)
+        text.finish()
         logger.setLevel(saved[0])
         logger.propagate = saved[1]
     assert codes == [6], out.getvalue()

@@ -9,10 +9,11 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from kubefwd.cluster.target import ApiTarget
 from kubefwd.errors import NetworkError
 from kubefwd.serve.forwarder import Forwarder, ListenPort, PodBackoff, bind_listener
 from kubefwd.sim import SimCluster
-from kubefwd.tunnel import ApiTarget, PodTunnel, TunnelPool
+from kubefwd.tunnel import PodTunnel, TunnelPool
 
 IP = "127.1.99.1"
 
@@ -25,7 +26,8 @@ class ReplySplicer:
         self.threads: list[threading.Thread] = []
 
     def splice(self, local: socket.socket, port: int,
-               give_back: Callable[[socket.socket], None] | None = None) -> None:
+               give_back: Callable[[socket.socket], None] | None = None,
+               meter: object = None) -> None:
         def serve() -> None:
             with local:
                 data = local.recv(1024)

@@ -21,9 +21,10 @@ from typing import Any
 
 import pytest
 
+from kubefwd.cluster.target import ApiTarget
 from kubefwd.errors import TunnelError
 from kubefwd.sim import SimCluster
-from kubefwd.tunnel import ApiTarget, Loop, LoopThread, PodTunnel, TunnelPool
+from kubefwd.tunnel import Loop, LoopThread, PodTunnel, TunnelPool
 from kubefwd.wire import spdyframes
 from kubefwd.wire import websocket as ws
 
