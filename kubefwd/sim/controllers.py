@@ -128,8 +128,12 @@ class Controllers:
         slices = self.store.view("EndpointSlice", ns,
                                  f"kubernetes.io/service-name={name}")
         if svc is None:
+            # The garbage collector takes the slices the service owns; slices written by hand
+            # (no owner) outlive it, as in a real cluster.
             for obj in slices:
-                self._delete_quietly("EndpointSlice", ns, obj["metadata"]["name"])
+                if any(ref.get("kind") == "Service" and ref.get("name") == name
+                       for ref in obj["metadata"].get("ownerReferences") or []):
+                    self._delete_quietly("EndpointSlice", ns, obj["metadata"]["name"])
             self._delete_quietly("Endpoints", ns, name)
             return
         selector = (svc.get("spec") or {}).get("selector")
