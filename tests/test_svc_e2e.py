@@ -1234,3 +1234,59 @@ def test_stdout_full_keeps_forwarding_quietly(
     assert proc.returncode == 0, err
     assert "Logging error" not in err and "Traceback" not in err, err
     assert hosts.read_bytes() == ORIGINAL_HOSTS
+
+
+# -- services without selectors ------------------------------------------------------------
+
+
+def endpoint_slice(name: str, service_name: str, ns: str, endpoints: str, ports: str) -> str:
+    """An EndpointSlice written by hand for ``service_name``."""
+    return (f"\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n"
+            f"metadata: {{name: {name}, namespace: {ns}, "
+            f"labels: {{kubernetes.io/service-name: {service_name}}}}}\n"
+            f"addressType: IPv4\nendpoints: {endpoints}\nports: {ports}\n")
+
+
+def test_service_without_selector_follows_its_endpoint_slices(
+    run: Callable[..., Kubefwd], cluster: SimCluster, hosts: Path
+) -> None:
+    """``legacy`` (no selector) is backed by a hand-written slice naming a pod: it answers by
+    name on the slice's port. ``outside``'s slice holds only an address: skipped, one warning."""
+    cluster.apply(workload("backend", "payments", ports="[{name: web, containerPort: 8080}]"))
+    cluster.wait_ready("payments", timeout=15)
+    (pod,) = cluster.pods("payments", "app=backend")
+    pod_name, pod_ip = pod["metadata"]["name"], pod["status"]["podIP"]
+    cluster.apply(manifests(
+        endpoint_slice("legacy-manual", "legacy", "payments",
+                       f"[{{addresses: [{pod_ip}], conditions: {{ready: true}}, "
+                       f"targetRef: {{kind: Pod, name: {pod_name}, namespace: payments}}}}]",
+                       "[{port: 8080, protocol: TCP}]"),
+        service("outside", "payments", ports="[{name: pg, port: 5432}]", selector=False),
+        endpoint_slice("outside-manual", "outside", "payments",
+                       "[{addresses: [10.20.30.40]}]", "[{name: pg, port: 5432}]"),
+    ))
+    fwd = run("-n", "payments")
+    names = hosts_entries(hosts)
+    assert "outside" not in names
+    assert http_text(names["legacy"], 80).strip() == pod_name
+    fwd.wait_line(r"WARNING .*payments/outside: 1 endpoint skipped \(10\.20\.30\.40\).*"
+                  r"can only reach pods")
+    # The simulated controllers leave a selector-less service's slices alone.
+    slice_obj = cluster.store.get("EndpointSlice", "payments", "legacy-manual")
+    assert slice_obj is not None and slice_obj["ports"] == [{"port": 8080, "protocol": "TCP"}]
+    # The backing pod is replaced: the slice is rewritten to name the new one and the
+    # service follows it.
+    cluster.delete_pod("payments", pod_name)
+    new = wait_for(lambda: next((p for p in cluster.pods("payments", "app=backend")
+                                 if p["metadata"]["name"] != pod_name
+                                 and p["status"].get("podIP")), None), 10, "a new backend pod")
+    assert "legacy" in hosts_entries(hosts)  # kept while its slice names no live pod
+    cluster.apply(endpoint_slice(
+        "legacy-manual", "legacy", "payments",
+        f"[{{addresses: [{new['status']['podIP']}], conditions: {{ready: true}}, "
+        f"targetRef: {{kind: Pod, name: {new['metadata']['name']}, namespace: payments}}}}]",
+        "[{port: 8080, protocol: TCP}]"))
+    wait_for(lambda: try_http(names["legacy"], 80) == new["metadata"]["name"] + "\n", 10,
+             "legacy answered by the new pod")
+    assert sum("outside" in line for line in fwd.lines if "WARNING" in line) == 1
+    fwd.stop_cleanly()
