@@ -26,6 +26,10 @@ about once a second, and on every event of that context) the forward is removed 
 service's own deletion, or it ceasing to be headless, removes it at once. Pods without a
 StatefulSet owner (a Deployment's behind a headless service get new names) go at once.
 
+Headless services that declare no ports: each pod's forward listens on that pod's declared
+TCP container ports, and the service's own forward on all of them (each connection going to
+the first ready pod that declares its port).
+
 Skipped ports: only TCP is forwarded. Non-TCP service ports (DNS's 53/UDP on every service of
 a namespace, say) are summed up in one warning per (context, namespace) — a count and the first
 few ``service:port/PROTO`` — the first time that namespace has any; each port, and any later
@@ -59,6 +63,7 @@ from kubefwd.informer import SYNC, InformerEvent
 from kubefwd.ipalloc import AddressesExhausted, IpAllocator
 from kubefwd.podselect import (
     age_key,
+    container_port_mappings,
     obj_meta,
     obj_name,
     pod_alive,
@@ -378,8 +383,11 @@ class Registry:
             self._skipped[key] = f"skipped: {why}"
             self._warn_once(("nosel", key), "service %s skipped: %s", key, why)
             return {}
-        ports = self._ports(key, svc)
-        if not ports:
+        headless = spec.get("clusterIP") == "None"
+        # A headless service that declares no ports reaches its pods on theirs (see below).
+        portless = headless and not spec.get("ports")
+        ports = [] if portless else self._ports(key, svc)
+        if not ports and not portless:
             self._skipped[key] = "skipped: no TCP ports"
             declared = spec.get("ports") or []
             only_other = bool(declared) and all(
@@ -408,7 +416,22 @@ class Registry:
             if found is None:
                 return {}
             pods, refs = found
-        headless = spec.get("clusterIP") == "None"
+        own_ports: dict[str, list[PortMapping]] = {}
+        if portless:
+            own_ports = {obj_name(p): container_port_mappings(p, self._mappings) for p in pods}
+            union: dict[int, PortMapping] = {}
+            for p in pods:  # oldest first: its name for a port wins
+                for m in own_ports[obj_name(p)]:
+                    union.setdefault(m.local_port, m)
+            ports = [union[k] for k in sorted(union)]
+            if not ports:
+                why = "headless without ports, and its pods declare no TCP container port"
+                self._skipped[key] = f"skipped: {why}"
+                self._warn_once(("noports", key), "service %s skipped: %s", key, why)
+                return {}
+            self._warned.discard(("noports", key))
+            refs = [PodRef(r.name, r.ip, {m.port: m.port for m in own_ports[r.name]}, r.uid)
+                    for r in refs]
         names = hostnames.service_hostnames(
             service, namespace, context, domain=self._domain, primary=primary,
             multi_context=multi, first_context=first,
@@ -427,7 +450,8 @@ class Registry:
                     multi_context=multi, first_context=first,
                 )
                 ref = ready_names.get(pname)
-                result[pkey] = _Spec(pnames, ports, [ref] if ref else [], True, stateful)
+                pod_ports = own_ports.get(pname, []) if portless else ports
+                result[pkey] = _Spec(pnames, pod_ports, [ref] if ref else [], True, stateful)
             self._keep_gone_stateful_pods(key, ports, result)
         return result
 

@@ -357,6 +357,37 @@ def test_service_without_selector_whose_endpoints_are_addresses_is_skipped_with_
     assert len(mixed_lines) == 1 and "1 endpoint skipped (10.9.8.7)" in mixed_lines[0]
 
 
+def test_headless_service_without_ports_forwards_each_pods_container_ports(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    reg, rec = make(mappings={9000: 9001})
+    sync(reg, "services", [service("db", headless=True, ports=[])])
+    with caplog.at_level(logging.WARNING):
+        sync(reg, "pods", [pod("db-0", app="db", created="2026-01-01T00:00:01Z")])
+    assert upserts(rec.take()) == {}
+    assert [r.getMessage() for r in caplog.records] == [
+        "service sim/shop/db skipped: headless without ports, and its pods declare no TCP "
+        "container port"]
+    sync(reg, "pods", [
+        pod("db-0", app="db", created="2026-01-01T00:00:01Z", container_ports=[
+            {"name": "pg", "containerPort": 5432},
+            {"name": "dns", "containerPort": 53, "protocol": "UDP"}]),
+        pod("db-1", app="db", created="2026-01-01T00:00:02Z", container_ports=[
+            {"name": "postgres", "containerPort": 5432}, {"containerPort": 9000}])])
+    ups = upserts(rec.take())
+    svc, zero, one = ups["sim/shop/db"], ups["sim/shop/db-0.db"], ups["sim/shop/db-1.db"]
+    assert svc.ports == [PortMapping(5432, 5432, "TCP", 5432, "pg"),
+                         PortMapping(9001, 9000, "TCP", 9000, "")]
+    assert zero.ports == [PortMapping(5432, 5432, "TCP", 5432, "pg")]
+    assert one.ports == [PortMapping(5432, 5432, "TCP", 5432, "postgres"),
+                         PortMapping(9001, 9000, "TCP", 9000, "")]
+    assert [(p.name, p.ports) for p in svc.pods] == [("db-0", {5432: 5432}),
+                                                     ("db-1", {5432: 5432, 9000: 9000})]
+    picked = reg.pick_pod(ForwardKey("sim", "shop", "db"), 9000)
+    assert picked is not None and picked.name == "db-1"
+    assert reg.snapshot().skipped == {}
+
+
 def test_mappings_change_the_local_port() -> None:
     reg, rec = make(mappings={80: 8080})
     sync(reg, "services", [service("web", ports=[{"port": 80, "targetPort": 8000},

@@ -1290,3 +1290,24 @@ def test_service_without_selector_follows_its_endpoint_slices(
              "legacy answered by the new pod")
     assert sum("outside" in line for line in fwd.lines if "WARNING" in line) == 1
     fwd.stop_cleanly()
+
+
+def test_headless_service_without_ports_is_forwarded_on_its_pods_container_ports(
+    run: Callable[..., Kubefwd], cluster: SimCluster, hosts: Path
+) -> None:
+    cluster.apply(manifests(
+        workload("grid", "shop", kind="StatefulSet", replicas=2, image="sim/echo",
+                 ports="[{name: a, containerPort: 7001}, {name: b, containerPort: 7002}]"),
+        service("grid", "shop", ports="[]", headless=True),
+    ))
+    cluster.wait_ready("shop", timeout=15)
+    fwd = run("-n", "shop")
+    names = hosts_entries(hosts)
+    for name in ("grid", "grid-0.grid", "grid-1.grid"):
+        for port in (7001, 7002):
+            assert echo(names[name], port, f"{name}:{port}".encode()) == \
+                f"{name}:{port}".encode()
+    line = fwd.wait_line(r"Forwarding grid-1\.grid")
+    assert ":7001,7002 → shop/grid-1" in line
+    assert "no TCP ports" not in fwd.output
+    fwd.stop_cleanly()
