@@ -123,8 +123,11 @@ class Registry:
         mappings: Mapping[int, int] | None = None,
         pod_grace: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        pick: Callable[[str, str], bool] | None = None,
     ) -> None:
         self._allocator = allocator
+        # (namespace, service) → whether it is wanted at all (--service/--exclude); pure.
+        self._pick = pick
         self._pod_grace = pod_grace
         self._clock = clock
         # Per-pod forwards of StatefulSet pods whose object is gone: since when (clock).
@@ -375,6 +378,8 @@ class Registry:
         key = ForwardKey(context, namespace, service)
         self._skipped.pop(key, None)
         if svc is None:
+            return {}
+        if self._pick is not None and not self._pick(namespace, service):
             return {}
         spec = svc.get("spec") or {}
         selector = spec.get("selector") or {}

@@ -1311,3 +1311,33 @@ def test_headless_service_without_ports_is_forwarded_on_its_pods_container_ports
     assert ":7001,7002 → shop/grid-1" in line
     assert "no TCP ports" not in fwd.output
     fwd.stop_cleanly()
+
+
+# -- picking services by name --------------------------------------------------------------
+
+
+def test_service_and_exclude_pick_exactly_the_named_services(
+    run: Callable[..., Kubefwd], cluster: SimCluster, hosts: Path
+) -> None:
+    """Across two namespaces: ``web`` by name, ``payments/a*`` by a qualified glob, ``db``
+    named and excluded; ``late*`` and ``ghost`` match nothing at start-up (one warning), and
+    a ``latecomer`` created afterwards is picked up while another new service is not."""
+    fwd = run("-n", "shop,payments", "--service", "web,payments/a*,db",
+              "--service", "late*,ghost", "--exclude", "db,*/nothing")
+    forwarded = {line.split()[2].rstrip(",") for line in fwd.lines if " Forwarding " in line}
+    assert forwarded == {"web", "api.payments"}
+    names = hosts_entries(hosts)
+    assert http_text(names["web"], 80).startswith("web-")
+    assert http_text(names["api.payments"], 80).startswith("api-")
+    assert not any(n.split(".")[0] in ("cart", "db", "legacy", "db-0") for n in names)
+    [warning] = [line for line in fwd.lines if "no service matches" in line]
+    assert "--service late*, ghost; --exclude */nothing" in warning
+    assert "legacy" not in fwd.output  # not picked: not even looked at for a warning
+    # Created after start: ``search`` is not named, ``latecomer`` is.
+    cluster.apply(NEW_SERVICE)
+    cluster.apply(manifests(workload("latecomer", "shop"), service("latecomer", "shop")))
+    ip = wait_for(lambda: hosts_entries(hosts).get("latecomer"), 10, "latecomer in hosts")
+    assert wait_for(lambda: try_http(ip, 80), 10, "latecomer answers").startswith("latecomer-")
+    assert not any(n.startswith("search") for n in hosts_entries(hosts))
+    assert sum("no service matches" in line for line in fwd.lines) == 1
+    fwd.stop_cleanly()
