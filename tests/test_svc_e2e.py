@@ -1341,3 +1341,55 @@ def test_service_and_exclude_pick_exactly_the_named_services(
     assert not any(n.startswith("search") for n in hosts_entries(hosts))
     assert sum("no service matches" in line for line in fwd.lines) == 1
     fwd.stop_cleanly()
+
+
+def test_rollout_restart_under_traffic_moves_every_connection_to_the_new_pods(
+    run: Callable[..., Kubefwd], cluster: SimCluster, hosts: Path
+) -> None:
+    """A 3-replica Deployment restarted with ``kubectl rollout restart``'s change: its pods
+    are replaced one by one (never fewer than 3 Ready: maxUnavailable is 0 at 3 replicas), and
+    kubefwd follows them, ending on the new pods."""
+    cluster.scale("Deployment", "shop", "web", 3)
+    cluster.wait_for(lambda: len([p for p in cluster.pods("shop", "app=web")
+                                  if _pod_ready(p)]) == 3, 15)
+    fwd = run("-n", "shop")
+    ip = hosts_entries(hosts)["web"]
+    before = {p["metadata"]["name"] for p in cluster.pods("shop", "app=web")}
+    least_ready = [3]
+
+    def count_ready(_event: str, obj: dict[str, Any]) -> None:
+        if obj.get("kind") == "Pod" and recording.is_set():
+            ready = sum(1 for p in cluster.store.view("Pod", "shop", "app=web")
+                        if _pod_ready(p) and not p["metadata"].get("deletionTimestamp"))
+            least_ready[0] = min(least_ready[0], ready)
+
+    recording = threading.Event()
+    cluster.store.add_listener(count_ready)
+    traffic = Traffic(lambda: try_http(ip, 80))
+    try:
+        wait_for(lambda: traffic.bodies(), 5, "traffic before the restart")
+        recording.set()
+        cluster.rollout_restart("shop", "web")
+
+        def replaced() -> bool:
+            now = {p["metadata"]["name"] for p in cluster.pods("shop", "app=web")
+                   if _pod_ready(p)}
+            return len(now) == 3 and not now & before
+
+        wait_for(replaced, 20, "every pod replaced")
+        recording.clear()
+        started = len(traffic.answers)
+        wait_for(lambda: len(traffic.answers) > started + 20, 10, "traffic after the rollout")
+    finally:
+        traffic.stop()
+    failed = sum(1 for _, body in traffic.answers if body is None)
+    print(f"rollout restart under traffic: {len(traffic.answers)} attempted, {failed} failed")
+    assert least_ready[0] >= 3
+    last = [b.strip() for b in traffic.bodies()[-10:]]
+    assert last and all(name not in before and name.startswith("web-") for name in last)
+    fwd.stop_cleanly()
+
+
+def _pod_ready(pod: dict[str, Any]) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in (pod.get("status") or {}).get("conditions") or [])
