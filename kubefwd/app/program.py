@@ -57,6 +57,7 @@ from kubefwd.registry.registry import (
     HostsSnapshot,
     Registry,
 )
+from kubefwd.registry.svcpick import NamePattern, ServicePicker
 from kubefwd.serve.coexist import Coexistence
 from kubefwd.serve.dispatch import Dispatcher, Reaper
 from kubefwd.serve.forwarder import ForwardStats
@@ -92,6 +93,8 @@ class SvcOptions:
     auto_reconnect: bool = False
     verbose: bool = False
     transport: str = "auto"
+    services: list[NamePattern] = field(default_factory=list)
+    exclude: list[NamePattern] = field(default_factory=list)
     # Not flags: where ~/hosts.original goes (None: the invoking user's home).
     backup_dir: Path | None = None
     make_backup: bool = True
@@ -136,6 +139,7 @@ class Kubefwd:
         # Set by shutdown() when our lines could not be removed from the hosts file.
         self.hosts_cleanup_failed = False
         self._unverified: list[tuple[str, str]] = []  # (context, namespace) we could not get
+        self._picker = ServicePicker(options.services, options.exclude)
 
     # -- whole-process entry ---------------------------------------------------------------
 
@@ -219,6 +223,7 @@ class Kubefwd:
             namespaces={c.name: namespaces[c.name] for c in contexts},
             domain=o.domain,
             mappings=o.mappings,
+            pick=self._picker.wanted if self._picker.active else None,
         )
         # Commands are applied on one thread of their own: informer threads only queue them,
         # so a slow bind or alias never holds up the watches; stopped forwarders are joined
@@ -257,6 +262,7 @@ class Kubefwd:
         if not self._dispatcher.wait_idle(30.0):
             log.warning("start-up: forwards still being set up after 30s")
         self._warn_unverified_namespaces()
+        self._warn_unmatched_names()
         if not self._hosts.flush(timeout=30.0):
             error = self._hosts.last_error
             raise error or HostsFileError(f"could not write the hosts file {o.hosts_path}")
@@ -305,6 +311,16 @@ class Kubefwd:
             return
         warn_unverified_namespaces(self.report, self._unverified, self._registry.snapshot(),
                                    multi_context=len(self._targets) > 1)
+
+    def _warn_unmatched_names(self) -> None:
+        """One warning naming the --service/--exclude patterns no service matched at
+        start-up; services that appear later are still matched as they come."""
+        include, exclude = self._picker.unmatched()
+        parts = [f"--{flag} {', '.join(map(str, patterns))}"
+                 for flag, patterns in (("service", include), ("exclude", exclude)) if patterns]
+        if parts:
+            self.report.warning("no service matches %s (yet: one created later is picked up)",
+                                "; ".join(parts))
 
     def _start_informers(
         self, ctx: ClusterContext, namespaces: Sequence[str], resources: Sequence[str]

@@ -18,6 +18,7 @@ from typer.core import TyperCommand
 
 from kubefwd.errors import UsageError
 from kubefwd.registry.reservations import build_reservations
+from kubefwd.registry.svcpick import parse_patterns
 from kubefwd.support.selectorsyntax import split_requirements
 
 TRANSPORTS = ("auto", "spdy-ws", "spdy", "ws")
@@ -49,6 +50,7 @@ EPILOG = """\
 Examples:
   sudo kubefwd svc -n shop,payments        # two namespaces
   sudo kubefwd svc -n shop -l app=web      # only services labelled app=web
+  sudo kubefwd svc -n shop,payments --service web,payments/api --exclude 'web-canary*'
   sudo kubefwd svc -x dev,qa -n shop       # two clusters: web.shop.dev, ...
   sudo kubefwd svc -A -d dev.local         # all namespaces, + web.dev.local
   sudo kubefwd svc -n shop -m 80:8080      # service port 80 listens on 8080
@@ -295,6 +297,11 @@ _H_NS = "Namespace(s); repeatable and comma-separated (default: the context's na
 _H_ALL = "Forward the services of every namespace."
 _H_SELECTOR = "Label selector for services, e.g. app=web,tier!=db."
 _H_FIELD = "Field selector for services, e.g. metadata.name=web."
+_H_SERVICE = (
+    "Forward only these services: NAME, NAMESPACE/NAME or a glob (web, shop/api, 'api-*'); "
+    "repeatable and comma-separated; ANDed with -l/-f."
+)
+_H_EXCLUDE = "Do not forward these services (same forms as --service, e.g. 'db-*')."
 _H_DOMAIN = "Also write name.DOMAIN for the services of the first namespace."
 _H_MAP = "Listen on LOCAL for service port SVC (e.g. 80:8080); repeatable."
 _H_RESERVE = "Give service NAME this loopback IP (e.g. web:127.1.27.99); repeatable."
@@ -350,6 +357,8 @@ def svc(
     all_namespaces: Annotated[bool, _flag("-A", "--all-namespaces", _H_ALL)] = False,
     selector: Annotated[str, _opt("-l", "--selector", "SELECTOR", _H_SELECTOR)] = "",
     field_selector: Annotated[str, _opt("-f", "--field-selector", "SELECTOR", _H_FIELD)] = "",
+    service: Annotated[list[str] | None, _opt("", "--service", "NAME", _H_SERVICE)] = None,
+    exclude: Annotated[list[str] | None, _opt("", "--exclude", "NAME", _H_EXCLUDE)] = None,
     domain: Annotated[str, _opt("-d", "--domain", "DOMAIN", _H_DOMAIN)] = "",
     mapping: Annotated[list[str] | None, _opt("-m", "--mapping", "SVC:LOCAL", _H_MAP)] = None,
     reserve: Annotated[list[str] | None, _opt("-r", "--reserve", "NAME:IP", _H_RESERVE)] = None,
@@ -377,7 +386,8 @@ def svc(
     options = build_options(
         kubeconfig=kubeconfig, context=context, namespace=namespace,
         all_namespaces=all_namespaces, selector=selector, field_selector=field_selector,
-        domain=domain, mapping=mapping, reserve=reserve, fwd_conf=fwd_conf, timeout=timeout,
+        service=service, exclude=exclude, domain=domain, mapping=mapping, reserve=reserve,
+        fwd_conf=fwd_conf, timeout=timeout,
         hosts_path=hosts_path, refresh_backup=refresh_backup, purge_stale_ips=purge_stale_ips,
         resync_interval=resync_interval, retry_interval=retry_interval,
         auto_reconnect=auto_reconnect, verbose=verbose, transport=transport,
@@ -405,6 +415,8 @@ def build_options(
     all_namespaces: bool = False,
     selector: str = "",
     field_selector: str = "",
+    service: list[str] | None = None,
+    exclude: list[str] | None = None,
     domain: str = "",
     mapping: list[str] | None = None,
     reserve: list[str] | None = None,
@@ -437,6 +449,8 @@ def build_options(
         all_namespaces=all_namespaces,
         label_selector=check_label_selector(selector),
         field_selector=check_field_selector(field_selector),
+        services=parse_patterns(split_list(service), "--service"),
+        exclude=parse_patterns(split_list(exclude), "--exclude"),
         domain=check_domain(domain),
         mappings=parse_mappings(mapping),
         reservations=reservations,

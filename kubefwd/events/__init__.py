@@ -4,7 +4,7 @@ This package owns what the core says about itself while it runs: typed, immutabl
 (``types``), their fan-out to subscribers with bounded queues and to inline listeners (``bus``),
 the fold of those events into one snapshot of every forward (``store``), and the byte and
 connection counters with their sampled rates (``metrics``). It sits just above the support
-layer and may import only the standard library, ``kubefwd.errors`` and ``kubefwd.threads``,
+layer and may import only the standard library, ``kubefwd.errors`` and ``kubefwd.support.threads``,
 so every other layer can publish into it without an import cycle.
 """
 

@@ -85,3 +85,18 @@ def pod_ref(pod: Obj, ports: list[PortMapping]) -> PodRef:
     status = pod.get("status") or {}
     return PodRef(obj_name(pod), str(status.get("podIP") or ""), resolved,
                   str(obj_meta(pod).get("uid") or ""))
+
+
+def container_port_mappings(pod: Obj, mappings: Mapping[int, int]) -> list[PortMapping]:
+    """The TCP container ports a pod declares, as the ports of a headless service that
+    declares none: listen on each (or on its ``-m`` mapping), reach the pod on it."""
+    out: dict[int, PortMapping] = {}
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        for cp in container.get("ports") or []:
+            number = int(cp.get("containerPort") or 0)
+            if not number or str(cp.get("protocol") or "TCP").upper() != "TCP":
+                continue
+            local = mappings.get(number, number)
+            if local not in out:
+                out[local] = PortMapping(local, number, "TCP", number, str(cp.get("name") or ""))
+    return [out[k] for k in sorted(out)]

@@ -12,6 +12,9 @@ readers (``pick_pod``, ``snapshot``) but must not call ``handle``.
 
 EndpointSlices: a pod's own Ready condition decides; slices are consulted only for pods that
 have no Ready condition at all (an endpoint with ``conditions.ready`` not false counts).
+A service without a selector takes its pods from its EndpointSlices instead (``slicepods``):
+endpoints that point at pods are forwarded, and those that are bare addresses are skipped with
+one warning (the port-forward API can only reach pods).
 
 StatefulSet pods of headless services: a pod a StatefulSet owns comes back under the same
 name, so its per-pod forward (``pod.svc``) is kept — same key, same IP, same names, no ready
@@ -22,6 +25,10 @@ the gap cannot take it. When the grace runs out (checked by ``expire()``, which 
 about once a second, and on every event of that context) the forward is removed as usual. The
 service's own deletion, or it ceasing to be headless, removes it at once. Pods without a
 StatefulSet owner (a Deployment's behind a headless service get new names) go at once.
+
+Headless services that declare no ports: each pod's forward listens on that pod's declared
+TCP container ports, and the service's own forward on all of them (each connection going to
+the first ready pod that declares its port).
 
 Skipped ports: only TCP is forwarded. Non-TCP service ports (DNS's 53/UDP on every service of
 a namespace, say) are summed up in one warning per (context, namespace) — a count and the first
@@ -41,7 +48,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubefwd.cluster.informer import SYNC, InformerEvent
-from kubefwd.registry import hostnames
+from kubefwd.registry import hostnames, slicepods
 from kubefwd.registry.forwards import (
     Command,
     ForwardKey,
@@ -56,6 +63,7 @@ from kubefwd.registry.forwards import (
 from kubefwd.registry.ipalloc import AddressesExhausted, IpAllocator
 from kubefwd.registry.podselect import (
     age_key,
+    container_port_mappings,
     obj_meta,
     obj_name,
     pod_alive,
@@ -115,8 +123,11 @@ class Registry:
         mappings: Mapping[int, int] | None = None,
         pod_grace: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        pick: Callable[[str, str], bool] | None = None,
     ) -> None:
         self._allocator = allocator
+        # (namespace, service) → whether it is wanted at all (--service/--exclude); pure.
+        self._pick = pick
         self._pod_grace = pod_grace
         self._clock = clock
         # Per-pod forwards of StatefulSet pods whose object is gone: since when (clock).
@@ -259,9 +270,17 @@ class Registry:
             dirty.add((ns, name))
         elif resource == PODS:
             labels = [(o or {}).get("metadata", {}).get("labels") for o in (old, obj)]
+            named: dict[str, set[str]] | None = None
             for sname, svc in self._objs.get((context, ns, SERVICES), {}).items():
                 selector = (svc.get("spec") or {}).get("selector") or {}
-                if selector and any(selector_matches(selector, lab) for lab in labels):
+                if selector:
+                    if any(selector_matches(selector, lab) for lab in labels):
+                        dirty.add((ns, sname))
+                    continue
+                # No selector: the service's pods are those its EndpointSlices name.
+                if named is None:
+                    named = self._slice_pod_names(context, ns)
+                if name in named.get(sname, ()):
                     dirty.add((ns, sname))
         else:
             for o in (old, obj):
@@ -271,6 +290,15 @@ class Registry:
                 if owner:
                     dirty.add((ns, str(owner)))
         return dirty
+
+    def _slice_pod_names(self, context: str, namespace: str) -> dict[str, set[str]]:
+        """service → names of the pods its EndpointSlices point at."""
+        by_service: dict[str, list[Obj]] = {}
+        for slc in self._objs.get((context, namespace, ENDPOINTSLICES), {}).values():
+            owner = (obj_meta(slc).get("labels") or {}).get(slicepods.SERVICE_NAME_LABEL)
+            if owner:
+                by_service.setdefault(str(owner), []).append(slc)
+        return {s: slicepods.pod_names(namespace, slcs) for s, slcs in by_service.items()}
 
     # -- computing forwards
 
@@ -351,18 +379,20 @@ class Registry:
         self._skipped.pop(key, None)
         if svc is None:
             return {}
+        if self._pick is not None and not self._pick(namespace, service):
+            return {}
         spec = svc.get("spec") or {}
         selector = spec.get("selector") or {}
-        if not selector:
-            why = (
-                "an ExternalName service" if spec.get("type") == "ExternalName"
-                else "it has no selector"
-            )
+        if not selector and spec.get("type") == "ExternalName":
+            why = "an ExternalName service"
             self._skipped[key] = f"skipped: {why}"
             self._warn_once(("nosel", key), "service %s skipped: %s", key, why)
             return {}
-        ports = self._ports(key, svc)
-        if not ports:
+        headless = spec.get("clusterIP") == "None"
+        # A headless service that declares no ports reaches its pods on theirs (see below).
+        portless = headless and not spec.get("ports")
+        ports = [] if portless else self._ports(key, svc)
+        if not ports and not portless:
             self._skipped[key] = "skipped: no TCP ports"
             declared = spec.get("ports") or []
             only_other = bool(declared) and all(
@@ -378,14 +408,35 @@ class Registry:
         ni = self._namespace_index(context, namespace)
         primary, multi, first = ci == 0 and ni == 0, len(self._contexts) > 1, ci == 0
         slice_ready = self._slice_ready(context, namespace)
-        pods = [
-            p for p in self._objs.get((context, namespace, PODS), {}).values()
-            if selector_matches(selector, obj_meta(p).get("labels"))
-        ]
-        pods.sort(key=age_key)
-        ready = [p for p in pods if pod_ready(p, slice_ready)]
-        refs = [pod_ref(p, ports) for p in ready]
-        headless = spec.get("clusterIP") == "None"
+        if selector:
+            pods = [
+                p for p in self._objs.get((context, namespace, PODS), {}).values()
+                if selector_matches(selector, obj_meta(p).get("labels"))
+            ]
+            pods.sort(key=age_key)
+            ready = [p for p in pods if pod_ready(p, slice_ready)]
+            refs = [pod_ref(p, ports) for p in ready]
+        else:
+            found = self._slice_pods(key, ports, slice_ready)
+            if found is None:
+                return {}
+            pods, refs = found
+        own_ports: dict[str, list[PortMapping]] = {}
+        if portless:
+            own_ports = {obj_name(p): container_port_mappings(p, self._mappings) for p in pods}
+            union: dict[int, PortMapping] = {}
+            for p in pods:  # oldest first: its name for a port wins
+                for m in own_ports[obj_name(p)]:
+                    union.setdefault(m.local_port, m)
+            ports = [union[k] for k in sorted(union)]
+            if not ports:
+                why = "headless without ports, and its pods declare no TCP container port"
+                self._skipped[key] = f"skipped: {why}"
+                self._warn_once(("noports", key), "service %s skipped: %s", key, why)
+                return {}
+            self._warned.discard(("noports", key))
+            refs = [PodRef(r.name, r.ip, {m.port: m.port for m in own_ports[r.name]}, r.uid)
+                    for r in refs]
         names = hostnames.service_hostnames(
             service, namespace, context, domain=self._domain, primary=primary,
             multi_context=multi, first_context=first,
@@ -404,9 +455,48 @@ class Registry:
                     multi_context=multi, first_context=first,
                 )
                 ref = ready_names.get(pname)
-                result[pkey] = _Spec(pnames, ports, [ref] if ref else [], True, stateful)
+                pod_ports = own_ports.get(pname, []) if portless else ports
+                result[pkey] = _Spec(pnames, pod_ports, [ref] if ref else [], True, stateful)
             self._keep_gone_stateful_pods(key, ports, result)
         return result
+
+    def _slice_pods(
+        self, key: ForwardKey, ports: list[PortMapping], slice_ready: set[str]
+    ) -> tuple[list[Obj], list[PodRef]] | None:
+        """The pods (oldest first) and ready pods of a service without a selector, from its
+        EndpointSlices (see ``slicepods``); None, with the reason noted, when no endpoint is a
+        pod."""
+        objs = self._objs.get((key.context, key.namespace, ENDPOINTSLICES), {}).values()
+        slices = slicepods.slices_of(key.service, objs)
+        known = self._objs.get((key.context, key.namespace, PODS), {})
+        found = slicepods.slice_backends(key.namespace, slices, known, ports)
+        if found.bare:
+            shown = ", ".join(found.bare[:4]) + (", ..." if len(found.bare) > 4 else "")
+            self._warn_once(
+                ("bare", key), "service %s: %d endpoint%s skipped (%s): not pods of its "
+                "namespace, and the port-forward API can only reach pods", key,
+                len(found.bare), "s" if len(found.bare) != 1 else "", shown)
+        if found.unknown:  # gone, or not listed yet: a pod's event brings it in
+            log.debug("service %s: its slices name pods not seen: %s", key,
+                      ", ".join(found.unknown))
+        if not found.pods and not found.unknown:
+            why = ("its endpoints are not pods (the port-forward API can only reach pods)"
+                   if found.bare else "it has no selector and no EndpointSlice names a pod")
+            self._skipped[key] = f"skipped: {why}"
+            if not found.bare:
+                self._warn_once(("nosel", key), "service %s skipped: %s", key, why)
+            return None
+        self._warned.discard(("nosel", key))
+        pods = sorted((b.pod for b in found.pods), key=age_key)
+        by_name = {obj_name(b.pod): b for b in found.pods}
+        refs = []
+        for p in pods:
+            backend = by_name[obj_name(p)]
+            if backend.ready and pod_ready(p, slice_ready):
+                status = p.get("status") or {}
+                refs.append(PodRef(obj_name(p), str(status.get("podIP") or ""),
+                                   dict(backend.ports), str(obj_meta(p).get("uid") or "")))
+        return pods, refs
 
     def _keep_gone_stateful_pods(
         self, key: ForwardKey, ports: list[PortMapping], result: dict[ForwardKey, _Spec]

@@ -5,13 +5,15 @@
 
 The kubeconfig is written (temp file + rename) only once the server accepts connections, so a
 script can wait for the file to appear. Fault-injection helpers drop connections, expire the
-watch history, answer 403s, slow port-forwards down, and kill, un-ready or delete pods.
+watch history, answer 403s, slow port-forwards down, and kill, un-ready or delete pods;
+``rollout_restart`` replaces a Deployment's pods one by one, as ``kubectl rollout restart``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import datetime
 import logging
 import os
 import secrets
@@ -296,6 +298,30 @@ class SimCluster:
             obj.setdefault("spec", {})["replicas"] = replicas
 
         return self.store.update(kind, namespace, name, set_replicas)
+
+    def rollout_restart(self, namespace: str, name: str) -> Obj:
+        """What ``kubectl rollout restart deployment/NAME`` does: stamp the pod template's
+        ``kubectl.kubernetes.io/restartedAt`` annotation, so the controller replaces every pod
+        (one by one, as the Deployment's strategy allows). Returns the updated Deployment."""
+        for _attempt in range(10):
+            deploy = self.store.get("Deployment", namespace, name)
+            if deploy is None:
+                raise StatusError(404, "NotFound",
+                                  f'deployments.apps "{name}" not found',
+                                  details={"name": name, "group": "apps",
+                                           "kind": "deployments"})
+            template = deploy.setdefault("spec", {}).setdefault("template", {})
+            annotations = template.setdefault("metadata", {}).setdefault("annotations", {})
+            # Sub-second, unlike kubectl's: two restarts within a second both take effect.
+            stamp = datetime.datetime.now(datetime.timezone.utc).strftime(
+                "%Y-%m-%dT%H:%M:%S.%fZ")
+            annotations["kubectl.kubernetes.io/restartedAt"] = stamp
+            try:
+                return self.store.replace(deploy)  # keeps its status, like a PATCH
+            except StatusError as err:
+                if err.code != 409:
+                    raise
+        raise StatusError(409, "Conflict", f'deployments.apps "{name}" kept changing')
 
     def delete(self, kind: str, namespace: str, name: str) -> Obj:
         return self.delete_object(kind, namespace, name)

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from kubefwd.sim import rollout
 from kubefwd.sim.store import (
     Obj,
     StatusError,
@@ -128,8 +129,12 @@ class Controllers:
         slices = self.store.view("EndpointSlice", ns,
                                  f"kubernetes.io/service-name={name}")
         if svc is None:
+            # The garbage collector takes the slices the service owns; slices written by hand
+            # (no owner) outlive it, as in a real cluster.
             for obj in slices:
-                self._delete_quietly("EndpointSlice", ns, obj["metadata"]["name"])
+                if any(ref.get("kind") == "Service" and ref.get("name") == name
+                       for ref in obj["metadata"].get("ownerReferences") or []):
+                    self._delete_quietly("EndpointSlice", ns, obj["metadata"]["name"])
             self._delete_quietly("Endpoints", ns, name)
             return
         selector = (svc.get("spec") or {}).get("selector")
@@ -297,36 +302,41 @@ class Controllers:
         spec = deploy.get("spec") or {}
         template_hash = _template_hash(spec.get("template") or {})
         rs_name = f"{name}-{template_hash}"
-        current = [p for p in pods if _owner(p).get("name") == rs_name
-                   and not p["metadata"].get("deletionTimestamp")]
-        for pod in pods:
-            if _owner(pod).get("name") != rs_name:
-                self._delete_pod(pod)
+        live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+        current = [p for p in live if _owner(p).get("name") == rs_name]
+        old = [p for p in live if _owner(p).get("name") != rs_name]
+        # One move of the rollout (see sim/rollout): each pod created, deleted or turning
+        # Ready brings this back here for the next one.
+        plan = rollout.step(spec, current, old, _ready)
+        gone = {p["metadata"]["name"] for p in plan.delete}
+        for pod in plan.delete:
+            self._delete_pod(pod)
+        current = [p for p in current if p["metadata"]["name"] not in gone]
+        old = [p for p in old if p["metadata"]["name"] not in gone]
         replicas = int(spec.get("replicas", 1))
         owner_ref = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": rs_name,
                      "uid": str(uuid.uuid5(uuid.NAMESPACE_OID, deploy["metadata"]["uid"]
                                            + template_hash)),
                      "controller": True, "blockOwnerDeletion": True}
-        for _ in range(replicas - len(current)):
+        for _ in range(plan.create):
             for _attempt in range(10):
                 pod_name = f"{rs_name}-{random_suffix(5)}"
                 if self.store.get("Pod", ns, pod_name, copy_=False) is None:
                     break
             current.append(self.store.create(self._pod_from_template(
                 deploy, pod_name, {"pod-template-hash": template_hash}, owner_ref)))
-        if len(current) > replicas:
-            extra = sorted(current, key=lambda p: p["metadata"]["creationTimestamp"])[replicas:]
-            for pod in extra:
-                self._delete_pod(pod)
-                current.remove(pod)
-        ready = sum(1 for p in current if _ready(p))
+        self._deployment_status(deploy, replicas, current, old)
+
+    def _deployment_status(self, deploy: Obj, replicas: int, current: list[Obj],
+                           old: list[Obj]) -> None:
+        ready = sum(1 for p in current + old if _ready(p))
+        complete = len(current) == replicas and not old and ready >= replicas
         status: Obj = {
             "observedGeneration": deploy["metadata"].get("generation", 1),
-            "replicas": len(current), "updatedReplicas": len(current),
+            "replicas": len(current) + len(old), "updatedReplicas": len(current),
             "readyReplicas": ready, "availableReplicas": ready,
+            "unavailableReplicas": max(0, replicas - ready),
         }
-        if len(current) - ready:
-            status["unavailableReplicas"] = len(current) - ready
         status = {k: v for k, v in status.items() if v}
         status["conditions"] = [{
             "type": "Available", "status": "True" if ready >= replicas else "False",
@@ -334,6 +344,11 @@ class Controllers:
             else "MinimumReplicasUnavailable",
             "message": "Deployment has minimum availability." if ready >= replicas
             else "Deployment does not have minimum availability.",
+        }, {
+            "type": "Progressing", "status": "True",
+            "reason": "NewReplicaSetAvailable" if complete else "ReplicaSetUpdated",
+            "message": f'ReplicaSet "{deploy["metadata"]["name"]}" '
+            + ("has successfully progressed." if complete else "is progressing."),
         }]
         self._set_status(deploy, status)
 

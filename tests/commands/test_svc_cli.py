@@ -117,6 +117,10 @@ def test_fwd_conf_adds_reservations_and_base(tmp_path: Path, hosts: Path) -> Non
         (["-f", "foo=bar"], "-f/--field-selector 'foo=bar': services cannot be selected by"),
         (["-f", "metadata.name"], "-f/--field-selector"),
         (["-f", "metadata.name=web,"], "empty requirement"),
+        (["--service", "Web"], "--service 'Web': 'Web' is not a name or a glob"),
+        (["--service", "shop/"], "--service 'shop/': empty"),
+        (["--exclude", "a/b/c"], "--exclude 'a/b/c': 'a/b' is not a name or a glob"),
+        (["--exclude", "web;rm"], "--exclude 'web;rm'"),
     ],
     ids=lambda v: v if isinstance(v, str) else " ".join(v),
 )
@@ -134,6 +138,7 @@ def _as_kwargs(args: list[str]) -> dict[str, object]:
         ("resync_interval", str), "--retry-interval": ("retry_interval", str),
         "--transport": ("transport", str), "-z": ("fwd_conf", Path), "-d": ("domain", str),
         "-l": ("selector", str), "-f": ("field_selector", str),
+        "--service": ("service", list), "--exclude": ("exclude", list),
     }
     out: dict[str, object] = {}
     i = 0
@@ -196,7 +201,8 @@ def test_usage_error_is_one_line_exit_2_and_touches_nothing(
 @pytest.mark.parametrize(
     ("args", "line"),
     [(["-l", "==="], "-l/--selector '===': cannot parse '==='"),
-     (["-f", "foo=bar"], "-f/--field-selector 'foo=bar': services cannot be selected by 'foo'")],
+     (["-f", "foo=bar"], "-f/--field-selector 'foo=bar': services cannot be selected by 'foo'"),
+     (["--service", "web,Cart"], "--service 'Cart': 'Cart' is not a name or a glob")],
 )
 def test_bad_selector_is_one_line_exit_2_before_anything(
     args: list[str], line: str, hosts: Path, tmp_path: Path
@@ -215,7 +221,7 @@ def test_help_shows_every_flag_and_hides_the_aliases() -> None:
                  "--field-selector", "--domain", "--mapping", "--reserve", "--fwd-conf",
                  "--timeout", "--hosts-path", "--refresh-backup", "--purge-stale-ips",
                  "--resync-interval", "--retry-interval", "--auto-reconnect", "--verbose",
-                 "--transport", "Examples"]:
+                 "--transport", "--service", "--exclude", "Examples"]:
         assert flag in result.stdout, flag
     commands = [line.split()[1] for line in run("--help").stdout.splitlines()
                 if line.startswith("│ ") and len(line.split()) > 2]

@@ -1241,3 +1241,162 @@ def test_stdout_full_keeps_forwarding_quietly(
     assert proc.returncode == 0, err
     assert "Logging error" not in err and "Traceback" not in err, err
     assert hosts.read_bytes() == ORIGINAL_HOSTS
+
+
+# -- services without selectors ------------------------------------------------------------
+
+
+def endpoint_slice(name: str, service_name: str, ns: str, endpoints: str, ports: str) -> str:
+    """An EndpointSlice written by hand for ``service_name``."""
+    return (f"\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n"
+            f"metadata: {{name: {name}, namespace: {ns}, "
+            f"labels: {{kubernetes.io/service-name: {service_name}}}}}\n"
+            f"addressType: IPv4\nendpoints: {endpoints}\nports: {ports}\n")
+
+
+def test_service_without_selector_follows_its_endpoint_slices(
+    run: Callable[..., Kubefwd], cluster: SimCluster, hosts: Path
+) -> None:
+    """``legacy`` (no selector) is backed by a hand-written slice naming a pod: it answers by
+    name on the slice's port. ``outside``'s slice holds only an address: skipped, one warning."""
+    cluster.apply(workload("backend", "payments", ports="[{name: web, containerPort: 8080}]"))
+    cluster.wait_ready("payments", timeout=15)
+    (pod,) = cluster.pods("payments", "app=backend")
+    pod_name, pod_ip = pod["metadata"]["name"], pod["status"]["podIP"]
+    cluster.apply(manifests(
+        endpoint_slice("legacy-manual", "legacy", "payments",
+                       f"[{{addresses: [{pod_ip}], conditions: {{ready: true}}, "
+                       f"targetRef: {{kind: Pod, name: {pod_name}, namespace: payments}}}}]",
+                       "[{port: 8080, protocol: TCP}]"),
+        service("outside", "payments", ports="[{name: pg, port: 5432}]", selector=False),
+        endpoint_slice("outside-manual", "outside", "payments",
+                       "[{addresses: [10.20.30.40]}]", "[{name: pg, port: 5432}]"),
+    ))
+    fwd = run("-n", "payments")
+    names = hosts_entries(hosts)
+    assert "outside" not in names
+    assert http_text(names["legacy"], 80).strip() == pod_name
+    fwd.wait_line(r"WARNING .*payments/outside: 1 endpoint skipped \(10\.20\.30\.40\).*"
+                  r"can only reach pods")
+    # The simulated controllers leave a selector-less service's slices alone.
+    slice_obj = cluster.store.get("EndpointSlice", "payments", "legacy-manual")
+    assert slice_obj is not None and slice_obj["ports"] == [{"port": 8080, "protocol": "TCP"}]
+    # The backing pod is replaced: the slice is rewritten to name the new one and the
+    # service follows it.
+    cluster.delete_pod("payments", pod_name)
+    new = wait_for(lambda: next((p for p in cluster.pods("payments", "app=backend")
+                                 if p["metadata"]["name"] != pod_name
+                                 and p["status"].get("podIP")), None), 10, "a new backend pod")
+    assert "legacy" in hosts_entries(hosts)  # kept while its slice names no live pod
+    cluster.apply(endpoint_slice(
+        "legacy-manual", "legacy", "payments",
+        f"[{{addresses: [{new['status']['podIP']}], conditions: {{ready: true}}, "
+        f"targetRef: {{kind: Pod, name: {new['metadata']['name']}, namespace: payments}}}}]",
+        "[{port: 8080, protocol: TCP}]"))
+    wait_for(lambda: try_http(names["legacy"], 80) == new["metadata"]["name"] + "\n", 10,
+             "legacy answered by the new pod")
+    assert sum("outside" in line for line in fwd.lines if "WARNING" in line) == 1
+    fwd.stop_cleanly()
+
+
+def test_headless_service_without_ports_is_forwarded_on_its_pods_container_ports(
+    run: Callable[..., Kubefwd], cluster: SimCluster, hosts: Path
+) -> None:
+    cluster.apply(manifests(
+        workload("grid", "shop", kind="StatefulSet", replicas=2, image="sim/echo",
+                 ports="[{name: a, containerPort: 7001}, {name: b, containerPort: 7002}]"),
+        service("grid", "shop", ports="[]", headless=True),
+    ))
+    cluster.wait_ready("shop", timeout=15)
+    fwd = run("-n", "shop")
+    names = hosts_entries(hosts)
+    for name in ("grid", "grid-0.grid", "grid-1.grid"):
+        for port in (7001, 7002):
+            assert echo(names[name], port, f"{name}:{port}".encode()) == \
+                f"{name}:{port}".encode()
+    line = fwd.wait_line(r"Forwarding grid-1\.grid")
+    assert ":7001,7002 → shop/grid-1" in line
+    assert "no TCP ports" not in fwd.output
+    fwd.stop_cleanly()
+
+
+# -- picking services by name --------------------------------------------------------------
+
+
+def test_service_and_exclude_pick_exactly_the_named_services(
+    run: Callable[..., Kubefwd], cluster: SimCluster, hosts: Path
+) -> None:
+    """Across two namespaces: ``web`` by name, ``payments/a*`` by a qualified glob, ``db``
+    named and excluded; ``late*`` and ``ghost`` match nothing at start-up (one warning), and
+    a ``latecomer`` created afterwards is picked up while another new service is not."""
+    fwd = run("-n", "shop,payments", "--service", "web,payments/a*,db",
+              "--service", "late*,ghost", "--exclude", "db,*/nothing")
+    forwarded = {line.split()[2].rstrip(",") for line in fwd.lines if " Forwarding " in line}
+    assert forwarded == {"web", "api.payments"}
+    names = hosts_entries(hosts)
+    assert http_text(names["web"], 80).startswith("web-")
+    assert http_text(names["api.payments"], 80).startswith("api-")
+    assert not any(n.split(".")[0] in ("cart", "db", "legacy", "db-0") for n in names)
+    [warning] = [line for line in fwd.lines if "no service matches" in line]
+    assert "--service late*, ghost; --exclude */nothing" in warning
+    assert "legacy" not in fwd.output  # not picked: not even looked at for a warning
+    # Created after start: ``search`` is not named, ``latecomer`` is.
+    cluster.apply(NEW_SERVICE)
+    cluster.apply(manifests(workload("latecomer", "shop"), service("latecomer", "shop")))
+    ip = wait_for(lambda: hosts_entries(hosts).get("latecomer"), 10, "latecomer in hosts")
+    assert wait_for(lambda: try_http(ip, 80), 10, "latecomer answers").startswith("latecomer-")
+    assert not any(n.startswith("search") for n in hosts_entries(hosts))
+    assert sum("no service matches" in line for line in fwd.lines) == 1
+    fwd.stop_cleanly()
+
+
+def test_rollout_restart_under_traffic_moves_every_connection_to_the_new_pods(
+    run: Callable[..., Kubefwd], cluster: SimCluster, hosts: Path
+) -> None:
+    """A 3-replica Deployment restarted with ``kubectl rollout restart``'s change: its pods
+    are replaced one by one (never fewer than 3 Ready: maxUnavailable is 0 at 3 replicas), and
+    kubefwd follows them, ending on the new pods."""
+    cluster.scale("Deployment", "shop", "web", 3)
+    cluster.wait_for(lambda: len([p for p in cluster.pods("shop", "app=web")
+                                  if _pod_ready(p)]) == 3, 15)
+    fwd = run("-n", "shop")
+    ip = hosts_entries(hosts)["web"]
+    before = {p["metadata"]["name"] for p in cluster.pods("shop", "app=web")}
+    least_ready = [3]
+
+    def count_ready(_event: str, obj: dict[str, Any]) -> None:
+        if obj.get("kind") == "Pod" and recording.is_set():
+            ready = sum(1 for p in cluster.store.view("Pod", "shop", "app=web")
+                        if _pod_ready(p) and not p["metadata"].get("deletionTimestamp"))
+            least_ready[0] = min(least_ready[0], ready)
+
+    recording = threading.Event()
+    cluster.store.add_listener(count_ready)
+    traffic = Traffic(lambda: try_http(ip, 80))
+    try:
+        wait_for(lambda: traffic.bodies(), 5, "traffic before the restart")
+        recording.set()
+        cluster.rollout_restart("shop", "web")
+
+        def replaced() -> bool:
+            now = {p["metadata"]["name"] for p in cluster.pods("shop", "app=web")
+                   if _pod_ready(p)}
+            return len(now) == 3 and not now & before
+
+        wait_for(replaced, 20, "every pod replaced")
+        recording.clear()
+        started = len(traffic.answers)
+        wait_for(lambda: len(traffic.answers) > started + 20, 10, "traffic after the rollout")
+    finally:
+        traffic.stop()
+    failed = sum(1 for _, body in traffic.answers if body is None)
+    print(f"rollout restart under traffic: {len(traffic.answers)} attempted, {failed} failed")
+    assert least_ready[0] >= 3
+    last = [b.strip() for b in traffic.bodies()[-10:]]
+    assert last and all(name not in before and name.startswith("web-") for name in last)
+    fwd.stop_cleanly()
+
+
+def _pod_ready(pod: dict[str, Any]) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in (pod.get("status") or {}).get("conditions") or [])

@@ -275,9 +275,116 @@ def test_services_without_selector_are_skipped_with_one_warning(
         event(reg, "services", "MODIFIED", manual)
     assert set(upserts(rec.take())) == {"sim/shop/web"}
     assert sum("manual" in r.getMessage() for r in caplog.records) == 1
-    assert reg.snapshot().skipped == {"sim/shop/manual": "skipped: it has no selector"}
+    assert reg.snapshot().skipped == {
+        "sim/shop/manual": "skipped: it has no selector and no EndpointSlice names a pod"}
     # once deleted, it is no longer listed as skipped
     sync(reg, "services", [service("web")])
+    assert reg.snapshot().skipped == {}
+
+
+def endpoint_slice(service_name: str, name: str, endpoints: list[dict[str, Any]],
+                   ports: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"kind": "EndpointSlice",
+            "metadata": {"name": name, "namespace": "shop",
+                         "labels": {"kubernetes.io/service-name": service_name}},
+            "addressType": "IPv4", "endpoints": endpoints, "ports": ports}
+
+
+def pod_endpoint(pod_name: str, ready: bool = True, ns: str = "shop") -> dict[str, Any]:
+    return {"addresses": ["127.1.0.9"], "conditions": {"ready": ready},
+            "targetRef": {"kind": "Pod", "name": pod_name, "namespace": ns}}
+
+
+def test_service_without_selector_forwards_the_pods_its_slices_name() -> None:
+    reg, rec = make()
+    manual = service("manual", selector={}, ports=[
+        {"name": "http", "port": 80, "targetPort": 8080},
+        {"name": "admin", "port": 90, "targetPort": "admin"},
+        {"name": "raw", "port": 95, "targetPort": 9500}])
+    sync(reg, "pods", [
+        pod("m-1", app="x", created="2026-01-01T00:00:02Z",
+            container_ports=[{"name": "admin", "containerPort": 9191}]),
+        pod("m-2", app="x", created="2026-01-01T00:00:01Z", ready=False),
+        pod("m-3", app="x")])
+    sync(reg, "endpointslices", [
+        # The slice's port of the same name wins over the service's targetPort.
+        endpoint_slice("manual", "manual-a", [pod_endpoint("m-1"), pod_endpoint("m-2")],
+                       [{"name": "http", "port": 7070}]),
+        endpoint_slice("other", "other-a", [pod_endpoint("m-3")], [{"port": 1}])])
+    sync(reg, "services", [manual])
+    up = upserts(rec.take())["sim/shop/manual"]
+    assert [p.name for p in up.pods] == ["m-1"]  # m-2 is not ready, m-3 is another's
+    assert up.pods[0].ports == {80: 7070, 90: 9191, 95: 9500}
+    assert reg.snapshot().skipped == {}
+    # The pod becomes ready: its own event updates the service.
+    event(reg, "pods", "MODIFIED", pod("m-2", app="x", created="2026-01-01T00:00:01Z"))
+    assert [p.name for p in upserts(rec.take())["sim/shop/manual"].pods] == ["m-2", "m-1"]
+    # The slice marks m-1 not ready: only m-2 is left.
+    event(reg, "endpointslices", "MODIFIED", endpoint_slice(
+        "manual", "manual-a", [pod_endpoint("m-1", ready=False), pod_endpoint("m-2")],
+        [{"name": "http", "port": 7070}]))
+    assert [p.name for p in upserts(rec.take())["sim/shop/manual"].pods] == ["m-2"]
+    # The slice goes away: the service is skipped again, its forward removed.
+    event(reg, "endpointslices", "DELETED", endpoint_slice("manual", "manual-a", [], []))
+    assert ForwardRemove(ForwardKey("sim", "shop", "manual")) in rec.take()
+
+
+def test_service_without_selector_whose_endpoints_are_addresses_is_skipped_with_one_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    reg, rec = make()
+    ext = service("ext", selector={}, ports=[{"port": 5432}])
+    mixed = service("mixed", selector={}, ports=[{"port": 80}])
+    bare = {"addresses": ["10.9.8.7"], "conditions": {"ready": True}}
+    elsewhere = pod_endpoint("m-1", ns="other")
+    with caplog.at_level(logging.WARNING):
+        sync(reg, "pods", [pod("m-1", app="x")])
+        sync(reg, "endpointslices", [
+            endpoint_slice("ext", "ext-a", [bare, elsewhere], [{"port": 5432}]),
+            endpoint_slice("mixed", "mixed-a", [bare, pod_endpoint("m-1")], [{"port": 8080}])])
+        sync(reg, "services", [ext, mixed])
+        event(reg, "services", "MODIFIED", ext)
+        event(reg, "pods", "MODIFIED", pod("m-1", app="x"))
+    ups = upserts(rec.take())
+    assert set(ups) == {"sim/shop/mixed"} and ups["sim/shop/mixed"].pods[0].ports == {80: 8080}
+    assert reg.snapshot().skipped == {"sim/shop/ext": "skipped: its endpoints are not pods "
+                                      "(the port-forward API can only reach pods)"}
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    ext_lines = [m for m in warnings if "sim/shop/ext" in m]
+    assert len(ext_lines) == 1 and "2 endpoints skipped (10.9.8.7, 127.1.0.9)" in ext_lines[0]
+    assert "can only reach pods" in ext_lines[0]
+    mixed_lines = [m for m in warnings if "sim/shop/mixed" in m]
+    assert len(mixed_lines) == 1 and "1 endpoint skipped (10.9.8.7)" in mixed_lines[0]
+
+
+def test_headless_service_without_ports_forwards_each_pods_container_ports(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    reg, rec = make(mappings={9000: 9001})
+    sync(reg, "services", [service("db", headless=True, ports=[])])
+    with caplog.at_level(logging.WARNING):
+        sync(reg, "pods", [pod("db-0", app="db", created="2026-01-01T00:00:01Z")])
+    assert upserts(rec.take()) == {}
+    assert [r.getMessage() for r in caplog.records] == [
+        "service sim/shop/db skipped: headless without ports, and its pods declare no TCP "
+        "container port"]
+    sync(reg, "pods", [
+        pod("db-0", app="db", created="2026-01-01T00:00:01Z", container_ports=[
+            {"name": "pg", "containerPort": 5432},
+            {"name": "dns", "containerPort": 53, "protocol": "UDP"}]),
+        pod("db-1", app="db", created="2026-01-01T00:00:02Z", container_ports=[
+            {"name": "postgres", "containerPort": 5432}, {"containerPort": 9000}])])
+    ups = upserts(rec.take())
+    svc, zero, one = ups["sim/shop/db"], ups["sim/shop/db-0.db"], ups["sim/shop/db-1.db"]
+    assert svc.ports == [PortMapping(5432, 5432, "TCP", 5432, "pg"),
+                         PortMapping(9001, 9000, "TCP", 9000, "")]
+    assert zero.ports == [PortMapping(5432, 5432, "TCP", 5432, "pg")]
+    assert one.ports == [PortMapping(5432, 5432, "TCP", 5432, "postgres"),
+                         PortMapping(9001, 9000, "TCP", 9000, "")]
+    assert [(p.name, p.ports) for p in svc.pods] == [("db-0", {5432: 5432}),
+                                                     ("db-1", {5432: 5432, 9000: 9000})]
+    picked = reg.pick_pod(ForwardKey("sim", "shop", "db"), 9000)
+    assert picked is not None and picked.name == "db-1"
     assert reg.snapshot().skipped == {}
 
 

@@ -476,3 +476,34 @@ def test_delete_collection_by_label(cluster: SimCluster) -> None:
     assert all(p["metadata"]["labels"]["app"] == "web" for p in body["items"])
     assert {p["metadata"]["name"] for p in cluster.pods("shop", "app=db")} == {"db-0", "db-1"}
     cluster.wait_ready("shop")  # the deployment replaced its pods
+
+
+def test_hand_written_slices_of_a_selector_less_service_are_left_alone(
+    cluster: SimCluster,
+) -> None:
+    """The controllers neither rewrite nor delete a slice written by hand, as in a real
+    cluster: a selector-less service's endpoints are its owner's to manage, and a slice
+    without an owner reference outlives the service."""
+    web = cluster.pods("shop", "app=web")[0]
+    hand = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "manual-1", "namespace": "shop",
+                         "labels": {"kubernetes.io/service-name": "manual"}},
+            "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}],
+            "endpoints": [{"addresses": [web["status"]["podIP"]],
+                           "targetRef": {"kind": "Pod", "name": web["metadata"]["name"],
+                                         "namespace": "shop"}}]}
+    cluster.apply(hand)
+    cluster.apply({"apiVersion": "v1", "kind": "Service",
+                   "metadata": {"name": "manual", "namespace": "shop"},
+                   "spec": {"ports": [{"name": "http", "port": 80}]}})
+    cluster.delete_pod("shop", cluster.pods("shop", "app=db")[0]["metadata"]["name"])
+    cluster.wait_ready("shop")
+    kept = cluster.store.get("EndpointSlice", "shop", "manual-1")
+    assert kept is not None and kept["endpoints"] == hand["endpoints"]
+    assert cluster.store.list("EndpointSlice", "shop",
+                              label_selector="kubernetes.io/service-name=manual")[0] == [kept]
+    cluster.delete("Service", "shop", "manual")
+    cluster.delete("Service", "shop", "db")
+    cluster.wait_for(lambda: not cluster.store.list(
+        "EndpointSlice", "shop", label_selector="kubernetes.io/service-name=db")[0], 5.0)
+    assert cluster.store.get("EndpointSlice", "shop", "manual-1") is not None
