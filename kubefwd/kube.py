@@ -23,6 +23,7 @@ from kubefwd.errors import ApiError, ExitCode
 from kubefwd.kubeconfig import ClusterContext
 from kubefwd.sockets import hard_shutdown
 from kubefwd.tunnel import ApiTarget
+from kubefwd.tunnel.proxy import ProxyError, open_socket
 
 __all__ = [
     "KubeClient",
@@ -59,8 +60,11 @@ class _Connection(http.client.HTTPConnection):
         self._target = target
 
     def connect(self) -> None:
-        super().connect()
         t = self._target
+        if t.proxy is None:
+            super().connect()
+        else:
+            self.sock = open_socket(t.proxy, t.host, t.port, timeout=self.timeout or 30.0)
         if t.scheme == "https":
             ctx = t.ssl_context or ssl.create_default_context()
             self.sock = ctx.wrap_socket(self.sock, server_hostname=t.server_hostname or t.host)
@@ -143,6 +147,11 @@ class KubeClient:
                 raise ConnectionAbortedError("stopped")
             conn.request("GET", path, headers=headers)
             resp = conn.getresponse()
+        except ProxyError as e:
+            self._finish(conn, active)
+            raise ApiError(
+                f"cannot reach the API server at {self.url} (context {self.context.name}): {e}"
+            ) from e
         except ssl.SSLError as e:
             self._finish(conn, active)
             raise ApiError(

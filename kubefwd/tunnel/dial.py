@@ -21,6 +21,7 @@ from http import HTTPStatus
 from kubefwd import __version__
 from kubefwd.errors import TunnelError
 from kubefwd.sockets import close_quietly
+from kubefwd.tunnel.proxy import open_socket
 from kubefwd.tunnel.target import ApiTarget
 from kubefwd.wire import websocket as ws
 
@@ -55,11 +56,15 @@ def connect(target: ApiTarget, timeout: float,
             track: Callable[[AnySocket | None], None]) -> AnySocket:
     """TCP connect (and TLS handshake) to the API server; ``track`` sees the socket so that
     a concurrent close can abort a slow dial."""
-    try:
-        raw = socket.create_connection((target.host, target.port), timeout=timeout)
-    except OSError as e:
-        raise TunnelError(
-            f"cannot reach the API server at {target.host}:{target.port}: {e}") from e
+    if target.proxy is not None:
+        raw = open_socket(target.proxy, target.host, target.port, timeout=timeout,
+                          track=track, user_agent=f"kubefwd/{__version__}")
+    else:
+        try:
+            raw = socket.create_connection((target.host, target.port), timeout=timeout)
+        except OSError as e:
+            raise TunnelError(
+                f"cannot reach the API server at {target.host}:{target.port}: {e}") from e
     track(raw)
     raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if target.scheme != "https":

@@ -6,6 +6,8 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from kubefwd.tunnel.proxy import Proxy
+
 
 @dataclass(frozen=True)
 class ApiTarget:
@@ -19,3 +21,5 @@ class ApiTarget:
     server_hostname: str | None = None
     # Called for every new connection, so refreshed tokens are picked up.
     auth_headers: Callable[[], dict[str, str]] = dict
+    # The proxy every connection goes through (proxy-url or the environment), if any.
+    proxy: Proxy | None = None
