@@ -29,6 +29,7 @@ from kubernetes import config as k8s_config
 from kubernetes.config.config_exception import ConfigException
 
 from kubefwd.errors import ConfigError
+from kubefwd.throttle import ApiThrottle
 from kubefwd.tunnel import ApiTarget
 from kubefwd.tunnel.proxy import Proxy, parse_proxy_url, proxy_from_environment
 
@@ -235,6 +236,7 @@ def _load_target(
     proxy = _proxy(docs, context, scheme, url.hostname, port)
     target = ApiTarget(
         proxy=proxy,
+        throttle=ApiThrottle(f"context {context}"),
         host=url.hostname,
         port=port,
         scheme=scheme,

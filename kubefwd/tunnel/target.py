@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from kubefwd.throttle import ApiThrottle
 from kubefwd.tunnel.proxy import Proxy
 
 
@@ -23,3 +24,5 @@ class ApiTarget:
     auth_headers: Callable[[], dict[str, str]] = dict
     # The proxy every connection goes through (proxy-url or the environment), if any.
     proxy: Proxy | None = None
+    # Shared by every request to this server: Retry-After is waited out by all of them.
+    throttle: ApiThrottle | None = field(default=None, compare=False)
