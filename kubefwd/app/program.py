@@ -78,6 +78,7 @@ class SvcOptions:
     contexts: list[str] = field(default_factory=list)
     namespaces: list[str] = field(default_factory=list)
     all_namespaces: bool = False
+    wait_namespaces: bool = False  # with -n: a namespace not there yet is waited for
     label_selector: str = ""
     field_selector: str = ""
     domain: str = ""
@@ -301,8 +302,12 @@ class Kubefwd:
             if o.all_namespaces:
                 result[ctx.name] = client.list_namespaces()
                 continue
-            chosen, unverified = checked_namespaces(client, ctx, o.namespaces)
+            chosen, unverified, missing = checked_namespaces(
+                client, ctx, o.namespaces, wait=o.wait_namespaces)
             self._unverified.extend((ctx.name, ns) for ns in unverified)
+            for ns in missing:
+                self.report.warning("namespace %r does not exist in context %r yet; waiting "
+                                    "for it (--wait-namespaces)", ns, ctx.name)
             result[ctx.name] = chosen
         return result
 

@@ -35,19 +35,27 @@ def check_privileges(hosts_path: Path) -> None:
 
 
 def checked_namespaces(
-    client: KubeClient, ctx: ClusterContext, wanted: Sequence[str]
-) -> tuple[list[str], list[str]]:
+    client: KubeClient, ctx: ClusterContext, wanted: Sequence[str], *, wait: bool = False
+) -> tuple[list[str], list[str], list[str]]:
     """The namespaces to watch in ``ctx`` (``wanted``, else the context's own), each checked
-    to exist (ConfigError otherwise), and those of them we may not look up (403)."""
+    to exist, those of them we may not look up (403), and those that do not exist yet.
+
+    A missing namespace is a ConfigError (a typo should fail fast) unless ``wait``: then it
+    is watched all the same (listing a namespace that does not exist yet answers an empty
+    list, and its watch sees its services as they are created)."""
     chosen = list(wanted) or [ctx.namespace]
     unverified: list[str] = []
+    missing: list[str] = []
     for ns in chosen:
         status = client.namespace_status(ns)
         if status == "forbidden":  # may not read Namespace objects: the lists will tell
             unverified.append(ns)
         elif status == "missing":
-            raise ConfigError(f"namespace {ns!r} not found in context {ctx.name!r}")
-    return chosen, unverified
+            if not wait:
+                raise ConfigError(f"namespace {ns!r} not found in context {ctx.name!r} "
+                                  "(pass --wait-namespaces to wait for it to be created)")
+            missing.append(ns)
+    return chosen, unverified, missing
 
 
 def warn_unverified_namespaces(

@@ -14,13 +14,16 @@ import logging
 import socket
 import ssl
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from kubefwd.cluster.kubeconfig import ClusterContext
+from kubefwd.cluster.proxy import ProxyError, open_socket
 from kubefwd.cluster.target import ApiTarget
+from kubefwd.cluster.throttle import GIVE_UP_AFTER, ApiThrottle, is_throttled
 from kubefwd.errors import ApiError, ExitCode
 from kubefwd.support.sockets import hard_shutdown
 
@@ -59,8 +62,11 @@ class _Connection(http.client.HTTPConnection):
         self._target = target
 
     def connect(self) -> None:
-        super().connect()
         t = self._target
+        if t.proxy is None:
+            super().connect()
+        else:
+            self.sock = open_socket(t.proxy, t.host, t.port, timeout=self.timeout or 30.0)
         if t.scheme == "https":
             ctx = t.ssl_context or ssl.create_default_context()
             self.sock = ctx.wrap_socket(self.sock, server_hostname=t.server_hostname or t.host)
@@ -91,12 +97,15 @@ class KubeClient:
     """List and watch raw objects of one context. Thread-safe: every call has its own
     connection (lists are few; a watch holds its connection for its whole life)."""
 
+    page_size = 500  # items per list request, as kubectl asks
+
     def __init__(self, context: ClusterContext, *, timeout: float = 30.0) -> None:
         self.context = context
         self.target = context.target
         self._timeout = timeout
         self._lock = threading.Lock()
         self._active: list[_Active] = []
+        self.throttle = self.target.throttle or ApiThrottle(f"context {context.name}")
 
     @property
     def url(self) -> str:
@@ -143,6 +152,11 @@ class KubeClient:
                 raise ConnectionAbortedError("stopped")
             conn.request("GET", path, headers=headers)
             resp = conn.getresponse()
+        except ProxyError as e:
+            self._finish(conn, active)
+            raise ApiError(
+                f"cannot reach the API server at {self.url} (context {self.context.name}): {e}"
+            ) from e
         except ssl.SSLError as e:
             self._finish(conn, active)
             raise ApiError(
@@ -156,6 +170,36 @@ class KubeClient:
                 f"(context {self.context.name}): {e or type(e).__name__}"
             ) from e
         return conn, resp, active
+
+    def _polite_request(
+        self,
+        path: str,
+        timeout: float,
+        stop: threading.Event | None,
+        what: str,
+    ) -> tuple[_Connection, http.client.HTTPResponse, _Active] | None:
+        """``_request``, waiting out 429s (and 503s with Retry-After) as the server asks,
+        shared with every other request to this server; None when ``stop`` was set while
+        waiting. Gives up, returning the refusal, after GIVE_UP_AFTER seconds of them."""
+        first_refusal: float | None = None
+        while True:
+            if not self.throttle.wait(stop):
+                return None
+            conn, resp, active = self._request(path, timeout, stop)
+            retry_after = resp.getheader("Retry-After")
+            if not is_throttled(resp.status, retry_after):
+                self.throttle.accepted()
+                return conn, resp, active
+            now = time.monotonic()
+            first_refusal = now if first_refusal is None else first_refusal
+            if now - first_refusal > GIVE_UP_AFTER:
+                return conn, resp, active
+            try:
+                resp.read()
+            except (OSError, http.client.HTTPException):
+                pass
+            self._finish(conn, active)
+            self.throttle.refused(resp.status, retry_after, what)
 
     def _finish(self, conn: _Connection, active: _Active) -> None:
         with self._lock:
@@ -192,7 +236,11 @@ class KubeClient:
         path: str,
         stop: threading.Event | None = None,
     ) -> dict[str, Any]:
-        conn, resp, active = self._request(path, self._timeout, stop)
+        sent = self._polite_request(path, self._timeout, stop,
+                                    f"{verb} {self._where(resource, namespace)}")
+        if sent is None:
+            raise ApiError(f"{verb} {self._where(resource, namespace)}: stopped")
+        conn, resp, active = sent
         try:
             body = resp.read()
         except (OSError, http.client.HTTPException) as e:
@@ -231,18 +279,23 @@ class KubeClient:
         """All objects of ``resource`` in ``namespace`` ("" = all), and the list's RV.
 
         With ``stop``, ``interrupt(stop)`` aborts the request (it raises ApiError)."""
-        query = {}
+        query = {"limit": str(self.page_size)}
         if label_selector:
             query["labelSelector"] = label_selector
         if field_selector:
             query["fieldSelector"] = field_selector
-        path = self._path(resource, namespace)
-        if query:
-            path += "?" + urllib.parse.urlencode(query)
-        data = self._get_json("list", resource, namespace, path, stop)
-        items = data.get("items") or []
-        rv = str((data.get("metadata") or {}).get("resourceVersion") or "")
-        return list(items), rv
+        items: list[dict[str, Any]] = []
+        rv = ""
+        while True:  # pages of page_size, as kubectl reads big lists
+            path = self._path(resource, namespace) + "?" + urllib.parse.urlencode(query)
+            data = self._get_json("list", resource, namespace, path, stop)
+            items.extend(data.get("items") or [])
+            metadata = data.get("metadata") or {}
+            rv = str(metadata.get("resourceVersion") or rv)
+            token = metadata.get("continue")
+            if not token:
+                return items, rv
+            query["continue"] = str(token)
 
     def watch(
         self,
@@ -275,7 +328,11 @@ class KubeClient:
         if stop.is_set():
             return
         # A dead server must not hang the watch forever: allow a margin past the timeout.
-        conn, resp, active = self._request(path, timeout_seconds + 30, stop)
+        sent = self._polite_request(path, timeout_seconds + 30, stop,
+                                    f"watch {self._where(resource, namespace)}")
+        if sent is None:
+            return
+        conn, resp, active = sent
         try:
             if resp.status != 200:
                 body = resp.read()

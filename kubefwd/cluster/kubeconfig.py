@@ -28,7 +28,9 @@ from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 from kubernetes.config.config_exception import ConfigException
 
+from kubefwd.cluster.proxy import Proxy, parse_proxy_url, proxy_from_environment
 from kubefwd.cluster.target import ApiTarget
+from kubefwd.cluster.throttle import ApiThrottle
 from kubefwd.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -231,7 +233,10 @@ def _load_target(
     ssl_context = _ssl_context(configuration, context) if scheme == "https" else None
     _wipe_credentials_dir()
     auth = _Credentials(configuration, _token_file(docs, context))
+    proxy = _proxy(docs, context, scheme, url.hostname, port)
     target = ApiTarget(
+        proxy=proxy,
+        throttle=ApiThrottle(f"context {context}"),
         host=url.hostname,
         port=port,
         scheme=scheme,
@@ -241,6 +246,44 @@ def _load_target(
         auth_headers=auth.headers,
     )
     return target, server
+
+
+def _cluster_proxy_url(docs: list[tuple[str, dict[str, Any]]], context: str) -> str:
+    """The ``proxy-url`` of the context's cluster ("" when unset). Read from the files, not
+    from the official client's Configuration, which also fills it from the environment
+    without kubectl's rules."""
+    cluster_name = None
+    for _, doc in docs:
+        for c in doc.get("contexts") or []:
+            if isinstance(c, dict) and c.get("name") == context:
+                cluster_name = (c.get("context") or {}).get("cluster")
+                break
+        if cluster_name is not None:
+            break
+    for _, doc in docs:
+        for entry in doc.get("clusters") or []:
+            if isinstance(entry, dict) and entry.get("name") == cluster_name:
+                return str((entry.get("cluster") or {}).get("proxy-url") or "")
+    return ""
+
+
+def _proxy(docs: list[tuple[str, dict[str, Any]]], context: str, scheme: str, host: str,
+           port: int) -> Proxy | None:
+    """The cluster's ``proxy-url``, else the environment's proxy for the server (as kubectl
+    picks it); None for a direct connection."""
+    raw = _cluster_proxy_url(docs, context)
+    source = "proxy-url"
+    if not raw:
+        raw = proxy_from_environment(scheme, host, port, os.environ) or ""
+        source = "HTTPS_PROXY" if scheme == "https" else "HTTP_PROXY"
+    if not raw:
+        return None
+    try:
+        proxy = parse_proxy_url(str(raw))
+    except ValueError as e:
+        raise ConfigError(f"context {context!r}: {source}: {e}") from None
+    log.debug("context %s: API server through the proxy %s (%s)", context, proxy.display, source)
+    return proxy
 
 
 def _ssl_context(configuration: Any, context: str) -> ssl.SSLContext:

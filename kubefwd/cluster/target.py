@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from kubefwd.cluster.proxy import Proxy
+from kubefwd.cluster.throttle import ApiThrottle
 
 
 @dataclass(frozen=True)
@@ -19,3 +22,7 @@ class ApiTarget:
     server_hostname: str | None = None
     # Called for every new connection, so refreshed tokens are picked up.
     auth_headers: Callable[[], dict[str, str]] = dict
+    # The proxy every connection goes through (proxy-url or the environment), if any.
+    proxy: Proxy | None = None
+    # Shared by every request to this server: Retry-After is waited out by all of them.
+    throttle: ApiThrottle | None = field(default=None, compare=False)

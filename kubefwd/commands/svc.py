@@ -295,6 +295,8 @@ _H_KUBECONFIG = "Kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)."
 _H_CONTEXT = "Context(s) to forward; repeatable and comma-separated (default: the current one)."
 _H_NS = "Namespace(s); repeatable and comma-separated (default: the context's namespace)."
 _H_ALL = "Forward the services of every namespace."
+_H_WAIT_NS = ("With -n: a namespace that does not exist yet is waited for (one warning) and "
+              "forwarded when it appears, instead of exit 3.")
 _H_SELECTOR = "Label selector for services, e.g. app=web,tier!=db."
 _H_FIELD = "Field selector for services, e.g. metadata.name=web."
 _H_SERVICE = (
@@ -332,7 +334,8 @@ def _opt(short: str, long: str, metavar: str, help: str) -> Any:
 
 def _flag(short: str, long: str, help: str) -> Any:
     # An empty metavar: a flag takes no value, so the help shows none (not "<bool>").
-    return typer.Option(long, short, metavar="", help=help)
+    names = (long, short) if short else (long,)
+    return typer.Option(*names, metavar="", help=help)
 
 
 class NoHelpMetavar:
@@ -355,6 +358,7 @@ def svc(
     context: Annotated[list[str] | None, _opt("-x", "--context", "CTX", _H_CONTEXT)] = None,
     namespace: Annotated[list[str] | None, _opt("-n", "--namespace", "NS", _H_NS)] = None,
     all_namespaces: Annotated[bool, _flag("-A", "--all-namespaces", _H_ALL)] = False,
+    wait_namespaces: Annotated[bool, _flag("", "--wait-namespaces", _H_WAIT_NS)] = False,
     selector: Annotated[str, _opt("-l", "--selector", "SELECTOR", _H_SELECTOR)] = "",
     field_selector: Annotated[str, _opt("-f", "--field-selector", "SELECTOR", _H_FIELD)] = "",
     service: Annotated[list[str] | None, _opt("", "--service", "NAME", _H_SERVICE)] = None,
@@ -391,6 +395,7 @@ def svc(
         hosts_path=hosts_path, refresh_backup=refresh_backup, purge_stale_ips=purge_stale_ips,
         resync_interval=resync_interval, retry_interval=retry_interval,
         auto_reconnect=auto_reconnect, verbose=verbose, transport=transport,
+        wait_namespaces=wait_namespaces,
     )
     bus = EventBus()
     app = Kubefwd(options, bus=bus)
@@ -430,6 +435,7 @@ def build_options(
     auto_reconnect: bool = False,
     verbose: bool = False,
     transport: str = "auto",
+    wait_namespaces: bool = False,
 ) -> Any:
     """Validate the command line into ``SvcOptions``; raises ``UsageError`` (exit 2)."""
     from kubefwd.app.program import SvcOptions
@@ -437,6 +443,9 @@ def build_options(
     namespaces = [check_namespace(ns) for ns in split_list(namespace)]
     if all_namespaces and namespaces:
         raise UsageError("-A/--all-namespaces and -n/--namespace cannot be used together")
+    if wait_namespaces and not namespaces:
+        raise UsageError("--wait-namespaces needs -n/--namespace (-A already follows "
+                         "namespaces as they come and go)")
     if transport not in TRANSPORTS:
         raise UsageError(f"--transport: '{transport}' is not one of {', '.join(TRANSPORTS)}")
     reservations, base_ip = build_reservations(split_list(reserve), fwd_conf)
@@ -464,6 +473,7 @@ def build_options(
         auto_reconnect=auto_reconnect,
         verbose=verbose,
         transport=transport,
+        wait_namespaces=wait_namespaces,
     )
 
 

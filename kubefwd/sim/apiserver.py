@@ -9,8 +9,10 @@ injected by ``SimCluster`` through this class.
 
 from __future__ import annotations
 
+import base64
 import email.message
 import importlib
+import json
 import logging
 import socket
 import ssl
@@ -334,6 +336,16 @@ class ApiServer:
                               "the server could not find the requested resource")
         verb = verb_of(req, name)
         resource = f"{info.plural}/{sub}" if sub else info.plural
+        admit = getattr(self.backend, "admit_request", None)
+        refusal = admit(verb, resource) if admit is not None else None
+        if refusal is not None:
+            code, retry_after = refusal
+            reason = "TooManyRequests" if code == 429 else "ServiceUnavailable"
+            send_json(conn, code, _status(code, reason, "too many requests, please try again "
+                                          "later" if code == 429 else "the server is "
+                                          "currently unable to handle the request"),
+                      headers={"Retry-After": str(retry_after)})
+            return True
         if self.backend.is_forbidden(resource, verb) or (
             sub and self.backend.is_forbidden(info.plural, verb)
         ):
@@ -368,9 +380,10 @@ class ApiServer:
             if table:
                 send_json(conn, 200, tables.table(info.kind, items, rv, include_object=include))
                 return True
+            items, rv, meta = _page(items, rv, req.arg("limit"), req.arg("continue"))
             send_json(conn, 200, {
                 "kind": f"{info.kind}List", "apiVersion": info.api_version,
-                "metadata": {"resourceVersion": rv}, "items": items,
+                "metadata": {"resourceVersion": rv, **meta}, "items": items,
             })
             return True
         if req.method == "POST" and not name:
@@ -448,6 +461,39 @@ class ApiServer:
         conn.handed_over = True
         portforward.serve_portforward(conn.sock, pf_request)
         return False
+
+
+def _page(items: list[Obj], rv: str, limit: str | None,
+          token: str | None) -> tuple[list[Obj], str, Obj]:
+    """One page of a list sorted by (namespace, name), as ``limit``/``continue`` ask: the
+    token carries the first page's resourceVersion and the last key served. (Unlike a real
+    API server, later pages show objects as they are now, not as of that version.)"""
+    if token:
+        try:
+            state = json.loads(base64.urlsafe_b64decode(token.encode()))
+            after = (str(state["ns"]), str(state["name"]))
+            rv = str(state["rv"])
+        except (ValueError, KeyError, TypeError):
+            raise bad_request("continue key is not valid") from None
+        items = [o for o in items if _key(o) > after]
+    if not limit:
+        return items, rv, {}
+    try:
+        size = int(limit)
+    except ValueError:
+        raise bad_request(f"invalid limit {limit!r}") from None
+    if size <= 0 or len(items) <= size:
+        return items, rv, {}
+    page = items[:size]
+    ns, name = _key(page[-1])
+    next_token = base64.urlsafe_b64encode(
+        json.dumps({"rv": rv, "ns": ns, "name": name}).encode()).decode()
+    return page, rv, {"continue": next_token, "remainingItemCount": len(items) - size}
+
+
+def _key(obj: Obj) -> tuple[str, str]:
+    meta = obj.get("metadata") or {}
+    return str(meta.get("namespace") or ""), str(meta.get("name") or "")
 
 
 def _status(code: int, reason: str, message: str) -> Obj:

@@ -11,6 +11,7 @@ watch history, answer 403s, slow port-forwards down, and kill, un-ready or delet
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import datetime
@@ -84,6 +85,10 @@ class SimCluster:
         self._forbidden: set[tuple[str, str | None]] = set()
         self._pf_latency = 0.0
         self._lock = threading.Lock()
+        # API requests served or refused, by (verb, resource); see admit_request.
+        self.requests: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.refused: collections.Counter[tuple[str, str]] = collections.Counter()
+        self._throttle: tuple[int, int, float, int | None] | None = None
         self.store = Store(admit=Admission(lambda: self.store))
         self.kubelet: Any = None
         self.controllers: Controllers | None = None
@@ -356,6 +361,49 @@ class SimCluster:
         """Undo ``forbid`` for the same arguments."""
         with self._lock:
             self._forbidden.discard((resource, verb))
+
+    def throttle(self, *, status: int = 429, retry_after: int = 1,
+                 seconds: float | None = None, requests: int | None = None) -> None:
+        """Refuse every API request on a resource (lists, watches, gets, port-forwards) with
+        ``status`` (429 or 503) and ``Retry-After: retry_after``, for ``seconds`` from now or
+        for the next ``requests`` requests (whichever ends first; neither: until
+        ``stop_throttling``)."""
+        until = time.monotonic() + seconds if seconds is not None else float("inf")
+        with self._lock:
+            self._throttle = (status, retry_after, until, requests)
+
+    def stop_throttling(self) -> None:
+        with self._lock:
+            self._throttle = None
+
+    def admit_request(self, verb: str, resource: str) -> tuple[int, int] | None:
+        """Count one API request; (status, retry-after) when the throttle refuses it."""
+        key = (verb, resource)
+        with self._lock:
+            self.requests[key] += 1
+            if self._throttle is None:
+                return None
+            status, retry_after, until, left = self._throttle
+            if time.monotonic() >= until or left == 0:
+                self._throttle = None
+                return None
+            if left is not None:
+                self._throttle = (status, retry_after, until, left - 1)
+            self.refused[key] += 1
+            return status, retry_after
+
+    def request_count(self, verb: str | None = None, resource: str | None = None, *,
+                      refused: bool = False) -> int:
+        """Requests (or, with ``refused``, refused requests) matching verb and resource."""
+        with self._lock:
+            counts = self.refused if refused else self.requests
+            return sum(n for (v, r), n in counts.items()
+                       if (verb is None or v == verb) and (resource is None or r == resource))
+
+    def reset_request_counts(self) -> None:
+        with self._lock:
+            self.requests.clear()
+            self.refused.clear()
 
     def port_forward_latency(self, seconds: float) -> None:
         """Add ``seconds`` of delay to port-forward traffic (new port-forwards)."""

@@ -132,19 +132,22 @@ REASONS = {
     200: "OK", 201: "Created", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized",
     403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 406: "Not Acceptable",
     409: "Conflict", 410: "Gone", 415: "Unsupported Media Type", 422: "Unprocessable Entity",
-    500: "Internal Server Error", 503: "Service Unavailable",
+    429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable",
 }
 
 
 def send_json(conn: Connection, code: int, obj: Any, *, close: bool = False,
-              content_type: str = "application/json") -> None:
-    """One complete JSON response."""
+              content_type: str = "application/json",
+              headers: dict[str, str] | None = None) -> None:
+    """One complete JSON response (``headers``: extra ones, such as Retry-After)."""
     body = json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
     head = (
         f"HTTP/1.1 {code} {REASONS.get(code, 'Unknown')}\r\n"
         f"Content-Type: {content_type}\r\n"
         f"Content-Length: {len(body)}\r\n"
         "Cache-Control: no-cache, private\r\n"
+        + extra
         + ("Connection: close\r\n" if close else "")
         + "\r\n"
     )

@@ -15,11 +15,14 @@ import logging
 import os
 import socket
 import ssl
+import threading
 from collections.abc import Callable, Mapping
 from http import HTTPStatus
 
 from kubefwd import __version__
+from kubefwd.cluster.proxy import open_socket
 from kubefwd.cluster.target import ApiTarget
+from kubefwd.cluster.throttle import is_throttled
 from kubefwd.errors import TunnelError
 from kubefwd.support.sockets import close_quietly
 from kubefwd.wire import websocket as ws
@@ -39,10 +42,12 @@ FINAL_STATUSES = frozenset({401, 403, 404})
 class UpgradeRefused(TunnelError):
     """The API server answered the upgrade request with something other than 101."""
 
-    def __init__(self, message: str, *, status: int = 0, reason: str = "") -> None:
+    def __init__(self, message: str, *, status: int = 0, reason: str = "",
+                 retry_after: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.reason = reason
+        self.retry_after = retry_after  # the Retry-After header of a 429 or 503
 
 
 def _host_header(target: ApiTarget) -> str:
@@ -55,11 +60,15 @@ def connect(target: ApiTarget, timeout: float,
             track: Callable[[AnySocket | None], None]) -> AnySocket:
     """TCP connect (and TLS handshake) to the API server; ``track`` sees the socket so that
     a concurrent close can abort a slow dial."""
-    try:
-        raw = socket.create_connection((target.host, target.port), timeout=timeout)
-    except OSError as e:
-        raise TunnelError(
-            f"cannot reach the API server at {target.host}:{target.port}: {e}") from e
+    if target.proxy is not None:
+        raw = open_socket(target.proxy, target.host, target.port, timeout=timeout,
+                          track=track, user_agent=f"kubefwd/{__version__}")
+    else:
+        try:
+            raw = socket.create_connection((target.host, target.port), timeout=timeout)
+        except OSError as e:
+            raise TunnelError(
+                f"cannot reach the API server at {target.host}:{target.port}: {e}") from e
     track(raw)
     raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if target.scheme != "https":
@@ -95,7 +104,12 @@ def _refusal(head: ws.HttpHead, body: bytes, what: str) -> UpgradeRefused:
     text = f"{what} refused: {status} {phrase}{hint}"
     if message:
         text += f": {message[:300]}"
-    return UpgradeRefused(text, status=status, reason=reason)
+    return UpgradeRefused(text, status=status, reason=reason,
+                          retry_after=head.headers.get("retry-after"))
+
+
+# Throttled upgrade attempts (429, 503 with Retry-After) one dial makes before giving up.
+THROTTLED_ATTEMPTS = 5
 
 
 def dial_upgrade(target: ApiTarget, path: str, *, method: str, headers: Mapping[str, str],
@@ -103,7 +117,36 @@ def dial_upgrade(target: ApiTarget, path: str, *, method: str, headers: Mapping[
                  track: Callable[[AnySocket | None], None]) -> tuple[AnySocket, ws.HttpHead]:
     """Connect, send one upgrade request, read the answer; returns the socket and the 101
     head (with ``rest``, the upgraded bytes read past it). Raises UpgradeRefused (non-101)
-    or TunnelError (network, TLS, garbage)."""
+    or TunnelError (network, TLS, garbage).
+
+    A 429 (or 503 with Retry-After) is waited out as the server asks, through the target's
+    throttle shared with the list/watch client: each wait is capped at ``timeout``, and the
+    refusal is raised after THROTTLED_ATTEMPTS of them."""
+    throttle = target.throttle
+    attempt = 0
+    while True:
+        if throttle is not None:
+            pause = threading.Event()  # never set: a bounded, timed wait
+            pause.wait(min(throttle.delay(), timeout))
+        try:
+            result = _dial_upgrade_once(target, path, method=method, headers=headers,
+                                        timeout=timeout, what=what, track=track)
+        except UpgradeRefused as e:
+            attempt += 1
+            if throttle is None or attempt >= THROTTLED_ATTEMPTS \
+                    or not is_throttled(e.status, e.retry_after):
+                raise
+            throttle.refused(e.status, e.retry_after, what)
+            continue
+        if throttle is not None:
+            throttle.accepted()
+        return result
+
+
+def _dial_upgrade_once(target: ApiTarget, path: str, *, method: str,
+                       headers: Mapping[str, str], timeout: float, what: str,
+                       track: Callable[[AnySocket | None], None]
+                       ) -> tuple[AnySocket, ws.HttpHead]:
     try:
         auth = target.auth_headers()  # fresh per connection: tokens may have been refreshed
     except Exception as e:  # an exec plugin or token file failing is the user's to fix

@@ -487,3 +487,35 @@ def test_a_hanging_list_is_cut_short_by_interrupt(tmp_path: Path) -> None:
             thread.join(5)
         assert not thread.is_alive() and time.monotonic() - t0 < 2
         assert outcome and isinstance(outcome[0], ApiError)
+
+
+def test_lists_are_paged_and_the_sim_counts_the_pages(
+    cluster: SimCluster, client: KubeClient
+) -> None:
+    all_items, rv = client.list("namespaces", "")
+    assert len(all_items) >= 5
+    cluster.reset_request_counts()
+    client.page_size = 2
+    items, paged_rv = client.list("namespaces", "")
+    assert [i["metadata"]["name"] for i in items] == [i["metadata"]["name"] for i in all_items]
+    assert paged_rv == rv
+    assert cluster.request_count("list", "namespaces") == -(-len(all_items) // 2)
+
+
+def test_throttled_list_waits_out_retry_after(cluster: SimCluster, client: KubeClient) -> None:
+    cluster.reset_request_counts()
+    cluster.throttle(status=429, retry_after=1, requests=2)
+    started = time.monotonic()
+    items, _ = client.list("services", "shop")
+    took = time.monotonic() - started
+    assert items
+    assert cluster.request_count("list", "services", refused=True) == 2
+    assert cluster.request_count("list", "services") == 3
+    assert 2.0 <= took < 4.0  # two Retry-After: 1 waits, a little jitter
+    assert client.throttle.bursts == 1 and client.throttle.refusals == 2
+
+
+def test_503_with_retry_after_is_waited_out_too(cluster: SimCluster, client: KubeClient) -> None:
+    cluster.throttle(status=503, retry_after=0, requests=1)
+    assert client.list("services", "shop")[0]
+    assert cluster.request_count("list", "services", refused=True) == 1

@@ -711,7 +711,8 @@ def _run_to_end(
     ("extra", "code", "message"),
     [
         (["-x", "nope"], 3, "context 'nope' not found"),
-        (["-n", "missing"], 3, "namespace 'missing' not found in context 'one'"),
+        (["-n", "missing"], 3, "namespace 'missing' not found in context 'one' (pass "
+                               "--wait-namespaces to wait for it to be created)"),
     ],
     ids=["unknown-context", "unknown-namespace"],
 )
