@@ -13,16 +13,16 @@ hosts writer (it removes our lines), undo loopback aliases.
 
 from __future__ import annotations
 
-import functools
 import gc
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from kubefwd.app.control import Control, ControlError, Scope
 from kubefwd.app.signals import StartupInterrupted, StopSignals, child_pids, end_children
 from kubefwd.app.startup import (
     START_LOCK_WAIT,
@@ -38,7 +38,6 @@ from kubefwd.cluster.informer import Backoff, Informer
 from kubefwd.cluster.kubeconfig import ClusterContext, load_contexts
 from kubefwd.cluster.target import ApiTarget
 from kubefwd.errors import (
-    ApiError,
     ExitCode,
     HostsFileError,
     KubefwdError,
@@ -47,7 +46,13 @@ from kubefwd.events.bus import EventBus
 from kubefwd.events.metrics import MetricsRegistry, MetricsSampler
 from kubefwd.events.report import BusLogHandler, Reporter, route_logging, unroute_logging
 from kubefwd.events.store import StateStore
-from kubefwd.events.types import ShutdownComplete, ShutdownStarted
+from kubefwd.events.types import (
+    NamespaceUnwatched,
+    NamespaceWatched,
+    ReconnectRequested,
+    ShutdownComplete,
+    ShutdownStarted,
+)
 from kubefwd.hosts.backup import backup_target
 from kubefwd.hosts.writer import HostsWriter
 from kubefwd.registry.ipalloc import DEFAULT_BASE, IpAllocator
@@ -122,7 +127,10 @@ class Kubefwd:
         self._informers: list[Informer] = []
         self._clients: list[KubeClient] = []
         self._targets: dict[str, ApiTarget] = {}
-        self._informer_stop = threading.Event()
+        self._groups: dict[tuple[str, str], _WatchGroup] = {}
+        self._scopes: dict[tuple[str, str], Scope] = {}
+        # Runtime changes (the TUI, the API) go through here.
+        self.control = Control(self)
         self._registry: Registry | None = None
         self._pool: TunnelPool | None = None
         self._hosts: HostsWriter | None = None
@@ -224,7 +232,7 @@ class Kubefwd:
             namespaces={c.name: namespaces[c.name] for c in contexts},
             domain=o.domain,
             mappings=o.mappings,
-            pick=self._picker.wanted if self._picker.active else None,
+            pick=self._wanted,
         )
         # Commands are applied on one thread of their own: informer threads only queue them,
         # so a slow bind or alias never holds up the watches; stopped forwarders are joined
@@ -239,7 +247,7 @@ class Kubefwd:
         # (buffers, API connection) and re-opens on the next connection.
         pool_options: dict[str, Any] = {"idle_timeout": 0.0} if o.auto_reconnect else {}
         self._pool = TunnelPool(transport=o.transport, on_dead=self._live.tunnel_died,
-                                **pool_options)
+                                on_open=self._live.tunnel_opened, **pool_options)
         self._router.pool = self._pool
         self._loopback = loopback_strategy()
         self._live.loopback = self._loopback
@@ -328,39 +336,166 @@ class Kubefwd:
                                 "; ".join(parts))
 
     def _start_informers(
-        self, ctx: ClusterContext, namespaces: Sequence[str], resources: Sequence[str]
-    ) -> None:
+        self, ctx: ClusterContext, namespaces: Sequence[str], resources: Sequence[str],
+        *, label_selector: str | None = None,
+    ) -> list[Informer]:
+        """Watch ``resources`` of each namespace ("" = all of them) of ``ctx``; the informers
+        of one (context, namespace) form a group stopped together (``_stop_group``)."""
         o = self.options
         assert self._registry is not None
-        client = next(c for c in self._clients if c.context is ctx)
+        client = self._client(ctx.name)
         watch_timeout = int(max(1, min(300.0, o.resync_interval)))
+        started: list[Informer] = []
         for ns in namespaces:
+            with self._lock:
+                group = self._groups.setdefault((ctx.name, ns), _WatchGroup())
+                if label_selector is not None:
+                    group.label_selector = label_selector
+            selector = group.label_selector if group.label_selector is not None \
+                else o.label_selector
+            if resources and resources[0] == "pods":
+                self.bus.publish(NamespaceWatched(context=ctx.name, namespace=ns))
             for resource in resources:
-                selectors = resource == "services"
+                services = resource == "services"
+                stop = threading.Event()  # the informer's own: it interrupts its requests
                 list_fn, watch_fn = watch_callables(
                     client, resource, ns,
-                    label_selector=o.label_selector if selectors else "",
-                    field_selector=o.field_selector if selectors else "",
+                    label_selector=selector if services else "",
+                    field_selector=o.field_selector if services else "",
                     timeout_seconds=watch_timeout,
-                    stop=self._informer_stop,
+                    stop=stop,
                 )
                 informer = Informer(
                     context=ctx.name,
                     namespace=ns,
                     resource=resource,
                     list_fn=list_fn,
-                    watch_fn=_resyncing(watch_fn, o.resync_interval),
+                    watch_fn=watch_fn,
                     callback=self._registry.callback(ctx.name, ns, resource),
-                    interrupt=functools.partial(self._interrupt_watches, client),
+                    interrupt=client.interrupt,
                     backoff=Backoff(initial=min(1.0, o.retry_interval), cap=o.retry_interval),
                     on_error=self._informer_error,
                     on_recovered=self._api_reachable,
+                    stop=stop,
+                    resync_interval=o.resync_interval,
                 )
-                self._informers.append(informer)
+                with self._lock:
+                    group.informers.append(informer)
+                    self._informers.append(informer)
+                started.append(informer)
                 informer.start()
+        return started
 
-    def _interrupt_watches(self, client: KubeClient, _stop: threading.Event) -> None:
-        client.interrupt(self._informer_stop)
+    def _client(self, context: str) -> KubeClient:
+        return next(c for c in self._clients if c.context.name == context)
+
+    # -- what Control changes at run time ---------------------------------------------------
+
+    def context_names(self) -> list[str]:
+        return [c.context.name for c in self._clients]
+
+    def watched(self) -> list[tuple[tuple[str, str], Scope, str]]:
+        """((context, namespace), scope, label selector) of every watched namespace."""
+        with self._lock:
+            return [(key, self._scopes.get(key) or Scope(),
+                     g.label_selector if g.label_selector is not None
+                     else self.options.label_selector)
+                    for key, g in sorted(self._groups.items())]
+
+    def watches_all(self, context: str) -> bool:
+        with self._lock:
+            return (context, "") in self._groups
+
+    def scope(self, context: str, namespace: str) -> Scope | None:
+        """The scope of a watched namespace (None: not watched)."""
+        with self._lock:
+            if (context, namespace) not in self._groups:
+                return None
+            return self._scopes.setdefault((context, namespace), Scope())
+
+    def set_scope(self, context: str, namespace: str, scope: Scope) -> None:
+        with self._lock:
+            self._scopes[(context, namespace)] = scope
+
+    def refresh(self, context: str, namespace: str) -> None:
+        """The scope of ``namespace`` changed: the registry decides again."""
+        if self._registry is not None:
+            self._registry.refresh(context, namespace)
+
+    def watch_namespace(self, context: str, namespace: str, scope: Scope, selector: str,
+                        *, wait: float) -> None:
+        """Start watching ``namespace`` (it must exist), forwarding what ``scope`` wants."""
+        client = self._client(context)
+        if client.namespace_status(namespace) == "missing":
+            raise ControlError(f"namespace {namespace!r} not found in context {context!r}",
+                               "not_found")
+        self.set_scope(context, namespace, scope)
+        ctx = client.context
+        started = self._start_informers(ctx, [namespace], ("pods", "endpointslices"),
+                                        label_selector=selector or None)
+        started += self._start_informers(ctx, [namespace], ("services",))
+        deadline = time.monotonic() + wait
+        for informer in started:
+            informer.wait_synced(max(0.0, deadline - time.monotonic()))
+
+    def unwatch_namespace(self, context: str, namespace: str) -> bool:
+        """Stop watching ``namespace`` and forget its services; False when not watched."""
+        if not self._stop_group(context, namespace):
+            return False
+        with self._lock:
+            self._scopes.pop((context, namespace), None)
+        if self._registry is not None:
+            self._registry.forget_namespace(context, namespace)
+        self.bus.publish(NamespaceUnwatched(context=context, namespace=namespace))
+        return True
+
+    def relist(self, context: str, namespace: str, *, wait: float) -> bool:
+        """List ``namespace`` again from scratch (new informers); False when not watched."""
+        with self._lock:
+            group = self._groups.get((context, namespace))
+            selector = group.label_selector if group is not None else None
+        if group is None or not self._stop_group(context, namespace):
+            return False
+        ctx = self._client(context).context
+        started = self._start_informers(ctx, [namespace], ("pods", "endpointslices"),
+                                        label_selector=selector)
+        started += self._start_informers(ctx, [namespace], ("services",))
+        deadline = time.monotonic() + wait
+        for informer in started:
+            informer.wait_synced(max(0.0, deadline - time.monotonic()))
+        return True
+
+    def reconnect(self, key: str) -> bool:
+        """Drop the tunnels of forward ``key`` and forget their back-off; False: no such
+        forward."""
+        state = next((s for s in self._live.states() if str(s.key) == key), None)
+        if state is None:
+            return False
+        self.bus.publish(ReconnectRequested(key=key))
+        self._router.reconnect(state)
+        return True
+
+    def _wanted(self, context: str, namespace: str, service: str) -> bool:
+        """The registry's ``pick``: the command line's --service/--exclude, then what was
+        added or removed at run time (called under the registry's lock: reads only)."""
+        if self._picker.active and not self._picker.wanted(namespace, service):
+            return False
+        scope = self._scopes.get((context, namespace)) or self._scopes.get((context, ""))
+        return scope is None or scope.wants(service)
+
+    def _stop_group(self, context: str, namespace: str) -> bool:
+        """Stop watching one (context, namespace); True when it was watched."""
+        with self._lock:
+            group = self._groups.pop((context, namespace), None)
+            if group is None:
+                return False
+            self._informers = [i for i in self._informers if i not in group.informers]
+        for informer in group.informers:
+            informer.stop()
+        stuck = [i.name for i in group.informers if not i.stop_and_join(5.0)]
+        if stuck:
+            log.warning("informers did not stop in time: %s", ", ".join(stuck))
+        return True
 
     def _informer_error(self, informer: Informer, exc: Exception, delay: float) -> None:
         if self.ready.is_set():
@@ -465,12 +600,13 @@ class Kubefwd:
         _step("stop sampling metrics", self._sampler.stop)
 
     def _stop_informers(self) -> None:
-        self._informer_stop.set()
-        for informer in self._informers:
-            informer.stop()
+        with self._lock:
+            informers = list(self._informers)
+        for informer in informers:
+            informer.stopping.set()
         for client in self._clients:
             client.close()
-        stuck = [i.name for i in self._informers if not i.stop_and_join(5.0)]
+        stuck = [i.name for i in informers if not i.stop_and_join(5.0)]
         if stuck:
             log.warning("informers did not stop in time: %s", ", ".join(stuck))
 
@@ -524,23 +660,13 @@ def _step(what: str, fn: Callable[[], None]) -> None:
         log.error("shutdown: %s failed: %s", what, exc)
 
 
-def _resyncing(
-    watch_fn: Callable[[str], Iterable[dict[str, Any]]], every: float
-) -> Callable[[str], Iterator[dict[str, Any]]]:
-    """Wrap a watch so that, ``every`` seconds after the last list, it ends with an
-    "expired" error: the informer lists everything again (the --resync-interval)."""
-    listed_at = [time.monotonic()]
+@dataclass
+class _WatchGroup:
+    """The informers of one watched (context, namespace), stopped together;
+    ``label_selector`` (None: the command line's) picks its services."""
 
-    def watch(rv: str) -> Iterator[dict[str, Any]]:
-        if time.monotonic() - listed_at[0] >= every:
-            listed_at[0] = time.monotonic()
-            raise ApiError("periodic resync", status=410, reason="Expired")
-        yield from watch_fn(rv)
-        if time.monotonic() - listed_at[0] >= every:
-            listed_at[0] = time.monotonic()
-            raise ApiError("periodic resync", status=410, reason="Expired")
-
-    return watch
+    informers: list[Informer] = field(default_factory=list)
+    label_selector: str | None = None
 
 
 class _Housekeeper(StoppableThread):

@@ -19,6 +19,7 @@ from typer.core import TyperCommand
 from kubefwd.errors import UsageError
 from kubefwd.registry.reservations import build_reservations
 from kubefwd.registry.svcpick import parse_patterns
+from kubefwd.support.dnsnames import is_dns_label
 from kubefwd.support.selectorsyntax import split_requirements
 
 TRANSPORTS = ("auto", "spdy-ws", "spdy", "ws")
@@ -26,7 +27,6 @@ TRANSPORTS = ("auto", "spdy-ws", "spdy", "ws")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 # RFC 1123 label (namespaces, and each dot-separated part of a domain).
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 # Label keys ([prefix/]name) and values, as Kubernetes validates them.
 _LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -126,7 +126,7 @@ def parse_mappings(values: list[str] | None) -> dict[int, int]:
 
 
 def check_namespace(name: str) -> str:
-    if not _DNS_LABEL.match(name):
+    if not is_dns_label(name):
         raise UsageError(
             f"-n/--namespace: '{name}' is not a valid namespace name "
             "(lowercase letters, digits and '-', at most 63)"
@@ -230,7 +230,7 @@ def _split_escaped(text: str) -> list[str]:
 
 def check_domain(domain: str) -> str:
     domain = domain.strip().strip(".").lower()
-    if domain and not all(_DNS_LABEL.match(part) for part in domain.split(".")):
+    if domain and not all(is_dns_label(part) for part in domain.split(".")):
         raise UsageError(f"-d/--domain: '{domain}' is not a valid DNS domain")
     return domain
 

@@ -15,6 +15,8 @@ Status rules, one per event (an event naming an unknown forward changes nothing,
   ``reconnecting``, no pod, no ``connected_since``.
 - ``ConnectionRouted`` while not ``active`` (nor ``stopping``): ``connecting`` to that pod,
   until the tunnel opens.
+- ``ReconnectRequested``: ``reconnecting``, no ``connected_since``, until the next
+  ``TunnelOpened`` (or ``ConnectionRouted``: ``connecting``).
 - ``TunnelOpened``: ``active`` on that pod (``connected_since`` kept if it was already active).
 - ``TunnelFailed``: ``error`` with ``last_error``; ``connected_since`` cleared.
 - ``TunnelClosed``: no change; idle tunnels are closed while the forward still serves.
@@ -52,6 +54,7 @@ from kubefwd.events.types import (
     ForwardUnbound,
     PodChanged,
     Ready,
+    ReconnectRequested,
     ServiceAdded,
     ServiceRemoved,
     ShutdownStarted,
@@ -139,7 +142,7 @@ class StateStore:
     FOLDED: frozenset[type[Event]] = frozenset({
         ForwardBound, PodChanged, ConnectionRouted, TunnelOpened, TunnelFailed,
         ConnectionFailed, ForwardFailed, ErrorRaised, ForwardUnbound, ServiceAdded,
-        ServiceRemoved, ShutdownStarted, Ready,
+        ServiceRemoved, ShutdownStarted, Ready, ReconnectRequested,
     })
 
     def fold(self, event: Event) -> None:
@@ -193,6 +196,12 @@ class StateStore:
             if state is None or state.status in ("active", "stopping", "connecting"):
                 return False
             self._put(state, event, pod=event.pod, status="connecting")
+            return True
+        if isinstance(event, ReconnectRequested):
+            state = self._forwards.get(event.key)
+            if state is None or state.status == "stopping":
+                return False
+            self._put(state, event, status="reconnecting", connected_since=None)
             return True
         if isinstance(event, TunnelOpened):
             state = self._forwards.get(event.key)

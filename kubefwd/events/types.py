@@ -190,6 +190,32 @@ class ConnectionClosed(Event):
     port: int
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReconnectRequested(Event):
+    """Someone asked (the TUI, the API) for the forward's tunnels to be opened afresh."""
+
+    type: ClassVar[str] = "reconnect_requested"
+    key: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NamespaceWatched(Event):
+    """A namespace is watched from now on (start-up, or added while running)."""
+
+    type: ClassVar[str] = "namespace_watched"
+    context: str
+    namespace: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NamespaceUnwatched(Event):
+    """A namespace is no longer watched; its forwards go."""
+
+    type: ClassVar[str] = "namespace_unwatched"
+    context: str
+    namespace: str
+
+
 # -- hosts file, lifecycle, log ------------------------------------------------------------
 
 
@@ -287,6 +313,9 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     ConnectionRouted,
     ConnectionFailed,
     ConnectionClosed,
+    ReconnectRequested,
+    NamespaceWatched,
+    NamespaceUnwatched,
     HostsWritten,
     Ready,
     LogLine,

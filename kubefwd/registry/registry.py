@@ -123,10 +123,11 @@ class Registry:
         mappings: Mapping[int, int] | None = None,
         pod_grace: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
-        pick: Callable[[str, str], bool] | None = None,
+        pick: Callable[[str, str, str], bool] | None = None,
     ) -> None:
         self._allocator = allocator
-        # (namespace, service) → whether it is wanted at all (--service/--exclude); pure.
+        # (context, namespace, service) → whether it is wanted at all (--service/--exclude,
+        # services added or removed at run time); pure, and never calls back into us.
         self._pick = pick
         self._pod_grace = pod_grace
         self._clock = clock
@@ -201,6 +202,23 @@ class Registry:
             if commands:
                 self._queue.append(commands)
         self._drain()
+
+    def refresh(self, context: str, namespace: str) -> None:
+        """Decide again for every service of ``namespace`` (what ``pick`` wants changed);
+        delivers the commands on this thread."""
+        with self._lock.write():
+            dirty = {(namespace, s) for s in self._objs.get((context, namespace, SERVICES), {})}
+            dirty |= {(n, s) for (c, n, s) in self._service_keys
+                      if c == context and n == namespace}
+            commands = self._recompute(context, dirty)
+            if commands:
+                self._queue.append(commands)
+        self._drain()
+
+    def forget_namespace(self, context: str, namespace: str) -> None:
+        """Drop everything known of ``namespace`` (no longer watched): its forwards go."""
+        for resource in RESOURCES:
+            self.handle(context, namespace, resource, InformerEvent(SYNC, objects=()))
 
     def expire(self) -> None:
         """Remove the kept per-pod forwards of StatefulSet pods that did not come back within
@@ -379,7 +397,7 @@ class Registry:
         self._skipped.pop(key, None)
         if svc is None:
             return {}
-        if self._pick is not None and not self._pick(namespace, service):
+        if self._pick is not None and not self._pick(context, namespace, service):
             return {}
         spec = svc.get("spec") or {}
         selector = spec.get("selector") or {}

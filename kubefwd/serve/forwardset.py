@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from kubefwd.cluster.target import ApiTarget
 from kubefwd.events.metrics import MetricsRegistry
 from kubefwd.events.report import Reporter
-from kubefwd.events.types import PodChanged, TunnelFailed
+from kubefwd.events.types import PodChanged, TunnelFailed, TunnelOpened
 from kubefwd.registry.forwards import ForwardKey, ForwardUpsert
 from kubefwd.registry.ipalloc import IpAllocator
 from kubefwd.serve.coexist import Coexistence
@@ -203,6 +203,16 @@ class ForwardSet:
     def route(self, name: str, port: int) -> tuple[PodTunnel, int] | None:
         """Called by a forwarder for each accepted connection (``Router.route``)."""
         return self._router.route(self._forwards.get(name), name, port)
+
+    def tunnel_opened(self, context: str, namespace: str, pod: str, transport: str) -> None:
+        """A tunnel to ``pod`` opened: the forwards whose pod it is are active (loop thread)."""
+        with self._lock:
+            states = list(self._forwards.values())
+        for state in states:
+            if state.key.context == context and state.key.namespace == namespace and \
+                    state.upsert.pods[:1] and state.upsert.pods[0].name == pod:
+                self.report.bus.publish(TunnelOpened(key=str(state.key), pod=pod,
+                                                     transport=transport))
 
     def tunnel_died(self, context: str, namespace: str, pod: str) -> None:
         """A tunnel to ``pod`` failed: back off from it and let its forwards route again."""

@@ -96,6 +96,18 @@ class Router:
         self.report.debug("tunnel to %s/%s failed; avoiding that pod for %.0fs",
                           namespace, pod, delay)
 
+    def reconnect(self, state: RoutedForward) -> None:
+        """Asked for by the user: drop the forward's tunnels (their connections end) and
+        their back-off, so its next connection opens a fresh tunnel to its first ready pod."""
+        key = state.key
+        pool = self.pool
+        for pod in state.upsert.pods:
+            pod_key = (key.context, key.namespace, pod.name)
+            self._backoff.forget(pod_key)
+            if pool is not None:
+                pool.drop(*pod_key)
+        state.forwarder.poke()
+
     def api_reachable(self, context: str, states: Sequence[RoutedForward]) -> None:
         """The API server of ``context`` answers again (after an outage): its pods' tunnels
         failed only because it was down, so forget their back-off and let the forwards retry

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from kubefwd.support.dnsnames import is_dns_label, is_dns_subdomain
 from kubefwd.support.selectorsyntax import split_requirements
 
 Obj = dict[str, Any]
@@ -149,17 +150,13 @@ def now_rfc3339() -> str:
 # ---------------------------------------------------------------------------------------------
 # Names
 
-_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-_DNS1123_SUBDOMAIN = re.compile(
-    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-)
 
 
 def name_problem(kind: str, name: str) -> str | None:
     """Why ``name`` is not a valid name for ``kind``, or None (the API server's wording)."""
     if kind in ("Namespace",):
-        if len(name) > 63 or not _DNS1123_LABEL.match(name):
+        if not is_dns_label(name):
             return (
                 "a lowercase RFC 1123 label must consist of lower case alphanumeric characters "
                 "or '-', and must start and end with an alphanumeric character (e.g. 'my-name',"
@@ -173,7 +170,7 @@ def name_problem(kind: str, name: str) -> str | None:
                 "(e.g. 'my-name',  or 'abc-123', regex used for validation is "
                 "'[a-z]([-a-z0-9]*[a-z0-9])?')"
             )
-    elif len(name) > 253 or not _DNS1123_SUBDOMAIN.match(name):
+    elif not is_dns_subdomain(name):
         return (
             "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, "
             "'-' or '.', and must start and end with an alphanumeric character (e.g. "

@@ -29,13 +29,16 @@ class TunnelPool:
 
     def __init__(self, *, transport: str = "auto", ping_interval: float = PING_INTERVAL,
                  idle_timeout: float = IDLE_TIMEOUT,
-                 on_dead: Callable[[str, str, str], None] | None = None) -> None:
+                 on_dead: Callable[[str, str, str], None] | None = None,
+                 on_open: Callable[[str, str, str, str], None] | None = None) -> None:
         if transport not in TRANSPORTS:
             raise ValueError(f"unknown transport {transport!r}")
         self.transport = transport
         self.ping_interval = ping_interval
         self.idle_timeout = idle_timeout
         self.on_dead = on_dead
+        # Told (context, namespace, pod, transport) each time a tunnel opens (loop thread).
+        self.on_open = on_open
         self._lock = threading.Lock()
         self._tunnels: dict[_Key, PodTunnel] = {}
         self._retired: list[tuple[_Key, PodTunnel]] = []
@@ -91,6 +94,8 @@ class TunnelPool:
 
     def _learn(self, context: str, tunnel: PodTunnel) -> None:
         self._learned[context] = tunnel.transport_name
+        if self.on_open is not None:
+            self.on_open(context, tunnel.namespace, tunnel.pod, tunnel.transport_name)
 
     def drop(self, context: str, namespace: str, pod: str) -> None:
         """The pod is gone: close its tunnels (on every loop) and every connection on them."""

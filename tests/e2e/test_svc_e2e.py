@@ -1401,3 +1401,16 @@ def test_rollout_restart_under_traffic_moves_every_connection_to_the_new_pods(
 def _pod_ready(pod: dict[str, Any]) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True"
                for c in (pod.get("status") or {}).get("conditions") or [])
+
+
+def test_a_short_resync_interval_relists_quietly(
+    run: Callable[..., Kubefwd], cluster: SimCluster, hosts: Path
+) -> None:
+    """--resync-interval lists everything again on schedule: no warning, no back-off, and a
+    service added meanwhile still arrives."""
+    fwd = run("-n", "shop", "--resync-interval", "1s", "-v")
+    time.sleep(3.5)
+    add_search_and_reach_it(cluster, hosts)
+    assert "WARNING" not in fwd.output and "retrying in" not in fwd.output, fwd.output
+    assert "expired" not in fwd.output, fwd.output
+    fwd.stop_cleanly()

@@ -212,20 +212,6 @@ def test_pod_backoff_doubles_to_the_cap_and_resets_on_success() -> None:
     assert backoff.failed("pod") == 1.0
 
 
-def test_resync_interval_ends_a_watch_with_an_expired_error() -> None:
-    from kubefwd.app.program import _resyncing
-    from kubefwd.errors import ApiError
-
-    events = [{"type": "ADDED", "object": {}}]
-    watch = _resyncing(lambda rv: iter(events), every=3600)
-    assert list(watch("1")) == events  # well within the interval: the watch as is
-    watch = _resyncing(lambda rv: iter(events), every=0.0001)
-    threading.Event().wait(0.001)
-    with pytest.raises(ApiError) as info:
-        list(watch("1"))
-    assert info.value.status == 410  # the informer lists again at once
-
-
 def test_tunnels_live_on_the_forwarder_thread() -> None:
     """A forward with real tunnels: its connections cost no thread beyond its own."""
     import ssl
