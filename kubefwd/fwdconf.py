@@ -13,6 +13,7 @@ the value, or the file and line.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,10 +21,28 @@ from pathlib import Path
 import yaml
 
 from kubefwd.errors import UsageError
-from kubefwd.ipalloc import DEFAULT_BASE, parse_loopback_ip, validate_reservations
+from kubefwd.ipalloc import (
+    DEFAULT_BASE,
+    parse_loopback_ip,
+    parse_reserved_ip,
+    validate_reservations,
+)
 
 _TOP_KEYS = {"baseUnreservedIP", "serviceConfigurations"}
 _ENTRY_KEYS = {"name", "ip"}
+# A reservation names a service by any of its host names: DNS labels joined by dots.
+_HOST_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def check_reservation_name(name: str, *, what: str) -> str:
+    """A reserved name, lowercase: a DNS name (``web``, ``web.shop``), nothing else."""
+    clean = name.strip().lower()
+    if len(clean) > 253 or not all(_HOST_LABEL.match(p) for p in clean.split(".")):
+        raise UsageError(
+            f"{what}: {name!r} is not a service or host name (DNS labels of lowercase letters, "
+            "digits and '-', joined by dots)"
+        )
+    return clean
 
 
 @dataclass(frozen=True)
@@ -40,7 +59,8 @@ def parse_reserve(values: Sequence[str]) -> dict[str, str]:
         name, ip = name.strip(), ip.strip()
         if not sep or not name or not ip:
             raise UsageError(f"--reserve {value!r}: expected name:ip, e.g. db:127.1.28.1")
-        clean = str(parse_loopback_ip(ip, what=f"--reserve {value!r}"))
+        name = check_reservation_name(name, what=f"--reserve {value!r}")
+        clean = str(parse_reserved_ip(ip, what=f"--reserve {value!r}"))
         if result.get(name, clean) != clean:
             raise UsageError(f"--reserve {value!r}: {name} is already reserved as {result[name]}")
         result[name] = clean
@@ -83,7 +103,10 @@ def load_fwd_conf(path: Path) -> FwdConfig:
             raise UsageError(f"{where}: unknown key {key!r} (expected {expected})")
         if key == "baseUnreservedIP":
             raw = _scalar(value_node, where, "baseUnreservedIP")
-            base = str(parse_loopback_ip(raw, what=f"{where}: baseUnreservedIP"))
+            parsed = parse_loopback_ip(raw, what=f"{where}: baseUnreservedIP")
+            if parsed.packed[3] == 255:
+                raise UsageError(f"{where}: baseUnreservedIP {parsed} leaves no address in its /24")
+            base = str(parsed)
         else:
             reservations = _service_configurations(path, where, value_node)
     return FwdConfig(base=base, reservations=reservations)
@@ -113,7 +136,8 @@ def _service_configurations(path: Path, where: str, node: yaml.Node) -> dict[str
         missing = ", ".join(sorted(_ENTRY_KEYS - fields.keys()))
         if missing:
             raise UsageError(f"{at}: service configuration without {missing}")
-        svc, ip = fields["name"], str(parse_loopback_ip(fields["ip"], what=f"{at}: ip"))
+        svc = check_reservation_name(fields["name"], what=f"{at}: name")
+        ip = str(parse_reserved_ip(fields["ip"], what=f"{at}: ip"))
         if reservations.get(svc, ip) != ip:
             raise UsageError(
                 f"{at}: {svc} is already reserved as {reservations[svc]} on line {lines[svc]}"

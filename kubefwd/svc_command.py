@@ -6,6 +6,7 @@ call): a bad value is one line and exit code 2.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import stat
@@ -74,8 +75,26 @@ def split_list(values: list[str] | None) -> list[str]:
     return out
 
 
+# The range each duration flag accepts, in seconds: anything outside is a typo, never a wish
+# (a connection held "for up to nan s", a resync that hammers the API server every 1 ms).
+_WEEK = 7 * 24 * 3600.0
+DURATION_RANGES = {
+    "-t/--timeout": (0.1, _WEEK),
+    "--resync-interval": (1.0, _WEEK),
+    "--retry-interval": (0.1, 24 * 3600.0),
+}
+
+
+def _seconds_text(seconds: float) -> str:
+    for unit, size in (("h", 3600.0), ("m", 60.0), ("s", 1.0)):
+        if seconds >= size:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds * 1000:g}ms"
+
+
 def parse_duration(text: str, flag: str) -> float:
-    """Seconds from ``300``, ``300s``, ``5m``, ``1h``, ``1m30s`` or ``500ms``; must be > 0."""
+    """Seconds from ``300``, ``300s``, ``5m``, ``1h``, ``1m30s`` or ``500ms``: finite, and
+    within the flag's range of ``DURATION_RANGES`` (any flag: more than zero)."""
     value = text.strip().lower()
     seconds: float
     try:
@@ -92,8 +111,15 @@ def parse_duration(text: str, flag: str) -> float:
             raise UsageError(
                 f"{flag}: '{text}' is not a duration (use seconds or e.g. 300s, 5m, 1h)"
             ) from None
+    if not math.isfinite(seconds):
+        raise UsageError(f"{flag}: '{text}' is not a finite duration")
     if seconds <= 0:
         raise UsageError(f"{flag}: '{text}' must be longer than zero")
+    low, high = DURATION_RANGES.get(flag, (0.0, math.inf))
+    if not low <= seconds <= high:
+        raise UsageError(
+            f"{flag}: '{text}' is outside {_seconds_text(low)} to {_seconds_text(high)}"
+        )
     return seconds
 
 
@@ -225,11 +251,17 @@ def _split_escaped(text: str) -> list[str]:
     return terms
 
 
-def check_domain(domain: str) -> str:
-    domain = domain.strip().strip(".").lower()
-    if domain and not all(_DNS_LABEL.match(part) for part in domain.split(".")):
-        raise UsageError(f"-d/--domain: '{domain}' is not a valid DNS domain")
-    return domain
+def check_domain(domain: str | None) -> str:
+    """The ``-d`` domain, lowercase without a final dot; None (not given) is no domain, but
+    a value given empty, or one that is only dots, is a mistake."""
+    if domain is None:
+        return ""
+    clean = domain.strip().strip(".").lower()
+    if not clean:
+        raise UsageError(f"-d/--domain: '{domain}' is empty (leave the flag out for no domain)")
+    if len(clean) > 253 or not all(_DNS_LABEL.match(part) for part in clean.split(".")):
+        raise UsageError(f"-d/--domain: '{clean}' is not a valid DNS domain")
+    return clean
 
 
 def check_hosts_path(path: Path) -> Path:
@@ -344,7 +376,7 @@ def svc(
     all_namespaces: Annotated[bool, _flag("-A", "--all-namespaces", _H_ALL)] = False,
     selector: Annotated[str, _opt("-l", "--selector", "SELECTOR", _H_SELECTOR)] = "",
     field_selector: Annotated[str, _opt("-f", "--field-selector", "SELECTOR", _H_FIELD)] = "",
-    domain: Annotated[str, _opt("-d", "--domain", "DOMAIN", _H_DOMAIN)] = "",
+    domain: Annotated[str | None, _opt("-d", "--domain", "DOMAIN", _H_DOMAIN)] = None,
     mapping: Annotated[list[str] | None, _opt("-m", "--mapping", "SVC:LOCAL", _H_MAP)] = None,
     reserve: Annotated[list[str] | None, _opt("-r", "--reserve", "NAME:IP", _H_RESERVE)] = None,
     fwd_conf: Annotated[Path | None, _opt("-z", "--fwd-conf", "FILE", _H_FWDCONF)] = None,
@@ -380,7 +412,7 @@ def build_options(
     all_namespaces: bool = False,
     selector: str = "",
     field_selector: str = "",
-    domain: str = "",
+    domain: str | None = None,
     mapping: list[str] | None = None,
     reserve: list[str] | None = None,
     fwd_conf: Path | None = None,

@@ -10,6 +10,13 @@ from kubefwd.errors import UsageError
 from kubefwd.fwdconf import build_reservations, load_fwd_conf, parse_reserve
 
 
+def test_reserve_names_are_host_names_any_case() -> None:
+    assert parse_reserve(["Web.Shop:127.1.28.1", "db-0.db:127.1.28.254"]) == {
+        "web.shop": "127.1.28.1",
+        "db-0.db": "127.1.28.254",
+    }
+
+
 def test_reserve_flags() -> None:
     assert parse_reserve(["db:127.1.28.1", " web : 127.1.28.2 "]) == {
         "db": "127.1.28.1",
@@ -28,6 +35,14 @@ def test_reserve_flags() -> None:
         (["db:127.1.300.1"], "not an IPv4 address"),
         (["db:127.1.28.1", "db:127.1.28.2"], "already reserved as 127.1.28.1"),
         (["db:127.1.28.1", "web:127.1.28.1"], "duplicates"),
+        (["we b:127.1.27.5"], "'we b' is not a service or host name"),
+        (["web_1:127.1.27.5"], "is not a service or host name"),
+        (["web..shop:127.1.27.5"], "is not a service or host name"),
+        (["-web:127.1.27.5"], "is not a service or host name"),
+        (["x" * 64 + ":127.1.27.5"], "is not a service or host name"),
+        (["web:127.1.27.0"], r"127.1.27.0 is the network address of 127.1.27.0/24"),
+        (["web:127.1.27.255"], r"127.1.27.255 is the broadcast address of 127.1.27.0/24"),
+        (["web:128.0.0.1"], "outside the loopback range"),
     ],
 )
 def test_bad_reserve_flags(values: list[str], message: str) -> None:
@@ -86,6 +101,15 @@ def test_empty_and_partial_files(tmp_path: Path) -> None:
         ),
         ("serviceConfigurations:\n  - {name: '', ip: 127.1.1.1}\n", "fwd.yaml:2: name must be"),
         ("a: [\n", r"fwd.yaml:2: "),
+        ("serviceConfigurations:\n  - {name: we b, ip: 127.1.1.1}\n",
+         "fwd.yaml:2: name: 'we b' is not a service or host name"),
+        ("serviceConfigurations:\n  - {name: web, ip: 127.1.1.0}\n",
+         "fwd.yaml:2: ip: 127.1.1.0 is the network address"),
+        ("serviceConfigurations:\n  - {name: web, ip: 127.1.1.255}\n",
+         "fwd.yaml:2: ip: 127.1.1.255 is the broadcast address"),
+        ("serviceConfigurations:\n  - {name: web, ip: 192.168.1.5}\n",
+         "fwd.yaml:2: ip: 192.168.1.5 is outside the loopback range"),
+        ("baseUnreservedIP: 127.1.27.255\n", "fwd.yaml:1: baseUnreservedIP 127.1.27.255 leaves"),
     ],
 )
 def test_bad_files_name_file_and_line(tmp_path: Path, text: str, message: str) -> None:
