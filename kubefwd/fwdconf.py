@@ -13,7 +13,9 @@ the value, or the file and line.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,16 +76,52 @@ def _scalar(node: yaml.Node, where: str, what: str) -> str:
     return str(node.value).strip()
 
 
-def load_fwd_conf(path: Path) -> FwdConfig:
-    """Read and validate a ``-z`` file."""
+# A -z file holds a few lines per service: 1 MiB is tens of thousands of reservations.
+MAX_FWD_CONF_BYTES = 1 << 20
+
+
+def _read_text(path: Path) -> str:
+    """The file's text: a regular file (a FIFO must not block start-up, a device must not be
+    read forever) of at most MAX_FWD_CONF_BYTES, in UTF-8."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
         raise UsageError(f"--fwd-conf {path}: cannot read it ({e.strerror})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UsageError(f"--fwd-conf {path}: not a regular file")
+        if st.st_size > MAX_FWD_CONF_BYTES:
+            raise UsageError(
+                f"--fwd-conf {path}: {st.st_size} bytes is too big (at most {MAX_FWD_CONF_BYTES})"
+            )
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_FWD_CONF_BYTES:
+            chunk = os.read(fd, MAX_FWD_CONF_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as e:
+        raise UsageError(f"--fwd-conf {path}: cannot read it ({e.strerror})") from None
+    finally:
+        os.close(fd)
+    if size > MAX_FWD_CONF_BYTES:  # it grew while we read it
+        raise UsageError(f"--fwd-conf {path}: too big (at most {MAX_FWD_CONF_BYTES} bytes)")
+    try:
+        return b"".join(chunks).decode("utf-8")
     except UnicodeDecodeError:
         raise UsageError(f"--fwd-conf {path}: not a UTF-8 text file") from None
+
+
+def load_fwd_conf(path: Path) -> FwdConfig:
+    """Read and validate a ``-z`` file."""
+    text = _read_text(path)
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except RecursionError:
+        raise UsageError(f"--fwd-conf {path}: nested too deeply to be a kubefwd file") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""

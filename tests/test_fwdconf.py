@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -124,6 +125,33 @@ def test_unreadable_file(tmp_path: Path) -> None:
     (tmp_path / "bin.yaml").write_bytes(b"\xff\xfe\x00")
     with pytest.raises(UsageError, match="not a UTF-8"):
         load_fwd_conf(tmp_path / "bin.yaml")
+
+
+@pytest.mark.parametrize(
+    "text", ["[" * 20000 + "]" * 20000, "{a: " * 20000 + "1" + "}" * 20000,
+             "a:\n" + "".join(" " * i + "- \n" for i in range(1, 1200))],
+    ids=["lists", "mappings", "block-sequences"],
+)
+def test_deeply_nested_file_is_one_line_naming_it(tmp_path: Path, text: str) -> None:
+    path = _conf(tmp_path, text)
+    with pytest.raises(UsageError, match=r"--fwd-conf .*fwd\.yaml: nested too deeply"):
+        load_fwd_conf(path)
+
+
+def test_huge_file_is_refused_before_it_is_parsed(tmp_path: Path) -> None:
+    path = _conf(tmp_path, "# padding\n" * 400_000)
+    with pytest.raises(UsageError, match=r"fwd\.yaml: 4000000 bytes is too big"):
+        load_fwd_conf(path)
+
+
+def test_special_files_are_refused_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(UsageError, match=r"fifo\.yaml: not a regular file"):
+        load_fwd_conf(fifo)
+    with pytest.raises(UsageError, match="folder: not a regular file"):
+        (tmp_path / "folder").mkdir()
+        load_fwd_conf(tmp_path / "folder")
 
 
 def test_flags_override_the_file_and_duplicates_across_them_fail(tmp_path: Path) -> None:
