@@ -391,8 +391,6 @@ def svc(
     transport: Annotated[str, _opt("", "--transport", "|".join(TRANSPORTS), _H_TRANSPORT)] = "auto",
 ) -> int:
     """Forward the services of the chosen namespaces; names go to the hosts file."""
-    from kubefwd.app import Kubefwd
-
     options = build_options(
         kubeconfig=kubeconfig, context=context, namespace=namespace,
         all_namespaces=all_namespaces, selector=selector, field_selector=field_selector,
@@ -401,6 +399,8 @@ def svc(
         resync_interval=resync_interval, retry_interval=retry_interval,
         auto_reconnect=auto_reconnect, verbose=verbose, transport=transport,
     )
+    from kubefwd.app import Kubefwd
+
     return Kubefwd(options).run()
 
 
@@ -426,9 +426,10 @@ def build_options(
     verbose: bool = False,
     transport: str = "auto",
 ) -> Any:
-    """Validate the command line into ``SvcOptions``; raises ``UsageError`` (exit 2)."""
-    from kubefwd.app import SvcOptions
+    """Validate the command line into ``SvcOptions``; raises ``UsageError`` (exit 2).
 
+    Every value is checked before the rest of kubefwd is imported, so a bad one is reported
+    in the time it takes to start Python and parse the flags."""
     namespaces = [check_namespace(ns) for ns in split_list(namespace)]
     if all_namespaces and namespaces:
         raise UsageError("-A/--all-namespaces and -n/--namespace cannot be used together")
@@ -437,7 +438,7 @@ def build_options(
     reservations, base_ip = build_reservations(split_list(reserve), fwd_conf)
     if kubeconfig is not None and not kubeconfig.strip():
         raise UsageError("-c/--kubeconfig: empty file name")
-    return SvcOptions(
+    checked: dict[str, Any] = dict(
         kubeconfig=kubeconfig,
         contexts=split_list(context),
         namespaces=namespaces,
@@ -458,6 +459,9 @@ def build_options(
         verbose=verbose,
         transport=transport,
     )
+    from kubefwd.app import SvcOptions
+
+    return SvcOptions(**checked)
 
 
 def register(app: typer.Typer) -> None:
