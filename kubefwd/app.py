@@ -87,6 +87,7 @@ class SvcOptions:
     auto_reconnect: bool = False
     verbose: bool = False
     transport: str = "auto"
+    allow_shadowing: bool = False
     # Not flags: where ~/hosts.original goes (None: the invoking user's home).
     backup_dir: Path | None = None
     make_backup: bool = True
@@ -218,6 +219,7 @@ class Kubefwd:
             backup_dir=self._backup_dir(),
             refresh_backup=o.refresh_backup,
             purge_stale=o.purge_stale,
+            allow_shadowing=o.allow_shadowing,
         )
         self._coexist.hosts = self._hosts
         self._hosts.start()

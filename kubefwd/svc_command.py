@@ -341,6 +341,10 @@ _H_AUTO = (
     "Keep a tunnel open to every forwarded pod and re-open it as soon as it dies (backing "
     "off 1s to 5m), instead of opening it on the next connection."
 )
+_H_SHADOW = (
+    "Write a service's name even when a line kubefwd does not own already defines it (names "
+    "of this machine, such as localhost, are never written)."
+)
 _H_TRANSPORT = "Tunnel protocol: SPDY in a WebSocket, plain SPDY, WebSocket v4, or auto."
 
 
@@ -351,7 +355,8 @@ def _opt(short: str, long: str, metavar: str, help: str) -> Any:
 
 def _flag(short: str, long: str, help: str) -> Any:
     # An empty metavar: a flag takes no value, so the help shows none (not "<bool>").
-    return typer.Option(long, short, metavar="", help=help)
+    names = [long, short] if short else [long]
+    return typer.Option(*names, metavar="", help=help)
 
 
 class NoHelpMetavar:
@@ -389,6 +394,7 @@ def svc(
     auto_reconnect: Annotated[bool, _flag("-a", "--auto-reconnect", _H_AUTO)] = False,
     verbose: Annotated[bool, _flag("-v", "--verbose", "Log every event in detail.")] = False,
     transport: Annotated[str, _opt("", "--transport", "|".join(TRANSPORTS), _H_TRANSPORT)] = "auto",
+    allow_shadowing: Annotated[bool, _flag("", "--allow-shadowing", _H_SHADOW)] = False,
 ) -> int:
     """Forward the services of the chosen namespaces; names go to the hosts file."""
     options = build_options(
@@ -398,6 +404,7 @@ def svc(
         hosts_path=hosts_path, refresh_backup=refresh_backup, purge_stale_ips=purge_stale_ips,
         resync_interval=resync_interval, retry_interval=retry_interval,
         auto_reconnect=auto_reconnect, verbose=verbose, transport=transport,
+        allow_shadowing=allow_shadowing,
     )
     from kubefwd.app import Kubefwd
 
@@ -425,6 +432,7 @@ def build_options(
     auto_reconnect: bool = False,
     verbose: bool = False,
     transport: str = "auto",
+    allow_shadowing: bool = False,
 ) -> Any:
     """Validate the command line into ``SvcOptions``; raises ``UsageError`` (exit 2).
 
@@ -458,6 +466,7 @@ def build_options(
         auto_reconnect=auto_reconnect,
         verbose=verbose,
         transport=transport,
+        allow_shadowing=allow_shadowing,
     )
     from kubefwd.app import SvcOptions
 

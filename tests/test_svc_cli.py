@@ -251,7 +251,7 @@ def test_help_shows_every_flag_and_hides_the_aliases() -> None:
                  "--field-selector", "--domain", "--mapping", "--reserve", "--fwd-conf",
                  "--timeout", "--hosts-path", "--refresh-backup", "--purge-stale-ips",
                  "--resync-interval", "--retry-interval", "--auto-reconnect", "--verbose",
-                 "--transport", "Examples"]:
+                 "--transport", "--allow-shadowing", "Examples"]:
         assert flag in result.stdout, flag
     commands = [line.split()[1] for line in run("--help").stdout.splitlines()
                 if line.startswith("│ ") and len(line.split()) > 2]

@@ -27,6 +27,7 @@ from helpers import (
     http_text,
     locked_block,
     manifests,
+    namespace,
     needs_root,
     service,
     try_http,
@@ -1234,3 +1235,69 @@ def test_stdout_full_keeps_forwarding_quietly(
     assert proc.returncode == 0, err
     assert "Logging error" not in err and "Traceback" not in err, err
     assert hosts.read_bytes() == ORIGINAL_HOSTS
+
+
+# -- names the cluster may not take ----------------------------------------------------------
+
+# A namespace "com" with a service "github" gives github.com; a service named localhost.
+SHADOWING = manifests(
+    namespace("com"),
+    workload("github", "com"),
+    service("github", "com"),
+    workload("localhost", "shop"),
+    service("localhost", "shop"),
+)
+PINNED = b"\n140.82.112.3 github.com  # pinned by the user\n"
+
+
+def _held_back(fwd: Kubefwd, name: str) -> list[str]:
+    return [line for line in fwd.lines if f"not writing {name} to the hosts file" in line]
+
+
+def test_cluster_names_never_shadow_this_machine_or_foreign_lines(
+    run: Callable[..., Kubefwd], cluster: SimCluster, tmp_path: Path
+) -> None:
+    cluster.apply(SHADOWING)
+    cluster.wait_ready("com", timeout=15)
+    cluster.wait_ready("shop", timeout=15)
+    original = ORIGINAL_HOSTS + PINNED
+    hosts = hosts_file(tmp_path, original, name="own-hosts")
+    fwd = run("-n", "shop,com", hosts_path=hosts)
+    names = hosts_entries(hosts)
+    assert "localhost" not in names and "github.com" not in names
+    # Both services are still forwarded, under their other names.
+    assert http_text(names["localhost.shop"], 80).startswith("localhost-")
+    assert http_text(names["github.com.svc"], 80).startswith("github-")
+    assert hosts.read_bytes().startswith(original)
+    [local] = _held_back(fwd, "localhost")
+    assert "it names this machine" in local
+    [pinned] = _held_back(fwd, "github.com")
+    assert "already defines it" in pinned and "--allow-shadowing" in pinned
+    # The user pins one of our names later: it is ours no more from the next write on.
+    with open(hosts, "ab") as fh:
+        fh.write(b"10.9.9.9 web.shop\n")
+    add_search_and_reach_it(cluster, hosts, name="search.shop")
+    names = hosts_entries(hosts)
+    assert "web.shop" not in names and "web" in names and "web.shop.svc" in names
+    assert hosts.read_bytes().startswith(original + b"10.9.9.9 web.shop\n")
+    fwd.wait_line(r"not writing web\.shop to the hosts file")
+    # Warned once each, however many writes happened since.
+    assert len(_held_back(fwd, "localhost")) == len(_held_back(fwd, "github.com")) == 1
+    assert fwd.stop() == 0
+    assert hosts.read_bytes() == original + b"10.9.9.9 web.shop\n"
+
+
+def test_allow_shadowing_writes_foreign_names_but_never_localhost(
+    run: Callable[..., Kubefwd], cluster: SimCluster, tmp_path: Path
+) -> None:
+    cluster.apply(SHADOWING)
+    cluster.wait_ready("com", timeout=15)
+    original = ORIGINAL_HOSTS + PINNED
+    hosts = hosts_file(tmp_path, original, name="own-hosts")
+    fwd = run("-n", "shop,com", "--allow-shadowing", hosts_path=hosts)
+    names = hosts_entries(hosts)
+    assert "github.com" in names and "localhost" not in names
+    assert http_text(names["github.com"], 80).startswith("github-")
+    assert not _held_back(fwd, "github.com") and len(_held_back(fwd, "localhost")) == 1
+    assert fwd.stop() == 0
+    assert hosts.read_bytes() == original
