@@ -88,6 +88,8 @@ class SvcOptions:
     verbose: bool = False
     transport: str = "auto"
     allow_shadowing: bool = False
+    # Not a flag: $KUBEFWD_HOSTS_WRITE_TIMEOUT, how long start-up retries the first write.
+    hosts_write_timeout: float = 30.0
     # Not flags: where ~/hosts.original goes (None: the invoking user's home).
     backup_dir: Path | None = None
     make_backup: bool = True
@@ -235,9 +237,12 @@ class Kubefwd:
         if not self._dispatcher.wait_idle(30.0):
             log.warning("start-up: forwards still being set up after 30s")
         self._warn_unverified_namespaces()
-        if not self._hosts.flush(timeout=30.0):
+        if not self._hosts.flush(timeout=o.hosts_write_timeout):
             error = self._hosts.last_error
-            raise error or HostsFileError(f"could not write the hosts file {o.hosts_path}")
+            raise HostsFileError(
+                f"gave up writing the hosts file {o.hosts_path} after "
+                f"{o.hosts_write_timeout:g}s" + (f": {error.message}" if error else "")
+            )
         self._start_lock.release()
         self._live.announce_all()
         report_privileged_ports(self.output, self._live.privileged_ports)

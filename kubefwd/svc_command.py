@@ -75,6 +75,10 @@ def split_list(values: list[str] | None) -> list[str]:
     return out
 
 
+# How long start-up retries its first hosts-file write (a full disk, a lock held) before it
+# gives up with exit code 6; default 30 s.
+HOSTS_WRITE_TIMEOUT_ENV = "KUBEFWD_HOSTS_WRITE_TIMEOUT"
+
 # The range each duration flag accepts, in seconds: anything outside is a typo, never a wish
 # (a connection held "for up to nan s", a resync that hammers the API server every 1 ms).
 _WEEK = 7 * 24 * 3600.0
@@ -82,6 +86,7 @@ DURATION_RANGES = {
     "-t/--timeout": (0.1, _WEEK),
     "--resync-interval": (1.0, _WEEK),
     "--retry-interval": (0.1, 24 * 3600.0),
+    HOSTS_WRITE_TIMEOUT_ENV: (1.0, 3600.0),
 }
 
 
@@ -467,6 +472,9 @@ def build_options(
         verbose=verbose,
         transport=transport,
         allow_shadowing=allow_shadowing,
+        hosts_write_timeout=parse_duration(
+            os.environ.get(HOSTS_WRITE_TIMEOUT_ENV, "30"), HOSTS_WRITE_TIMEOUT_ENV
+        ),
     )
     from kubefwd.app import SvcOptions
 

@@ -100,6 +100,23 @@ def test_mappings() -> None:
     assert parse_mappings(["80:8080", "443:8443,9090:9091"]) == {80: 8080, 443: 8443, 9090: 9091}
 
 
+@pytest.mark.parametrize("value", ["nan", "0", "2h", "soon"])
+def test_bad_hosts_write_timeout_in_the_environment(
+    value: str, hosts: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KUBEFWD_HOSTS_WRITE_TIMEOUT", value)
+    with pytest.raises(UsageError, match=f"KUBEFWD_HOSTS_WRITE_TIMEOUT: '{value}'"):
+        build_options(hosts_path=hosts)
+
+
+def test_hosts_write_timeout_from_the_environment(
+    hosts: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert build_options(hosts_path=hosts).hosts_write_timeout == 30
+    monkeypatch.setenv("KUBEFWD_HOSTS_WRITE_TIMEOUT", "3")
+    assert build_options(hosts_path=hosts).hosts_write_timeout == 3
+
+
 def test_defaults(hosts: Path) -> None:
     o = build_options(hosts_path=hosts)
     assert (o.timeout, o.resync_interval, o.retry_interval) == (300, 300, 10)
