@@ -101,6 +101,9 @@ class SvcOptions:
     transport: str = "auto"
     services: list[NamePattern] = field(default_factory=list)
     exclude: list[NamePattern] = field(default_factory=list)
+    allow_shadowing: bool = False
+    # Not a flag: $KUBEFWD_HOSTS_WRITE_TIMEOUT, how long start-up retries the first write.
+    hosts_write_timeout: float = 30.0
     # Not flags: where ~/hosts.original goes (None: the invoking user's home).
     backup_dir: Path | None = None
     make_backup: bool = True
@@ -256,6 +259,7 @@ class Kubefwd:
             backup_dir=self._backup_dir(),
             refresh_backup=o.refresh_backup,
             purge_stale=o.purge_stale,
+            allow_shadowing=o.allow_shadowing,
         )
         self._coexist.hosts = self._hosts
         self._hosts.start()
@@ -272,9 +276,12 @@ class Kubefwd:
             log.warning("start-up: forwards still being set up after 30s")
         self._warn_unverified_namespaces()
         self._warn_unmatched_names()
-        if not self._hosts.flush(timeout=30.0):
+        if not self._hosts.flush(timeout=o.hosts_write_timeout):
             error = self._hosts.last_error
-            raise error or HostsFileError(f"could not write the hosts file {o.hosts_path}")
+            raise HostsFileError(
+                f"gave up writing the hosts file {o.hosts_path} after "
+                f"{o.hosts_write_timeout:g}s" + (f": {error.message}" if error else "")
+            )
         self._start_lock.release()
         self._live.announce_all()
         report_privileged_ports(self.report, self._live.privileged_ports)

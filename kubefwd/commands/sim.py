@@ -18,10 +18,22 @@ def _sample_manifests() -> str:
     return resources.files("kubefwd.sim").joinpath("sample.yaml").read_text(encoding="utf-8")
 
 
+def _check_kubeconfig_out(path: Path) -> None:
+    """The kubeconfig goes to a file in an existing directory; say which part is wrong."""
+    flag = f"--kubeconfig-out {path}"
+    if path.is_dir():
+        raise UsageError(f"{flag}: is a directory, not a file")
+    parent = path.parent
+    if not parent.exists():
+        raise UsageError(f"{flag}: directory {parent} does not exist")
+    if not parent.is_dir():
+        raise UsageError(f"{flag}: {parent} is not a directory")
+
+
 def sim_command(
     kubeconfig_out: Annotated[
         Path,
-        typer.Option("--kubeconfig-out", "-o", metavar="FILE", dir_okay=False,
+        typer.Option("--kubeconfig-out", "-o", metavar="FILE",
                      help="Where to write the kubeconfig (atomically, once the server is "
                      "ready)."),
     ],
@@ -49,10 +61,11 @@ def sim_command(
     The kubeconfig (HTTPS, its own CA, a bearer token) is written once the server is ready.
     Without -f it serves a sample cluster: namespaces shop and payments.
     """
-    from kubefwd.sim.cluster import SimCluster
+    from kubefwd.sim.cluster import KubeconfigWriteError, SimCluster
     from kubefwd.sim.store import StatusError
 
     contexts = [c for item in (context or ["sim"]) for c in item.split(",") if c]
+    _check_kubeconfig_out(kubeconfig_out)
     try:
         manifests: list[str] = (
             [p.read_text(encoding="utf-8") for p in filename] if filename
@@ -73,6 +86,11 @@ def sim_command(
             cluster.start()
         except StatusError as exc:
             raise ConfigError(f"manifest rejected: {exc.message}") from exc
+        except KubeconfigWriteError as exc:
+            raise UsageError(
+                f"--kubeconfig-out {kubeconfig_out}: cannot write it in "
+                f"{kubeconfig_out.parent} ({exc.strerror or exc})"
+            ) from exc
         except OSError as exc:
             raise NetworkError(f"cannot serve on port {port}: {exc.strerror or exc}") from exc
         path = cluster.kubeconfig_path

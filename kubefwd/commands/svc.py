@@ -6,6 +6,7 @@ call): a bad value is one line and exit code 2.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import stat
@@ -77,8 +78,31 @@ def split_list(values: list[str] | None) -> list[str]:
     return out
 
 
+# How long start-up retries its first hosts-file write (a full disk, a lock held) before it
+# gives up with exit code 6; default 30 s.
+HOSTS_WRITE_TIMEOUT_ENV = "KUBEFWD_HOSTS_WRITE_TIMEOUT"
+
+# The range each duration flag accepts, in seconds: anything outside is a typo, never a wish
+# (a connection held "for up to nan s", a resync that hammers the API server every 1 ms).
+_WEEK = 7 * 24 * 3600.0
+DURATION_RANGES = {
+    "-t/--timeout": (0.1, _WEEK),
+    "--resync-interval": (1.0, _WEEK),
+    "--retry-interval": (0.1, 24 * 3600.0),
+    HOSTS_WRITE_TIMEOUT_ENV: (1.0, 3600.0),
+}
+
+
+def _seconds_text(seconds: float) -> str:
+    for unit, size in (("h", 3600.0), ("m", 60.0), ("s", 1.0)):
+        if seconds >= size:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds * 1000:g}ms"
+
+
 def parse_duration(text: str, flag: str) -> float:
-    """Seconds from ``300``, ``300s``, ``5m``, ``1h``, ``1m30s`` or ``500ms``; must be > 0."""
+    """Seconds from ``300``, ``300s``, ``5m``, ``1h``, ``1m30s`` or ``500ms``: finite, and
+    within the flag's range of ``DURATION_RANGES`` (any flag: more than zero)."""
     value = text.strip().lower()
     seconds: float
     try:
@@ -95,8 +119,15 @@ def parse_duration(text: str, flag: str) -> float:
             raise UsageError(
                 f"{flag}: '{text}' is not a duration (use seconds or e.g. 300s, 5m, 1h)"
             ) from None
+    if not math.isfinite(seconds):
+        raise UsageError(f"{flag}: '{text}' is not a finite duration")
     if seconds <= 0:
         raise UsageError(f"{flag}: '{text}' must be longer than zero")
+    low, high = DURATION_RANGES.get(flag, (0.0, math.inf))
+    if not low <= seconds <= high:
+        raise UsageError(
+            f"{flag}: '{text}' is outside {_seconds_text(low)} to {_seconds_text(high)}"
+        )
     return seconds
 
 
@@ -228,11 +259,17 @@ def _split_escaped(text: str) -> list[str]:
     return terms
 
 
-def check_domain(domain: str) -> str:
-    domain = domain.strip().strip(".").lower()
-    if domain and not all(is_dns_label(part) for part in domain.split(".")):
-        raise UsageError(f"-d/--domain: '{domain}' is not a valid DNS domain")
-    return domain
+def check_domain(domain: str | None) -> str:
+    """The ``-d`` domain, lowercase without a final dot; None (not given) is no domain, but
+    a value given empty, or one that is only dots, is a mistake."""
+    if domain is None:
+        return ""
+    clean = domain.strip().strip(".").lower()
+    if not clean:
+        raise UsageError(f"-d/--domain: '{domain}' is empty (leave the flag out for no domain)")
+    if len(clean) > 253 or not all(is_dns_label(part) for part in clean.split(".")):
+        raise UsageError(f"-d/--domain: '{clean}' is not a valid DNS domain")
+    return clean
 
 
 def check_hosts_path(path: Path) -> Path:
@@ -324,6 +361,10 @@ _H_AUTO = (
     "Keep a tunnel open to every forwarded pod and re-open it as soon as it dies (backing "
     "off 1s to 5m), instead of opening it on the next connection."
 )
+_H_SHADOW = (
+    "Write a service's name even when a line kubefwd does not own already defines it (names "
+    "of this machine, such as localhost, are never written)."
+)
 _H_TRANSPORT = "Tunnel protocol: SPDY in a WebSocket, plain SPDY, WebSocket v4, or auto."
 
 
@@ -334,7 +375,7 @@ def _opt(short: str, long: str, metavar: str, help: str) -> Any:
 
 def _flag(short: str, long: str, help: str) -> Any:
     # An empty metavar: a flag takes no value, so the help shows none (not "<bool>").
-    names = (long, short) if short else (long,)
+    names = [long, short] if short else [long]
     return typer.Option(*names, metavar="", help=help)
 
 
@@ -363,7 +404,7 @@ def svc(
     field_selector: Annotated[str, _opt("-f", "--field-selector", "SELECTOR", _H_FIELD)] = "",
     service: Annotated[list[str] | None, _opt("", "--service", "NAME", _H_SERVICE)] = None,
     exclude: Annotated[list[str] | None, _opt("", "--exclude", "NAME", _H_EXCLUDE)] = None,
-    domain: Annotated[str, _opt("-d", "--domain", "DOMAIN", _H_DOMAIN)] = "",
+    domain: Annotated[str | None, _opt("-d", "--domain", "DOMAIN", _H_DOMAIN)] = None,
     mapping: Annotated[list[str] | None, _opt("-m", "--mapping", "SVC:LOCAL", _H_MAP)] = None,
     reserve: Annotated[list[str] | None, _opt("-r", "--reserve", "NAME:IP", _H_RESERVE)] = None,
     fwd_conf: Annotated[Path | None, _opt("-z", "--fwd-conf", "FILE", _H_FWDCONF)] = None,
@@ -376,17 +417,12 @@ def svc(
     auto_reconnect: Annotated[bool, _flag("-a", "--auto-reconnect", _H_AUTO)] = False,
     verbose: Annotated[bool, _flag("-v", "--verbose", "Log every event in detail.")] = False,
     transport: Annotated[str, _opt("", "--transport", "|".join(TRANSPORTS), _H_TRANSPORT)] = "auto",
+    allow_shadowing: Annotated[bool, _flag("", "--allow-shadowing", _H_SHADOW)] = False,
     output: Annotated[str, _opt("-o", "--output", "|".join(OUTPUTS), _H_OUTPUT)] = "text",
 ) -> int:
     """Forward the services of the chosen namespaces; names go to the hosts file."""
-    from kubefwd.app.program import Kubefwd
-    from kubefwd.events.bus import EventBus
-    from kubefwd.ui.jsonlines import JsonLines
-    from kubefwd.ui.text import TextLog
-
     if output not in OUTPUTS:
         raise UsageError(f"-o/--output '{output}': choose one of {', '.join(OUTPUTS)}")
-
     options = build_options(
         kubeconfig=kubeconfig, context=context, namespace=namespace,
         all_namespaces=all_namespaces, selector=selector, field_selector=field_selector,
@@ -395,8 +431,14 @@ def svc(
         hosts_path=hosts_path, refresh_backup=refresh_backup, purge_stale_ips=purge_stale_ips,
         resync_interval=resync_interval, retry_interval=retry_interval,
         auto_reconnect=auto_reconnect, verbose=verbose, transport=transport,
-        wait_namespaces=wait_namespaces,
+        wait_namespaces=wait_namespaces, allow_shadowing=allow_shadowing,
     )
+    # Imported once every value is checked: a bad flag is reported without this cost.
+    from kubefwd.app.program import Kubefwd
+    from kubefwd.events.bus import EventBus
+    from kubefwd.ui.jsonlines import JsonLines
+    from kubefwd.ui.text import TextLog
+
     bus = EventBus()
     app = Kubefwd(options, bus=bus)
     log: JsonLines | TextLog
@@ -422,7 +464,7 @@ def build_options(
     field_selector: str = "",
     service: list[str] | None = None,
     exclude: list[str] | None = None,
-    domain: str = "",
+    domain: str | None = None,
     mapping: list[str] | None = None,
     reserve: list[str] | None = None,
     fwd_conf: Path | None = None,
@@ -436,10 +478,12 @@ def build_options(
     verbose: bool = False,
     transport: str = "auto",
     wait_namespaces: bool = False,
+    allow_shadowing: bool = False,
 ) -> Any:
-    """Validate the command line into ``SvcOptions``; raises ``UsageError`` (exit 2)."""
-    from kubefwd.app.program import SvcOptions
+    """Validate the command line into ``SvcOptions``; raises ``UsageError`` (exit 2).
 
+    Every value is checked before the rest of kubefwd is imported, so a bad one is reported
+    in the time it takes to start Python and parse the flags."""
     namespaces = [check_namespace(ns) for ns in split_list(namespace)]
     if all_namespaces and namespaces:
         raise UsageError("-A/--all-namespaces and -n/--namespace cannot be used together")
@@ -451,7 +495,7 @@ def build_options(
     reservations, base_ip = build_reservations(split_list(reserve), fwd_conf)
     if kubeconfig is not None and not kubeconfig.strip():
         raise UsageError("-c/--kubeconfig: empty file name")
-    return SvcOptions(
+    checked: dict[str, Any] = dict(
         kubeconfig=kubeconfig,
         contexts=split_list(context),
         namespaces=namespaces,
@@ -474,7 +518,14 @@ def build_options(
         verbose=verbose,
         transport=transport,
         wait_namespaces=wait_namespaces,
+        allow_shadowing=allow_shadowing,
+        hosts_write_timeout=parse_duration(
+            os.environ.get(HOSTS_WRITE_TIMEOUT_ENV, "30"), HOSTS_WRITE_TIMEOUT_ENV
+        ),
     )
+    from kubefwd.app.program import SvcOptions
+
+    return SvcOptions(**checked)
 
 
 def register(app: typer.Typer) -> None:

@@ -4,7 +4,8 @@ Writes go through a lock on a sidecar file (``<hosts>.kubefwd.lock``; the hosts 
 replaced by rename, so a lock on it would be lost) and land by temp file + fsync + rename
 keeping owner and mode, or by an in-place rewrite where a rename is impossible (a
 bind-mounted /etc/hosts in a container) or where a full disk has no room for a second copy
-but the content shrinks (removing our lines at shutdown). Knows nothing of what the bytes mean.
+but the content fits in the file's own blocks (removing our lines at shutdown) or in blocks
+reserved before the first byte changes. Knows nothing of what the bytes mean.
 """
 
 from __future__ import annotations
@@ -290,8 +291,11 @@ def _refuse_special(st: os.stat_result, path: Path) -> None:
         raise HostsFileError(f"the hosts file {path} is not a regular file; not writing it")
 
 
-def _write_in_place(path: Path, data: bytes, expect: Stamp | None) -> None:
-    """Rewrite the file's own inode without ever leaving it truncated."""
+def _write_in_place(
+    path: Path, data: bytes, expect: Stamp | None, *, must_reserve: bool = False
+) -> None:
+    """Rewrite the file's own inode without ever leaving it truncated. ``must_reserve``:
+    grow it only when the blocks can be reserved first (a disk known to be full)."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
     try:
         st = os.fstat(fd)
@@ -302,27 +306,30 @@ def _write_in_place(path: Path, data: bytes, expect: Stamp | None) -> None:
         if len(data) <= size:
             _shrink_in_place(fd, data)
         else:
-            _grow_in_place(fd, data)
+            _grow_in_place(fd, data, must_reserve=must_reserve)
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
-def _reserve(fd: int, size: int) -> None:
+def _reserve(fd: int, size: int, *, required: bool = False) -> None:
     """Reserve the blocks for ``size`` bytes without changing the file's size, so a full
     disk fails before any byte changes and a crash before the write leaves no trailing NULs
-    (posix_fallocate would grow the file). Linux only; elsewhere nothing is reserved."""
+    (posix_fallocate would grow the file). Linux only; elsewhere nothing is reserved, unless
+    ``required``: then no reservation is ENOSPC, and nothing is written."""
     if _fallocate is None:
+        if required:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return
     if _fallocate(fd, _FALLOC_FL_KEEP_SIZE, 0, size) != 0:
         err = ctypes.get_errno()
-        if err in _NO_SPACE:
-            raise OSError(err, os.strerror(err))
+        if err in _NO_SPACE or required:
+            raise OSError(errno.ENOSPC if required else err, os.strerror(errno.ENOSPC))
         # a filesystem without fallocate: go ahead without the reservation
 
 
-def _grow_in_place(fd: int, data: bytes) -> None:
-    _reserve(fd, len(data))
+def _grow_in_place(fd: int, data: bytes, *, must_reserve: bool = False) -> None:
+    _reserve(fd, len(data), required=must_reserve)
     start = _common_prefix(_pread_all(fd, len(data)), data)  # the foreign part stays put
     _pwrite_all(fd, memoryview(data)[start:], start)
     os.ftruncate(fd, len(data))
@@ -428,13 +435,6 @@ def _copy_xattrs(src: Path, fd: int) -> None:
                 raise
 
 
-def _size(path: Path) -> int:
-    try:
-        return os.stat(path).st_size
-    except OSError:
-        return 0
-
-
 def write_hosts(
     path: Path, data: bytes, *, rename_ok: bool = True, expect: Stamp | None
 ) -> str:
@@ -443,25 +443,25 @@ def write_hosts(
     ``expect``: the stamp of the content ``data`` was made from (``read_hosts_stamped``);
     raises HostsChanged, writing nothing, when the file no longer matches it.
     """
+    no_space = False
     if rename_ok:
         try:
             _write_atomic(path, data, expect)
             return "rename"
         except OSError as e:
             if e.errno in _NO_SPACE:
-                # No room for a second copy. Removing lines shrinks the file, and a shrunk
-                # content fits in the blocks the file already has: write that in place.
-                if len(data) > _size(path):
-                    raise HostsFileError(
-                        f"no space left to write {path}; the file was left unchanged"
-                    ) from None
-                log.debug("no space for a new copy of %s; shrinking it in place", path)
+                # No room for a second copy. A shrunk content (our lines removed) fits in the
+                # blocks the file already has; a grown one is written in place only once the
+                # blocks it needs are reserved (the file's own, or the few more it needs), so
+                # a full disk fails before any byte changes.
+                no_space = True
+                log.debug("no space for a new copy of %s; writing it in place", path)
             elif e.errno not in _RENAME_IMPOSSIBLE:
                 raise HostsFileError(f"cannot write the hosts file {path}: {e}") from None
             else:
                 log.debug("rename over %s impossible (%s); writing in place", path, e.strerror)
     try:
-        _write_in_place(path, data, expect)
+        _write_in_place(path, data, expect, must_reserve=no_space)
     except OSError as e:
         if e.errno in _NO_SPACE:
             raise HostsFileError(

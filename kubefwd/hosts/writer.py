@@ -31,6 +31,7 @@ from kubefwd.hosts.fileio import (
     write_hosts,
 )
 from kubefwd.hosts.format import HostsDoc, Marker, format_entries, parse_hosts, render_hosts
+from kubefwd.hosts.shadowing import NameGuard
 from kubefwd.support.threads import StoppableThread
 
 __all__ = [
@@ -87,8 +88,10 @@ def rewrite_lines(
     entries: Mapping[str, Sequence[str]] | None,
     *,
     purge_stale: bool = False,
+    guard: NameGuard | None = None,
 ) -> bytes:
-    """The new file content: foreign text, live other owners' lines, then ours."""
+    """The new file content: foreign text, live other owners' lines, then ours (without the
+    names ``guard`` holds back next to this foreign text; a default guard without one)."""
     keep: list[bytes] = []
     alive: dict[tuple[int, int | None], bool] = {}
     for body, marker in doc.owned:
@@ -101,6 +104,8 @@ def rewrite_lines(
                 log.info("removing hosts lines of kubefwd pid %d (no longer running)", marker.pid)
         if alive[who]:
             keep.append(body)
+    if entries:
+        entries = (guard or NameGuard()).filter(entries, doc.foreign)
     ours = format_entries(entries, owner) if entries else []
     return render_hosts(doc, keep + ours)
 
@@ -112,6 +117,7 @@ def update_hosts(
     *,
     purge_stale: bool = False,
     lock_timeout: float = 10.0,
+    guard: NameGuard | None = None,
 ) -> bool:
     """One locked read-modify-write; True when the file changed.
 
@@ -124,7 +130,8 @@ def update_hosts(
             remove_orphaned_temps(target)
         for _ in range(MERGE_ATTEMPTS):
             data, stamp = read_hosts_stamped(target)
-            new = rewrite_lines(parse_hosts(data), owner, entries, purge_stale=purge_stale)
+            new = rewrite_lines(parse_hosts(data), owner, entries, purge_stale=purge_stale,
+                                guard=guard)
             if new == data:
                 return False
             try:
@@ -197,7 +204,8 @@ class HostsWriter(StoppableThread):
     ``backup_dir``: copy the file, without kubefwd lines, to ``hosts.original`` there before
     the first write (kubefwd passes the folder of ``backup_target(path)``: the invoking user's
     home, ``SUDO_USER``'s under sudo, and only for the system hosts file); None: no backup.
-    ``refresh_backup`` overwrites an existing copy.
+    ``refresh_backup`` overwrites an existing copy. ``allow_shadowing``: write names that a
+    foreign line already defines (names of this machine never are; see ``shadowing``).
     """
 
     def __init__(
@@ -211,8 +219,10 @@ class HostsWriter(StoppableThread):
         min_interval: float = 0.25,
         lock_timeout: float = 10.0,
         cleanup_timeout: float = 8.0,
+        allow_shadowing: bool = False,
     ) -> None:
         super().__init__(name="hosts-writer")
+        self.guard = NameGuard(allow_shadowing=allow_shadowing)
         self.path = Path(path)
         pid = os.getpid() if owner_pid is None else owner_pid
         self.owner = Marker(pid, process_start(pid))
@@ -353,6 +363,7 @@ class HostsWriter(StoppableThread):
                 entries,
                 purge_stale=self.purge_stale,
                 lock_timeout=self.lock_timeout if lock_timeout is None else lock_timeout,
+                guard=self.guard,
             ):
                 self.writes += 1
             self.last_error = None

@@ -43,6 +43,20 @@ def parse_loopback_ip(value: str, *, what: str) -> ipaddress.IPv4Address:
     return ip
 
 
+def parse_reserved_ip(value: str, *, what: str) -> ipaddress.IPv4Address:
+    """A reservation's address: in 127.0.0.0/8 and one kubefwd could hand out itself, so
+    never the network (.0) or broadcast (.255) address of its /24."""
+    ip = parse_loopback_ip(value, what=what)
+    last = ip.packed[3]
+    if not _FIRST_HOST <= last <= _LAST_HOST:
+        kind = "network" if last == 0 else "broadcast"
+        raise UsageError(
+            f"{what}: {ip} is the {kind} address of {ipaddress.IPv4Network(f'{ip}/24', False)}"
+            f" (use .{_FIRST_HOST} to .{_LAST_HOST})"
+        )
+    return ip
+
+
 def validate_reservations(reservations: Mapping[str, str]) -> dict[str, str]:
     """Check name → IP reservations: 127/8 only, names non-empty, no IP given to two names."""
     owners: dict[str, str] = {}
@@ -51,7 +65,7 @@ def validate_reservations(reservations: Mapping[str, str]) -> dict[str, str]:
         clean = name.strip().lower()  # host names are case-insensitive
         if not clean:
             raise UsageError(f"reservation with an empty service name for IP {value!r}")
-        ip = str(parse_loopback_ip(value, what=f"reservation {clean}"))
+        ip = str(parse_reserved_ip(value, what=f"reservation {clean}"))
         if ip in owners and owners[ip] != clean:
             raise UsageError(
                 f"reservation {clean}:{ip} duplicates {owners[ip]}:{ip}; one IP per service"

@@ -47,6 +47,10 @@ _PROTECTED_NAMESPACES = ("default", "kube-system", "kube-public")
 _CASCADE_ORDER = ("Deployment", "StatefulSet", "Service", "Pod", "Endpoints", "EndpointSlice")
 
 
+class KubeconfigWriteError(OSError):
+    """The kubeconfig file could not be written (as opposed to the server not starting)."""
+
+
 class SimCluster:
     """A simulated Kubernetes cluster served over real sockets."""
 
@@ -180,16 +184,21 @@ class SimCluster:
 
     def _write_kubeconfig(self) -> None:
         path = self.kubeconfig_path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".kubeconfig-", dir=path.parent)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".kubeconfig-", dir=path.parent)
+        except OSError as e:
+            raise KubeconfigWriteError(e.errno, e.strerror, str(path)) from e
         try:
             with os.fdopen(fd, "w") as f:
                 yaml.safe_dump(self.kubeconfig(), f, sort_keys=False)
             os.chmod(tmp, 0o600)
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as e:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+            if isinstance(e, OSError):
+                raise KubeconfigWriteError(e.errno, e.strerror, str(path)) from e
             raise
 
     # -- what the API server needs ----------------------------------------------------------

@@ -50,10 +50,36 @@ def test_durations(text: str, seconds: float) -> None:
     assert parse_duration(text, "--x") == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("text", ["", "5x", "m", "-1", "0", "5m3", "1h 2m"])
+@pytest.mark.parametrize("text", ["", "5x", "m", "-1", "0", "5m3", "1h 2m", "nan", "inf",
+                                  "-inf", "1e309", "Infinity", "NaN"])
 def test_bad_durations(text: str) -> None:
     with pytest.raises(UsageError):
         parse_duration(text, "--x")
+
+
+@pytest.mark.parametrize(
+    ("flag", "text", "message"),
+    [("-t/--timeout", "nan", "'nan' is not a finite duration"),
+     ("-t/--timeout", "1e309", "'1e309' is not a finite duration"),
+     ("-t/--timeout", "169h", "outside 100ms to 168h"),
+     ("-t/--timeout", "10ms", "outside 100ms to 168h"),
+     ("--retry-interval", "1e400", "not a finite duration"),
+     ("--retry-interval", "25h", "outside 100ms to 24h"),
+     ("--resync-interval", "500ms", "outside 1s to 168h"),
+     ("--resync-interval", "1e9", "outside 1s to 168h")],
+)
+def test_durations_out_of_the_flags_range(flag: str, text: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message) as info:
+        parse_duration(text, flag)
+    assert str(info.value).startswith(f"{flag}: ")
+
+
+@pytest.mark.parametrize(("flag", "text"), [("-t/--timeout", "168h"),
+                                             ("-t/--timeout", "100ms"),
+                                             ("--resync-interval", "1s"),
+                                             ("--retry-interval", "24h")])
+def test_durations_at_the_ends_of_the_range(flag: str, text: str) -> None:
+    assert parse_duration(text, flag) > 0
 
 
 @pytest.mark.parametrize("domain, clean", [("Example.ORG.", "example.org"), ("lan", "lan")])
@@ -62,7 +88,8 @@ def test_valid_domains(domain: str, clean: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "domain", ["a..b", "-a.b", "a-.b", "a_b.c", "x" * 64 + ".com", "a b", "é.com"]
+    "domain", ["a..b", "-a.b", "a-.b", "a_b.c", "x" * 64 + ".com", "a b", "é.com", ".", "",
+               " ", "..", ("a" * 60 + ".") * 5 + "com"]
 )
 def test_invalid_domains(domain: str) -> None:
     with pytest.raises(UsageError, match="--domain"):
@@ -71,6 +98,23 @@ def test_invalid_domains(domain: str) -> None:
 
 def test_mappings() -> None:
     assert parse_mappings(["80:8080", "443:8443,9090:9091"]) == {80: 8080, 443: 8443, 9090: 9091}
+
+
+@pytest.mark.parametrize("value", ["nan", "0", "2h", "soon"])
+def test_bad_hosts_write_timeout_in_the_environment(
+    value: str, hosts: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KUBEFWD_HOSTS_WRITE_TIMEOUT", value)
+    with pytest.raises(UsageError, match=f"KUBEFWD_HOSTS_WRITE_TIMEOUT: '{value}'"):
+        build_options(hosts_path=hosts)
+
+
+def test_hosts_write_timeout_from_the_environment(
+    hosts: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert build_options(hosts_path=hosts).hosts_write_timeout == 30
+    monkeypatch.setenv("KUBEFWD_HOSTS_WRITE_TIMEOUT", "3")
+    assert build_options(hosts_path=hosts).hosts_write_timeout == 3
 
 
 def test_defaults(hosts: Path) -> None:
@@ -108,6 +152,15 @@ def test_fwd_conf_adds_reservations_and_base(tmp_path: Path, hosts: Path) -> Non
         (["-z", "/nonexistent/fwd.yaml"], "cannot read it"),
         (["-n", "Bad_Namespace"], "not a valid namespace name"),
         (["-d", "bad..domain"], "not a valid DNS domain"),
+        (["-d", "."], "-d/--domain: '.' is empty"),
+        (["-d", ""], "-d/--domain: '' is empty"),
+        (["-t", "nan"], "-t/--timeout: 'nan' is not a finite duration"),
+        (["-t", "inf"], "-t/--timeout: 'inf' is not a finite duration"),
+        (["-t", "1e309"], "-t/--timeout: '1e309' is not a finite duration"),
+        (["--retry-interval", "1e400"], "--retry-interval: '1e400' is not a finite duration"),
+        (["-r", "we b:127.1.27.5"], "'we b' is not a service or host name"),
+        (["-r", "web:127.1.27.0"], "network address of 127.1.27.0/24"),
+        (["-r", "web:127.1.27.255"], "broadcast address of 127.1.27.0/24"),
         (["-l", "==="], "-l/--selector '===': cannot parse"),
         (["-l", "app=web,,tier=db"], "-l/--selector"),
         (["-l", "app in ()"], "a set needs values"),
@@ -221,7 +274,7 @@ def test_help_shows_every_flag_and_hides_the_aliases() -> None:
                  "--field-selector", "--domain", "--mapping", "--reserve", "--fwd-conf",
                  "--timeout", "--hosts-path", "--refresh-backup", "--purge-stale-ips",
                  "--resync-interval", "--retry-interval", "--auto-reconnect", "--verbose",
-                 "--transport", "--service", "--exclude", "Examples"]:
+                 "--transport", "--service", "--exclude", "--allow-shadowing", "Examples"]:
         assert flag in result.stdout, flag
     commands = [line.split()[1] for line in run("--help").stdout.splitlines()
                 if line.startswith("│ ") and len(line.split()) > 2]

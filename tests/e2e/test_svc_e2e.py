@@ -28,6 +28,7 @@ from helpers import (
     http_text,
     locked_block,
     manifests,
+    namespace,
     needs_root,
     service,
     try_http,
@@ -1414,3 +1415,166 @@ def test_a_short_resync_interval_relists_quietly(
     assert "WARNING" not in fwd.output and "retrying in" not in fwd.output, fwd.output
     assert "expired" not in fwd.output, fwd.output
     fwd.stop_cleanly()
+
+
+# -- names the cluster may not take ----------------------------------------------------------
+
+# A namespace "com" with a service "github" gives github.com; a service named localhost.
+SHADOWING = manifests(
+    namespace("com"),
+    workload("github", "com"),
+    service("github", "com"),
+    workload("localhost", "shop"),
+    service("localhost", "shop"),
+)
+PINNED = b"\n140.82.112.3 github.com  # pinned by the user\n"
+
+
+def _held_back(fwd: Kubefwd, name: str) -> list[str]:
+    return [line for line in fwd.lines if f"not writing {name} to the hosts file" in line]
+
+
+def test_cluster_names_never_shadow_this_machine_or_foreign_lines(
+    run: Callable[..., Kubefwd], cluster: SimCluster, tmp_path: Path
+) -> None:
+    cluster.apply(SHADOWING)
+    cluster.wait_ready("com", timeout=15)
+    cluster.wait_ready("shop", timeout=15)
+    original = ORIGINAL_HOSTS + PINNED
+    hosts = hosts_file(tmp_path, original, name="own-hosts")
+    fwd = run("-n", "shop,com", hosts_path=hosts)
+    names = hosts_entries(hosts)
+    assert "localhost" not in names and "github.com" not in names
+    # Both services are still forwarded, under their other names.
+    assert http_text(names["localhost.shop"], 80).startswith("localhost-")
+    assert http_text(names["github.com.svc"], 80).startswith("github-")
+    assert hosts.read_bytes().startswith(original)
+    [local] = _held_back(fwd, "localhost")
+    assert "it names this machine" in local
+    [pinned] = _held_back(fwd, "github.com")
+    assert "already defines it" in pinned and "--allow-shadowing" in pinned
+    # The user pins one of our names later: it is ours no more from the next write on.
+    with open(hosts, "ab") as fh:
+        fh.write(b"10.9.9.9 web.shop\n")
+    add_search_and_reach_it(cluster, hosts, name="search.shop")
+    names = hosts_entries(hosts)
+    assert "web.shop" not in names and "web" in names and "web.shop.svc" in names
+    assert hosts.read_bytes().startswith(original + b"10.9.9.9 web.shop\n")
+    fwd.wait_line(r"not writing web\.shop to the hosts file")
+    # Warned once each, however many writes happened since.
+    assert len(_held_back(fwd, "localhost")) == len(_held_back(fwd, "github.com")) == 1
+    assert fwd.stop() == 0
+    assert hosts.read_bytes() == original + b"10.9.9.9 web.shop\n"
+
+
+def test_allow_shadowing_writes_foreign_names_but_never_localhost(
+    run: Callable[..., Kubefwd], cluster: SimCluster, tmp_path: Path
+) -> None:
+    cluster.apply(SHADOWING)
+    cluster.wait_ready("com", timeout=15)
+    original = ORIGINAL_HOSTS + PINNED
+    hosts = hosts_file(tmp_path, original, name="own-hosts")
+    fwd = run("-n", "shop,com", "--allow-shadowing", hosts_path=hosts)
+    names = hosts_entries(hosts)
+    assert "github.com" in names and "localhost" not in names
+    assert http_text(names["github.com"], 80).startswith("github-")
+    assert not _held_back(fwd, "github.com") and len(_held_back(fwd, "localhost")) == 1
+    assert fwd.stop() == 0
+    assert hosts.read_bytes() == original
+
+
+# -- a full disk before start-up ---------------------------------------------------------------
+
+# Run kubefwd inside a private mount namespace, its hosts file on a tiny tmpfs filled to the
+# last byte ("$1": the folder to mount on; "$2": where to copy the file afterwards; "$3": a
+# file of 0 to 4 KiB to put into the hosts file before the disk is filled).
+_ON_A_FULL_DISK = textwrap.dedent(
+    """
+    set -u
+    mount -t tmpfs -o size=64k tmpfs "$1" || exit 99
+    cat "$3" > "$1/hosts"
+    dd if=/dev/zero of="$1/filler" bs=512 2>/dev/null
+    shift 3
+    "$@"
+    code=$?
+    echo "exit code $code"
+    """
+)
+
+
+def _full_disk_run(
+    cluster: SimCluster, tmp_path: Path, block: int, original: bytes, env: dict[str, str]
+) -> tuple[int, str, bytes, float]:
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    start = tmp_path / "original"
+    start.write_bytes(original)
+    conf = tmp_path / "base.yaml"
+    conf.write_text(f"baseUnreservedIP: 127.1.{block}.1\n")
+    script = _ON_A_FULL_DISK + 'cp "$DISK/hosts" "$OUT/hosts.after"\n'
+    argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "full-disk",
+            str(disk), str(tmp_path), str(start),
+            sys.executable, "-m", "kubefwd", "svc", "-c", str(cluster.kubeconfig_path),
+            "-n", "shop", "--hosts-path", str(disk / "hosts"), "-z", str(conf)]
+    full_env = dict(os.environ, HOME=str(tmp_path), PYTHONUNBUFFERED="1", DISK=str(disk),
+                    OUT=str(tmp_path), **env)
+    started = time.monotonic()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=full_env)
+    lines: list[str] = []
+    assert proc.stdout is not None
+    try:
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
+            if re.search(r"ready: \d+ services", line):
+                # Ctrl-C to kubefwd only: the shell around it reports its exit code.
+                for child in psutil.Process(proc.pid).children():
+                    child.send_signal(signal.SIGINT)
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            for child in psutil.Process(proc.pid).children(recursive=True):
+                child.kill()
+            proc.kill()
+            proc.wait(5)
+    out = "\n".join(lines)
+    if "unshare failed" in out:
+        pytest.skip("unshare not permitted here")
+    match = re.search(r"exit code (\d+)", out)
+    assert match, out
+    return int(match[1]), out, (tmp_path / "hosts.after").read_bytes(), \
+        time.monotonic() - started
+
+
+@pytest.mark.root
+@needs_root("unshare", "mount", "dd")
+def test_full_disk_at_start_up_writes_in_place_when_the_file_has_room(
+    cluster: SimCluster, tmp_path: Path, block: int
+) -> None:
+    """A small hosts file on a full tmpfs: our lines fit in the page the file already has, so
+    kubefwd writes them in place, becomes ready, and removes them at exit."""
+    code, out, after, _ = _full_disk_run(cluster, tmp_path, block, ORIGINAL_HOSTS, {})
+    assert re.search(r"ready: \d+ services", out), out
+    assert "web.shop" in out
+    assert code == 0, out
+    assert after == ORIGINAL_HOSTS
+
+
+@pytest.mark.root
+@needs_root("unshare", "mount", "dd")
+def test_full_disk_at_start_up_gives_up_with_exit_6_in_bounded_time(
+    cluster: SimCluster, tmp_path: Path, block: int
+) -> None:
+    """A hosts file that fills its pages exactly: our lines need a block the full disk does
+    not have. kubefwd gives up after the start-up deadline (shortened here) with exit 6 and
+    one line saying why, leaving the file as it was."""
+    original = (ORIGINAL_HOSTS + b"\n" + b"#" * 4095 + b"\n")[:8192]
+    original = original + b"#" * (8192 - len(original) - 1) + b"\n"
+    code, out, after, took = _full_disk_run(
+        cluster, tmp_path, block, original, {"KUBEFWD_HOSTS_WRITE_TIMEOUT": "3"})
+    assert code == 6, out
+    assert not re.search(r"ready: \d+ services", out), out
+    errors = [line for line in out.splitlines() if line.startswith("kubefwd: error:")]
+    assert len(errors) == 1 and "no space left" in errors[0] and "3s" in errors[0], out
+    assert took < 20, out
+    assert after == original

@@ -1064,3 +1064,49 @@ def test_writer_refuses_to_replace_a_special_file(tmp_path: Path) -> None:
         write_hosts(fifo, b"127.1.27.1 web\n", expect=None)
     assert fifo.is_fifo()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hosts"]
+
+
+_GROW_ON_A_FULL_DISK = _TINY_DISK + textwrap.dedent(
+    """
+    import json, os, sys
+    from pathlib import Path
+    from kubefwd.errors import HostsFileError
+    from kubefwd.hosts.fileio import read_hosts_stamped, write_hosts
+    base = Path(sys.argv[1])
+    full = base / "full"
+    tiny_disk(full)
+    hosts = full / "hosts"
+    original = b"127.0.0.1 localhost\\n" * 2000  # 40,000 bytes: no room for a second copy
+    hosts.write_bytes(original)
+    # Leave two pages free: enough to grow by a few KiB, not for a copy.
+    with open(full / "filler", "wb") as fh:
+        fh.write(b"x" * (os.statvfs(full).f_bavail * os.statvfs(full).f_frsize - 8192))
+    result = {}
+    grown = original + b"127.1.27.1\\tweb web.shop\\t# kubefwd pid=4242\\n" * 100
+    _, stamp = read_hosts_stamped(hosts)
+    result["grow"] = write_hosts(hosts, grown, expect=stamp)
+    result["grown"] = hosts.read_bytes() == grown
+    _, stamp = read_hosts_stamped(hosts)
+    try:
+        write_hosts(hosts, grown + b"# more\\n" * 4000, expect=stamp)
+        result["too_big"] = "written"
+    except HostsFileError as e:
+        result["too_big"] = str(e)
+    result["unchanged"] = hosts.read_bytes() == grown
+    result["leftovers"] = sorted(p.name for p in full.iterdir())
+    print(json.dumps(result))
+    """
+)
+
+
+@pytest.mark.root
+@needs_root("unshare", "mount")
+def test_full_disk_grows_the_file_in_place_when_its_blocks_can_be_reserved(
+    tmp_path: Path,
+) -> None:
+    """No room for a temp copy, but room for the few blocks the file grows by: the blocks are
+    reserved, then the content is written in place. Past the free space nothing changes."""
+    result = python_in_unshare(PRIVATE_MOUNTS, _GROW_ON_A_FULL_DISK, str(tmp_path))
+    assert result["grow"] == "in-place" and result["grown"], result
+    assert "no space left" in result["too_big"] and result["unchanged"], result
+    assert result["leftovers"] == ["filler", "hosts"]

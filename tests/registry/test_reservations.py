@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from kubefwd.errors import UsageError
 from kubefwd.registry.reservations import build_reservations, load_fwd_conf, parse_reserve
+
+
+def test_reserve_names_are_host_names_any_case() -> None:
+    assert parse_reserve(["Web.Shop:127.1.28.1", "db-0.db:127.1.28.254"]) == {
+        "web.shop": "127.1.28.1",
+        "db-0.db": "127.1.28.254",
+    }
 
 
 def test_reserve_flags() -> None:
@@ -28,6 +36,14 @@ def test_reserve_flags() -> None:
         (["db:127.1.300.1"], "not an IPv4 address"),
         (["db:127.1.28.1", "db:127.1.28.2"], "already reserved as 127.1.28.1"),
         (["db:127.1.28.1", "web:127.1.28.1"], "duplicates"),
+        (["we b:127.1.27.5"], "'we b' is not a service or host name"),
+        (["web_1:127.1.27.5"], "is not a service or host name"),
+        (["web..shop:127.1.27.5"], "is not a service or host name"),
+        (["-web:127.1.27.5"], "is not a service or host name"),
+        (["x" * 64 + ":127.1.27.5"], "is not a service or host name"),
+        (["web:127.1.27.0"], r"127.1.27.0 is the network address of 127.1.27.0/24"),
+        (["web:127.1.27.255"], r"127.1.27.255 is the broadcast address of 127.1.27.0/24"),
+        (["web:128.0.0.1"], "outside the loopback range"),
     ],
 )
 def test_bad_reserve_flags(values: list[str], message: str) -> None:
@@ -86,6 +102,15 @@ def test_empty_and_partial_files(tmp_path: Path) -> None:
         ),
         ("serviceConfigurations:\n  - {name: '', ip: 127.1.1.1}\n", "fwd.yaml:2: name must be"),
         ("a: [\n", r"fwd.yaml:2: "),
+        ("serviceConfigurations:\n  - {name: we b, ip: 127.1.1.1}\n",
+         "fwd.yaml:2: name: 'we b' is not a service or host name"),
+        ("serviceConfigurations:\n  - {name: web, ip: 127.1.1.0}\n",
+         "fwd.yaml:2: ip: 127.1.1.0 is the network address"),
+        ("serviceConfigurations:\n  - {name: web, ip: 127.1.1.255}\n",
+         "fwd.yaml:2: ip: 127.1.1.255 is the broadcast address"),
+        ("serviceConfigurations:\n  - {name: web, ip: 192.168.1.5}\n",
+         "fwd.yaml:2: ip: 192.168.1.5 is outside the loopback range"),
+        ("baseUnreservedIP: 127.1.27.255\n", "fwd.yaml:1: baseUnreservedIP 127.1.27.255 leaves"),
     ],
 )
 def test_bad_files_name_file_and_line(tmp_path: Path, text: str, message: str) -> None:
@@ -100,6 +125,33 @@ def test_unreadable_file(tmp_path: Path) -> None:
     (tmp_path / "bin.yaml").write_bytes(b"\xff\xfe\x00")
     with pytest.raises(UsageError, match="not a UTF-8"):
         load_fwd_conf(tmp_path / "bin.yaml")
+
+
+@pytest.mark.parametrize(
+    "text", ["[" * 20000 + "]" * 20000, "{a: " * 20000 + "1" + "}" * 20000,
+             "a:\n" + "".join(" " * i + "- \n" for i in range(1, 1200))],
+    ids=["lists", "mappings", "block-sequences"],
+)
+def test_deeply_nested_file_is_one_line_naming_it(tmp_path: Path, text: str) -> None:
+    path = _conf(tmp_path, text)
+    with pytest.raises(UsageError, match=r"--fwd-conf .*fwd\.yaml: nested too deeply"):
+        load_fwd_conf(path)
+
+
+def test_huge_file_is_refused_before_it_is_parsed(tmp_path: Path) -> None:
+    path = _conf(tmp_path, "# padding\n" * 400_000)
+    with pytest.raises(UsageError, match=r"fwd\.yaml: 4000000 bytes is too big"):
+        load_fwd_conf(path)
+
+
+def test_special_files_are_refused_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(UsageError, match=r"fifo\.yaml: not a regular file"):
+        load_fwd_conf(fifo)
+    with pytest.raises(UsageError, match="folder: not a regular file"):
+        (tmp_path / "folder").mkdir()
+        load_fwd_conf(tmp_path / "folder")
 
 
 def test_flags_override_the_file_and_duplicates_across_them_fail(tmp_path: Path) -> None:
