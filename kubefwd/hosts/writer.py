@@ -30,7 +30,14 @@ from kubefwd.hosts.fileio import (
     write_blocker,
     write_hosts,
 )
-from kubefwd.hosts.format import HostsDoc, Marker, format_entries, parse_hosts, render_hosts
+from kubefwd.hosts.format import (
+    HostsDoc,
+    Marker,
+    format_entries,
+    line_names,
+    parse_hosts,
+    render_hosts,
+)
 from kubefwd.support.threads import StoppableThread
 
 __all__ = [
@@ -88,7 +95,8 @@ def rewrite_lines(
     *,
     purge_stale: bool = False,
 ) -> bytes:
-    """The new file content: foreign text, live other owners' lines, then ours."""
+    """The new file content: foreign text, live other owners' lines, then ours (less the
+    names those lines already have)."""
     keep: list[bytes] = []
     alive: dict[tuple[int, int | None], bool] = {}
     for body, marker in doc.owned:
@@ -101,7 +109,10 @@ def rewrite_lines(
                 log.info("removing hosts lines of kubefwd pid %d (no longer running)", marker.pid)
         if alive[who]:
             keep.append(body)
-    ours = format_entries(entries, owner) if entries else []
+    # Names another live instance has written stay its own: of two instances that both
+    # take over a name the moment its holder stops, the first to write it keeps it.
+    taken = {name for body in keep for name in line_names(body)}
+    ours = format_entries(entries, owner, taken=taken) if entries else []
     return render_hosts(doc, keep + ours)
 
 

@@ -1064,3 +1064,15 @@ def test_writer_refuses_to_replace_a_special_file(tmp_path: Path) -> None:
         write_hosts(fifo, b"127.1.27.1 web\n", expect=None)
     assert fifo.is_fifo()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hosts"]
+
+
+def test_a_name_another_live_instance_wrote_is_not_written_again() -> None:
+    # Two instances that both take over a name the moment its holder stops: the one that
+    # writes first keeps it, the other writes the rest of its names only.
+    other = Marker(os.getppid(), process_start(os.getppid()))
+    theirs = format_entries({"127.1.27.1": ["web", "web.a"]}, other)
+    doc = parse_hosts(b"127.0.0.1 localhost\n" + b"".join(line + b"\n" for line in theirs))
+    new = rewrite_lines(doc, _ours(), {"127.1.28.1": ["web", "web.b"]})
+    ours = [line for line in new.splitlines() if b"pid=4242" in line]
+    assert ours == [b"127.1.28.1\tweb.b\t" + _ours().render()]
+    assert theirs[0] in new.splitlines()
