@@ -66,13 +66,15 @@ from kubefwd.registry.svcpick import NamePattern, ServicePicker
 from kubefwd.serve.coexist import Coexistence
 from kubefwd.serve.dispatch import Dispatcher, Reaper
 from kubefwd.serve.forwarder import ForwardStats
-from kubefwd.serve.forwardset import ForwardSet
+from kubefwd.serve.forwardset import ForwardSet, RetryBinds
 from kubefwd.serve.routing import Router
 from kubefwd.support.threads import StoppableThread
 from kubefwd.system.loopback import LoopbackStrategy, loopback_strategy
 from kubefwd.tunnel import TunnelPool
 
 log = logging.getLogger("kubefwd.app.program")
+# Housekeeping ticks (seconds) between retries of forwards that found no address to listen on.
+RETRY_BINDS_EVERY = 5
 
 
 @dataclass
@@ -139,6 +141,7 @@ class Kubefwd:
         self._hosts: HostsWriter | None = None
         self._loopback: LoopbackStrategy | None = None
         self._housekeeper: _Housekeeper | None = None
+        self._retry_ticks = 0
         self._dispatcher: Dispatcher | None = None
         self._coexist = Coexistence(options.hosts_path, self.report)
         self._start_lock = StartLock(options.hosts_path)
@@ -287,7 +290,7 @@ class Kubefwd:
         report_privileged_ports(self.report, self._live.privileged_ports)
         self._housekeeper = _Housekeeper(self)
         self._housekeeper.start()
-        states = self._live.states()
+        states = self._live.listening()  # what really listens, not what was attempted
         count = len({f.key[:3] for f in states})
         addresses = len(states)
         self._stop_signals.starting = False
@@ -534,6 +537,10 @@ class Kubefwd:
                 elif isinstance(command, HostsSnapshot):
                     self._coexist.set_snapshot(command.entries)
                     self._coexist.publish()
+                elif isinstance(command, RetryBinds):
+                    self._live.retry_unbound()
+                    if self._registry is not None:
+                        self._registry.retry_exhausted()
             except KubefwdError as exc:
                 self.report.warning("%s", exc)
 
@@ -542,8 +549,15 @@ class Kubefwd:
     def housekeeping(self) -> None:
         """Once a second: -t warnings, tunnels of vanished pods, -a re-opening, names other
         instances let go of."""
-        if self._coexist.others.refresh():
+        others_changed = self._coexist.others.refresh()
+        if others_changed:
             self._coexist.publish()
+        # Addresses may have freed up (another instance stopped, a foreign listener closed):
+        # at once when the others' lines changed, else every few seconds.
+        self._retry_ticks += 1
+        if (others_changed or self._retry_ticks % RETRY_BINDS_EVERY == 0) and \
+                self._dispatcher is not None:
+            self._dispatcher.put([RetryBinds()])
         if self._registry is not None:
             self._registry.expire()  # StatefulSet pod forwards whose pod did not come back
         now = time.monotonic()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
@@ -108,13 +108,21 @@ def _clean_names(names: Sequence[str], seen: set[str]) -> list[bytes]:
     return out
 
 
-def format_entries(entries: Mapping[str, Sequence[str]], marker: Marker) -> list[bytes]:
+def line_names(body: bytes) -> list[str]:
+    """The host names on one of our lines (its body, without the line ending)."""
+    return [n.decode("ascii", "replace") for n in body.split(b"#", 1)[0].split()[1:]]
+
+
+def format_entries(
+    entries: Mapping[str, Sequence[str]], marker: Marker, *, taken: Iterable[str] = ()
+) -> list[bytes]:
     """Our lines for a snapshot ip → names: one per IP, split when the name list is long.
 
-    A name already written for an earlier IP is skipped, so no name ever points at two IPs.
+    A name already written for an earlier IP, or in ``taken`` (on another running
+    kubefwd's lines), is skipped, so no name ever points at two IPs.
     """
     tag = marker.render()
-    seen: set[str] = set()
+    seen: set[str] = set(taken)
     lines: list[bytes] = []
     for ip, names in entries.items():
         ip_b = ip.encode("ascii")

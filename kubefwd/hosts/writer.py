@@ -30,7 +30,14 @@ from kubefwd.hosts.fileio import (
     write_blocker,
     write_hosts,
 )
-from kubefwd.hosts.format import HostsDoc, Marker, format_entries, parse_hosts, render_hosts
+from kubefwd.hosts.format import (
+    HostsDoc,
+    Marker,
+    format_entries,
+    line_names,
+    parse_hosts,
+    render_hosts,
+)
 from kubefwd.hosts.shadowing import NameGuard
 from kubefwd.support.threads import StoppableThread
 
@@ -91,7 +98,8 @@ def rewrite_lines(
     guard: NameGuard | None = None,
 ) -> bytes:
     """The new file content: foreign text, live other owners' lines, then ours (without the
-    names ``guard`` holds back next to this foreign text; a default guard without one)."""
+    names ``guard`` holds back next to this foreign text, a default guard without one, and
+    less the names those other owners' lines already have)."""
     keep: list[bytes] = []
     alive: dict[tuple[int, int | None], bool] = {}
     for body, marker in doc.owned:
@@ -106,7 +114,10 @@ def rewrite_lines(
             keep.append(body)
     if entries:
         entries = (guard or NameGuard()).filter(entries, doc.foreign)
-    ours = format_entries(entries, owner) if entries else []
+    # Names another live instance has written stay its own: of two instances that both
+    # take over a name the moment its holder stops, the first to write it keeps it.
+    taken = {name for body in keep for name in line_names(body)}
+    ours = format_entries(entries, owner, taken=taken) if entries else []
     return render_hosts(doc, keep + ours)
 
 

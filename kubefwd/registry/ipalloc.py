@@ -213,7 +213,8 @@ class IpAllocator:
 
     def move(self, key: Hashable, *, namespace: str = "") -> str:
         """The address of ``key`` turned out to be in use (a bind failed): block it for good
-        and give ``key`` the next free one of the same range. Raises AddressesExhausted."""
+        and give ``key`` the next free one of the same range. Raises AddressesExhausted, and
+        ``key`` then keeps its old address (still blocked for everyone else)."""
         with self._lock:
             old = self._by_key.get(key)
             if old is None:
@@ -226,7 +227,16 @@ class IpAllocator:
             ns_lock = self._ns_locks.setdefault(range_key, threading.Lock())
         label = namespace or f"127.{octets[1]}.{octets[2]}.x"
         with ns_lock:
-            return self._scan(key, octets[1], octets[2], label)
+            try:
+                return self._scan(key, octets[1], octets[2], label)
+            except AddressesExhausted:
+                # Nowhere to go: ``key`` keeps its (blocked) address, so that address is
+                # never handed to another service while this one may still come back to it,
+                # and a later ``move`` can try again once addresses free up.
+                with self._lock:
+                    if key not in self._by_key and old not in self._by_ip:
+                        self._claim(key, old)
+                raise
 
     def block(self, ip: str) -> None:
         """Never hand out ``ip`` again in this run."""

@@ -234,6 +234,19 @@ class Registry:
                         self._queue.append(commands)
         self._drain()
 
+    def retry_exhausted(self) -> None:
+        """Try again to give an address to the services that found none (another instance
+        may have let go of some); call now and then. Delivers the commands on this thread."""
+        with self._lock.write():
+            if not self._exhausted:
+                return
+            for context in sorted({c for (c, _, _) in self._exhausted}):
+                dirty = {(n, s) for (c, n, s) in self._exhausted if c == context}
+                commands = self._recompute(context, dirty)
+                if commands:
+                    self._queue.append(commands)
+        self._drain()
+
     def _due(self, context: str) -> set[tuple[str, str]]:
         """(namespace, service) of ``context`` with a kept pod forward whose grace ran out."""
         if not self._gone_since:

@@ -84,6 +84,8 @@ class Coexistence:
         self._hosts_lock = threading.Lock()  # one hosts snapshot computed at a time
         self._raw_hosts: dict[str, list[str]] = {}  # the registry's newest snapshot
         self._written_names: set[str] = set()  # names we have published: they stay ours
+        # registry addresses of forwards that listen on no port: their names are not written
+        self._silent: set[str] = set()
         self._foreign_warned: set[str] = set()
 
     def moved_to(self, registry_ip: str) -> str | None:
@@ -95,6 +97,18 @@ class Coexistence:
         """The forward given ``registry_ip`` is gone."""
         with self._ip_lock:
             self._ip_map.pop(registry_ip, None)
+            self._silent.discard(registry_ip)
+
+    def set_listening(self, registry_ip: str, listening: bool) -> bool:
+        """Does the forward given ``registry_ip`` listen on at least one port? Names are
+        written only for addresses we listen on. True when that changed."""
+        with self._ip_lock:
+            was = registry_ip not in self._silent
+            if listening:
+                self._silent.discard(registry_ip)
+            else:
+                self._silent.add(registry_ip)
+            return was != listening
 
     def set_snapshot(self, entries: dict[str, list[str]]) -> None:
         """The registry's newest hosts snapshot (ip → names), at its own addresses."""
@@ -103,16 +117,20 @@ class Coexistence:
 
     def publish(self) -> None:
         """Hand the hosts writer the registry's snapshot at the addresses really used, less
-        the names another running kubefwd already wrote (those wait until it lets go)."""
+        the names another running kubefwd already wrote (those wait until it lets go) and
+        those of forwards that listen on no port (they wait until one is bound)."""
         hosts = self.hosts
         if hosts is None:
             return
         with self._hosts_lock:
             with self._ip_lock:
                 ip_map = dict(self._ip_map)
+                silent = set(self._silent)
             entries: dict[str, list[str]] = {}
             held: list[str] = []
             for ip, names in self._raw_hosts.items():
+                if ip in silent:  # nobody listens there: a name would lead nowhere
+                    continue
                 kept = []
                 for name in names:
                     if name not in self._written_names and self.others.holder(name):
@@ -144,10 +162,12 @@ class Coexistence:
         *,
         allocator: IpAllocator | None,
         rebind: Callable[[str], list[BindError]],
+        quiet: bool = False,
     ) -> list[BindError]:
         """A port of the forward's address ``ip`` is held by another process (another kubefwd
         that has not written its lines yet, say): move the forward to the next free address
-        (``rebind`` binds it there). A reserved address (-r, -z) stays, with the error."""
+        (``rebind`` binds it there). A reserved address (-r, -z) stays, with the error.
+        ``quiet``: a retry, which does not warn again that no address is free."""
         moved = False
         for _ in range(MOVE_ATTEMPTS):
             in_use = [e for e in errors if isinstance(e.__cause__, OSError)
@@ -157,7 +177,8 @@ class Coexistence:
             try:
                 new_ip = allocator.move(key, namespace=key.namespace)
             except (KubefwdError, KeyError) as exc:
-                self.report.warning("%s: %s", key, exc)
+                if not quiet:
+                    self.report.warning("%s: %s", key, exc)
                 break
             self.report.warning("%s: %s; moving it to %s", key, in_use[0], new_ip)
             with self._ip_lock:

@@ -31,6 +31,12 @@ from kubefwd.system.loopback import LoopbackStrategy
 from kubefwd.tunnel import PodTunnel
 
 
+@dataclass(frozen=True)
+class RetryBinds:
+    """A command queued with the registry's, now and then and whenever another instance's
+    addresses change: bind again what found no address or could not listen."""
+
+
 @dataclass
 class LiveForward:
     """What the app knows of one live forward (a service, or one pod of a headless one)."""
@@ -100,6 +106,7 @@ class ForwardSet:
                 errors = forwarder.bind()  # a removed forward on this IP had not closed yet
             state = LiveForward(upsert.key, forwarder, upsert, registry_ip=registry_ip)
             errors = self._move_if_in_use(state, errors)
+            self._note_listening(state)
             with self._lock:
                 self._forwards[name] = state
             forwarder.start()
@@ -113,6 +120,8 @@ class ForwardSet:
                     self.loopback.ensure(upsert.ip)
                 errors = state.forwarder.reconfigure(upsert.ip, self._listen_ports(upsert))
                 self._bind_errors(name, errors)
+                if self._note_listening(state):
+                    self._coexist.publish()
             state.forwarder.poke()
             if old.pods[:1] != upsert.pods[:1]:
                 pod = upsert.pods[0].name if upsert.pods else None
@@ -144,7 +153,8 @@ class ForwardSet:
         else:
             self.reaper.reap(name, state.upsert.ip, state.forwarder)
 
-    def _move_if_in_use(self, state: LiveForward, errors: list[BindError]) -> list[BindError]:
+    def _move_if_in_use(self, state: LiveForward, errors: list[BindError], *,
+                        quiet: bool = False) -> list[BindError]:
         """Move the forward on when its address is in use (``Coexistence.move_if_in_use``)."""
 
         def rebind(new_ip: str) -> list[BindError]:
@@ -155,8 +165,41 @@ class ForwardSet:
 
         return self._coexist.move_if_in_use(
             state.key, state.registry_ip, state.upsert.ip, errors,
-            allocator=self.allocator, rebind=rebind,
+            allocator=self.allocator, rebind=rebind, quiet=quiet,
         )
+
+    def _note_listening(self, state: LiveForward) -> bool:
+        """Tell the hosts side whether the forward listens on any port (a forward without
+        ports counts as listening: it has nothing to bind); True when that changed."""
+        listening = not state.upsert.ports or bool(state.forwarder.bound_ports())
+        return self._coexist.set_listening(state.registry_ip, listening)
+
+    def retry_unbound(self) -> int:
+        """Bind again every forward that listens on no port (its address was in use and no
+        other was free, say): addresses may have freed up since. Those that listen now get
+        their names written and are announced; returns how many. On the dispatcher thread."""
+        with self._lock:
+            if self._closed:
+                return 0
+            states = [s for s in self._forwards.values()
+                      if s.upsert.ports and not s.forwarder.bound_ports()]
+        fixed = 0
+        for state in states:
+            errors = state.forwarder.reconfigure(state.upsert.ip, self._listen_ports(state.upsert))
+            errors = self._move_if_in_use(state, errors, quiet=True)
+            if not state.forwarder.bound_ports():
+                continue
+            fixed += 1
+            self._note_listening(state)
+            if self._ready.is_set():
+                self._announce(state)
+        if fixed:
+            self._coexist.publish()
+        return fixed
+
+    def listening(self) -> list[LiveForward]:
+        """The live forwards that listen on at least one port."""
+        return [s for s in self.states() if s.forwarder.bound_ports()]
 
     @staticmethod
     def _listen_ports(upsert: ForwardUpsert) -> list[ListenPort]:

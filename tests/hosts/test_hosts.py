@@ -1110,3 +1110,15 @@ def test_full_disk_grows_the_file_in_place_when_its_blocks_can_be_reserved(
     assert result["grow"] == "in-place" and result["grown"], result
     assert "no space left" in result["too_big"] and result["unchanged"], result
     assert result["leftovers"] == ["filler", "hosts"]
+
+
+def test_a_name_another_live_instance_wrote_is_not_written_again() -> None:
+    # Two instances that both take over a name the moment its holder stops: the one that
+    # writes first keeps it, the other writes the rest of its names only.
+    other = Marker(os.getppid(), process_start(os.getppid()))
+    theirs = format_entries({"127.1.27.1": ["web", "web.a"]}, other)
+    doc = parse_hosts(b"127.0.0.1 localhost\n" + b"".join(line + b"\n" for line in theirs))
+    new = rewrite_lines(doc, _ours(), {"127.1.28.1": ["web", "web.b"]})
+    ours = [line for line in new.splitlines() if b"pid=4242" in line]
+    assert ours == [b"127.1.28.1\tweb.b\t" + _ours().render()]
+    assert theirs[0] in new.splitlines()

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from kubefwd.hosts import rewrite_lines
+from kubefwd.hosts.writer import rewrite_lines
 from kubefwd.hosts.format import Marker, parse_hosts
 from kubefwd.hosts.shadowing import NameGuard, foreign_names, is_local_name
 

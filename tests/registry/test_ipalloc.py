@@ -176,3 +176,17 @@ def test_move_blocks_the_address_and_keeps_the_range() -> None:
     assert alloc.allocate("e", 0, 1, ["e"]) == "127.1.28.6"
     with pytest.raises(KeyError):
         alloc.move("never-allocated")
+
+
+def test_a_move_with_nowhere_to_go_keeps_the_old_address_for_a_later_try() -> None:
+    alloc = IpAllocator(base="127.1.27.253")
+    assert alloc.allocate("a", 0, 0, ["a"]) == "127.1.27.253"
+    assert alloc.allocate("b", 0, 0, ["b"]) == "127.1.27.254"
+    with pytest.raises(AddressesExhausted):
+        alloc.move("a")
+    # Still "a"'s: not handed to anyone else, and a later move may try again.
+    assert alloc.ip_of("a") == "127.1.27.253"
+    with pytest.raises(AddressesExhausted):
+        alloc.allocate("c", 0, 0, ["c"])
+    alloc.release("b")
+    assert alloc.move("a") == "127.1.27.254"
