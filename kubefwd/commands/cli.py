@@ -81,8 +81,11 @@ def _register_subcommands() -> None:
 
 
 def _split_global(argv: list[str]) -> tuple[list[str], bool]:
-    show_traceback = "--traceback" in argv
-    return [a for a in argv if a not in _GLOBAL_FLAGS], show_traceback
+    # Only before ``--``: what follows is a command kubefwd runs, with its own flags.
+    own, tail = (argv[:argv.index("--")], argv[argv.index("--"):]) if "--" in argv \
+        else (argv, [])
+    show_traceback = "--traceback" in own
+    return [a for a in own if a not in _GLOBAL_FLAGS] + tail, show_traceback
 
 
 def _default_to_svc(argv: list[str], command_names: set[str]) -> list[str]:
