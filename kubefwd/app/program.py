@@ -112,6 +112,7 @@ class SvcOptions:
     ready_file: Path | None = None  # written once everything answers, removed at exit
     wait_for: list[str] = field(default_factory=list)  # empty: every forwarded service
     no_wait: bool = False  # run CMD / write the ready file right after start-up
+    pod_policy: str = "spread"  # which ready pod takes a new connection (see routing)
     # Not flags: where ~/hosts.original goes (None: the invoking user's home).
     backup_dir: Path | None = None
     make_backup: bool = True
@@ -148,7 +149,7 @@ class Kubefwd:
         self._coexist = Coexistence(options.hosts_path, self.report)
         self._start_lock = StartLock(options.hosts_path)
         self._reaper: Reaper | None = None
-        self._router = Router(self.report, self._targets)
+        self._router = Router(self.report, self._targets, policy=options.pod_policy)
         self._live = ForwardSet(report=self.report, coexist=self._coexist, router=self._router,
                                 targets=self._targets, ready=self.ready,
                                 hold_timeout=options.timeout, metrics=self.metrics)

@@ -333,6 +333,10 @@ _H_WAIT_FOR = (
     "With -- CMD or --ready-file: wait only for these services (NAME, NAMESPACE/NAME or a "
     "glob); repeatable and comma-separated (default: every forwarded service)."
 )
+_H_POD_POLICY = (
+    "Which ready pod of a service takes each new connection: spread (the one with the fewest "
+    "open connections, ties in turn) or first (the oldest)."
+)
 _H_NO_WAIT = ("With -- CMD or --ready-file: do not wait for pods to answer, only for "
               "kubefwd's own start-up.")
 
@@ -408,6 +412,7 @@ def svc(
     ready_file: Annotated[Path | None, _opt("", "--ready-file", "FILE", _H_READY_FILE)] = None,
     wait_for: Annotated[list[str] | None, _opt("", "--wait-for", "NAME", _H_WAIT_FOR)] = None,
     no_wait: Annotated[bool, _flag("", "--no-wait", _H_NO_WAIT)] = False,
+    pod_policy: Annotated[str, _opt("", "--pod-policy", "spread|first", _H_POD_POLICY)] = "spread",
 ) -> int:
     """Forward the services of the chosen namespaces; names go to the hosts file."""
     from kubefwd.app.program import Kubefwd
@@ -428,7 +433,7 @@ def svc(
         auto_reconnect=auto_reconnect, verbose=verbose, transport=transport,
         wait_namespaces=wait_namespaces,
         command=list(ctx.meta.get(COMMAND_META) or []),
-        ready_file=ready_file, wait_for=wait_for, no_wait=no_wait,
+        ready_file=ready_file, wait_for=wait_for, no_wait=no_wait, pod_policy=pod_policy,
     )
     bus = EventBus()
     app = Kubefwd(options, bus=bus)
@@ -473,6 +478,7 @@ def build_options(
     ready_file: Path | None = None,
     wait_for: list[str] | None = None,
     no_wait: bool = False,
+    pod_policy: str = "spread",
 ) -> Any:
     """Validate the command line into ``SvcOptions``; raises ``UsageError`` (exit 2)."""
     from kubefwd.app.program import SvcOptions
@@ -483,6 +489,10 @@ def build_options(
     if wait_namespaces and not namespaces:
         raise UsageError("--wait-namespaces needs -n/--namespace (-A already follows "
                          "namespaces as they come and go)")
+    from kubefwd.serve.routing import POD_POLICIES
+
+    if pod_policy not in POD_POLICIES:
+        raise UsageError(f"--pod-policy: '{pod_policy}' is not one of {', '.join(POD_POLICIES)}")
     if transport not in TRANSPORTS:
         raise UsageError(f"--transport: '{transport}' is not one of {', '.join(TRANSPORTS)}")
     command = list(command or [])
@@ -532,6 +542,7 @@ def build_options(
         ready_file=ready_file,
         wait_for=waits,
         no_wait=no_wait,
+        pod_policy=pod_policy,
     )
 
 
