@@ -75,6 +75,13 @@ def _register_subcommands() -> None:
         context_settings={"help_option_names": ["-h", "--help"]},
     )(sim_command)
 
+    from kubefwd.commands.clean import clean_command
+    from kubefwd.commands.status import status_command
+
+    for name, fn in (("status", status_command), ("clean", clean_command)):
+        app.command(name, cls=HelpCommand, help=fn.__doc__,
+                    context_settings={"help_option_names": ["-h", "--help"]})(fn)
+
     from kubefwd.commands.svc import register
 
     register(app)
