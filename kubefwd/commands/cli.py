@@ -32,7 +32,7 @@ app = typer.Typer(
         "Run 'kubefwd svc --help' for the main command; 'kubefwd' alone means 'kubefwd svc'."
     ),
     no_args_is_help=False,
-    add_completion=False,
+    add_completion=True,
     context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
     cls=_Group,
@@ -40,7 +40,8 @@ app = typer.Typer(
 
 # Options that belong to the program, not to a subcommand.
 _GLOBAL_FLAGS = {"--traceback"}
-_TOP_LEVEL_OPTIONS = {"-h", "--help", "--version"}
+_TOP_LEVEL_OPTIONS = {"-h", "--help", "--version", "--install-completion",
+                      "--show-completion"}
 
 
 @app.callback()

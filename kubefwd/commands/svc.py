@@ -341,9 +341,21 @@ _H_NO_WAIT = ("With -- CMD or --ready-file: do not wait for pods to answer, only
               "kubefwd's own start-up.")
 
 
-def _opt(short: str, long: str, metavar: str, help: str) -> Any:
+def _opt(short: str, long: str, metavar: str, help: str, **more: Any) -> Any:
     names = [long, short] if short else [long]
-    return typer.Option(*names, metavar=metavar, help=help)
+    return typer.Option(*names, metavar=metavar, help=help, **more)
+
+
+def _complete_context(ctx: Any, incomplete: str) -> list[str]:
+    from kubefwd.cluster.completion import complete_context
+
+    return complete_context(ctx, incomplete)
+
+
+def _complete_namespace(ctx: Any, incomplete: str) -> list[str]:
+    from kubefwd.cluster.completion import complete_namespace
+
+    return complete_namespace(ctx, incomplete)
 
 
 def _flag(short: str, long: str, help: str) -> Any:
@@ -387,8 +399,10 @@ COMMAND_META = "kubefwd.command"
 def svc(
     ctx: typer.Context,
     kubeconfig: Annotated[str | None, _opt("-c", "--kubeconfig", "FILE", _H_KUBECONFIG)] = None,
-    context: Annotated[list[str] | None, _opt("-x", "--context", "CTX", _H_CONTEXT)] = None,
-    namespace: Annotated[list[str] | None, _opt("-n", "--namespace", "NS", _H_NS)] = None,
+    context: Annotated[list[str] | None, _opt("-x", "--context", "CTX", _H_CONTEXT,
+                                              autocompletion=_complete_context)] = None,
+    namespace: Annotated[list[str] | None, _opt("-n", "--namespace", "NS", _H_NS,
+                                                autocompletion=_complete_namespace)] = None,
     all_namespaces: Annotated[bool, _flag("-A", "--all-namespaces", _H_ALL)] = False,
     wait_namespaces: Annotated[bool, _flag("", "--wait-namespaces", _H_WAIT_NS)] = False,
     selector: Annotated[str, _opt("-l", "--selector", "SELECTOR", _H_SELECTOR)] = "",
