@@ -20,6 +20,7 @@ class ExitCode(enum.IntEnum):
     PRIVILEGE = 5  # needs root for a named reason (hosts file not writable, port < 1024)
     HOSTS = 6  # hosts file could not be read, locked or written
     NETWORK = 7  # a listener could not be bound, loopback alias failed
+    NOT_READY = 8  # -- CMD: services still not answering after --timeout; CMD not run
     INTERRUPTED = 130  # stopped by a signal before it was ready
 
 
@@ -40,6 +41,12 @@ class KubefwdError(Exception):
 
 class UsageError(KubefwdError):
     exit_code = ExitCode.USAGE
+
+
+class NotReadyError(KubefwdError):
+    """``-- CMD``: some services did not answer within ``--timeout``; CMD was not run."""
+
+    exit_code = ExitCode.NOT_READY
 
 
 class ConfigError(KubefwdError):

@@ -13,6 +13,7 @@ hosts writer (it removes our lines), undo loopback aliases.
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import threading
@@ -23,6 +24,16 @@ from pathlib import Path
 from typing import Any
 
 from kubefwd.app.control import Control, ControlError, Scope
+from kubefwd.app.runcmd import (
+    Readiness,
+    ReadyFileWriter,
+    WaitPlan,
+    command_env,
+    ready_text,
+    remove_ready_file,
+    run_command,
+    write_ready_file,
+)
 from kubefwd.app.signals import StartupInterrupted, StopSignals, child_pids, end_children
 from kubefwd.app.startup import (
     START_LOCK_WAIT,
@@ -41,6 +52,7 @@ from kubefwd.errors import (
     ExitCode,
     HostsFileError,
     KubefwdError,
+    NotReadyError,
 )
 from kubefwd.events.bus import EventBus
 from kubefwd.events.metrics import MetricsRegistry, MetricsSampler
@@ -106,6 +118,12 @@ class SvcOptions:
     allow_shadowing: bool = False
     # Not a flag: $KUBEFWD_HOSTS_WRITE_TIMEOUT, how long start-up retries the first write.
     hosts_write_timeout: float = 30.0
+    # ``-- CMD``: run it once the services answer, then stop with its exit status.
+    command: list[str] = field(default_factory=list)
+    ready_file: Path | None = None  # written once everything answers, removed at exit
+    wait_for: list[str] = field(default_factory=list)  # empty: every forwarded service
+    no_wait: bool = False  # run CMD / write the ready file right after start-up
+    pod_policy: str = "spread"  # which ready pod takes a new connection (see routing)
     # Not flags: where ~/hosts.original goes (None: the invoking user's home).
     backup_dir: Path | None = None
     make_backup: bool = True
@@ -146,7 +164,7 @@ class Kubefwd:
         self._coexist = Coexistence(options.hosts_path, self.report)
         self._start_lock = StartLock(options.hosts_path)
         self._reaper: Reaper | None = None
-        self._router = Router(self.report, self._targets)
+        self._router = Router(self.report, self._targets, policy=options.pod_policy)
         self._live = ForwardSet(report=self.report, coexist=self._coexist, router=self._router,
                                 targets=self._targets, ready=self.ready,
                                 hold_timeout=options.timeout, metrics=self.metrics)
@@ -202,10 +220,69 @@ class Kubefwd:
         # slowest 1% of new connections (scripts/bench, new-connection p99). Only for the
         # process that runs kubefwd: an embedding program keeps its collector as it is.
         gc.freeze()
+        if self.options.command:
+            return self._run_command()
+        writer = self._start_ready_file_writer()
         self._stop_signals.wait_for_stop()
         self.report.info("stopping: closing forwards and removing hosts entries")
+        if writer is not None:
+            _step("stop waiting for readiness", functools.partial(_join, writer))
+            _step("remove the ready file", lambda: remove_ready_file(writer.path))
         self.shutdown("signal")
         return int(ExitCode.HOSTS if self.hosts_cleanup_failed else ExitCode.OK)
+
+    # -- -- CMD and --ready-file ---------------------------------------------------------------
+
+    def _wait_plan(self) -> WaitPlan:
+        o = self.options
+        return WaitPlan(timeout=o.timeout, wait_for=tuple(o.wait_for), no_wait=o.no_wait)
+
+    def _warn_not_ready(self, down: list[str]) -> None:
+        self.report.warning("not answering after %gs: %s", self.options.timeout,
+                            ", ".join(down))
+
+    def _start_ready_file_writer(self) -> ReadyFileWriter | None:
+        path = self.options.ready_file
+        if path is None:
+            return None
+        writer = ReadyFileWriter(Readiness(self.store, self.bus), self._wait_plan(), path,
+                                 ready_text(self.options.hosts_path), self._warn_not_ready)
+        writer.start()
+        return writer
+
+    def _run_command(self) -> int:
+        """Wait until the services answer, run the command, stop; its exit status."""
+        o = self.options
+        plan = self._wait_plan()
+        down = Readiness(self.store, self.bus).wait(plan, self.stop_requested,
+                                                    time.monotonic() + plan.timeout)
+        if self.stop_requested.is_set():
+            self.report.info("stopping before the command ran")
+            self.shutdown("signal")
+            return int(ExitCode.HOSTS if self.hosts_cleanup_failed else ExitCode.INTERRUPTED)
+        if down:
+            self.shutdown("not ready")
+            raise NotReadyError(f"not answering after {o.timeout:g}s (-t/--timeout): "
+                                f"{', '.join(down)}; {o.command[0]} was not run")
+        code = int(ExitCode.ERROR)
+        ready_file = o.ready_file
+        try:
+            if ready_file is not None:
+                write_ready_file(ready_file, ready_text(o.hosts_path))
+            self.report.info("running %s", " ".join(o.command))
+            try:
+                code = run_command(o.command, command_env(o.hosts_path))
+            except OSError as exc:
+                self.report.error("cannot run %s: %s", o.command[0], exc.strerror or exc)
+                code = 127
+            self.report.info("%s exited with %d: stopping", o.command[0], code)
+        finally:
+            if ready_file is not None:
+                _step("remove the ready file", lambda: remove_ready_file(ready_file))
+            self.shutdown("command ended")
+        if self.hosts_cleanup_failed and code == 0:
+            return int(ExitCode.HOSTS)
+        return code
 
     # -- start -----------------------------------------------------------------------------
 
@@ -672,6 +749,11 @@ class Kubefwd:
 
 
 
+
+
+def _join(thread: StoppableThread) -> None:
+    if not thread.stop_and_join(5.0):
+        log.warning("%s did not stop in time", thread.name)
 
 
 def _step(what: str, fn: Callable[[], None]) -> None:

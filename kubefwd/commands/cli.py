@@ -32,7 +32,7 @@ app = typer.Typer(
         "Run 'kubefwd svc --help' for the main command; 'kubefwd' alone means 'kubefwd svc'."
     ),
     no_args_is_help=False,
-    add_completion=False,
+    add_completion=True,
     context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
     cls=_Group,
@@ -40,7 +40,8 @@ app = typer.Typer(
 
 # Options that belong to the program, not to a subcommand.
 _GLOBAL_FLAGS = {"--traceback"}
-_TOP_LEVEL_OPTIONS = {"-h", "--help", "--version"}
+_TOP_LEVEL_OPTIONS = {"-h", "--help", "--version", "--install-completion",
+                      "--show-completion"}
 
 
 @app.callback()
@@ -75,14 +76,24 @@ def _register_subcommands() -> None:
         context_settings={"help_option_names": ["-h", "--help"]},
     )(sim_command)
 
+    from kubefwd.commands.clean import clean_command
+    from kubefwd.commands.status import status_command
+
+    for name, fn in (("status", status_command), ("clean", clean_command)):
+        app.command(name, cls=HelpCommand, help=fn.__doc__,
+                    context_settings={"help_option_names": ["-h", "--help"]})(fn)
+
     from kubefwd.commands.svc import register
 
     register(app)
 
 
 def _split_global(argv: list[str]) -> tuple[list[str], bool]:
-    show_traceback = "--traceback" in argv
-    return [a for a in argv if a not in _GLOBAL_FLAGS], show_traceback
+    # Only before ``--``: what follows is a command kubefwd runs, with its own flags.
+    own, tail = (argv[:argv.index("--")], argv[argv.index("--"):]) if "--" in argv \
+        else (argv, [])
+    show_traceback = "--traceback" in own
+    return [a for a in own if a not in _GLOBAL_FLAGS] + tail, show_traceback
 
 
 def _default_to_svc(argv: list[str], command_names: set[str]) -> list[str]:

@@ -57,6 +57,7 @@ Examples:
   sudo kubefwd svc -n shop -m 80:8080      # service port 80 listens on 8080
   sudo kubefwd svc -n shop -r web:127.1.27.99
   kubefwd svc -n shop --hosts-path ./hosts # no root for a file you own
+  sudo kubefwd svc -n shop -- make integration-test   # run it, exit with its code
 
 \b
 Then:  curl http://web:80/   or   curl http://web.shop:80/
@@ -366,11 +367,36 @@ _H_SHADOW = (
     "of this machine, such as localhost, are never written)."
 )
 _H_TRANSPORT = "Tunnel protocol: SPDY in a WebSocket, plain SPDY, WebSocket v4, or auto."
+_H_READY_FILE = (
+    "Write this file (atomically) once every service answers; removed when kubefwd stops."
+)
+_H_WAIT_FOR = (
+    "With -- CMD or --ready-file: wait only for these services (NAME, NAMESPACE/NAME or a "
+    "glob); repeatable and comma-separated (default: every forwarded service)."
+)
+_H_POD_POLICY = (
+    "Which ready pod of a service takes each new connection: spread (the one with the fewest "
+    "open connections, ties in turn) or first (the oldest)."
+)
+_H_NO_WAIT = ("With -- CMD or --ready-file: do not wait for pods to answer, only for "
+              "kubefwd's own start-up.")
 
 
-def _opt(short: str, long: str, metavar: str, help: str) -> Any:
+def _opt(short: str, long: str, metavar: str, help: str, **more: Any) -> Any:
     names = [long, short] if short else [long]
-    return typer.Option(*names, metavar=metavar, help=help)
+    return typer.Option(*names, metavar=metavar, help=help, **more)
+
+
+def _complete_context(ctx: Any, incomplete: str) -> list[str]:
+    from kubefwd.cluster.completion import complete_context
+
+    return complete_context(ctx, incomplete)
+
+
+def _complete_namespace(ctx: Any, incomplete: str) -> list[str]:
+    from kubefwd.cluster.completion import complete_namespace
+
+    return complete_namespace(ctx, incomplete)
 
 
 def _flag(short: str, long: str, help: str) -> Any:
@@ -394,10 +420,30 @@ class HelpCommand(NoHelpMetavar, TyperCommand):
     """A command whose ``-h/--help`` line shows no value type."""
 
 
+class SvcCommand(HelpCommand):
+    """``svc``: everything after the first ``--`` is the command to run with the forwards
+    up (``ctx.meta[COMMAND_META]``), never parsed as kubefwd's own arguments."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if "--" in args:
+            at = args.index("--")
+            ctx.meta[COMMAND_META] = args[at + 1:]
+            if not args[at + 1:]:
+                raise UsageError("--: no command after it (e.g. kubefwd svc -n NS -- make test)")
+            args = args[:at]
+        return super().parse_args(ctx, args)
+
+
+COMMAND_META = "kubefwd.command"
+
+
 def svc(
+    ctx: typer.Context,
     kubeconfig: Annotated[str | None, _opt("-c", "--kubeconfig", "FILE", _H_KUBECONFIG)] = None,
-    context: Annotated[list[str] | None, _opt("-x", "--context", "CTX", _H_CONTEXT)] = None,
-    namespace: Annotated[list[str] | None, _opt("-n", "--namespace", "NS", _H_NS)] = None,
+    context: Annotated[list[str] | None, _opt("-x", "--context", "CTX", _H_CONTEXT,
+                                              autocompletion=_complete_context)] = None,
+    namespace: Annotated[list[str] | None, _opt("-n", "--namespace", "NS", _H_NS,
+                                                autocompletion=_complete_namespace)] = None,
     all_namespaces: Annotated[bool, _flag("-A", "--all-namespaces", _H_ALL)] = False,
     wait_namespaces: Annotated[bool, _flag("", "--wait-namespaces", _H_WAIT_NS)] = False,
     selector: Annotated[str, _opt("-l", "--selector", "SELECTOR", _H_SELECTOR)] = "",
@@ -419,6 +465,10 @@ def svc(
     transport: Annotated[str, _opt("", "--transport", "|".join(TRANSPORTS), _H_TRANSPORT)] = "auto",
     allow_shadowing: Annotated[bool, _flag("", "--allow-shadowing", _H_SHADOW)] = False,
     output: Annotated[str, _opt("-o", "--output", "|".join(OUTPUTS), _H_OUTPUT)] = "text",
+    ready_file: Annotated[Path | None, _opt("", "--ready-file", "FILE", _H_READY_FILE)] = None,
+    wait_for: Annotated[list[str] | None, _opt("", "--wait-for", "NAME", _H_WAIT_FOR)] = None,
+    no_wait: Annotated[bool, _flag("", "--no-wait", _H_NO_WAIT)] = False,
+    pod_policy: Annotated[str, _opt("", "--pod-policy", "spread|first", _H_POD_POLICY)] = "spread",
 ) -> int:
     """Forward the services of the chosen namespaces; names go to the hosts file."""
     if output not in OUTPUTS:
@@ -432,6 +482,8 @@ def svc(
         resync_interval=resync_interval, retry_interval=retry_interval,
         auto_reconnect=auto_reconnect, verbose=verbose, transport=transport,
         wait_namespaces=wait_namespaces, allow_shadowing=allow_shadowing,
+        command=list(ctx.meta.get(COMMAND_META) or []),
+        ready_file=ready_file, wait_for=wait_for, no_wait=no_wait, pod_policy=pod_policy,
     )
     # Imported once every value is checked: a bad flag is reported without this cost.
     from kubefwd.app.program import Kubefwd
@@ -479,6 +531,11 @@ def build_options(
     transport: str = "auto",
     wait_namespaces: bool = False,
     allow_shadowing: bool = False,
+    command: list[str] | None = None,
+    ready_file: Path | None = None,
+    wait_for: list[str] | None = None,
+    no_wait: bool = False,
+    pod_policy: str = "spread",
 ) -> Any:
     """Validate the command line into ``SvcOptions``; raises ``UsageError`` (exit 2).
 
@@ -490,8 +547,29 @@ def build_options(
     if wait_namespaces and not namespaces:
         raise UsageError("--wait-namespaces needs -n/--namespace (-A already follows "
                          "namespaces as they come and go)")
+    from kubefwd.serve.routing import POD_POLICIES
+
+    if pod_policy not in POD_POLICIES:
+        raise UsageError(f"--pod-policy: '{pod_policy}' is not one of {', '.join(POD_POLICIES)}")
     if transport not in TRANSPORTS:
         raise UsageError(f"--transport: '{transport}' is not one of {', '.join(TRANSPORTS)}")
+    command = list(command or [])
+    waits = split_list(wait_for)
+    if waits and no_wait:
+        raise UsageError("--wait-for and --no-wait cannot be used together")
+    if (waits or no_wait) and not command and ready_file is None:
+        raise UsageError("--wait-for and --no-wait need -- CMD or --ready-file")
+    for name in waits:
+        if name.count("/") > 1 or not name.strip("/"):
+            raise UsageError(f"--wait-for: '{name}' is not NAME or NAMESPACE/NAME")
+    if command:
+        from kubefwd.app.runcmd import command_not_found
+
+        problem = command_not_found(command)
+        if problem is not None:
+            raise UsageError(f"-- CMD: {problem}")
+    if ready_file is not None:
+        ready_file = check_ready_file(ready_file)
     reservations, base_ip = build_reservations(split_list(reserve), fwd_conf)
     if kubeconfig is not None and not kubeconfig.strip():
         raise UsageError("-c/--kubeconfig: empty file name")
@@ -522,10 +600,25 @@ def build_options(
         hosts_write_timeout=parse_duration(
             os.environ.get(HOSTS_WRITE_TIMEOUT_ENV, "30"), HOSTS_WRITE_TIMEOUT_ENV
         ),
+        command=command,
+        ready_file=ready_file,
+        wait_for=waits,
+        no_wait=no_wait,
+        pod_policy=pod_policy,
     )
     from kubefwd.app.program import SvcOptions
 
     return SvcOptions(**checked)
+
+
+def check_ready_file(path: Path) -> Path:
+    """A ready file goes into an existing directory and replaces nothing but a regular file
+    (it is removed at exit)."""
+    if not path.parent.is_dir():
+        raise UsageError(f"--ready-file: directory {path.parent} does not exist")
+    if path.exists() and not path.is_file():
+        raise UsageError(f"--ready-file: {path} exists and is not a regular file")
+    return path
 
 
 def register(app: typer.Typer) -> None:
@@ -533,6 +626,6 @@ def register(app: typer.Typer) -> None:
     settings = {"help_option_names": ["-h", "--help"]}
     for name in ("svc", "services", "svcs"):
         app.command(
-            name, cls=HelpCommand, help=HELP, epilog=EPILOG, context_settings=settings,
+            name, cls=SvcCommand, help=HELP, epilog=EPILOG, context_settings=settings,
             hidden=name != "svc",
         )(svc)

@@ -59,19 +59,21 @@ _BACKLOG = 1024
 _LINGER_RESET = struct.pack("ii", 1, 0)
 
 
-GiveBack = Callable[[socket.socket], None]
+GiveBack = Callable[..., None]  # (sock) or (sock, prefix): see ``Splicer``
 
 
 class Splicer(Protocol):
     """What a route hands back: a ``PodTunnel`` (or anything that can take a socket).
 
     ``give_back`` (called on the forwarder's loop thread) takes back a socket the splicer
-    could not carry before any byte of it was relayed, to be routed again.
+    could not carry before any byte of it reached the pod, to be routed again; with a
+    second argument, the bytes the client had sent already, which the next splicer is given
+    as ``prefix`` to send first.
     """
 
     def splice(self, local: socket.socket, port: int,
                give_back: GiveBack | None = None,
-               meter: PortCounters = ...) -> None: ...
+               meter: PortCounters = ..., prefix: bytes = b"") -> None: ...
 
 
 Route = Callable[[str, int], "tuple[Splicer, int] | None"]
@@ -101,6 +103,7 @@ class _Held:
     meter: PortCounters
     returns: int = 0  # times a tunnel handed it back
     not_before: float = 0.0
+    prefix: bytes = b""  # sent by the client through a tunnel that refused it
 
 
 @dataclass
@@ -401,7 +404,10 @@ class Forwarder(StoppableThread):
         tunnel, target_port = route
         give_back = functools.partial(self._given_back, held)
         try:
-            tunnel.splice(conn, target_port, give_back, held.meter)
+            if held.prefix:
+                tunnel.splice(conn, target_port, give_back, held.meter, prefix=held.prefix)
+            else:
+                tunnel.splice(conn, target_port, give_back, held.meter)
         except Exception as exc:  # the tunnel owns the socket only once splice returned
             log.warning("%s: could not hand a connection to the tunnel: %s", self.key, exc)
             self._drop(held, f"the tunnel refused it: {exc}")
@@ -409,17 +415,18 @@ class Forwarder(StoppableThread):
         self.stats.spliced += 1
         return True
 
-    def _given_back(self, held: _Held, sock: socket.socket) -> None:
-        """A tunnel could not carry this connection (nothing of it was relayed): route it
-        again on the next turn of the loop (the failure is reported by then, so the pod that
-        failed backs off), keeping its hold deadline."""
+    def _given_back(self, held: _Held, sock: socket.socket, prefix: bytes = b"") -> None:
+        """A tunnel could not carry this connection (nothing of it reached the pod): route
+        it again on the next turn of the loop (the failure is reported by then, so the pod
+        that failed backs off), keeping its hold deadline and what the client sent already."""
         if not self.loop.in_loop():  # tunnels call on the loop thread; be safe anyway
-            if not self.loop.call_soon(functools.partial(self._given_back, held, sock)):
+            if not self.loop.call_soon(functools.partial(self._given_back, held, sock, prefix)):
                 held.sock = sock
                 self._drop(held, "stopping")
             return
         self.stats.returned += 1
         held.sock = sock
+        held.prefix = prefix or held.prefix
         if self._closing or self.stopping.is_set() or len(self._held) >= _MAX_HELD:
             self._drop(held, "stopping" if self._closing or self.stopping.is_set()
                        else "too many connections waiting")

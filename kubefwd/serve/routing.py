@@ -23,6 +23,10 @@ from kubefwd.registry.forwards import ForwardKey, ForwardUpsert
 from kubefwd.serve.forwarder import Forwarder, PodBackoff
 from kubefwd.tunnel import PodTunnel, TunnelPool
 
+# How a new connection picks among a forward's ready pods: ``spread`` sends it to the pod
+# with the fewest open connections (ties in turn), ``first`` to the oldest ready pod.
+POD_POLICIES = ("spread", "first")
+
 # Tunnels of pods that no forward uses any more are closed after this long.
 UNUSED_TUNNEL_GRACE = 30.0
 
@@ -46,8 +50,13 @@ class Router:
     """Picks a tunnel per connection and keeps the tunnel pool tidy; ``pool`` is set once
     the pool exists, ``targets`` (context → API target) is read as the app fills it."""
 
-    def __init__(self, report: Reporter, targets: Mapping[str, ApiTarget]) -> None:
+    def __init__(self, report: Reporter, targets: Mapping[str, ApiTarget], *,
+                 policy: str = "spread") -> None:
+        if policy not in POD_POLICIES:
+            raise ValueError(f"unknown pod policy {policy!r}")
         self.report = report
+        self.policy = policy
+        self._turn: dict[str, int] = {}  # forward → next tie-break turn (spread)
         self.pool: TunnelPool | None = None
         self._targets = targets
         self._backoff = PodBackoff()
@@ -57,8 +66,10 @@ class Router:
     def route(
         self, state: RoutedForward | None, name: str, port: int
     ) -> tuple[PodTunnel, int] | None:
-        """For a connection accepted on ``port`` of forward ``name``: the first ready pod
-        that is not backing off and has the port; ``None`` holds the connection."""
+        """For a connection accepted on ``port`` of forward ``name``: a ready pod that is
+        not backing off and has the port (the oldest with ``first``; with ``spread`` the one
+        whose tunnel on this forward carries the fewest connections, ties taking turns);
+        ``None`` holds the connection."""
         pool = self.pool
         if state is None or pool is None:
             return None
@@ -66,6 +77,7 @@ class Router:
         target = self._targets.get(key.context)
         if target is None:
             return None
+        usable: list[tuple[str, int]] = []
         for pod in state.upsert.pods:
             target_port = pod.target_port(port)
             if target_port is None:
@@ -75,18 +87,30 @@ class Router:
                     name, pod.name, port,
                 )
                 continue
-            pod_key = (key.context, key.namespace, pod.name)
-            if not self._backoff.usable(pod_key):
+            if not self._backoff.usable((key.context, key.namespace, pod.name)):
                 continue
+            usable.append((pod.name, target_port))
+            if self.policy == "first":
+                break
+        if len(usable) > 1:
+            loop = state.forwarder.loop
+            loads = [pool.load(key.context, key.namespace, pod, loop) for pod, _ in usable]
+            least = min(loads)
+            tied = [u for u, load in zip(usable, loads, strict=True) if load == least]
+            turn = self._turn.get(name, 0)
+            self._turn[name] = turn + 1
+            usable = [tied[turn % len(tied)]]
+        for pod_name, target_port in usable:
+            pod_key = (key.context, key.namespace, pod_name)
             try:
-                tunnel = pool.get(target, key.context, key.namespace, pod.name,
+                tunnel = pool.get(target, key.context, key.namespace, pod_name,
                                   loop=state.forwarder.loop)
             except KubefwdError:
                 return None
             if tunnel.transport_name:
                 self._backoff.succeeded(pod_key)  # it opened: the pod answers again
             self._pod_last_used[pod_key] = time.monotonic()
-            self.report.bus.publish(ConnectionRouted(key=name, port=port, pod=pod.name))
+            self.report.bus.publish(ConnectionRouted(key=name, port=port, pod=pod_name))
             return tunnel, target_port
         return None
 

@@ -23,7 +23,14 @@ from kubefwd.wire import websocket as ws
 
 # Takes back a local socket the tunnel could not carry before any byte of it was relayed
 # (the forwarder routes it again); called on the loop thread.
-GiveBack = Callable[[socket.socket], None]
+# Takes back a socket nothing of which reached the pod: ``give_back(sock)``, or
+# ``give_back(sock, prefix)`` with the bytes the client had sent already (to be sent first
+# wherever it goes next).
+GiveBack = Callable[..., None]
+
+# At most this many bytes a client sends before the pod's first byte are kept, so that a
+# connection whose pod refused it (the kubelet's dial failed) can be replayed elsewhere.
+REPLAY_LIMIT = 64 * 1024
 
 # Pieces per sendmsg call (the kernel takes up to 1024).
 _IOV_MAX = 512
@@ -229,7 +236,9 @@ class LocalConn:
         "meter",
         "pending",
         "port",
+        "prefix",
         "remote_done",
+        "replay",
         "rid",
         "sock",
         "started",
@@ -237,8 +246,13 @@ class LocalConn:
 
     def __init__(self, sock: socket.socket, port: int, rid: int,
                  give_back: GiveBack | None = None,
-                 meter: PortCounters = UNMETERED) -> None:
+                 meter: PortCounters = UNMETERED, prefix: bytes = b"") -> None:
         self.sock = sock
+        # Bytes the client sent through an earlier tunnel that refused it: sent first.
+        self.prefix = prefix
+        # What the client sent before the pod's first byte (None: too much, or the pod
+        # answered): replayed elsewhere if the pod turns out to have refused the connection.
+        self.replay: bytearray | None = bytearray(prefix)
         self.meter = meter
         self.ended = False  # closed for good (not handed back): no longer counted open
         self.port = port
@@ -299,22 +313,35 @@ class LocalConn:
         return not (self.started or self.local_done or self.remote_done or self.pending
                     or self.error or self.closed)
 
-    def release(self) -> None:
+    def release(self, prefix: bytes = b"") -> None:
         """Hand the local socket back (to ``give_back``, else close it): for a connection
-        the tunnel could not carry. The caller has stopped watching the socket."""
+        the tunnel could not carry, with ``prefix``, what of it must be sent first wherever
+        it goes. The caller has stopped watching the socket."""
         self.ended = True  # whoever takes it back counts it from now on
         self.closed = True
         self.pending.clear()
-        hand_back(self.sock, self.give_back)
+        hand_back(self.sock, self.give_back, prefix or self.prefix)
+
+    def keep_for_replay(self, data: memoryview) -> None:
+        """Remember bytes sent to the pod before its first byte came back."""
+        replay = self.replay
+        if replay is not None:
+            if len(replay) + len(data) > REPLAY_LIMIT:
+                self.replay = None
+            else:
+                replay += data
 
 
-def hand_back(sock: socket.socket, to: GiveBack | None) -> None:
+def hand_back(sock: socket.socket, to: GiveBack | None, prefix: bytes = b"") -> None:
     """Pass a local socket nobody started relaying to ``to``, or close it if there is none."""
     if to is None:
         close_local(sock)
         return
     try:
-        to(sock)
+        if prefix:
+            to(sock, prefix)
+        else:
+            to(sock)
     except Exception:  # the socket must not leak because a callback failed
         logging.getLogger(__name__).exception("handing a connection back failed")
         close_local(sock)

@@ -101,7 +101,8 @@ class PodTunnel:
         self._retiring = False
         self._reported = False
         # Spliced while opening: socket, pod port, where it goes if the open fails.
-        self._pending: list[tuple[socket.socket, int, GiveBack | None, PortCounters]] = []
+        self._pending: list[tuple[socket.socket, int, GiveBack | None, PortCounters,
+                                  bytes]] = []
         self._session: SpdySession | None = None
         self._links: set[V4Link] = set()
         self._dialing: dict[int, LocalConn | None] = {}  # opener ident -> its connection
@@ -127,20 +128,29 @@ class PodTunnel:
         return self._state
 
     @property
+    def load(self) -> int:
+        """Connections open on the tunnel plus those waiting for it to open."""
+        return self.active + len(self._pending)
+
+    @property
     def retiring(self) -> bool:
         """True once the tunnel takes no new connections but still carries some."""
         return self._retiring and self._state == _OPEN
 
     def splice(self, local: socket.socket, port: int,
-               give_back: GiveBack | None = None, meter: PortCounters = UNMETERED) -> None:
+               give_back: GiveBack | None = None, meter: PortCounters = UNMETERED,
+               prefix: bytes = b"") -> None:
         """Take ownership of a connected local socket and relay it to ``port`` of the pod.
 
         Returns at once. If the tunnel cannot carry the connection before a byte of it was
         relayed (it is dead, closed or retiring, fails to open, or dies first), the socket
         goes to ``give_back`` (on the loop thread, after the failure was reported to
         ``on_dead``), or is closed without one. Once the loop has ended it is closed.
+        ``prefix``: bytes the client sent already (through a tunnel that refused it), sent
+        to the pod first.
         """
-        if not self._submit(functools.partial(self._splice, local, port, give_back, meter)):
+        if not self._submit(functools.partial(self._splice, local, port, give_back, meter,
+                                              prefix)):
             meter.open -= 1
             close_local(local)
 
@@ -234,19 +244,19 @@ class PodTunnel:
     # -- opening (loop thread) -------------------------------------------------------------
 
     def _splice(self, local: socket.socket, port: int, give_back: GiveBack | None,
-                meter: PortCounters) -> None:
+                meter: PortCounters, prefix: bytes = b"") -> None:
         state = self._state
         if state in (_IDLE, _OPENING):
-            self._pending.append((local, port, give_back, meter))
+            self._pending.append((local, port, give_back, meter, prefix))
             if state == _IDLE:
                 self._begin_opening()
             return
         if state == _OPEN and not self._retiring:
-            self._start_conn(local, port, give_back, meter)
+            self._start_conn(local, port, give_back, meter, prefix)
             return
         log.debug("tunnel %s is %s; handing a connection back", self._label,
                   "retiring" if state == _OPEN else state)
-        hand_back(local, give_back)
+        hand_back(local, give_back, prefix)
 
     def _request_open(self) -> None:
         if self._state == _IDLE:
@@ -327,8 +337,8 @@ class PodTunnel:
         if self.on_open is not None:
             self.on_open(self)
         pending, self._pending = self._pending, []
-        for local, port, give_back, meter in pending:
-            self._start_conn(local, port, give_back, meter)
+        for local, port, give_back, meter, prefix in pending:
+            self._start_conn(local, port, give_back, meter, prefix)
         self._arm_idle()
 
     def _open_failed(self, error: TunnelError) -> None:
@@ -337,14 +347,14 @@ class PodTunnel:
         pending, self._pending = self._pending, []
         log.warning("port-forward to %s: %s", self._label, error)
         self._report_dead()  # first: whoever routes them again knows to avoid this pod
-        for local, _port, give_back, _meter in pending:
-            hand_back(local, give_back)
+        for local, _port, give_back, _meter, prefix in pending:
+            hand_back(local, give_back, prefix)
 
     # -- connections (loop thread) ---------------------------------------------------------
 
     def _start_conn(self, local: socket.socket, port: int, give_back: GiveBack | None,
-                    meter: PortCounters) -> None:
-        conn = LocalConn(local, port, self._next_request, give_back, meter)
+                    meter: PortCounters, prefix: bytes = b"") -> None:
+        conn = LocalConn(local, port, self._next_request, give_back, meter, prefix)
         self._next_request += 1
         self.connections += 1
         self.active += 1
@@ -508,8 +518,8 @@ class PodTunnel:
         for sock in dialing:
             hard_shutdown(sock)
         unstarted = self._teardown()
-        for local, _port, give_back, _meter in pending:
-            hand_back(local, give_back)
+        for local, _port, give_back, _meter, prefix in pending:
+            hand_back(local, give_back, prefix)
         for conn in unstarted:
             conn.release()
         for thread in list(self._openers.values()):

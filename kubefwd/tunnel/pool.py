@@ -78,6 +78,15 @@ class TunnelPool:
             old.close()
         return tunnel
 
+    def load(self, context: str, namespace: str, pod: str, loop: Loop | None) -> int:
+        """How many connections the live tunnel to this pod on ``loop`` carries or holds
+        while it opens (0 when there is none); read on ``loop``'s thread for an exact
+        count."""
+        tunnel = self._tunnels.get((context, namespace, pod, id(loop) if loop else 0))
+        if tunnel is None or not tunnel.alive:
+            return 0
+        return tunnel.load
+
     def _prune(self) -> list[PodTunnel]:
         """Retired tunnels whose last connection ended, and tunnels whose loop ended
         (called with the lock held)."""

@@ -59,6 +59,13 @@ class HeaderCompressor:
         return self._z.compress(raw) + self._z.flush(zlib.Z_SYNC_FLUSH)
 
 
+def never_reached(message: str) -> bool:
+    """Whether the kubelet's error text says it could not connect to the pod's port at all
+    (``dial tcp4 127.0.0.1:8080: connect: connection refused``, or containerd's ``failed to
+    connect to localhost:8080 inside namespace``): the pod's process got no byte."""
+    return "dial tcp" in message or "failed to connect" in message
+
+
 class SpdySession:
     """One SPDY session to one pod, living on ``loop``; reports to its ``PodTunnel``."""
 
@@ -145,6 +152,9 @@ class SpdySession:
                   _HEADER.pack(conn.error_id, _FIN << 24)]
         headers["streamtype"] = "data"
         frames.append(self._syn_stream(conn.data_id, headers))
+        if conn.prefix:  # what the client sent through a tunnel that refused it
+            conn.started = True
+            frames += [_HEADER.pack(conn.data_id, len(conn.prefix)), conn.prefix]
         self._send(b"".join(frames), owned=True)
         self._update_local(conn)
 
@@ -225,6 +235,8 @@ class SpdySession:
         if n > 0:
             # The header goes in front of the payload in the same buffer: one write, no copy.
             _HEADER.pack_into(buf, 0, conn.data_id, n)
+            if conn.replay is not None:
+                conn.keep_for_replay(view[8:8 + n])
             self._send(view[:8 + n], owned=False)
             self.tunnel.bytes_out += n
             conn.meter.bytes_out += n
@@ -397,6 +409,7 @@ class SpdySession:
             conn.error += data.tobytes()
             return
         conn.started = True
+        conn.replay = None  # the pod answered: this connection is its for good
         if not conn.pending:
             self._touched.append(conn)
         conn.queue(data)
@@ -460,10 +473,13 @@ class SpdySession:
         either way, hand it back to be routed again."""
         message = conn.error.decode("utf-8", "replace").strip()
         conn.error = b""
-        if conn.unstarted:
+        if conn.unstarted or (conn.replay is not None and not conn.local_done
+                              and never_reached(message)):
+            # Nothing reached the pod's process (the kubelet could not even connect to it),
+            # so nothing is lost by sending what the client sent so far somewhere else.
             self.tunnel._forward_error(conn.port, message, report_now=True)
             self._forget(conn)
-            conn.release()
+            conn.release(bytes(conn.replay or b""))
             self.tunnel._conn_ended()
             return
         self.abort(conn, reset=False)

@@ -46,6 +46,15 @@ class V4Link:
         self._on_local_handler = self._on_local
 
     def start(self) -> None:
+        prefix = self.conn.prefix
+        if prefix:  # what the client sent through a tunnel that refused it
+            self.conn.started = True
+            try:
+                self.api.send(ws.encode_frame(ws.OP_BINARY, b"\0" + prefix, masked=True),
+                              owned=True)
+            except OSError:
+                self._finish()
+                return
         self._update()
         self.loop.call_soon(self._read_soon)  # bytes that came with the 101, if any
 

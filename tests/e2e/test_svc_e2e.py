@@ -200,8 +200,9 @@ def run(cluster: SimCluster, hosts: Path, tmp_path: Path,
               ready: bool = True) -> Kubefwd:
         """Start ``kubefwd svc`` with ``args`` (and this test's base address unless ``args``
         name a -z file of their own); with ``ready``, wait until it says it is."""
-        if "-z" not in args:
-            args = (*args, "-z", str(base_conf))
+        own = args[:args.index("--")] if "--" in args else args
+        if "-z" not in own:
+            args = (*own, "-z", str(base_conf), *args[len(own):])
         fwd = Kubefwd(cluster, hosts_path, *args, home=tmp_path, wrapper=wrapper)
         started.append(fwd)
         if ready:

@@ -6,9 +6,9 @@ import logging
 
 import pytest
 
-from kubefwd.hosts.writer import rewrite_lines
 from kubefwd.hosts.format import Marker, parse_hosts
 from kubefwd.hosts.shadowing import NameGuard, foreign_names, is_local_name
+from kubefwd.hosts.writer import rewrite_lines
 
 FOREIGN = (b"127.0.0.1\tlocalhost\r\n# 1.2.3.4 commented.example\n"
            b"140.82.112.3 GitHub.com  api.github.com # pinned\n::1 ip6-localhost")
