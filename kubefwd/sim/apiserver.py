@@ -90,6 +90,8 @@ class ApiServer:
         self.ssl_context = ssl_context
         self.version = version
         # Served under this path only (a server URL such as https://host:port/k8s/c1).
+        # More bearer tokens and who they are (SimCluster.add_token).
+        self.tokens: dict[str, tuple[str, tuple[str, ...]]] = {}
         self.path_prefix = "/" + path_prefix.strip("/") if path_prefix.strip("/") else ""
         self.idle_cuts = 0  # connections closed by the idle cut
         self._idle_after: float | None = None
@@ -315,10 +317,14 @@ class ApiServer:
         auth = req.headers.get("Authorization", "")
         identity = conn.identity
         if identity is None or auth:
-            if auth != f"Bearer {self.token}" and (self.require_token or auth):
+            other = self.tokens.get(auth[len("Bearer "):]) if auth.startswith("Bearer ") else None
+            if other is not None:
+                identity = other
+            elif auth != f"Bearer {self.token}" and (self.require_token or auth):
                 send_json(conn, 401, _status(401, "Unauthorized", "Unauthorized"))
                 return True
-            identity = self.token_user
+            else:
+                identity = self.token_user
         identity = self._impersonate(identity, req)
         parts = [p for p in path.split("/") if p]
         if parts[:2] == ["openapi", "v3"]:

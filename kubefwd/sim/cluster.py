@@ -64,6 +64,7 @@ class SimCluster:
         pod_ip_range: str | None = None,
         require_token: bool | None = None,
         path_prefix: str = "",
+        tls_hosts: tuple[str, ...] = ("127.0.0.1", "localhost"),
     ) -> None:
         self.contexts = list(contexts) or ["sim"]
         self._manifests = manifests
@@ -77,6 +78,7 @@ class SimCluster:
         # open (like the API server's old insecure port); a wrong token is still refused.
         self._require_token = tls if require_token is None else require_token
         self._path_prefix = path_prefix
+        self._tls_hosts = tls_hosts  # the names and addresses the serving certificate has
         self._own_dir: str | None = None
         self._kubeconfig_arg = kubeconfig_path
         # Where the kubeconfig goes; without kubeconfig_path, a private temporary directory
@@ -127,7 +129,7 @@ class SimCluster:
                 self.apply(self._manifests)
             context = None
             if self._tls:
-                self.credentials = tlsgen.generate()
+                self.credentials = tlsgen.generate(self._tls_hosts)
                 context = self.credentials.server_context()
             self.api = ApiServer(self, token=self.token, host=self._host, port=self._port,
                                  ssl_context=context, version=self._version,
@@ -173,6 +175,13 @@ class SimCluster:
         API server takes it instead of a token while it is valid."""
         assert self.credentials is not None, "client certificates need TLS"
         return self.credentials.issue_client(user, tuple(groups), expires_in=expires_in)
+
+    def add_token(self, user: str, groups: Iterable[str] = ()) -> str:
+        """A new bearer token the API server takes as ``user`` in ``groups``."""
+        assert self.api is not None, "the cluster is not started"
+        token = secrets.token_urlsafe(24)
+        self.api.tokens[token] = (user, (*groups, "system:authenticated"))
+        return token
 
     def refuse_impersonation(self, *, user: str | None = None,
                              group: str | None = None) -> None:
