@@ -16,6 +16,7 @@ import datetime
 import logging
 import os
 import ssl
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -81,12 +82,28 @@ class ExecResult:
 
 @dataclass(frozen=True)
 class TlsSettings:
-    """The cluster's TLS settings; the client certificate may come from an exec plugin."""
+    """The cluster's TLS settings, held in memory (PEM text): a context may be rebuilt at
+    any time, when the files the kubeconfig's data were written to are long gone. The
+    client certificate may instead come from an exec plugin."""
 
-    ca_file: str | None = None
+    ca_pem: str | None = None  # None: the system's trust store
     verify: bool = True
-    cert_file: str | None = None  # client-certificate(-data) of the kubeconfig
-    key_file: str | None = None
+    cert_pem: str | None = None  # client-certificate(-data) of the kubeconfig
+    key_pem: str | None = None
+
+    @staticmethod
+    def from_files(ca_file: str | None, verify: bool, cert_file: str | None,
+                   key_file: str | None) -> TlsSettings:
+        """Read the files the kubeconfig names (or its data was written to); OSError."""
+
+        def read(path: str | None) -> str | None:
+            if not path:
+                return None
+            with open(path, encoding="ascii", errors="replace") as f:
+                return f.read()
+
+        return TlsSettings(read(ca_file) if verify else None, verify, read(cert_file),
+                           read(key_file))
 
 
 class Credentials:
@@ -205,14 +222,14 @@ class Credentials:
         tls = self._tls
         assert tls is not None
         try:
-            ctx = ssl.create_default_context(cafile=tls.ca_file if tls.verify else None)
+            ctx = ssl.create_default_context(cadata=tls.ca_pem if tls.verify else None)
             if not tls.verify:
                 ctx.check_hostname = False
                 ctx.verify_mode = ssl.CERT_NONE
             if result is not None:
                 self._load_pem_pair(ctx, result.cert_pem, result.key_pem)
-            elif tls.cert_file:
-                ctx.load_cert_chain(tls.cert_file, tls.key_file or None)
+            elif tls.cert_pem:
+                self._load_pem_pair(ctx, tls.cert_pem, tls.key_pem or tls.cert_pem)
         except (OSError, ssl.SSLError) as e:
             raise ConfigError(
                 f"context {self.context!r}: cannot load TLS material: {e}") from e
@@ -222,9 +239,15 @@ class Credentials:
 
     def _load_pem_pair(self, ctx: ssl.SSLContext, cert: str, key: str) -> None:
         """``ssl`` reads key pairs only from files: a private directory, for a moment."""
-        assert self._key_dir is not None
-        directory = self._key_dir()
-        stem = os.path.join(directory, f"exec-{os.getpid()}-{threading.get_ident()}")
+        if self._key_dir is None:
+            with tempfile.TemporaryDirectory(prefix="kubefwd-creds-") as directory:
+                self._load_pem_pair_in(ctx, cert, key, directory)
+        else:
+            self._load_pem_pair_in(ctx, cert, key, self._key_dir())
+
+    @staticmethod
+    def _load_pem_pair_in(ctx: ssl.SSLContext, cert: str, key: str, directory: str) -> None:
+        stem = os.path.join(directory, f"pair-{os.getpid()}-{threading.get_ident()}")
         paths = (stem + ".crt", stem + ".key")
         try:
             for path, data in zip(paths, (cert, key), strict=True):

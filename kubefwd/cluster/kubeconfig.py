@@ -237,10 +237,14 @@ def _load_target(
     user = _user_entry(docs, context)
     tls = None
     if scheme == "https":
-        tls = TlsSettings(ca_file=configuration.ssl_ca_cert or None,
-                          verify=bool(configuration.verify_ssl),
-                          cert_file=configuration.cert_file or None,
-                          key_file=configuration.key_file or None)
+        try:
+            tls = TlsSettings.from_files(configuration.ssl_ca_cert or None,
+                                         bool(configuration.verify_ssl),
+                                         configuration.cert_file or None,
+                                         configuration.key_file or None)
+        except OSError as e:
+            raise ConfigError(f"context {context!r}: cannot load TLS material: "
+                              f"{e.strerror or e}: {e.filename}") from e
         if not tls.verify:
             log.warning("context %s: insecure-skip-tls-verify is set: the API server's "
                         "certificate is not checked", context)

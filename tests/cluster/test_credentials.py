@@ -101,7 +101,7 @@ def test_exec_client_certificate_rotates_the_tls_context() -> None:
 
     with tempfile.TemporaryDirectory() as keys:
         creds = Credentials("dev", exec_runner=plugin, clock=clock, key_dir=lambda: keys,
-                            tls=TlsSettings(ca_file=None, verify=True))
+                            tls=TlsSettings(ca_pem=None, verify=True))
         creds.fetch()
         first = creds.ssl_context()
         assert first is not None and creds.ssl_context() is first
