@@ -7,6 +7,7 @@ judge (it must succeed, as the same identity)."""
 from __future__ import annotations
 
 import base64
+import socket
 import sys
 import textwrap
 import time
@@ -17,7 +18,7 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import REPO, http_text, kubectl, needs_kubectl
+from helpers import REPO, http_text, kubectl, needs_kubectl, try_http, wait_for
 from test_svc_e2e import (  # noqa: F401  (fixtures)
     MANIFESTS,
     ORIGINAL_HOSTS,
@@ -294,3 +295,58 @@ def test_token_file_is_read_again_when_it_changes(run: Callable[..., Kubefwd],
     assert http_text(entries["cart"], 8080).startswith("cart-")
     assert cluster.users_seen() == {"rotated-user"}, cluster.identities
     fwd.stop_cleanly()
+
+
+# -- an exec plugin handing out client certificates that expire in 20 s -----------------------
+
+EXEC_CERT = next(c for c in CASES if c.id == "exec-client-certificate")
+
+
+@pytest.mark.parametrize("case", [EXEC_CERT], ids=["rotating"])
+@pytest.mark.parametrize("transport", ["ws", "auto"])
+def test_rotating_exec_client_certificate(run: Callable[..., Kubefwd], cluster: SimCluster,
+                                          hosts: Path, tmp_path: Path, case: Case,
+                                          transport: str) -> None:
+    """New connections keep working across the rotation and open ones are not dropped. With
+    ``ws`` every connection is a TLS connection of its own; with ``auto`` new tunnels are
+    forced by deleting the pod each time."""
+    directory = tmp_path / "kube"
+    directory.mkdir()
+    doc = yaml.safe_load(cluster.kubeconfig_path.read_text())
+    _set(doc, user=exec_user(cluster, directory, "cert", "rotating-user", "20"))
+    config = directory / "config"
+    config.write_text(yaml.safe_dump(doc))
+    fwd = run("-c", str(config), "-n", "shop", "--transport", transport)
+    entries = hosts_entries(hosts)
+    with socket.create_connection((entries["db-0.db"], 5432), timeout=10) as held:
+        held.sendall(b"before")
+        assert held.recv(64) == b"before"
+        start = time.monotonic()
+        served = 0
+        while time.monotonic() - start < 24:  # past the first certificate's expiry
+            assert http_text(entries["web"], 80, timeout=10).startswith("web-")
+            served += 1
+            time.sleep(1.0)
+        if transport == "auto":
+            # The tunnel opened with the first certificate carries every connection: a
+            # new pod needs a new tunnel, dialed now with the second certificate.
+            old = {p["metadata"]["name"] for p in cluster.pods("shop")}
+            cluster.delete_pod("shop", next(n for n in old if n.startswith("web-")))
+            wait_for(lambda: _pod_of(try_http(entries["web"], 80)) not in old | {""}, 20,
+                     "web served by its new pod")
+        # The connection opened with the first certificate is still carried.
+        held.sendall(b"after")
+        assert held.recv(64) == b"after"
+    runs = (directory / "runs").read_text().splitlines()
+    assert len(runs) >= 2, runs  # fetched again before it expired
+    assert served >= 10
+    assert cluster.users_seen() == {"rotating-user"}
+    assert "refreshing credentials failed" not in fwd.output
+    assert "certificate" not in fwd.output, fwd.output  # no dial met an expired one
+    fwd.stop_cleanly()
+
+
+def _pod_of(answer: str | None) -> str:
+    """The pod that served an answer of the sim's HTTP server (its first word), or ""."""
+    words = (answer or "").split()
+    return words[0].rstrip(":,") if words else ""
