@@ -27,6 +27,9 @@ from kubefwd.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+# Seconds between attempts to run an exec plugin that failed.
+EXEC_RETRY_AFTER = 5.0
+
 # What an exec plugin handed out: token, or certificate and key (PEM), and when it expires.
 ExecRunner = Callable[[], dict[str, Any]]
 
@@ -109,13 +112,17 @@ class TlsSettings:
 class Credentials:
     """Headers and TLS context for each new connection of one context (thread-safe)."""
 
-    def __init__(self, context: str, *, token: str = "", token_file: str | None = None,
+    def __init__(self, context: str, *, token: str | Callable[[], str] = "",
+                 token_file: str | None = None,
                  exec_runner: ExecRunner | None = None, impersonate_user: str = "",
                  impersonate_groups: tuple[str, ...] = (), tls: TlsSettings | None = None,
                  key_dir: Callable[[], str] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.context = context
-        self._token = token  # "Bearer ..." or "Basic ..." as the loader made it
+        # "Bearer ..." or "Basic ..." as the loader made it, or what returns it (an
+        # auth-provider the official loader refreshes).
+        self._token = token
+        self._exec_failed_at: float | None = None  # the last refresh failed then
         self._token_file = token_file
         self._token_file_mtime: float | None = None
         self._file_token = ""
@@ -152,7 +159,8 @@ class Credentials:
             if not auth and self._token_file:
                 self._reread_token_file()
                 auth = self._file_token
-            auth = auth or self._token
+            if not auth:
+                auth = self._static_token()
         return {"Authorization": auth} if auth else {}
 
     def ssl_context(self) -> ssl.SSLContext | None:
@@ -189,14 +197,31 @@ class Credentials:
                       result.expires - result.fetched)
         return result
 
+    def _static_token(self) -> str:
+        if not callable(self._token):
+            return self._token
+        try:
+            return self._token()
+        except Exception as e:  # a failing refresh must not kill a thread
+            log.warning("context %s: refreshing credentials failed: %s", self.context, e)
+            return ""
+
     def _current_exec(self) -> ExecResult | None:
         current = self._exec
-        if current is not None and not current.due(self._clock()):
+        now = self._clock()
+        if current is not None and not current.due(now):
             return current
+        failed = self._exec_failed_at
+        if failed is not None and now - failed < EXEC_RETRY_AFTER:
+            return current  # not a plugin run (and a warning) for every new connection
         try:
             self._exec = self._run_exec()
         except Exception as e:  # a failing plugin must not kill a thread: keep the old one
-            log.warning("context %s: refreshing credentials failed: %s", self.context, e)
+            if failed is None:
+                log.warning("context %s: refreshing credentials failed: %s", self.context, e)
+            self._exec_failed_at = now
+        else:
+            self._exec_failed_at = None
         return self._exec
 
     # -- token file (lock held)

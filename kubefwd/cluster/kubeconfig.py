@@ -1,11 +1,14 @@
 """Kubeconfig loading: the chosen contexts, their TLS material and their credentials.
 
-Part of the Kubernetes adapter (with ``kube``, its list/watch client): one of the two product
-modules that import ``kubernetes``. It uses the official kubeconfig loader (tokens, token files,
-client certificates, exec plugins, insecure-skip-tls-verify, certificate authorities) and turns
-each chosen context into a ``ClusterContext`` holding the ``ApiTarget`` the tunnels and the
-client connect to. Kept apart from the HTTP client because it changes for different reasons:
-kubeconfig quirks (merging, sudo, token refresh) rather than API semantics.
+Part of the Kubernetes adapter (with ``client``, its list/watch client): the product modules
+that import ``kubernetes``. It merges the files as kubectl does and uses the official
+loader for the cluster and user settings (certificate authorities, insecure-skip-tls-verify,
+tls-server-name, client certificates, tokens, auth providers), but runs the exec plugin
+itself (``credentials``), so that a token or client certificate it hands out is fetched again
+before it expires. Each chosen context becomes a ``ClusterContext`` holding the
+``ApiTarget`` the tunnels and the client connect to. Kept apart from the HTTP client because
+it changes for different reasons: kubeconfig quirks (merging, sudo, token refresh) rather
+than API semantics.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import shutil
 import tempfile
 import threading
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -250,7 +253,7 @@ def _load_target(
                         "certificate is not checked", context)
     credentials = Credentials(
         context,
-        token=str(configuration.api_key.get("BearerToken") or ""),
+        token=_token_source(configuration),
         token_file=_token_file(docs, context),
         exec_runner=exec_runner,
         impersonate_user=str(user.get("as") or ""),
@@ -283,6 +286,21 @@ def _load_target(
         tls=credentials.ssl_context if scheme == "https" else None,
     )
     return target, server
+
+
+def _token_source(configuration: Any) -> str | Callable[[], str]:
+    """The kubeconfig's token, or what refreshes it (an auth-provider such as oidc, whose
+    token the official loader refreshes when it expires)."""
+    hook = configuration.refresh_api_key_hook
+
+    if hook is None:
+        return str(configuration.api_key.get("BearerToken") or "")
+
+    def refreshed() -> str:
+        hook(configuration)
+        return str(configuration.api_key.get("BearerToken") or "")
+
+    return refreshed
 
 
 def _take_exec_plugin(config: Any, context: str) -> ExecRunner | None:

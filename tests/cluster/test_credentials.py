@@ -86,6 +86,20 @@ def test_failing_refresh_keeps_the_last_credential() -> None:
     clock.now += 19
     assert creds.headers() == {"Authorization": "Bearer tok"}
     assert calls["n"] == 2
+    # Not run again (nor warned about) for every new connection: once per few seconds.
+    for _ in range(10):
+        creds.headers()
+    assert calls["n"] == 2
+    clock.now += 5
+    creds.headers()
+    assert calls["n"] == 3
+
+
+def test_a_refreshed_token_source_is_asked_per_connection() -> None:
+    tokens = iter(["Bearer one", "Bearer two"])
+    creds = Credentials("dev", token=lambda: next(tokens))
+    assert creds.headers() == {"Authorization": "Bearer one"}
+    assert creds.headers() == {"Authorization": "Bearer two"}
 
 
 def test_exec_client_certificate_rotates_the_tls_context() -> None:

@@ -523,3 +523,25 @@ def test_503_with_retry_after_is_waited_out_too(cluster: SimCluster, client: Kub
     cluster.throttle(status=503, retry_after=0, requests=1)
     assert client.list("services", "shop")[0]
     assert cluster.request_count("list", "services", refused=True) == 1
+
+
+def test_impersonation_settings_become_headers_and_groups_need_a_user(no_env: Path) -> None:
+    path = write(no_env / "kc", kubeconfig(user={"token": "t", "as": "jane",
+                                                  "as-groups": ["qa", "eu"]}))
+    target = load_contexts(path, [])[0].target
+    assert target.extra_headers == (("Impersonate-User", "jane"), ("Impersonate-Group", "qa"),
+                                    ("Impersonate-Group", "eu"))
+    path = write(no_env / "kc2", kubeconfig(user={"token": "t", "as-groups": ["qa"]}))
+    with pytest.raises(ConfigError, match="as-groups is set without as"):
+        load_contexts(path, [])
+
+
+def test_insecure_skip_tls_verify_warns_once(no_env: Path,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    path = write(no_env / "kc", kubeconfig(user={"token": "t"},
+                                           cluster={"insecure-skip-tls-verify": True}))
+    ctx = load_contexts(path, [])[0]
+    tls = ctx.target.tls_context()
+    assert tls.verify_mode == ssl.CERT_NONE and not tls.check_hostname
+    warnings = [r for r in caplog.records if "insecure-skip-tls-verify" in r.getMessage()]
+    assert len(warnings) == 1
