@@ -68,7 +68,7 @@ class _Connection(http.client.HTTPConnection):
         else:
             self.sock = open_socket(t.proxy, t.host, t.port, timeout=self.timeout or 30.0)
         if t.scheme == "https":
-            ctx = t.ssl_context or ssl.create_default_context()
+            ctx = t.tls_context()
             self.sock = ctx.wrap_socket(self.sock, server_hostname=t.server_hostname or t.host)
 
 
@@ -150,7 +150,10 @@ class KubeClient:
                 self._active.append(active)
             if stop is not None and stop.is_set():
                 raise ConnectionAbortedError("stopped")
-            conn.request("GET", path, headers=headers)
+            conn.putrequest("GET", path)
+            for name, value in [*headers.items(), *self.target.extra_headers]:
+                conn.putheader(name, value)
+            conn.endheaders()
             resp = conn.getresponse()
         except ProxyError as e:
             self._finish(conn, active)

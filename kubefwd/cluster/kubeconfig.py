@@ -1,11 +1,14 @@
 """Kubeconfig loading: the chosen contexts, their TLS material and their credentials.
 
-Part of the Kubernetes adapter (with ``kube``, its list/watch client): one of the two product
-modules that import ``kubernetes``. It uses the official kubeconfig loader (tokens, token files,
-client certificates, exec plugins, insecure-skip-tls-verify, certificate authorities) and turns
-each chosen context into a ``ClusterContext`` holding the ``ApiTarget`` the tunnels and the
-client connect to. Kept apart from the HTTP client because it changes for different reasons:
-kubeconfig quirks (merging, sudo, token refresh) rather than API semantics.
+Part of the Kubernetes adapter (with ``client``, its list/watch client): the product modules
+that import ``kubernetes``. It merges the files as kubectl does and uses the official
+loader for the cluster and user settings (certificate authorities, insecure-skip-tls-verify,
+tls-server-name, client certificates, tokens, auth providers), but runs the exec plugin
+itself (``credentials``), so that a token or client certificate it hands out is fetched again
+before it expires. Each chosen context becomes a ``ClusterContext`` holding the
+``ApiTarget`` the tunnels and the client connect to. Kept apart from the HTTP client because
+it changes for different reasons: kubeconfig quirks (merging, sudo, token refresh) rather
+than API semantics.
 """
 
 from __future__ import annotations
@@ -15,19 +18,20 @@ import logging
 import os
 import pwd
 import shutil
-import ssl
 import tempfile
 import threading
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import yaml
 from kubernetes import client as k8s_client
-from kubernetes import config as k8s_config
 from kubernetes.config.config_exception import ConfigException
+from kubernetes.config.exec_provider import ExecProvider
+from kubernetes.config.kube_config import KubeConfigLoader, KubeConfigMerger
 
+from kubefwd.cluster.credentials import Credentials, ExecRunner, TlsSettings
 from kubefwd.cluster.proxy import Proxy, parse_proxy_url, proxy_from_environment
 from kubefwd.cluster.target import ApiTarget
 from kubefwd.cluster.throttle import ApiThrottle
@@ -205,14 +209,17 @@ def _load_target(
     errors = _LoaderErrors()
     root = logging.getLogger()
     root.addFilter(errors)
+    exec_runner: ExecRunner | None = None
     try:
-        k8s_config.load_kube_config(
-            config_file=os.pathsep.join(paths),
-            context=context,
-            client_configuration=configuration,
-            persist_config=False,
-            temp_file_path=_credentials_dir(),
-        )
+        merged = KubeConfigMerger(os.pathsep.join(paths))
+        if merged.config is None:
+            raise ConfigException("no configuration found")
+        # The exec plugin is ours to run (and run again before its credential expires):
+        # the official loader would run it once and never refresh a client certificate.
+        exec_runner = _take_exec_plugin(merged.config, context)
+        loader = KubeConfigLoader(config_dict=merged.config, active_context=context,
+                                  config_base_path=None, temp_file_path=_credentials_dir())
+        loader.load_and_set(configuration)
     except (ConfigException, OSError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"cannot load context {context!r} from the kubeconfig: {e}") from e
     finally:
@@ -230,9 +237,40 @@ def _load_target(
         raise ConfigError(f"context {context!r}: invalid server URL {server!r}")
     scheme = url.scheme
     port = url.port or (443 if scheme == "https" else 80)
-    ssl_context = _ssl_context(configuration, context) if scheme == "https" else None
+    user = _user_entry(docs, context)
+    tls = None
+    if scheme == "https":
+        try:
+            tls = TlsSettings.from_files(configuration.ssl_ca_cert or None,
+                                         bool(configuration.verify_ssl),
+                                         configuration.cert_file or None,
+                                         configuration.key_file or None)
+        except OSError as e:
+            raise ConfigError(f"context {context!r}: cannot load TLS material: "
+                              f"{e.strerror or e}: {e.filename}") from e
+        if not tls.verify:
+            log.warning("context %s: insecure-skip-tls-verify is set: the API server's "
+                        "certificate is not checked", context)
+    credentials = Credentials(
+        context,
+        token=_token_source(configuration),
+        token_file=_token_file(docs, context),
+        exec_runner=exec_runner,
+        impersonate_user=str(user.get("as") or ""),
+        impersonate_groups=tuple(str(g) for g in user.get("as-groups") or ()),
+        tls=tls,
+        key_dir=_credentials_dir,
+    )
+    if user.get("as-groups") and not user.get("as"):
+        raise ConfigError(f"context {context!r}: as-groups is set without as (impersonating "
+                          "groups needs a user to impersonate)")
+    try:
+        credentials.fetch()
+    except (ConfigException, OSError, ValueError) as e:
+        raise ConfigError(f"context {context!r}: cannot get credentials: {e}") from e
+    # Bad TLS material fails now, not at the first connection.
+    ssl_context = credentials.ssl_context()
     _wipe_credentials_dir()
-    auth = _Credentials(configuration, _token_file(docs, context))
     proxy = _proxy(docs, context, scheme, url.hostname, port)
     target = ApiTarget(
         proxy=proxy,
@@ -243,9 +281,71 @@ def _load_target(
         base_path=url.path.rstrip("/"),
         ssl_context=ssl_context,
         server_hostname=getattr(configuration, "tls_server_name", None) or None,
-        auth_headers=auth.headers,
+        auth_headers=credentials.headers,
+        extra_headers=credentials.impersonation,
+        tls=credentials.ssl_context if scheme == "https" else None,
     )
     return target, server
+
+
+def _token_source(configuration: Any) -> str | Callable[[], str]:
+    """The kubeconfig's token, or what refreshes it (an auth-provider such as oidc, whose
+    token the official loader refreshes when it expires)."""
+    hook = configuration.refresh_api_key_hook
+
+    if hook is None:
+        return str(configuration.api_key.get("BearerToken") or "")
+
+    def refreshed() -> str:
+        hook(configuration)
+        return str(configuration.api_key.get("BearerToken") or "")
+
+    return refreshed
+
+
+def _take_exec_plugin(config: Any, context: str) -> ExecRunner | None:
+    """Remove the context's user's ``exec`` from the merged kubeconfig and return what runs
+    it (None when the user has no exec plugin, or an earlier method wins, as in kubectl)."""
+    ctx = config["contexts"].get_with_name(context)["context"]
+    user_name = ctx.safe_get("user")
+    if not user_name:
+        return None
+    user_node = config["users"].get_with_name(user_name, safe=True)
+    if user_node is None or "user" not in user_node:
+        return None
+    user = user_node["user"]
+    if "exec" not in user or user.safe_get("token") or user.safe_get("tokenFile") \
+            or user.safe_get("auth-provider"):
+        return None
+    exec_node = user["exec"]
+    cluster_node = config["clusters"].get_with_name(ctx["cluster"], safe=True)
+    cluster = cluster_node["cluster"] if cluster_node is not None else None
+    base = os.path.dirname(os.path.abspath(user.path)) if user.path else ""
+    provider = ExecProvider(exec_node, base, cluster)
+    del user.value["exec"]
+
+    def run() -> dict[str, Any]:
+        status: dict[str, Any] = provider.run()
+        return status
+
+    return run
+
+
+def _user_entry(docs: list[tuple[str, dict[str, Any]]], context: str) -> dict[str, Any]:
+    """The ``user`` mapping the context names ({} when none), first file winning."""
+    user_name = None
+    for _, doc in docs:
+        for c in doc.get("contexts") or []:
+            if isinstance(c, dict) and c.get("name") == context:
+                user_name = (c.get("context") or {}).get("user")
+                break
+        if user_name is not None:
+            break
+    for _, doc in docs:
+        for u in doc.get("users") or []:
+            if isinstance(u, dict) and u.get("name") == user_name:
+                return dict(u.get("user") or {})
+    return {}
 
 
 def _cluster_proxy_url(docs: list[tuple[str, dict[str, Any]]], context: str) -> str:
@@ -286,21 +386,6 @@ def _proxy(docs: list[tuple[str, dict[str, Any]]], context: str, scheme: str, ho
     return proxy
 
 
-def _ssl_context(configuration: Any, context: str) -> ssl.SSLContext:
-    try:
-        ctx = ssl.create_default_context(cafile=configuration.ssl_ca_cert or None)
-        if not configuration.verify_ssl:
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        if configuration.cert_file:
-            ctx.load_cert_chain(configuration.cert_file, configuration.key_file or None)
-    except (OSError, ssl.SSLError) as e:
-        raise ConfigError(f"context {context!r}: cannot load TLS material: {e}") from e
-    # The port-forward upgrades need HTTP/1.1; never let ALPN pick h2.
-    ctx.set_alpn_protocols(["http/1.1"])
-    return ctx
-
-
 def _token_file(docs: list[tuple[str, dict[str, Any]]], context: str) -> str | None:
     """The user's ``tokenFile`` when no inline token is set: re-read on change, like kubectl."""
     user_name = None
@@ -319,43 +404,3 @@ def _token_file(docs: list[tuple[str, dict[str, Any]]], context: str) -> str | N
                     return None
                 return os.path.join(os.path.dirname(os.path.abspath(path)), user["tokenFile"])
     return None
-
-
-class _Credentials:
-    """Fresh Authorization headers: exec-plugin tokens are refreshed when they expire."""
-
-    def __init__(self, configuration: Any, token_file: str | None) -> None:
-        self._configuration = configuration
-        self._lock = threading.Lock()
-        self._token_file = token_file
-        self._token_file_mtime: float | None = None
-        self._file_token = ""
-
-    def headers(self) -> dict[str, str]:
-        with self._lock:
-            cfg = self._configuration
-            hook = cfg.refresh_api_key_hook
-            if hook is not None:
-                try:
-                    hook(cfg)
-                except Exception as e:  # an exec plugin failing must not kill a thread
-                    log.warning("refreshing credentials failed: %s", e)
-            if self._token_file:
-                self._reread_token_file()
-            token = self._file_token or cfg.api_key.get("BearerToken")
-            return {"Authorization": str(token)} if token else {}
-
-    def _reread_token_file(self) -> None:
-        assert self._token_file is not None
-        try:
-            mtime = os.stat(self._token_file).st_mtime
-            if mtime == self._token_file_mtime:
-                return
-            with open(self._token_file) as f:
-                token = f.read().strip()
-        except OSError as e:
-            log.warning("cannot read token file %s: %s", self._token_file, e)
-            return
-        self._token_file_mtime = mtime
-        if token:
-            self._file_token = f"Bearer {token}"

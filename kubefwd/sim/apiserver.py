@@ -16,6 +16,7 @@ import json
 import logging
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -47,6 +48,7 @@ from kubefwd.sim.store import (
     bad_request,
     not_found,
 )
+from kubefwd.sim.tls import peer_identity
 from kubefwd.sim.watchstream import serve_watch
 
 log = logging.getLogger(__name__)
@@ -76,15 +78,24 @@ class ApiServer:
 
     bookmark_interval = 5.0
     default_watch_timeout = 1800.0
+    # Who a request with the cluster's bearer token is.
+    token_user = ("sim-user", ("system:authenticated",))
 
     def __init__(self, backend: Backend, *, token: str, host: str = "127.0.0.1", port: int = 0,
                  ssl_context: ssl.SSLContext | None = None, version: str = "v1.31.0",
-                 require_token: bool = True) -> None:
+                 require_token: bool = True, path_prefix: str = "") -> None:
         self.backend = backend
         self.token = token
         self.require_token = require_token
         self.ssl_context = ssl_context
         self.version = version
+        # Served under this path only (a server URL such as https://host:port/k8s/c1).
+        # More bearer tokens and who they are (SimCluster.add_token).
+        self.tokens: dict[str, tuple[str, tuple[str, ...]]] = {}
+        self.path_prefix = "/" + path_prefix.strip("/") if path_prefix.strip("/") else ""
+        self.idle_cuts = 0  # connections closed by the idle cut
+        self._idle_after: float | None = None
+        self._idle_thread: threading.Thread | None = None
         self._listener = socket.create_server((host, port), backlog=512)
         self.host, self.port = self._listener.getsockname()[:2]
         self._lock = threading.Lock()
@@ -101,7 +112,35 @@ class ApiServer:
     @property
     def url(self) -> str:
         scheme = "https" if self.ssl_context else "http"
-        return f"{scheme}://{self.host}:{self.port}"
+        return f"{scheme}://{self.host}:{self.port}{self.path_prefix}"
+
+    def cut_idle(self, after: float | None) -> None:
+        """Close every connection (API calls, watches, port-forwards) that carried no data
+        either way for ``after`` seconds, as a load balancer or a kubelet with an idle
+        timeout does; None turns it off. TCP keepalive probes carry no data: they do not
+        count, as for such a load balancer."""
+        with self._lock:
+            self._idle_after = after
+            if after is None or self._idle_thread is not None or self._stopping.is_set():
+                return
+            self._idle_thread = threading.Thread(target=self._idle_loop,
+                                                 name=f"sim-api-idle-{self.port}", daemon=True)
+            self._idle_thread.start()
+
+    def _idle_loop(self) -> None:
+        while not self._stopping.wait(0.1):
+            with self._lock:
+                after = self._idle_after
+                conns = list(self._connections)
+            if after is None:
+                continue
+            for conn in conns:
+                idle = _idle_seconds(conn.sock)
+                if idle is not None and idle >= after and not conn.dropped.is_set():
+                    log.debug("cutting %s, idle for %.1fs", conn.peer, idle)
+                    with self._lock:
+                        self.idle_cuts += 1
+                    conn.drop()
 
     def start(self) -> None:
         self._accept_thread.start()
@@ -146,6 +185,8 @@ class ApiServer:
         self._stopping.set()
         self._close_listener()
         self.drop_connections()
+        if self._idle_thread is not None:
+            self._idle_thread.join(5.0)
         deadline = time.monotonic() + 10.0
         while True:
             with self._lock:
@@ -187,10 +228,13 @@ class ApiServer:
     def _serve_connection(self, conn: Connection) -> None:
         try:
             if self.ssl_context is not None:
-                conn.sock.settimeout(10.0)
+                # A handshake never finished is cut like an idle connection: while it runs
+                # the socket is the TLS layer's, out of the idle cut's reach.
+                conn.sock.settimeout(min(10.0, self._idle_after or 10.0))
                 tls = self.ssl_context.wrap_socket(conn.sock, server_side=True)
                 tls.settimeout(None)
                 conn.sock = tls
+                conn.identity = peer_identity(tls)
             while not conn.dropped.is_set() and not self._stopping.is_set():
                 if not self._serve_request(conn):
                     break
@@ -230,7 +274,14 @@ class ApiServer:
                        close=True)
             return False
         url = urlsplit(target)
-        req = Request(method.upper(), unquote(url.path), parse_qs(url.query), headers, body)
+        path = unquote(url.path)
+        if self.path_prefix:
+            if path != self.path_prefix and not path.startswith(self.path_prefix + "/"):
+                send_json(conn, 404, _status(404, "NotFound", "the server could not find the "
+                                             "requested resource"))
+                return True
+            path = path[len(self.path_prefix):] or "/"
+        req = Request(method.upper(), path, parse_qs(url.query), headers, body)
         keep_alive = version == "HTTP/1.1" and (headers.get("Connection", "").lower() != "close")
         conn.responded = False
         try:
@@ -264,9 +315,17 @@ class ApiServer:
             send_json(conn, 200, discovery.version_info(self.version))
             return True
         auth = req.headers.get("Authorization", "")
-        if auth != f"Bearer {self.token}" and (self.require_token or auth):
-            send_json(conn, 401, _status(401, "Unauthorized", "Unauthorized"))
-            return True
+        identity = conn.identity
+        if identity is None or auth:
+            other = self.tokens.get(auth[len("Bearer "):]) if auth.startswith("Bearer ") else None
+            if other is not None:
+                identity = other
+            elif auth != f"Bearer {self.token}" and (self.require_token or auth):
+                send_json(conn, 401, _status(401, "Unauthorized", "Unauthorized"))
+                return True
+            else:
+                identity = self.token_user
+        identity = self._impersonate(identity, req)
         parts = [p for p in path.split("/") if p]
         if parts[:2] == ["openapi", "v3"]:
             return self._openapi_v3(conn, parts[2:])
@@ -300,6 +359,32 @@ class ApiServer:
         send_json(conn, 404, _status(404, "NotFound", "the server could not find the requested "
                                       "resource"))
         return True
+
+    def _impersonate(self, identity: tuple[str, tuple[str, ...]],
+                     req: Request) -> tuple[str, tuple[str, ...]]:
+        """The identity a request acts as: the authenticated one, or the one its
+        Impersonate-User/Impersonate-Group headers ask for when the backend lets the
+        requester impersonate it (403 otherwise); recorded with the backend."""
+        user = req.headers.get("Impersonate-User", "")
+        groups = tuple(req.headers.get_all("Impersonate-Group") or ())
+        if groups and not user:
+            raise StatusError(400, "BadRequest", f"requested {list(groups)} without "
+                              "impersonating a user")
+        acting = identity
+        if user:
+            refused = getattr(self.backend, "impersonation_refused", None)
+            denied = refused(identity[0], user, groups) if refused is not None else None
+            if denied is not None:
+                kind, name = denied
+                raise StatusError(403, "Forbidden", f'{kind} "{name}" is forbidden: User '
+                                  f'"{identity[0]}" cannot impersonate resource "{kind}" in '
+                                  'API group "" at the cluster scope',
+                                  details={"name": name, "kind": kind})
+            acting = (user, (*groups, "system:authenticated"))
+        record = getattr(self.backend, "record_identity", None)
+        if record is not None:
+            record(acting[0], acting[1], identity[0] if user else "")
+        return acting
 
     def _openapi_v3(self, conn: Connection, rest: list[str]) -> bool:
         gvs = {"api/v1": "v1", **{f"apis/{g}/{v}": f"{g}/{v}" for g, v in GROUP_VERSIONS.items()}}
@@ -494,6 +579,17 @@ def _page(items: list[Obj], rv: str, limit: str | None,
 def _key(obj: Obj) -> tuple[str, str]:
     meta = obj.get("metadata") or {}
     return str(meta.get("namespace") or ""), str(meta.get("name") or "")
+
+
+def _idle_seconds(sock: socket.socket) -> float | None:
+    """Seconds since the connection last carried data either way (Linux TCP_INFO), or None
+    where the kernel does not tell."""
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+        last_sent, _last_ack_sent, last_received = struct.unpack_from("=III", info, 44)
+    except (OSError, AttributeError, struct.error):
+        return None
+    return min(last_sent, last_received) / 1000.0
 
 
 def _status(code: int, reason: str, message: str) -> Obj:

@@ -67,6 +67,8 @@ class SimCluster:
         version: str = "v1.31.0",
         pod_ip_range: str | None = None,
         require_token: bool | None = None,
+        path_prefix: str = "",
+        tls_hosts: tuple[str, ...] = ("127.0.0.1", "localhost"),
     ) -> None:
         self.contexts = list(contexts) or ["sim"]
         self._manifests = manifests
@@ -79,6 +81,8 @@ class SimCluster:
         # kubectl sends no credentials to a plain-HTTP server, so by default plain HTTP is
         # open (like the API server's old insecure port); a wrong token is still refused.
         self._require_token = tls if require_token is None else require_token
+        self._path_prefix = path_prefix
+        self._tls_hosts = tls_hosts  # the names and addresses the serving certificate has
         self._own_dir: str | None = None
         self._kubeconfig_arg = kubeconfig_path
         # Where the kubeconfig goes; without kubeconfig_path, a private temporary directory
@@ -93,6 +97,10 @@ class SimCluster:
         self.requests: collections.Counter[tuple[str, str]] = collections.Counter()
         self.refused: collections.Counter[tuple[str, str]] = collections.Counter()
         self._throttle: tuple[int, int, float, int | None] | None = None
+        # Who the requests acted as: (user, groups, impersonated by or ""), counted.
+        self.identities: collections.Counter[tuple[str, tuple[str, ...], str]] = \
+            collections.Counter()
+        self._no_impersonating: set[tuple[str, str]] = set()  # ("users"/"groups", name)
         self.store = Store(admit=Admission(lambda: self.store))
         self.kubelet: Any = None
         self.controllers: Controllers | None = None
@@ -125,11 +133,12 @@ class SimCluster:
                 self.apply(self._manifests)
             context = None
             if self._tls:
-                self.credentials = tlsgen.generate()
+                self.credentials = tlsgen.generate(self._tls_hosts)
                 context = self.credentials.server_context()
             self.api = ApiServer(self, token=self.token, host=self._host, port=self._port,
                                  ssl_context=context, version=self._version,
-                                 require_token=self._require_token)
+                                 require_token=self._require_token,
+                                 path_prefix=self._path_prefix)
             self.api.start()
             self._write_kubeconfig()
         except BaseException:
@@ -162,6 +171,63 @@ class SimCluster:
     @property
     def ca_pem(self) -> bytes | None:
         return self.credentials.ca_pem if self.credentials else None
+
+    def issue_client_cert(self, user: str, groups: Iterable[str] = (), *,
+                          expires_in: float = 3600.0) -> tuple[bytes, bytes]:
+        """A client certificate and key (PEM) this cluster's CA signs for ``user`` in
+        ``groups`` (CN and O, as Kubernetes reads them), valid ``expires_in`` seconds: the
+        API server takes it instead of a token while it is valid."""
+        assert self.credentials is not None, "client certificates need TLS"
+        return self.credentials.issue_client(user, tuple(groups), expires_in=expires_in)
+
+    def add_token(self, user: str, groups: Iterable[str] = ()) -> str:
+        """A new bearer token the API server takes as ``user`` in ``groups``."""
+        assert self.api is not None, "the cluster is not started"
+        token = secrets.token_urlsafe(24)
+        self.api.tokens[token] = (user, (*groups, "system:authenticated"))
+        return token
+
+    def refuse_impersonation(self, *, user: str | None = None,
+                             group: str | None = None) -> None:
+        """Answer 403 to requests impersonating ``user`` or ``group`` (as RBAC without the
+        ``impersonate`` verb does); anyone else may be impersonated."""
+        with self._lock:
+            if user is not None:
+                self._no_impersonating.add(("users", user))
+            if group is not None:
+                self._no_impersonating.add(("groups", group))
+
+    def impersonation_refused(self, requester: str, user: str,
+                              groups: tuple[str, ...]) -> tuple[str, str] | None:
+        """What the API server asks: (kind, name) of the first identity ``requester`` may
+        not impersonate, or None."""
+        with self._lock:
+            if ("users", user) in self._no_impersonating:
+                return "users", user
+            for group in groups:
+                if ("groups", group) in self._no_impersonating:
+                    return "groups", group
+        return None
+
+    def record_identity(self, user: str, groups: tuple[str, ...], impersonator: str) -> None:
+        with self._lock:
+            self.identities[(user, groups, impersonator)] += 1
+
+    def users_seen(self) -> set[str]:
+        """Users that requests acted as (after impersonation)."""
+        with self._lock:
+            return {user for user, _groups, _by in self.identities}
+
+    def cut_idle_connections(self, after: float | None) -> None:
+        """Close API connections (watches, port-forwards included) idle for ``after``
+        seconds, as a load balancer with an idle timeout does; None turns it off."""
+        assert self.api is not None
+        self.api.cut_idle(after)
+
+    @property
+    def idle_cuts(self) -> int:
+        """Connections the idle cut closed so far."""
+        return self.api.idle_cuts if self.api is not None else 0
 
     def kubeconfig(self) -> Obj:
         import base64
@@ -413,6 +479,7 @@ class SimCluster:
         with self._lock:
             self.requests.clear()
             self.refused.clear()
+            self.identities.clear()
 
     def port_forward_latency(self, seconds: float) -> None:
         """Add ``seconds`` of delay to port-forward traffic (new port-forwards)."""

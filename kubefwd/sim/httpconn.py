@@ -43,6 +43,8 @@ class Connection:
     buf: bytearray = field(default_factory=bytearray)
     handed_over: bool = False
     responded: bool = False  # whether anything of the current response has been sent
+    # (user, groups) of the client certificate the TLS handshake verified, if any.
+    identity: tuple[str, tuple[str, ...]] | None = None
 
     def drop(self) -> None:
         """Abort from another thread: wake any blocked read or write on this socket."""

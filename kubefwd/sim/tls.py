@@ -21,11 +21,13 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 @dataclass(frozen=True)
 class Credentials:
-    """PEM-encoded CA certificate and the server's certificate and private key."""
+    """PEM-encoded CA certificate and the server's certificate and private key; with
+    ``ca_key_pem`` the CA can also sign client certificates (``issue_client``)."""
 
     ca_pem: bytes
     cert_pem: bytes
     key_pem: bytes
+    ca_key_pem: bytes = b""
 
     def server_context(self) -> ssl.SSLContext:
         """A server-side TLS context presenting the serving certificate (HTTP/1.1 only)."""
@@ -42,11 +44,64 @@ class Credentials:
             with os.fdopen(fd, "wb") as f:
                 f.write(self.key_pem)
             context.load_cert_chain(cert_path, key_path)
+        if self.ca_key_pem:
+            # Ask for a client certificate, as an API server does, and take one only when
+            # this CA signed it and it is valid now; clients without one use a token.
+            context.verify_mode = ssl.CERT_OPTIONAL
+            context.load_verify_locations(cadata=self.ca_pem.decode("ascii"))
         return context
 
     def client_context(self) -> ssl.SSLContext:
         """A client-side TLS context that trusts only this CA (for tests and probes)."""
         return ssl.create_default_context(cadata=self.ca_pem.decode("ascii"))
+
+    def issue_client(self, user: str, groups: tuple[str, ...] = (), *,
+                     expires_in: float = 3600.0) -> tuple[bytes, bytes]:
+        """A client certificate (CN=user, O=each group, as Kubernetes reads them) signed by
+        this CA and valid for ``expires_in`` seconds from now, and its key (PEM)."""
+        if not self.ca_key_pem:
+            raise ValueError("this CA has no key to sign with")
+        ca_key = serialization.load_pem_private_key(self.ca_key_pem, password=None)
+        ca_cert = x509.load_pem_x509_certificate(self.ca_pem)
+        assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+        now = datetime.datetime.now(datetime.timezone.utc)
+        key = ec.generate_private_key(ec.SECP256R1())
+        attributes = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, g) for g in groups]
+        attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, user))
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name(attributes))
+            .issuer_name(ca_cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(seconds=expires_in))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
+        return (cert.public_bytes(serialization.Encoding.PEM),
+                key.private_bytes(serialization.Encoding.PEM,
+                                  serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+
+
+def peer_identity(sock: object) -> tuple[str, tuple[str, ...]] | None:
+    """(user, groups) of the verified client certificate of a server-side TLS socket."""
+    getpeercert = getattr(sock, "getpeercert", None)
+    cert = getpeercert() if getpeercert is not None else None
+    if not cert:
+        return None
+    user = ""
+    groups: list[str] = []
+    for rdn in cert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                user = value
+            elif key == "organizationName":
+                groups.append(value)
+    return (user, tuple(groups)) if user else None
 
 
 def _name(common_name: str) -> x509.Name:
@@ -131,6 +186,11 @@ def generate(hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> Credentials
         ca_pem=ca_cert.public_bytes(serialization.Encoding.PEM),
         cert_pem=cert.public_bytes(serialization.Encoding.PEM),
         key_pem=key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+        ca_key_pem=ca_key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),

@@ -23,7 +23,7 @@ from kubefwd import __version__
 from kubefwd.cluster.proxy import open_socket
 from kubefwd.cluster.target import ApiTarget
 from kubefwd.cluster.throttle import is_throttled
-from kubefwd.errors import TunnelError
+from kubefwd.errors import KubefwdError, TunnelError
 from kubefwd.support.sockets import close_quietly
 from kubefwd.wire import websocket as ws
 
@@ -73,7 +73,11 @@ def connect(target: ApiTarget, timeout: float,
     raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if target.scheme != "https":
         return raw
-    context = target.ssl_context or ssl.create_default_context()
+    try:
+        context = target.tls_context()  # per connection: a client certificate may rotate
+    except KubefwdError as e:
+        close_quietly(raw)
+        raise TunnelError(f"{e}") from e
     try:
         sock = context.wrap_socket(raw, server_hostname=target.server_hostname or target.host)
     except (OSError, ValueError) as e:
@@ -158,6 +162,7 @@ def _dial_upgrade_once(target: ApiTarget, path: str, *, method: str,
                  f"User-Agent: kubefwd/{__version__}"]
         lines += [f"{k}: {v}" for k, v in headers.items()]
         lines += [f"{k}: {v}" for k, v in auth.items()]
+        lines += [f"{k}: {v}" for k, v in target.extra_headers]
         if method == "POST":
             lines.append("Content-Length: 0")
         sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))

@@ -24,6 +24,7 @@ import functools
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -51,6 +52,10 @@ PING_INTERVAL = 7.0
 # Default seconds without any connection after which a tunnel closes its session; the next
 # connection reopens it, which costs one TLS handshake and one upgrade.
 IDLE_TIMEOUT = 120.0
+# A session lost while it carried nothing (a load balancer's or kubelet's idle cut, an API
+# server restart) is opened again at once, not blamed on the pod, when it had lived this
+# long (a server that closes every session at once must not be redialed in a loop).
+REOPEN_MIN_AGE = 2.0
 
 _IDLE, _OPENING, _OPEN, _DEAD, _CLOSED = "idle", "opening", "open", "dead", "closed"
 
@@ -110,6 +115,9 @@ class PodTunnel:
         self._openers: dict[int, threading.Thread] = {}
         self._next_request = 0
         self._idle_timer: Timer | None = None
+        self._opened_at = 0.0  # monotonic time the current session opened
+        self._last_used = time.monotonic()  # a connection started or ended
+        self.reopened = 0  # sessions lost while idle and opened again at once
         self._thread: LoopThread | None = None
         self._own_loop = loop is None
         self.loop = loop if loop is not None else Loop(f"tunnel {self._label}")
@@ -324,6 +332,7 @@ class PodTunnel:
     def _session_opened(self, dialed: _Dialed) -> None:
         name, sock, rest = dialed
         self.sessions += 1
+        self._opened_at = time.monotonic()
         self.transport_name = name
         if self.transport == "auto":
             self.prefer = name  # reopening after an idle close: start with what worked
@@ -358,6 +367,7 @@ class PodTunnel:
         self._next_request += 1
         self.connections += 1
         self.active += 1
+        self._last_used = time.monotonic()
         self._cancel_idle()
         if self._session is not None:
             self._session.add(conn)
@@ -401,6 +411,7 @@ class PodTunnel:
 
     def _conn_ended(self) -> None:
         self.active -= 1
+        self._last_used = time.monotonic()
         if self._retiring and self.active <= 0:
             self._die("retired", quiet=True)
         else:
@@ -418,15 +429,33 @@ class PodTunnel:
             self.retire(message)
 
     def _session_lost(self, session: SpdySession, reason: str) -> None:
-        if session is self._session:
-            self._die(reason)
+        if session is not self._session:
+            return
+        now = time.monotonic()
+        if (self._state == _OPEN and not self._retiring and self.active <= 0
+                and now - self._opened_at >= REOPEN_MIN_AGE
+                and (self.idle_timeout <= 0 or now - self._last_used < self.idle_timeout)):
+            # Cut while it carried nothing: not the pod's fault. Replace the session now,
+            # so the next connection finds one open instead of paying for the dial.
+            log.debug("tunnel %s: session lost while idle (%s); opening a new one",
+                      self._label, reason)
+            self.reopened += 1
+            for conn in self._teardown():  # none: it had no connection
+                conn.release()
+            self._set_state(_IDLE)
+            self._begin_opening()
+            return
+        self._die(reason)
 
     # -- idle, retirement, death (loop thread) ---------------------------------------------
 
     def _arm_idle(self) -> None:
         if (self.idle_timeout > 0 and self.active <= 0 and self._state == _OPEN
                 and not self._retiring and self._idle_timer is None):
-            self._idle_timer = self.loop.call_later(self.idle_timeout, self._idle_check)
+            # Counted from the last use, not from the open: a session replaced after an
+            # idle cut does not extend the tunnel's life.
+            left = self.idle_timeout - (time.monotonic() - self._last_used)
+            self._idle_timer = self.loop.call_later(max(0.0, left), self._idle_check)
 
     def _cancel_idle(self) -> None:
         if self._idle_timer is not None:

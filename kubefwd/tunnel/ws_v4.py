@@ -8,11 +8,12 @@ skipped. The protocol has no half-close: a local EOF ends the whole connection.
 from __future__ import annotations
 
 import struct
+import time
 from typing import TYPE_CHECKING
 
 from kubefwd.tunnel.dial import AnySocket
 from kubefwd.tunnel.io import ApiConnection, LocalConn, WsReader
-from kubefwd.tunnel.loop import READ, WRITE, Loop
+from kubefwd.tunnel.loop import READ, WRITE, Loop, Timer
 from kubefwd.tunnel.spdy_client import API_HIGH_WATER, CHUNK, READ_BUFFER, SMALL
 from kubefwd.wire import websocket as ws
 
@@ -44,6 +45,8 @@ class V4Link:
         self._api_full = False
         self._on_api_handler = self._on_api
         self._on_local_handler = self._on_local
+        self._last_rx = time.monotonic()
+        self._ping_timer: Timer | None = None
 
     def start(self) -> None:
         prefix = self.conn.prefix
@@ -57,12 +60,40 @@ class V4Link:
                 return
         self._update()
         self.loop.call_soon(self._read_soon)  # bytes that came with the 101, if any
+        if self.tunnel.ping_interval > 0:
+            self._ping_timer = self.loop.call_later(self.tunnel.ping_interval,
+                                                    self._keepalive)
+
+    def _keepalive(self) -> None:
+        """Ping the API server now and then: a quiet connection (an idle psql session)
+        is then never idle on the wire, which load balancers and kubelets with an idle
+        timeout would cut; no answer for two intervals ends the link."""
+        self._ping_timer = None
+        if self.closed or self._remote_ended:
+            return
+        interval = self.tunnel.ping_interval
+        now = time.monotonic()
+        if self._blocked:
+            self._last_rx = now  # we are not reading: the silence is ours
+        if now - self._last_rx > 2 * interval:
+            self._end(clean=False)
+            return
+        try:
+            self.api.send(ws.encode_frame(ws.OP_PING, b"kubefwd", masked=True), owned=True)
+        except OSError:
+            self._end(clean=False)
+            return
+        self._update()
+        self._ping_timer = self.loop.call_later(interval, self._keepalive)
 
     def close(self) -> None:
         """Tear down both sockets (no close frame: the server sees the connection end)."""
         if self.closed:
             return
         self.closed = True
+        if self._ping_timer is not None:
+            self._ping_timer.cancel()
+            self._ping_timer = None
         self.loop.forget(self.api.sock)
         self.api.close()
         self.loop.forget(self.conn.sock)
@@ -174,6 +205,7 @@ class V4Link:
             view = memoryview(self._rx)
             got, eof = self.api.fill(view)
             if got:
+                self._last_rx = time.monotonic()
                 self.reader.feed(view[:got])
                 if self.reader.closed:
                     eof = True
