@@ -25,9 +25,11 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from kubefwd.sim import spdysession as spdy
+from kubefwd.sim import wssession
 from kubefwd.sim.objects import StatusError
 from kubefwd.support.sockets import close_quietly
-from kubefwd.wire import spdy, spdyframes
+from kubefwd.wire import spdyframes
 from kubefwd.wire import websocket as ws
 
 log = logging.getLogger(__name__)
@@ -134,9 +136,9 @@ def _serve_websocket(sock: socket.socket, req: PortForwardRequest) -> None:
         _send_status(sock, 400, str(e))
         return
     sock.sendall(response)
-    conn = ws.WebSocket(sock, client=False, initial=req.initial, subprotocol=protocol)
+    conn = wssession.WebSocket(sock, client=False, initial=req.initial, subprotocol=protocol)
     if protocol == WS_SPDY_TUNNEL:
-        _SpdyForwarder(ws.WebSocketByteStream(conn), req, b"").serve()
+        _SpdyForwarder(wssession.WebSocketByteStream(conn), req, b"").serve()
     else:
         _WebSocketForwarder(conn, req, ports, text=protocol == WS_V4_BASE64).serve()
 
@@ -435,7 +437,7 @@ class _SpdyForwarder:
 class _WebSocketForwarder:
     """Serves one WebSocket v4 connection: one pod connection per requested port."""
 
-    def __init__(self, conn: ws.WebSocket, req: PortForwardRequest, ports: list[int], *,
+    def __init__(self, conn: wssession.WebSocket, req: PortForwardRequest, ports: list[int], *,
                  text: bool) -> None:
         self.conn = conn
         self.req = req

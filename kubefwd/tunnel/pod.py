@@ -268,6 +268,8 @@ class PodTunnel:
 
     def _request_open(self) -> None:
         if self._state == _IDLE:
+            # Asked for explicitly: that is a use, so the session gets its idle time.
+            self._last_used = time.monotonic()
             self._begin_opening()
 
     def _begin_opening(self) -> None:

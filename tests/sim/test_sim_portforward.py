@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 from helpers import echo_roundtrip, http_get, kubectl_port_forward, manifests, service, wait_for
 
-from kubefwd.sim import SimCluster
-from kubefwd.wire import spdy
+from kubefwd.sim import SimCluster, wssession
+from kubefwd.sim import spdysession as spdy
 from kubefwd.wire import websocket as ws
 
 pytestmark = pytest.mark.e2e
@@ -269,7 +269,7 @@ def test_websocket_v4_base64_and_repeated_ports(cluster: SimCluster) -> None:
         for line in request.decode().split("\r\n")[2:] if line
     }, method="GET", query="?ports=8080&ports=9999")
     assert ws.check_handshake_response(head, key, protocols) == "v4.base64.channel.k8s.io"
-    conn = ws.WebSocket(sock, client=True, initial=head.rest)
+    conn = wssession.WebSocket(sock, client=True, initial=head.rest)
     try:
         firsts = [conn.recv_message() for _ in range(4)]
         assert [m and m[0] for m in firsts] == [ws.OP_TEXT] * 4

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 from websocket import ABNF
 
+from kubefwd.sim import wssession
 from kubefwd.wire import websocket as ws
 
 
@@ -101,7 +102,7 @@ def test_client_rejects_a_wrong_accept_or_protocol() -> None:
 def test_server_reads_frames_encoded_by_websocket_client(
         pair: tuple[socket.socket, socket.socket]) -> None:
     a, b = pair
-    server = ws.WebSocket(b, client=False)
+    server = wssession.WebSocket(b, client=False)
     big = os.urandom(200_000)
     a.sendall(ABNF.create_frame(big, ABNF.OPCODE_BINARY).format())
     first = ABNF(0, 0, 0, 0, ABNF.OPCODE_TEXT, 1, b"frag")
@@ -119,7 +120,7 @@ def test_server_reads_frames_encoded_by_websocket_client(
 
 def test_client_and_server_round_trip(pair: tuple[socket.socket, socket.socket]) -> None:
     a, b = pair
-    client, server = ws.WebSocket(a, client=True), ws.WebSocket(b, client=False)
+    client, server = wssession.WebSocket(a, client=True), wssession.WebSocket(b, client=False)
     pongs: list[bytes] = []
     client.on_pong = pongs.append
     client.send_binary(b"x" * 70_000)
@@ -150,7 +151,7 @@ def test_protocol_violations_are_errors(pair: tuple[socket.socket, socket.socket
     a, b = pair
     a.sendall(frame)
     with pytest.raises(ws.WebSocketError) as e:
-        ws.WebSocket(b, client=False).recv_message()
+        wssession.WebSocket(b, client=False).recv_message()
     assert e.value.code == code
 
 
@@ -158,14 +159,14 @@ def test_message_size_limit(pair: tuple[socket.socket, socket.socket]) -> None:
     a, b = pair
     a.sendall(ws.frame_header(ws.OP_BINARY, 1 << 40, mask_key=b"abcd"))
     with pytest.raises(ws.WebSocketError) as e:
-        ws.WebSocket(b, client=False, max_message=1 << 20).recv_message()
+        wssession.WebSocket(b, client=False, max_message=1 << 20).recv_message()
     assert e.value.code == ws.CLOSE_TOO_BIG
 
 
 def test_byte_stream_ignores_message_boundaries(pair: tuple[socket.socket, socket.socket]) -> None:
     a, b = pair
-    client = ws.WebSocketByteStream(ws.WebSocket(a, client=True))
-    server = ws.WebSocketByteStream(ws.WebSocket(b, client=False))
+    client = wssession.WebSocketByteStream(wssession.WebSocket(a, client=True))
+    server = wssession.WebSocketByteStream(wssession.WebSocket(b, client=False))
     payload = os.urandom(3_000_000)
     sizes = [1, 2, 100_000, 7, 1_000_000]
 

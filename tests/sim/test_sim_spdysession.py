@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
-from kubefwd.wire import spdy, spdyframes
-from kubefwd.wire import websocket as ws
+from kubefwd.sim import spdysession as spdy
+from kubefwd.sim import wssession
+from kubefwd.wire import spdyframes
 
 
 def test_dictionary_is_the_spdy3_one() -> None:
@@ -234,8 +235,8 @@ def test_stream_ids_must_be_new_and_from_the_client() -> None:
 
 def test_session_over_a_websocket_byte_stream() -> None:
     a, b = socket.socketpair()
-    client_ws = ws.WebSocketByteStream(ws.WebSocket(a, client=True))
-    server_ws = ws.WebSocketByteStream(ws.WebSocket(b, client=False))
+    client_ws = wssession.WebSocketByteStream(wssession.WebSocket(a, client=True))
+    server_ws = wssession.WebSocketByteStream(wssession.WebSocket(b, client=False))
 
     def on_stream(stream: spdy.SpdyStream) -> None:
         stream.on_data = lambda view: stream.send(view)
