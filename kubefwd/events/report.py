@@ -38,10 +38,11 @@ class Reporter:
     # -- forwards ---------------------------------------------------------------------------
 
     def forwarded(self, key: str, *, context: str, namespace: str, service: str,
-                  names: Sequence[str], ip: str, ports: Sequence[str], pod: str | None) -> None:
+                  names: Sequence[str], ip: str, ports: Sequence[str], pod: str | None,
+                  pod_path: str | None = None) -> None:
         self.bus.publish(ForwardBound(key=key, context=context, namespace=namespace,
                                       service=service, ip=ip, names=tuple(names),
-                                      ports=tuple(ports), pod=pod))
+                                      ports=tuple(ports), pod=pod, pod_path=pod_path))
 
     def removed(self, key: str, ip: str) -> None:
         self.bus.publish(ForwardUnbound(key=key, ip=ip))

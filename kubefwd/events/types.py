@@ -76,7 +76,9 @@ class ServiceRemoved(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ForwardBound(Event):
-    """A forward listens on its address; ``pod`` is the pod it routes to, if any yet."""
+    """A forward listens on its address; ``pod`` is the pod it routes to, if any yet (its
+    name, as in every event; ``pod_path`` is how the log shows it: ``namespace/pod``, with
+    the context in front when several are forwarded)."""
 
     type: ClassVar[str] = "forward_bound"
     key: str
@@ -87,6 +89,7 @@ class ForwardBound(Event):
     names: tuple[str, ...]
     ports: tuple[str, ...]  # display strings such as "80" or "8080:80"
     pod: str | None
+    pod_path: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -225,12 +225,14 @@ class ForwardSet:
         if not ports:
             self.report.not_forwarded(str(key), "not forwarded: none of its ports could be bound")
             return
-        pod = f"{key.namespace}/{u.pods[0].name}" if u.pods else None
-        if len(self._targets) > 1 and pod:
-            pod = f"{key.context}/{pod}"
+        pod = u.pods[0].name if u.pods else None
+        path = f"{key.namespace}/{pod}" if pod else None
+        if len(self._targets) > 1 and path:
+            path = f"{key.context}/{path}"
         names = self._coexist.shown_names(u.names) or [str(key)]
         self.report.forwarded(str(key), context=key.context, namespace=key.namespace,
-                              service=key.service, names=names, ip=u.ip, ports=ports, pod=pod)
+                              service=key.service, names=names, ip=u.ip, ports=ports, pod=pod,
+                              pod_path=path)
 
     def announce_all(self) -> None:
         """Announce every forward not announced yet, in address order (at start-up)."""

@@ -45,7 +45,7 @@ def arrow_for(stream: TextIO) -> str:
 def format_event(event: Event, arrow: str = " → ") -> str | None:
     """The log line of ``event`` (without the time), or None when it has none."""
     if isinstance(event, ForwardBound):
-        target = event.pod if event.pod else "(no ready pod yet)"
+        target = event.pod_path or event.pod or "(no ready pod yet)"
         return (f"Forwarding {', '.join(event.names)}{arrow}{event.ip}:{','.join(event.ports)}"
                 f"{arrow}{target}")
     if isinstance(event, ForwardUnbound):
