@@ -4,7 +4,7 @@
 ``kubefwd svc``; tests and the benchmark can also drive it in-process (``start()``,
 ``wait_ready()``, ``shutdown()``). What it wires lives elsewhere: the start-up checks in
 ``startup``, signals in ``signals``, the command threads in ``dispatch``, the live forwards in
-``forwardset``, tunnel choice in ``routing``, other instances on the hosts file in ``coexist``.
+``serve.live``, tunnel choice in ``routing``, other instances on the hosts file in ``coexist``.
 
 Shutdown order (each step in its own ``try`` so one failure does not skip the rest): stop the
 informers (no new commands), stop the forwarders (listeners close), close the tunnels, stop the
@@ -78,7 +78,7 @@ from kubefwd.registry.svcpick import NamePattern, ServicePicker
 from kubefwd.serve.coexist import Coexistence
 from kubefwd.serve.dispatch import Dispatcher, Reaper
 from kubefwd.serve.forwarder import ForwardStats
-from kubefwd.serve.forwardset import ForwardSet, RetryBinds
+from kubefwd.serve.live import ForwardSet, RetryBinds
 from kubefwd.serve.routing import Router
 from kubefwd.support.threads import StoppableThread
 from kubefwd.system.loopback import LoopbackStrategy, loopback_strategy

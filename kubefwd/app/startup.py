@@ -20,7 +20,7 @@ from kubefwd.cluster.informer import Informer
 from kubefwd.cluster.kubeconfig import ClusterContext
 from kubefwd.errors import ApiError, ConfigError, KubefwdError, PrivilegeError
 from kubefwd.events.report import Reporter
-from kubefwd.registry.forwards import RegistrySnapshot
+from kubefwd.registry.model import RegistrySnapshot
 from kubefwd.system.privileges import needs_root_reasons, unprivileged_port_start
 
 # How long an instance waits for another one that is starting on the same hosts file.

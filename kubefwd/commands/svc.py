@@ -22,8 +22,7 @@ from kubefwd.registry.reservations import build_reservations
 from kubefwd.registry.svcpick import parse_patterns
 from kubefwd.support.dnsnames import is_dns_label
 from kubefwd.support.selectorsyntax import split_requirements
-
-TRANSPORTS = ("auto", "spdy-ws", "spdy", "ws")
+from kubefwd.support.transports import TRANSPORTS
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from kubefwd.registry.forwards import PodRef, PortMapping
+from kubefwd.registry.model import PodRef, PortMapping
 
 Obj = dict[str, Any]
 

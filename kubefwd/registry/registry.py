@@ -49,7 +49,8 @@ from typing import Any
 
 from kubefwd.cluster.informer import SYNC, InformerEvent
 from kubefwd.registry import hostnames, slicepods
-from kubefwd.registry.forwards import (
+from kubefwd.registry.ipalloc import AddressesExhausted, IpAllocator
+from kubefwd.registry.model import (
     Command,
     ForwardKey,
     ForwardRemove,
@@ -60,7 +61,6 @@ from kubefwd.registry.forwards import (
     PortMapping,
     RegistrySnapshot,
 )
-from kubefwd.registry.ipalloc import AddressesExhausted, IpAllocator
 from kubefwd.registry.podselect import (
     age_key,
     container_port_mappings,

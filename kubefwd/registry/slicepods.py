@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubefwd.registry.forwards import PortMapping
+from kubefwd.registry.model import PortMapping
 
 Obj = dict[str, Any]
 

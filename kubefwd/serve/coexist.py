@@ -19,8 +19,8 @@ from pathlib import Path
 from kubefwd.errors import KubefwdError
 from kubefwd.events.report import Reporter
 from kubefwd.hosts.writer import HostsWriter, foreign_entries
-from kubefwd.registry.forwards import ForwardKey
 from kubefwd.registry.ipalloc import IpAllocator
+from kubefwd.registry.model import ForwardKey
 from kubefwd.serve.forwarder import BindError
 
 log = logging.getLogger("kubefwd.app.program")  # the app's work, logged under its name

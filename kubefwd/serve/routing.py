@@ -19,7 +19,7 @@ from kubefwd.cluster.target import ApiTarget
 from kubefwd.errors import KubefwdError
 from kubefwd.events.report import Reporter
 from kubefwd.events.types import ConnectionRouted
-from kubefwd.registry.forwards import ForwardKey, ForwardUpsert
+from kubefwd.registry.model import ForwardKey, ForwardUpsert
 from kubefwd.serve.forwarder import Forwarder, PodBackoff
 from kubefwd.tunnel import PodTunnel, TunnelPool
 

@@ -25,6 +25,7 @@ from kubefwd.cluster.target import ApiTarget
 from kubefwd.cluster.throttle import is_throttled
 from kubefwd.errors import KubefwdError, TunnelError
 from kubefwd.support.sockets import close_quietly
+from kubefwd.support.transports import AUTO_ORDER
 from kubefwd.wire import websocket as ws
 
 log = logging.getLogger(__name__)
@@ -203,9 +204,6 @@ def dial_websocket(target: ApiTarget, path: str, protocol: str, *, timeout: floa
     return sock, head.rest
 
 
-TRANSPORTS = ("auto", "spdy-ws", "spdy", "ws")
-# What "auto" tries, in order.
-AUTO_ORDER = ("spdy-ws", "spdy", "ws")
 
 Track = Callable[[AnySocket | None], None]
 

@@ -32,9 +32,9 @@ from kubefwd.cluster.target import ApiTarget
 from kubefwd.errors import TunnelError
 from kubefwd.events.metrics import PortCounters
 from kubefwd.support.sockets import close_quietly, hard_shutdown
+from kubefwd.support.transports import TRANSPORTS
 from kubefwd.tunnel.dial import (
     FINAL_STATUSES,
-    TRANSPORTS,
     AnySocket,
     UpgradeRefused,
     dial_v4,

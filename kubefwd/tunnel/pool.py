@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from kubefwd.cluster.target import ApiTarget
 from kubefwd.errors import TunnelError
-from kubefwd.tunnel.dial import TRANSPORTS
+from kubefwd.support.transports import TRANSPORTS
 from kubefwd.tunnel.loop import Loop
 from kubefwd.tunnel.pod import IDLE_TIMEOUT, PING_INTERVAL, PodTunnel
 

@@ -29,8 +29,8 @@ from kubefwd.cluster.client import (
 from kubefwd.cluster.informer import SYNC, Backoff, Informer, InformerEvent
 from kubefwd.cluster.kubeconfig import load_contexts
 from kubefwd.errors import ApiError, ConfigError, ExitCode
-from kubefwd.registry.forwards import ForwardKey
 from kubefwd.registry.ipalloc import IpAllocator
+from kubefwd.registry.model import ForwardKey
 from kubefwd.registry.registry import Registry
 from kubefwd.sim import SimCluster
 from kubefwd.sim import tls as simtls

@@ -5,7 +5,6 @@ JSON, or with ``--traceback``, including when requests fail."""
 from __future__ import annotations
 
 import base64
-import datetime
 import os
 import subprocess
 import sys
@@ -15,10 +14,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from helpers import unused_port
 from test_svc_e2e import (  # noqa: F401
     ORIGINAL_HOSTS,
@@ -48,21 +43,6 @@ def test_listeners_bind_only_the_allocated_loopback_addresses(
     fwd.stop_cleanly()
 
 
-def _client_pair() -> tuple[bytes, bytes]:
-    """A fresh client certificate and its private key, both PEM."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kubefwd-test")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
-            .sign(key, hashes.SHA256()))
-    key_pem = key.private_bytes(serialization.Encoding.PEM,
-                                serialization.PrivateFormat.TraditionalOpenSSL,
-                                serialization.NoEncryption())
-    return cert.public_bytes(serialization.Encoding.PEM), key_pem
-
-
 def _secrets_of(key_pem: bytes, token: str) -> list[str]:
     """The strings that must never be printed: the token, the key's base64 body (and any
     long piece of it), and the kubeconfig's base64 of the whole key."""
@@ -75,7 +55,8 @@ def _secrets_of(key_pem: bytes, token: str) -> list[str]:
 def test_no_credential_in_any_output(
     cluster: SimCluster, hosts: Path, tmp_path: Path, block: int, fault: str  # noqa: F811
 ) -> None:
-    cert_pem, key_pem = _client_pair()
+    # Signed by the cluster's CA (it checks client certificates), so every run reaches it.
+    cert_pem, key_pem = cluster.issue_client_cert("kubefwd-test")
     token = cluster.token if fault == "forwarding" else "s3cr3t-" + os.urandom(12).hex()
     server = (f"http://127.0.0.1:{unused_port()}" if fault == "unreachable"
               else f"https://127.0.0.1:{cluster.port}")

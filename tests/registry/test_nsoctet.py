@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from test_registry import make, service, sync, upserts
 
-from kubefwd.registry.forwards import ForwardUpsert
+from kubefwd.registry.model import ForwardUpsert
 
 
 def third_octets(ups: dict[str, ForwardUpsert]) -> dict[str, int]:

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from kubefwd.cluster.informer import InformerEvent
-from kubefwd.registry.forwards import (
+from kubefwd.registry.ipalloc import IpAllocator
+from kubefwd.registry.model import (
     Command,
     ForwardKey,
     ForwardRemove,
@@ -17,7 +18,6 @@ from kubefwd.registry.forwards import (
     HostsSnapshot,
     PortMapping,
 )
-from kubefwd.registry.ipalloc import IpAllocator
 from kubefwd.registry.registry import Registry
 
 _counter = iter(range(1, 10_000))

@@ -21,8 +21,8 @@ from kubefwd.cluster.target import ApiTarget
 from kubefwd.events.metrics import MetricsRegistry
 from kubefwd.events.report import Reporter
 from kubefwd.events.types import PodChanged, TunnelFailed, TunnelOpened
-from kubefwd.registry.forwards import ForwardKey, ForwardUpsert
 from kubefwd.registry.ipalloc import IpAllocator
+from kubefwd.registry.model import ForwardKey, ForwardUpsert
 from kubefwd.serve.coexist import Coexistence
 from kubefwd.serve.dispatch import Reaper
 from kubefwd.serve.forwarder import BindError, Forwarder, ListenPort
