@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from kubefwd.app.control import Control, ControlError, Scope
+from kubefwd.app.lookup import Lookups
 from kubefwd.app.runcmd import (
     Readiness,
     ReadyFileWriter,
@@ -154,6 +155,8 @@ class Kubefwd:
         self._scopes: dict[tuple[str, str], Scope] = {}
         # Runtime changes (the TUI, the API) go through here.
         self.control = Control(self)
+        # Read-only look-ups (the TUI's browser and Logs tab, the API).
+        self.lookups = Lookups(self)
         self._registry: Registry | None = None
         self._pool: TunnelPool | None = None
         self._hosts: HostsWriter | None = None
