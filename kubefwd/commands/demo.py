@@ -108,7 +108,7 @@ class _Background(threading.Thread):
                         urllib.request.urlopen(url, timeout=2).read()
             if self.churn and ticks % int(CHURN_EVERY / TRAFFIC_EVERY) == 0:
                 pods = sorted(p["metadata"]["name"] for p in
-                              self.cluster.store.list("Pod", NAMESPACE)
+                              self.cluster.store.list("Pod", NAMESPACE)[0]
                               if p["metadata"]["name"].startswith("api-"))
                 if pods:
                     with contextlib.suppress(Exception):
