@@ -115,10 +115,10 @@ def test_demo_in_tmux_without_root(tmp_path: Path, tmux_runs: list[Tmux]) -> Non
     subprocess.run(["git", "clone", "-q", "--no-hardlinks", str(REPO), str(checkout)],
                    check=True, timeout=120)
     # The working tree's uncommitted state is not what a fresh checkout has: use HEAD.
-    demo_hosts = tmp_path / "demo-demo_hosts"
+    demo_hosts = tmp_path / "demo-hosts"
     demo_hosts.write_bytes(ORIGINAL_HOSTS)
     cmd = (f"cd {checkout} && env HOME={tmp_path} PYTHONPATH={checkout} "
-           f"{sys.executable} -m kubefwd demo --no-churn --demo_hosts-path {demo_hosts}")
+           f"{sys.executable} -m kubefwd demo --no-churn --hosts-path {demo_hosts}")
     t = Tmux(cmd, tmp_path)
     tmux_runs.append(t)
     t.wait("frontend", 60)
