@@ -138,9 +138,8 @@ class View:
 
     def rows(self) -> list[Row]:
         """The rows shown: filtered, sorted (recomputed when the data or settings change)."""
-        snap = self.app.metrics.snapshot() if self.sort == "rate" or self.bandwidth else None
-        sig = (self.app.store.version, self.filter, self.sort,
-               snap.time if snap is not None else 0)
+        # Rates are sampled once a second: rebuilding the rows more often shows nothing new.
+        sig = (self.app.store.version, self.filter, self.sort, int(time.monotonic()))
         if sig != self._rows_cache:
             self._rows = model.sort_rows(model.filter_rows(self.all_rows(), self.filter),
                                          self.sort)
