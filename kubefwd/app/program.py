@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from kubefwd.app.control import Control, ControlError, Scope
+from kubefwd.app.lookup import Lookups
 from kubefwd.app.runcmd import (
     Readiness,
     ReadyFileWriter,
@@ -154,6 +155,8 @@ class Kubefwd:
         self._scopes: dict[tuple[str, str], Scope] = {}
         # Runtime changes (the TUI, the API) go through here.
         self.control = Control(self)
+        # Read-only look-ups (the TUI's browser and Logs tab, the API).
+        self.lookups = Lookups(self)
         self._registry: Registry | None = None
         self._pool: TunnelPool | None = None
         self._hosts: HostsWriter | None = None
@@ -176,14 +179,16 @@ class Kubefwd:
 
     # -- whole-process entry ---------------------------------------------------------------
 
-    def run(self) -> int:
+    def run(self, front: Callable[[], None] | None = None) -> int:
         """Start, serve until a stop signal, shut down; returns the exit code (also published
-        as the last event, ``ShutdownComplete``)."""
+        as the last event, ``ShutdownComplete``). ``front`` (the TUI) runs in this thread once
+        start-up is done, instead of waiting for a signal: when it returns, or a signal asks
+        for a stop meanwhile, the ordinary ordered shutdown follows."""
         self._log_handler = route_logging(self.bus, verbose=self.options.verbose)
         self._stop_signals.install()
         code: int = int(ExitCode.ERROR)
         try:
-            code = self._run()
+            code = self._run(front)
             return code
         except KubefwdError as exc:
             code = int(exc.exit_code)
@@ -195,7 +200,7 @@ class Kubefwd:
                 unroute_logging(self._log_handler)
                 self._log_handler = None
 
-    def _run(self) -> int:
+    def _run(self, front: Callable[[], None] | None = None) -> int:
         children_before = child_pids()
         try:
             self._stop_signals.starting = True
@@ -223,7 +228,13 @@ class Kubefwd:
         if self.options.command:
             return self._run_command()
         writer = self._start_ready_file_writer()
-        self._stop_signals.wait_for_stop()
+        if front is not None:
+            try:
+                front()
+            finally:
+                self.stop_requested.set()
+        else:
+            self._stop_signals.wait_for_stop()
         self.report.info("stopping: closing forwards and removing hosts entries")
         if writer is not None:
             _step("stop waiting for readiness", functools.partial(_join, writer))

@@ -42,6 +42,7 @@ _RESOURCES: dict[str, str] = {
     "pods": "/api/v1",
     "endpoints": "/api/v1",
     "namespaces": "/api/v1",
+    "events": "/api/v1",
     "endpointslices": "/apis/discovery.k8s.io/v1",
 }
 
@@ -367,6 +368,73 @@ class KubeClient:
                 yield event
         finally:
             self._finish(conn, active)
+
+    def get(self, resource: str, namespace: str, name: str) -> dict[str, Any]:
+        """One object; ApiError (status 404 when it does not exist)."""
+        return self._get_json("get", resource, namespace, self._path(resource, namespace, name))
+
+    def pod_log(
+        self,
+        namespace: str,
+        pod: str,
+        *,
+        container: str | None = None,
+        tail_lines: int | None = None,
+        since_seconds: int | None = None,
+        follow: bool = False,
+        stop: threading.Event | None = None,
+    ) -> Iterator[str]:
+        """The lines of a pod's log (without their line ends); with ``follow`` until the
+        stream ends or ``stop`` is set (the request is then cut within 0.2 s)."""
+        query: dict[str, str] = {}
+        if container:
+            query["container"] = container
+        if tail_lines is not None:
+            query["tailLines"] = str(tail_lines)
+        if since_seconds is not None:
+            query["sinceSeconds"] = str(since_seconds)
+        if follow:
+            query["follow"] = "true"
+        path = self._path("pods", namespace, pod) + "/log"
+        if query:
+            path += "?" + urllib.parse.urlencode(query)
+        stop = stop if stop is not None else threading.Event()
+        what = f"the log of pod {namespace}/{pod}"
+        sent = self._polite_request(path, self._timeout, stop, f"get {what}")
+        if sent is None:
+            return
+        conn, resp, active = sent
+        done = threading.Event()
+        watcher = threading.Thread(target=self._cut_when, args=(stop, done),
+                                   name="kubefwd/log-stop", daemon=True)
+        try:
+            if resp.status != 200:
+                body = resp.read()
+                self._raise_for("get", "pods", namespace, resp.status, body)
+            if conn.sock is not None:
+                conn.sock.settimeout(None if follow else self._timeout)
+            watcher.start()
+            while not stop.is_set():
+                try:
+                    raw = resp.readline()
+                except (OSError, http.client.HTTPException, ValueError):
+                    if stop.is_set():
+                        return
+                    raise ApiError(f"the stream of {what} broke") from None
+                if not raw:
+                    return
+                yield raw.decode("utf-8", "replace").rstrip("\r\n")
+        finally:
+            done.set()
+            if watcher.ident is not None:
+                watcher.join(5)
+            self._finish(conn, active)
+
+    def _cut_when(self, stop: threading.Event, done: threading.Event) -> None:
+        while not done.is_set():
+            if stop.wait(0.2):
+                self.interrupt(stop)
+                return
 
     def interrupt(self, stop: threading.Event) -> None:
         """Cut short the lists and watches started with ``stop`` (set it first): a watch

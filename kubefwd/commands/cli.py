@@ -77,9 +77,11 @@ def _register_subcommands() -> None:
     )(sim_command)
 
     from kubefwd.commands.clean import clean_command
+    from kubefwd.commands.demo import demo_command
     from kubefwd.commands.status import status_command
 
-    for name, fn in (("status", status_command), ("clean", clean_command)):
+    for name, fn in (("status", status_command), ("clean", clean_command),
+                     ("demo", demo_command)):
         app.command(name, cls=HelpCommand, help=fn.__doc__,
                     context_settings={"help_option_names": ["-h", "--help"]})(fn)
 

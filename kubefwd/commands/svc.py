@@ -377,6 +377,9 @@ _H_POD_POLICY = (
     "Which ready pod of a service takes each new connection: spread (the one with the fewest "
     "open connections, ties in turn) or first (the oldest)."
 )
+_H_TUI = ("A live full-screen view of every forward (keys: ? in the view); turns -a on. "
+          "Needs a terminal.")
+_H_THEME = "Colours of --tui: auto (reads on any background), dark or light; or $KUBEFWD_THEME."
 _H_NO_WAIT = ("With -- CMD or --ready-file: do not wait for pods to answer, only for "
               "kubefwd's own start-up.")
 
@@ -468,10 +471,14 @@ def svc(
     wait_for: Annotated[list[str] | None, _opt("", "--wait-for", "NAME", _H_WAIT_FOR)] = None,
     no_wait: Annotated[bool, _flag("", "--no-wait", _H_NO_WAIT)] = False,
     pod_policy: Annotated[str, _opt("", "--pod-policy", "spread|first", _H_POD_POLICY)] = "spread",
+    tui: Annotated[bool, _flag("", "--tui", _H_TUI)] = False,
+    theme: Annotated[str | None, _opt("", "--theme", "auto|dark|light", _H_THEME)] = None,
 ) -> int:
     """Forward the services of the chosen namespaces; names go to the hosts file."""
     if output not in OUTPUTS:
         raise UsageError(f"-o/--output '{output}': choose one of {', '.join(OUTPUTS)}")
+    theme_name = check_tui(tui, theme, output=output,
+                           command=bool(ctx.meta.get(COMMAND_META)))
     options = build_options(
         kubeconfig=kubeconfig, context=context, namespace=namespace,
         all_namespaces=all_namespaces, selector=selector, field_selector=field_selector,
@@ -479,11 +486,13 @@ def svc(
         fwd_conf=fwd_conf, timeout=timeout,
         hosts_path=hosts_path, refresh_backup=refresh_backup, purge_stale_ips=purge_stale_ips,
         resync_interval=resync_interval, retry_interval=retry_interval,
-        auto_reconnect=auto_reconnect, verbose=verbose, transport=transport,
+        auto_reconnect=auto_reconnect or tui, verbose=verbose, transport=transport,
         wait_namespaces=wait_namespaces, allow_shadowing=allow_shadowing,
         command=list(ctx.meta.get(COMMAND_META) or []),
         ready_file=ready_file, wait_for=wait_for, no_wait=no_wait, pod_policy=pod_policy,
     )
+    if theme_name is not None:
+        return run_with_tui(options, theme_name)
     # Imported once every value is checked: a bad flag is reported without this cost.
     from kubefwd.app.program import Kubefwd
     from kubefwd.events.bus import EventBus
@@ -502,6 +511,71 @@ def svc(
         return app.run()
     finally:
         log.finish()
+        bus.close()
+
+
+TUI_ENV_CI = "CI"
+
+
+def has_terminal() -> bool:
+    """Whether stdin and stdout are a terminal and this is not a CI job."""
+    if os.environ.get(TUI_ENV_CI, "").strip().lower() in ("true", "1", "yes"):
+        return False
+    return sys.stdin.isatty() and sys.stdout.isatty()
+
+
+def check_tui(tui: bool, theme: str | None, *, output: str, command: bool) -> str | None:
+    """The theme of the TUI when ``--tui`` was given (None without it); UsageError for a
+    combination that cannot work."""
+    if not tui:
+        if theme is not None:
+            raise UsageError("--theme needs --tui")
+        return None
+    if output != "text":
+        raise UsageError("--tui and -o/--output cannot be used together")
+    if command:
+        raise UsageError("--tui and -- CMD cannot be used together")
+    from kubefwd.ui.themes import theme_name
+
+    try:
+        name = theme_name(theme)
+    except ValueError as exc:
+        raise UsageError(f"--theme: {exc}") from None
+    if not has_terminal():
+        raise UsageError("--tui needs a terminal (stdin and stdout are not one, or CI is set); "
+                         "run without --tui for the plain log")
+    return name
+
+
+def run_with_tui(options: Any, theme: str) -> int:
+    """``kubefwd svc --tui``: the plain log during start-up, the view once ready, the plain
+    log again for the shutdown."""
+    from kubefwd.app.program import Kubefwd
+    from kubefwd.events.bus import EventBus
+    from kubefwd.ui.text import TextLog
+    from kubefwd.ui.tui.app import Tui
+
+    bus = EventBus()
+    app = Kubefwd(options, bus=bus)
+    logs = [TextLog(bus, sys.stdout, verbose=options.verbose)]
+    view = Tui(app, theme=theme)  # subscribes now: the log pane has the start-up lines too
+
+    def front() -> None:
+        logs[0].finish()
+        try:
+            view.run()
+        finally:
+            after = TextLog(bus, sys.stdout, verbose=options.verbose)
+            after.start()
+            logs.append(after)
+
+    logs[0].start()
+    try:
+        return app.run(front)
+    finally:
+        view.view.close()
+        for log in logs:
+            log.finish()
         bus.close()
 
 

@@ -329,6 +329,11 @@ class SimCluster:
 
         return connect
 
+    def pod_log_source(self, namespace: str, name: str, container: str | None) -> Any:
+        """The log of a container, readable from a cursor (see ``podlogs``), or None."""
+        source = getattr(self.kubelet, "log_source", None)
+        return source(namespace, name, container) if source is not None else None
+
     def pod_logs(self, namespace: str, name: str, container: str | None) -> str:
         logs = getattr(self.kubelet, "logs", None)
         return str(logs(namespace, name, container)) if logs is not None else ""

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from kubefwd.sim.podips import IpPool
+from kubefwd.sim.podlogs import FileLog, LogBook
 from kubefwd.sim.podservers import AcceptHub, PodServers, server_kind
 from kubefwd.sim.podstatus import (
     ContainerRecord,
@@ -292,11 +293,28 @@ class Kubelet:
                     return self._logdir / f"{namespace}_{name}_{c.name}.log"
         return None
 
+    def log_source(self, namespace: str, name: str,
+                   container: str | None = None) -> LogBook | FileLog | None:
+        """Where a container's log is read from (None: no such pod or container): the
+        output file of a command container, the log book of a built-in server."""
+        with self._lock:
+            pod = self._pods.get((namespace, name))
+            if pod is None:
+                return None
+            chosen = [c for c in pod.containers if container is None or c.name == container]
+            if not chosen:
+                return None
+            c = chosen[0]
+            if c.command is None:
+                return c.book
+        return FileLog(self.log_path(namespace, name, c.name))
+
     def logs(self, namespace: str, name: str, container: str | None = None) -> str:
-        path = self.log_path(namespace, name, container)
-        if path is None or not path.exists():
+        source = self.log_source(namespace, name, container)
+        if source is None:
             return ""
-        return path.read_text(errors="replace")
+        lines, _ = source.read()
+        return "".join(f"{line}\n" for line in lines)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -331,7 +349,8 @@ class Kubelet:
 
     def _start_servers(self, pod: PodRecord, c: ContainerRecord) -> None:
         servers = PodServers(self._hub, kind=server_kind(c.image), ip=pod.ip, ports=c.ports,
-                             pod_name=pod.name, label=f"{pod.namespace}/{pod.name}")
+                             pod_name=pod.name, label=f"{pod.namespace}/{pod.name}",
+                             log_line=c.book.write)
         try:
             servers.start()
         except OSError as e:

@@ -43,6 +43,7 @@ RESOURCES: tuple[ResourceInfo, ...] = (
     ResourceInfo("Service", "services", "service", "", "v1", True, ("svc",), ("all",)),
     ResourceInfo("Pod", "pods", "pod", "", "v1", True, ("po",), ("all",)),
     ResourceInfo("Endpoints", "endpoints", "endpoints", "", "v1", True, ("ep",)),
+    ResourceInfo("Event", "events", "event", "", "v1", True, ("ev",)),
     ResourceInfo(
         "EndpointSlice", "endpointslices", "endpointslice", "discovery.k8s.io", "v1", True
     ),

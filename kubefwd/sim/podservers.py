@@ -127,7 +127,8 @@ class PodServers:
     """The built-in server of one container: a listener per port, a thread per connection."""
 
     def __init__(self, hub: AcceptHub, *, kind: str, ip: str, ports: Iterable[int],
-                 pod_name: str, label: str) -> None:
+                 pod_name: str, label: str,
+                 log_line: Callable[[str], None] | None = None) -> None:
         if kind not in ("http", "echo"):
             raise ValueError(f"unknown built-in server {kind!r}")
         self.kind = kind
@@ -135,6 +136,7 @@ class PodServers:
         self.ports = sorted(set(ports))
         self.pod_name = pod_name
         self.label = label
+        self.log_line = log_line  # a line per request (HTTP) or connection (echo)
         self._hub = hub
         self._lock = threading.Lock()
         self._listeners: list[socket.socket] = []
@@ -182,7 +184,7 @@ class PodServers:
             if self._stopped:
                 conn.close()
                 return
-            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True,
+            thread = threading.Thread(target=self._serve, args=(conn, port), daemon=True,
                                       name=f"pod-{self.kind} {self.label}:{port}")
             self._conns[conn] = thread
             try:
@@ -192,12 +194,14 @@ class PodServers:
                 conn.close()
                 log.warning("pod %s: no thread for a new connection", self.label)
 
-    def _serve(self, conn: socket.socket) -> None:
+    def _serve(self, conn: socket.socket, port: int) -> None:
         try:
             if self.kind == "echo":
+                if self.log_line is not None:
+                    self.log_line(f"echo: connection on port {port}")
                 serve_echo(conn)
             else:
-                serve_http(conn, self.pod_name)
+                serve_http(conn, self.pod_name, self.log_line)
         except OSError:
             pass  # the peer went away or the pod was stopped
         except Exception:
@@ -296,8 +300,10 @@ def _response(status: str, body: bytes, *, close: bool,
     return head.encode("latin-1") + b"\r\n" + body
 
 
-def serve_http(conn: socket.socket, pod_name: str) -> None:
-    """HTTP/1.1 with keep-alive: ``/`` names the pod, ``/bytes/N``, uploads, ``/healthz``."""
+def serve_http(conn: socket.socket, pod_name: str,
+               log_line: Callable[[str], None] | None = None) -> None:
+    """HTTP/1.1 with keep-alive: ``/`` names the pod, ``/bytes/N``, uploads, ``/healthz``;
+    ``log_line`` gets one line per request."""
     reader = _Reader(conn)
     while True:
         try:
@@ -314,6 +320,8 @@ def serve_http(conn: socket.socket, pod_name: str) -> None:
             conn.sendall(_response("400 Bad Request", f"{e}\n".encode(), close=True))
             return
         path = target.split("?", 1)[0]
+        if log_line is not None:
+            log_line(f"{method} {target} {version}")
         if method in ("POST", "PUT"):
             body = json.dumps({"length": body_len, "sha256": digest}).encode() + b"\n"
             conn.sendall(_response("200 OK", body, close=close, content_type="application/json"))

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from kubefwd.sim.podlogs import LogBook
 from kubefwd.sim.podservers import PodServers
 from kubefwd.sim.processes import HOST_IP
 
@@ -59,6 +60,8 @@ class ContainerRecord:
     listening: set[int] = field(default_factory=set)
     generation: int = 0             # bumped on every start and end; stale tasks check it
     crashes: int = 0                # consecutive short runs, for the back-off
+    # What a built-in server logged (a line per request or connection), across restarts.
+    book: LogBook = field(default_factory=LogBook)
     run_since: float = 0.0
 
 

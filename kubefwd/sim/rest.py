@@ -9,11 +9,14 @@ read on their own.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import select
+import time
 from typing import TYPE_CHECKING, Any
 
 from kubefwd.sim import manifests
-from kubefwd.sim.httpconn import Connection, Request, send_json
+from kubefwd.sim.httpconn import Connection, ConnectionClosed, Request, send_json
 from kubefwd.sim.store import (
     Filter,
     Obj,
@@ -163,20 +166,58 @@ def delete_collection(backend: Backend, conn: Connection, req: Request,
 
 def serve_log(backend: Backend, conn: Connection, req: Request, info: ResourceInfo,
               namespace: str, name: str) -> bool:
-    """The ``log`` subresource of a pod, as plain text."""
+    """The ``log`` subresource of a pod, as plain text: ``tailLines``, ``sinceSeconds``, and
+    ``follow=true`` (chunked, until the client leaves, the pod goes or the server stops)."""
     if req.method != "GET":
         raise StatusError(405, "MethodNotAllowed",
                           "the server does not allow this method on the requested resource")
     if backend.store.get("Pod", namespace, name, copy_=False) is None:
         raise not_found(info, name)
-    text = backend.pod_logs(namespace, name, req.arg("container") or None)
-    tail = req.arg("tailLines")
-    if tail.isdigit():
-        text = "".join(text.splitlines(keepends=True)[-int(tail):]) if int(tail) else ""
-    body = text.encode()
+    tail, since = req.arg("tailLines"), req.arg("sinceSeconds")
+    for arg, value in (("tailLines", tail), ("sinceSeconds", since)):
+        if value and not value.isdigit():
+            raise bad_request(f"{arg}: '{value}' is not a whole number")
+    source_of = getattr(backend, "pod_log_source", None)
+    container = req.arg("container") or None
+    source = source_of(namespace, name, container) if source_of is not None else None
+    if source is None:
+        text = backend.pod_logs(namespace, name, container)
+        lines, cursor = text.splitlines(), 0
+    else:
+        lines, cursor = source.read(None, time.time() - int(since) if since else None)
+    if tail:
+        lines = lines[len(lines) - int(tail):] if int(tail) else []
+    body = "".join(f"{line}\n" for line in lines).encode()
+    if req.arg("follow") != "true" or source is None:
+        conn.send(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                  b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        return True
     conn.send(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
-              b"Content-Length: %d\r\n\r\n" % len(body) + body)
-    return True
+              b"Transfer-Encoding: chunked\r\n\r\n")
+    if body:
+        conn.send(b"%x\r\n%s\r\n" % (len(body), body))
+    while not conn.dropped.is_set():
+        if backend.store.get("Pod", namespace, name, copy_=False) is None or _gone(conn):
+            break
+        if not source.wait(cursor, 0.5):
+            continue
+        lines, cursor = source.read(cursor)
+        chunk = "".join(f"{line}\n" for line in lines).encode()
+        if chunk:
+            conn.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+    with contextlib.suppress(ConnectionClosed):
+        conn.send(b"0\r\n\r\n")
+    return False  # the connection is not reused after a followed log
+
+
+def _gone(conn: Connection) -> bool:
+    """Whether the client of a follow stream left: it sends nothing on it, so anything
+    readable is its end of the connection."""
+    try:
+        readable, _, _ = select.select([conn.sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
 
 
 def scale(store: Store, req: Request, info: ResourceInfo, namespace: str, name: str) -> Obj:

@@ -1,0 +1,103 @@
+"""Runs the view: a full-screen prompt_toolkit application in the main thread.
+
+The forwards keep running on their own threads. A ticker in the application's loop looks
+four times a second at what changed (the store's version, the metrics' sample, new log
+lines, the open detail view's clock) and asks for one redraw when anything did, so a burst
+of events is one redraw and an idle view costs next to nothing; prompt_toolkit's
+``min_redraw_interval`` caps redraws triggered from other threads (the pod log follower).
+The application ends on ``q``/Ctrl-C, or when the app is asked to stop (a signal): the
+caller then runs the ordinary ordered shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from prompt_toolkit.application import Application
+from prompt_toolkit.buffer import Buffer
+from prompt_toolkit.input import Input
+from prompt_toolkit.output import Output
+
+from kubefwd.ui.tui.keys import bindings
+from kubefwd.ui.tui.view import Copier, View, default_copier
+from kubefwd.ui.tui.widgets import Screen, style_for
+
+TICK = 0.25
+
+
+class Tui:
+    """The view of one running app (``app`` offers ``bus``, ``store``, ``metrics``,
+    ``control``, and optionally ``lookups`` and ``http``)."""
+
+    def __init__(self, app: Any, *, theme: str = "auto", input: Input | None = None,
+                 output: Output | None = None, copier: Copier = default_copier) -> None:
+        self.app = app
+        self.view = View(app, copier=copier, invalidate=self._invalidate)
+        self.view.subscribe()
+        self.filter_buffer = Buffer(multiline=False,
+                                    on_text_changed=lambda b: self.view.set_filter(b.text))
+        self.screen = Screen(self.view, self.filter_buffer)
+        self.application: Application[None] = Application(
+            layout=self.screen.layout,
+            key_bindings=bindings(self.view, self._focus_filter),
+            style=style_for(theme),
+            full_screen=True,
+            mouse_support=True,
+            min_redraw_interval=0.05,
+            input=input,
+            output=output,
+        )
+        self.application.ttimeoutlen = 0.05
+        self.redraws = 0
+        self.application.after_render += self._rendered
+        self._seen: tuple[Any, ...] = ()
+
+    def _rendered(self, _app: Any) -> None:
+        self.redraws += 1
+
+    def _invalidate(self) -> None:
+        self.application.invalidate()
+
+    def _focus_filter(self, on: bool) -> None:
+        layout = self.application.layout
+        if on:
+            self.filter_buffer.text = self.view.filter
+            self.filter_buffer.cursor_position = len(self.filter_buffer.text)
+            layout.focus(self.screen.filter_window)
+        else:
+            if not self.view.filter:
+                self.filter_buffer.reset()
+            layout.focus(self.screen.table)
+
+    def _signature(self) -> tuple[Any, ...]:
+        snap_time = self.app.metrics.snapshot().time if self.view.bandwidth or self.view.detail \
+            else 0
+        metrics = self.app.metrics.snapshot()
+        return (self.app.store.version, metrics.bytes_in, metrics.bytes_out, metrics.rate_in,
+                metrics.rate_out, self.view.log_seen,
+                int(snap_time) if self.view.detail else 0)
+
+    async def _ticker(self) -> None:
+        stop = getattr(self.app, "stop_requested", None)
+        while True:
+            await asyncio.sleep(TICK)
+            if stop is not None and stop.is_set():
+                self.application.exit()
+                return
+            self.view.pump()
+            seen = self._signature()
+            if seen != self._seen:
+                self._seen = seen
+                self.application.invalidate()
+
+    def run(self) -> None:
+        """Show the view until ``q``/Ctrl-C or a stop request; returns then."""
+
+        def pre_run() -> None:
+            self.application.create_background_task(self._ticker())
+
+        try:
+            self.application.run(pre_run=pre_run, handle_sigint=False)
+        finally:
+            self.view.close()
