@@ -124,6 +124,10 @@ class SvcOptions:
     wait_for: list[str] = field(default_factory=list)  # empty: every forwarded service
     no_wait: bool = False  # run CMD / write the ready file right after start-up
     pod_policy: str = "spread"  # which ready pod takes a new connection (see routing)
+    # Idle mode (no -n, no -A): nothing is forwarded at start; the API adds namespaces.
+    idle: bool = False
+    api: bool = False  # serve the REST API (kubefwd.api)
+    api_addr: tuple[str, int] | None = None  # None: the default for root or not
     # Not flags: where ~/hosts.original goes (None: the invoking user's home).
     backup_dir: Path | None = None
     make_backup: bool = True
@@ -343,6 +347,8 @@ class Kubefwd:
         )
         self._coexist.hosts = self._hosts
         self._hosts.start()
+        if self._coexist.extra:
+            self._coexist.publish()
         # Pods first, then services: every service then meets its pods in its first batch, so
         # IPs come out in the same order on every run (headless pods next to their service).
         for resources in (("pods", "endpointslices"), ("services",)):
@@ -396,6 +402,9 @@ class Kubefwd:
             self._targets[ctx.name] = ctx.target
             if o.all_namespaces:
                 result[ctx.name] = client.list_namespaces()
+                continue
+            if o.idle:
+                result[ctx.name] = []
                 continue
             chosen, unverified, missing = checked_namespaces(
                 client, ctx, o.namespaces, wait=o.wait_namespaces)
@@ -663,6 +672,12 @@ class Kubefwd:
                 getattr(f.forwarder.stats, counter.name) for f in forwards
             )
         return counters
+
+    def add_host_entry(self, ip: str, names: list[str]) -> None:
+        """Write ``names`` for ``ip`` in the hosts file with our forwards' lines (the API's
+        own name); removed with them at exit."""
+        self._coexist.extra[ip] = list(names)
+        self._coexist.publish()
 
     def forwards(self) -> dict[str, tuple[str, list[str], list[int]]]:
         """name → (ip, host names, local ports) of every live forward."""
