@@ -55,6 +55,7 @@ from kubefwd.errors import (
     NotReadyError,
 )
 from kubefwd.events.bus import EventBus
+from kubefwd.events.http import HttpLog
 from kubefwd.events.metrics import MetricsRegistry, MetricsSampler
 from kubefwd.events.report import BusLogHandler, Reporter, route_logging, unroute_logging
 from kubefwd.events.store import StateStore
@@ -142,6 +143,9 @@ class Kubefwd:
         self.bus = bus if bus is not None else EventBus()
         self.store = StateStore()
         self._detach_store = self.bus.attach(self.store.fold)
+        # HTTP requests seen on the forwards, a ring per forward (the TUI, the API).
+        self.http = HttpLog()
+        self.bus.attach(self.http.fold)
         self.metrics = MetricsRegistry()
         self._sampler = MetricsSampler(self.metrics)
         self.report = Reporter(self.bus, verbose=options.verbose)
