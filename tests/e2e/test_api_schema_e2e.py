@@ -122,7 +122,7 @@ def test_every_operation_matches_the_spec(api_url: str, tmp_path: Path) -> None:
          "--phases", "examples,coverage,fuzzing", "--request-timeout", "30",
          "--workers", "1", "--seed", "1", "--no-color", "--report", "junit",
          "--report-junit-path", str(report)],
-        capture_output=True, text=True, timeout=900,
+        capture_output=True, text=True, timeout=900, cwd=tmp_path,
         env={**os.environ, "SCHEMATHESIS_HOOKS": ""},
     )
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
