@@ -56,6 +56,7 @@ from kubefwd.errors import (
     NotReadyError,
 )
 from kubefwd.events.bus import EventBus
+from kubefwd.events.http import HttpLog
 from kubefwd.events.metrics import MetricsRegistry, MetricsSampler
 from kubefwd.events.report import BusLogHandler, Reporter, route_logging, unroute_logging
 from kubefwd.events.store import StateStore
@@ -125,6 +126,10 @@ class SvcOptions:
     wait_for: list[str] = field(default_factory=list)  # empty: every forwarded service
     no_wait: bool = False  # run CMD / write the ready file right after start-up
     pod_policy: str = "spread"  # which ready pod takes a new connection (see routing)
+    # Idle mode (no -n, no -A): nothing is forwarded at start; the API adds namespaces.
+    idle: bool = False
+    api: bool = False  # serve the REST API (kubefwd.api)
+    api_addr: tuple[str, int] | None = None  # None: the default for root or not
     # Not flags: where ~/hosts.original goes (None: the invoking user's home).
     backup_dir: Path | None = None
     make_backup: bool = True
@@ -139,6 +144,9 @@ class Kubefwd:
         self.bus = bus if bus is not None else EventBus()
         self.store = StateStore()
         self._detach_store = self.bus.attach(self.store.fold)
+        # HTTP requests seen on the forwards, a ring per forward (the TUI, the API).
+        self.http = HttpLog()
+        self.bus.attach(self.http.fold)
         self.metrics = MetricsRegistry()
         self._sampler = MetricsSampler(self.metrics)
         self.report = Reporter(self.bus, verbose=options.verbose)
@@ -354,6 +362,8 @@ class Kubefwd:
         )
         self._coexist.hosts = self._hosts
         self._hosts.start()
+        if self._coexist.extra:
+            self._coexist.publish()
         # Pods first, then services: every service then meets its pods in its first batch, so
         # IPs come out in the same order on every run (headless pods next to their service).
         for resources in (("pods", "endpointslices"), ("services",)):
@@ -407,6 +417,9 @@ class Kubefwd:
             self._targets[ctx.name] = ctx.target
             if o.all_namespaces:
                 result[ctx.name] = client.list_namespaces()
+                continue
+            if o.idle:
+                result[ctx.name] = []
                 continue
             chosen, unverified, missing = checked_namespaces(
                 client, ctx, o.namespaces, wait=o.wait_namespaces)
@@ -674,6 +687,12 @@ class Kubefwd:
                 getattr(f.forwarder.stats, counter.name) for f in forwards
             )
         return counters
+
+    def add_host_entry(self, ip: str, names: list[str]) -> None:
+        """Write ``names`` for ``ip`` in the hosts file with our forwards' lines (the API's
+        own name); removed with them at exit."""
+        self._coexist.extra[ip] = list(names)
+        self._coexist.publish()
 
     def forwards(self) -> dict[str, tuple[str, list[str], list[int]]]:
         """name → (ip, host names, local ports) of every live forward."""

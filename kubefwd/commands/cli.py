@@ -85,6 +85,11 @@ def _register_subcommands() -> None:
         app.command(name, cls=HelpCommand, help=fn.__doc__,
                     context_settings={"help_option_names": ["-h", "--help"]})(fn)
 
+    from kubefwd.commands.mcp import mcp_command
+
+    app.command("mcp", cls=HelpCommand, help=mcp_command.__doc__,
+                context_settings={"help_option_names": ["-h", "--help"]})(mcp_command)
+
     from kubefwd.commands.svc import register
 
     register(app)

@@ -380,6 +380,9 @@ _H_POD_POLICY = (
 _H_TUI = ("A live full-screen view of every forward (keys: ? in the view); turns -a on. "
           "Needs a terminal.")
 _H_THEME = "Colours of --tui: auto (reads on any background), dark or light; or $KUBEFWD_THEME."
+_H_API = ("Serve the local REST API (127.2.27.1:80, named kubefwd.internal, as root; "
+          "otherwise 127.0.0.1 on a free port); on by itself in idle mode (no -n, no -A).")
+_H_API_ADDR = "Where the API listens instead: HOST:PORT on a loopback address (implies --api)."
 _H_NO_WAIT = ("With -- CMD or --ready-file: do not wait for pods to answer, only for "
               "kubefwd's own start-up.")
 
@@ -473,6 +476,8 @@ def svc(
     pod_policy: Annotated[str, _opt("", "--pod-policy", "spread|first", _H_POD_POLICY)] = "spread",
     tui: Annotated[bool, _flag("", "--tui", _H_TUI)] = False,
     theme: Annotated[str | None, _opt("", "--theme", "auto|dark|light", _H_THEME)] = None,
+    api: Annotated[bool, _flag("", "--api", _H_API)] = False,
+    api_addr: Annotated[str | None, _opt("", "--api-addr", "HOST:PORT", _H_API_ADDR)] = None,
 ) -> int:
     """Forward the services of the chosen namespaces; names go to the hosts file."""
     if output not in OUTPUTS:
@@ -490,6 +495,7 @@ def svc(
         wait_namespaces=wait_namespaces, allow_shadowing=allow_shadowing,
         command=list(ctx.meta.get(COMMAND_META) or []),
         ready_file=ready_file, wait_for=wait_for, no_wait=no_wait, pod_policy=pod_policy,
+        api=api, api_addr=api_addr,
     )
     if theme_name is not None:
         return run_with_tui(options, theme_name)
@@ -507,9 +513,16 @@ def svc(
     else:
         log = TextLog(bus, sys.stdout, verbose=verbose, metrics=app.metrics.snapshot)
     log.start()
+    server = None
     try:
+        if options.api:
+            from kubefwd.commands.apiserve import start_api
+
+            server = start_api(app, sys.stderr if output == "json" else sys.stdout)
         return app.run()
     finally:
+        if server is not None:
+            server.stop()
         log.finish()
         bus.close()
 
@@ -570,9 +583,16 @@ def run_with_tui(options: Any, theme: str) -> int:
             logs.append(after)
 
     logs[0].start()
+    server = None
     try:
+        if options.api:  # idle mode, or --api: the browser and the API both add forwards
+            from kubefwd.commands.apiserve import start_api
+
+            server = start_api(app, sys.stdout)
         return app.run(front)
     finally:
+        if server is not None:
+            server.stop()
         view.view.close()
         for log in logs:
             log.finish()
@@ -609,6 +629,8 @@ def build_options(
     wait_for: list[str] | None = None,
     no_wait: bool = False,
     pod_policy: str = "spread",
+    api: bool = False,
+    api_addr: str | None = None,
 ) -> Any:
     """Validate the command line into ``SvcOptions``; raises ``UsageError`` (exit 2).
 
@@ -643,6 +665,15 @@ def build_options(
             raise UsageError(f"-- CMD: {problem}")
     if ready_file is not None:
         ready_file = check_ready_file(ready_file)
+    idle = not namespaces and not all_namespaces
+    parsed_api_addr = None
+    if api_addr is not None:
+        from kubefwd.api.server import parse_api_addr
+
+        parsed_api_addr = parse_api_addr(api_addr)
+    if idle:  # nothing forwarded at start: the API adds what is asked for, and keeps it up
+        api = True
+        auto_reconnect = True
     reservations, base_ip = build_reservations(split_list(reserve), fwd_conf)
     if kubeconfig is not None and not kubeconfig.strip():
         raise UsageError("-c/--kubeconfig: empty file name")
@@ -678,6 +709,9 @@ def build_options(
         wait_for=waits,
         no_wait=no_wait,
         pod_policy=pod_policy,
+        idle=idle,
+        api=api or parsed_api_addr is not None,
+        api_addr=parsed_api_addr,
     )
     from kubefwd.app.program import SvcOptions
 

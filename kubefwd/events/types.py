@@ -301,6 +301,21 @@ class SubscriberDropped(Event):
     dropped: int
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpRequestSeen(Event):
+    """An HTTP/1.x request (and its response, once seen) went through a forward's port;
+    ``status``, ``latency_ms`` and ``size`` are None when no response was seen."""
+
+    type: ClassVar[str] = "http_request_seen"
+    key: str
+    port: int
+    method: str
+    path: str
+    status: int | None
+    latency_ms: float | None
+    size: int | None
+
+
 EVENT_TYPES: tuple[type[Event], ...] = (
     ServiceAdded,
     ServiceUpdated,
@@ -327,6 +342,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     ShutdownStarted,
     ShutdownComplete,
     SubscriberDropped,
+    HttpRequestSeen,
 )
 
 

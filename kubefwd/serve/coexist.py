@@ -87,6 +87,8 @@ class Coexistence:
         # registry addresses of forwards that listen on no port: their names are not written
         self._silent: set[str] = set()
         self._foreign_warned: set[str] = set()
+        # Entries of our own besides the forwards' (the API's name), ip → names.
+        self.extra: dict[str, list[str]] = {}
 
     def moved_to(self, registry_ip: str) -> str | None:
         """The address a forward given ``registry_ip`` moved to, if it moved."""
@@ -139,6 +141,8 @@ class Coexistence:
                         kept.append(name)
                 if kept:
                     entries[ip_map.get(ip, ip)] = kept
+            for ip, names in self.extra.items():
+                entries.setdefault(ip, []).extend(n for n in names if n not in entries[ip])
             self._written_names = {n for names in entries.values() for n in names}
             new = [n for n in held if n not in self._foreign_warned]
             self._foreign_warned.update(new)

@@ -120,7 +120,24 @@ def test_hosts_write_timeout_from_the_environment(
 def test_defaults(hosts: Path) -> None:
     o = build_options(hosts_path=hosts)
     assert (o.timeout, o.resync_interval, o.retry_interval) == (300, 300, 10)
-    assert o.transport == "auto" and not o.auto_reconnect and o.namespaces == []
+    assert o.transport == "auto" and o.namespaces == []
+    # No -n and no -A: idle mode, with the API and auto-reconnect on.
+    assert o.idle and o.api and o.auto_reconnect and o.api_addr is None
+    chosen = build_options(hosts_path=hosts, namespace=["shop"])
+    assert not chosen.idle and not chosen.api and not chosen.auto_reconnect
+    assert build_options(hosts_path=hosts, all_namespaces=True).idle is False
+
+
+def test_api_addr_is_loopback_only(hosts: Path) -> None:
+    o = build_options(hosts_path=hosts, namespace=["shop"], api_addr="127.0.0.1:0")
+    assert o.api and o.api_addr == ("127.0.0.1", 0)
+    assert build_options(hosts_path=hosts, namespace=["shop"],
+                         api_addr="[::1]:8080").api_addr == ("::1", 8080)
+    for bad, says in (("0.0.0.0:80", "loopback"), ("10.0.0.1:80", "loopback"),
+                      ("localhost:80", "not an IP"), ("127.0.0.1", "HOST:PORT"),
+                      ("127.0.0.1:99999", "not a port")):
+        with pytest.raises(UsageError, match=says):
+            build_options(hosts_path=hosts, namespace=["shop"], api_addr=bad)
 
 
 def test_fwd_conf_adds_reservations_and_base(tmp_path: Path, hosts: Path) -> None:

@@ -25,6 +25,8 @@ SAMPLES: dict[Any, Any] = {
     "int": 8080,
     "float": 1.5,
     "str | None": "web-1",
+    "int | None": 200,
+    "float | None": 2.5,
     "tuple[str, ...]": ("web", "web.shop"),
 }
 
