@@ -10,6 +10,7 @@ from typing import Any, TextIO
 
 from kubefwd.api.keys import ApiEndpoint, api_key, remove_key_file, write_key_file
 from kubefwd.api.server import HOST_NAME, ROOT_ADDRESS, ApiServer, default_addr
+from kubefwd.errors import NetworkError
 
 
 class RunningApi:
@@ -30,7 +31,17 @@ def start_api(app: Any, out: TextIO | None = None) -> RunningApi:
     key, generated = api_key()
     addr = app.options.api_addr or default_addr()
     server = ApiServer(app, key, addr)
-    url = server.start()
+    try:
+        url = server.start()
+    except NetworkError as exc:
+        if app.options.api_addr or addr != ROOT_ADDRESS:
+            raise  # the address was asked for: not listening there is the error
+        # Another instance (idle, or with --api) has kubefwd.internal already: this one
+        # listens on a free port of 127.0.0.1 instead, and says so.
+        out.write(f"API: {exc.message}; using a free port on 127.0.0.1 instead\n")
+        addr = ("127.0.0.1", 0)
+        server = ApiServer(app, key, addr)
+        url = server.start()
     running = RunningApi(server)
     try:
         path = write_key_file(ApiEndpoint(os.getpid(), url, key))

@@ -16,14 +16,10 @@ from urllib.parse import quote, urlsplit
 import psutil
 import pytest
 from helpers import http_text, wait_for
-from test_svc_e2e import (  # noqa: F401  (fixtures)
+from test_svc_e2e import (
     ORIGINAL_HOSTS,
     Kubefwd,
-    block,
-    cluster,
-    hosts,
     hosts_entries,
-    run,
 )
 
 from kubefwd.sim.cluster import SimCluster
@@ -88,7 +84,7 @@ class SseReader:
         self._thread.join(5)
 
 
-def start_idle(run: Callable[..., Kubefwd], tmp_path: Path,  # noqa: F811
+def start_idle(run: Callable[..., Kubefwd], tmp_path: Path,
                monkeypatch: pytest.MonkeyPatch) -> tuple[Kubefwd, str, str]:
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
     monkeypatch.delenv("KUBEFWD_API_KEY", raising=False)
@@ -100,7 +96,7 @@ def start_idle(run: Callable[..., Kubefwd], tmp_path: Path,  # noqa: F811
 
 
 def test_idle_mode_adds_and_removes_a_namespace_over_the_api(
-    run: Callable[..., Kubefwd], hosts: Path, tmp_path: Path,  # noqa: F811
+    run: Callable[..., Kubefwd], hosts: Path, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     fwd, url, key = start_idle(run, tmp_path, monkeypatch)
@@ -152,8 +148,8 @@ def test_idle_mode_adds_and_removes_a_namespace_over_the_api(
 
 
 def test_api_key_enforced_envelope_and_loopback_only(
-    run: Callable[..., Kubefwd], hosts: Path, tmp_path: Path,  # noqa: F811
-    cluster: SimCluster,  # noqa: F811
+    run: Callable[..., Kubefwd], hosts: Path, tmp_path: Path,
+    cluster: SimCluster,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     fwd, url, key = start_idle(run, tmp_path, monkeypatch)

@@ -16,11 +16,8 @@ from typing import Any
 
 import pytest
 import yaml
-from test_svc_e2e import (  # noqa: F401  (fixtures)
+from test_svc_e2e import (
     ORIGINAL_HOSTS,
-    block,
-    cluster,
-    hosts,
 )
 
 from kubefwd.api.server import ApiServer

@@ -12,13 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
-from test_svc_e2e import cluster
 
 from kubefwd.sim.cluster import SimCluster
 
 pytestmark = pytest.mark.e2e
 
-_ = (cluster,)
 
 
 def complete(words: str) -> tuple[list[str], float]:

@@ -1,4 +1,4 @@
-# ruff: noqa: F811  (the e2e fixtures are imported from test_svc_e2e by name)
+
 """Every kubeconfig connection setting kubectl honours, one case each: ``kubefwd svc`` with
 the edited kubeconfig forwards and a request goes through a forward, the simulated cluster
 saw the identity the setting stands for, and ``kubectl`` given the same kubeconfig is the
@@ -19,16 +19,13 @@ from typing import Any
 import pytest
 import yaml
 from helpers import REPO, http_text, kubectl, needs_kubectl, try_http, wait_for
-from test_svc_e2e import (  # noqa: F401  (fixtures)
+from test_svc_e2e import (
     MANIFESTS,
     ORIGINAL_HOSTS,
     POD_RANGE,
     Kubefwd,
     _run_to_end,
-    block,
-    hosts,
     hosts_entries,
-    run,
 )
 
 from kubefwd.sim.cluster import SimCluster

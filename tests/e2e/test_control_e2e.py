@@ -4,41 +4,20 @@ forward reconnected, a namespace listed again; the hosts file and the state stor
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from helpers import http_text, try_http, wait_for
-from test_svc_e2e import (  # noqa: F401  (fixtures)
-    ORIGINAL_HOSTS,
-    block,
-    cluster,
-    hosts,
+from test_svc_e2e import (
     hosts_entries,
 )
 
 from kubefwd.app.control import ControlError
 from kubefwd.app.program import Kubefwd as App
-from kubefwd.app.program import SvcOptions
 from kubefwd.events.types import ReconnectRequested, TunnelOpened
-from kubefwd.sim.cluster import SimCluster
 
 
-@pytest.fixture
-def app(cluster: SimCluster, hosts: Path, tmp_path: Path, block: int) -> Iterator[App]:  # noqa: F811
-    kubefwd = App(SvcOptions(kubeconfig=str(cluster.kubeconfig_path), namespaces=["shop"],
-                             hosts_path=hosts, backup_dir=tmp_path,
-                             base_ip=f"127.1.{block}.1"))
-    try:
-        kubefwd.start()
-        assert kubefwd.wait_ready(0)
-        yield kubefwd
-    finally:
-        kubefwd.shutdown()
-    assert hosts.read_bytes() == ORIGINAL_HOSTS
-
-
-def test_add_and_remove_a_namespace(app: App, hosts: Path) -> None:  # noqa: F811
+def test_add_and_remove_a_namespace(app: App, hosts: Path) -> None:
     assert "api.payments" not in hosts_entries(hosts)
     watched = app.control.add_namespace("payments")
     assert (watched.context, watched.namespace, watched.services) == ("one", "payments", None)
@@ -59,7 +38,7 @@ def test_add_and_remove_a_namespace(app: App, hosts: Path) -> None:  # noqa: F81
     assert gone.value.code == "not_found"
 
 
-def test_add_one_service_then_remove_it(app: App, hosts: Path) -> None:  # noqa: F811
+def test_add_one_service_then_remove_it(app: App, hosts: Path) -> None:
     app.control.add_service("payments", "api")
     ip = wait_for(lambda: hosts_entries(hosts).get("api.payments"), 10, "api.payments written")
     assert try_http(ip, 80)
@@ -72,7 +51,7 @@ def test_add_one_service_then_remove_it(app: App, hosts: Path) -> None:  # noqa:
     assert [w.namespace for w in app.control.namespaces()] == ["shop"]
 
 
-def test_remove_one_service_of_a_watched_namespace(app: App, hosts: Path) -> None:  # noqa: F811
+def test_remove_one_service_of_a_watched_namespace(app: App, hosts: Path) -> None:
     assert "cart.shop" in hosts_entries(hosts)
     app.control.remove_service("one/shop/cart")
     wait_for(lambda: "cart.shop" not in hosts_entries(hosts), 10, "cart.shop removed")
@@ -81,7 +60,7 @@ def test_remove_one_service_of_a_watched_namespace(app: App, hosts: Path) -> Non
     wait_for(lambda: "cart.shop" in hosts_entries(hosts), 10, "cart.shop back")
 
 
-def test_reconnect_opens_a_fresh_tunnel(app: App, hosts: Path) -> None:  # noqa: F811
+def test_reconnect_opens_a_fresh_tunnel(app: App, hosts: Path) -> None:
     ip = hosts_entries(hosts)["web.shop"]
     assert http_text(ip, 80).startswith("web-")
     sub = app.bus.subscribe("test", types=(ReconnectRequested, TunnelOpened))
@@ -101,7 +80,7 @@ def test_reconnect_opens_a_fresh_tunnel(app: App, hosts: Path) -> None:  # noqa:
         app.control.reconnect("shop/nothing")
 
 
-def test_sync_lists_again_and_keeps_every_forward(app: App, hosts: Path) -> None:  # noqa: F811
+def test_sync_lists_again_and_keeps_every_forward(app: App, hosts: Path) -> None:
     before = hosts_entries(hosts)
     app.control.sync()
     assert hosts_entries(hosts) == before

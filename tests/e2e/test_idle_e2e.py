@@ -1,4 +1,4 @@
-# ruff: noqa: F811  (the e2e fixtures are imported from test_svc_e2e by name)
+
 """Idle cuts: the simulated cluster closes API connections that carried no data for N
 seconds, as load balancers and kubelets with an idle timeout do. kubefwd's keepalive pings
 keep its tunnels (and the local connections on them) from ever looking idle, and a tunnel
@@ -13,13 +13,9 @@ from pathlib import Path
 
 import pytest
 from helpers import http_text, wait_for
-from test_svc_e2e import (  # noqa: F401  (fixtures)
+from test_svc_e2e import (
     Kubefwd,
-    block,
-    cluster,
-    hosts,
     hosts_entries,
-    run,
 )
 
 from kubefwd.sim.cluster import SimCluster

@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 from helpers import hosts_file, http_text, manifests, namespace, wait_for, workload
-from test_svc_e2e import ORIGINAL_HOSTS, Kubefwd, block, hosts_owners  # noqa: F401
+from test_svc_e2e import ORIGINAL_HOSTS, Kubefwd, hosts_owners
 
 from kubefwd.sim.cluster import SimCluster
 
@@ -60,7 +60,7 @@ def assert_names_lead_to_listeners(hosts: Path, running: list[Kubefwd]) -> None:
 
 
 def test_exhausted_addresses_write_only_listening_names_and_are_retried(
-    crowded: SimCluster, tmp_path: Path, block: int  # noqa: F811
+    crowded: SimCluster, tmp_path: Path, block: int
 ) -> None:
     hosts = hosts_file(tmp_path, ORIGINAL_HOSTS)
     # 25 addresses per namespace range (.230-.254); each instance numbers its namespaces in

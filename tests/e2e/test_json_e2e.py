@@ -10,14 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from helpers import http_text, wait_for
-from test_svc_e2e import (  # noqa: F401  (fixtures)
+from test_svc_e2e import (
     ORIGINAL_HOSTS,
     Kubefwd,
-    block,
-    cluster,
-    hosts,
     hosts_entries,
-    run,
 )
 
 from kubefwd.sim.cluster import SimCluster
@@ -28,7 +24,7 @@ def events(fwd: Kubefwd) -> list[dict[str, Any]]:
 
 
 def test_json_output_is_one_event_per_line_and_follows_the_run(
-    run: Callable[..., Kubefwd], cluster: SimCluster, hosts: Path,  # noqa: F811
+    run: Callable[..., Kubefwd], cluster: SimCluster, hosts: Path,
 ) -> None:
     fwd = run("-n", "shop", "-o", "json", ready=False)
     fwd.wait_line(r'"type":"ready"', timeout=20)
@@ -69,7 +65,7 @@ def test_json_output_is_one_event_per_line_and_follows_the_run(
 
 
 def test_json_output_with_verbose_carries_the_debug_lines(
-    run: Callable[..., Kubefwd],  # noqa: F811
+    run: Callable[..., Kubefwd],
 ) -> None:
     fwd = run("-n", "shop", "-o", "json", "-v", ready=False)
     fwd.wait_line(r'"type":"ready"', timeout=20)

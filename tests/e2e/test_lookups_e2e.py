@@ -7,39 +7,19 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from helpers import http_text, kubectl_argv, needs_kubectl, wait_for
-from test_svc_e2e import (  # noqa: F401  (fixtures)
-    ORIGINAL_HOSTS,
-    block,
-    cluster,
-    hosts,
+from test_svc_e2e import (
     hosts_entries,
 )
 
 from kubefwd.app.control import ControlError
 from kubefwd.app.program import Kubefwd as App
-from kubefwd.app.program import SvcOptions
 from kubefwd.sim.cluster import SimCluster
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def app(cluster: SimCluster, hosts: Path, tmp_path: Path, block: int) -> Iterator[App]:  # noqa: F811
-    kubefwd = App(SvcOptions(kubeconfig=str(cluster.kubeconfig_path), namespaces=["shop"],
-                             hosts_path=hosts, backup_dir=tmp_path,
-                             base_ip=f"127.1.{block}.1"))
-    try:
-        kubefwd.start()
-        assert kubefwd.wait_ready(0)
-        yield kubefwd
-    finally:
-        kubefwd.shutdown()
-    assert hosts.read_bytes() == ORIGINAL_HOSTS
 
 
 def web_pod(app: App) -> str:
@@ -70,7 +50,7 @@ def test_raw_objects(app: App) -> None:
     assert bad.value.code == "invalid"
 
 
-def test_pod_log_tail_since_follow_and_stop(app: App, hosts: Path) -> None:  # noqa: F811
+def test_pod_log_tail_since_follow_and_stop(app: App, hosts: Path) -> None:
     ip = hosts_entries(hosts)["web.shop"]
     pod = web_pod(app)
     for i in range(5):
@@ -104,7 +84,7 @@ def test_pod_log_tail_since_follow_and_stop(app: App, hosts: Path) -> None:  # n
 
 
 @needs_kubectl
-def test_kubectl_logs_follow_tail_and_since(cluster: SimCluster) -> None:  # noqa: F811
+def test_kubectl_logs_follow_tail_and_since(cluster: SimCluster) -> None:
     from helpers import kubectl
 
     pod = kubectl(cluster, "get", "pods", "-n", "shop", "-l", "app=web", "-o",

@@ -17,13 +17,9 @@ import pytest
 from helpers import http_text, wait_for
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
-from test_svc_e2e import (  # noqa: F401  (fixtures)
+from test_svc_e2e import (
     Kubefwd,
-    block,
-    cluster,
-    hosts,
     hosts_entries,
-    run,
 )
 
 pytestmark = pytest.mark.e2e
@@ -53,7 +49,7 @@ async def _session(env: dict[str, str], steps: Callable[[ClientSession], Any]) -
             return await steps(session)
 
 
-def test_mcp_client_drives_kubefwd(run: Callable[..., Kubefwd], hosts: Path,  # noqa: F811
+def test_mcp_client_drives_kubefwd(run: Callable[..., Kubefwd], hosts: Path,
                                    tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
     monkeypatch.delenv("KUBEFWD_API_KEY", raising=False)

@@ -13,18 +13,13 @@ from helpers import try_http, wait_for
 from test_svc_e2e import (
     Kubefwd,
     Traffic,
-    block,
-    cluster,
-    hosts,
     hosts_entries,
-    run,
 )
 
 from kubefwd.sim.cluster import SimCluster
 
 pytestmark = pytest.mark.e2e
 
-_ = (block, cluster, hosts, run)
 
 # Clients opening new connections in a loop, side by side.
 CLIENTS = 4

@@ -12,18 +12,13 @@ import pytest
 from helpers import http_text, try_http, wait_for
 from test_svc_e2e import (
     Kubefwd,
-    block,
-    cluster,
-    hosts,
     hosts_entries,
-    run,
 )
 
 from kubefwd.sim.cluster import SimCluster
 
 pytestmark = pytest.mark.e2e
 
-_ = (block, cluster, hosts, run)
 
 
 @pytest.mark.parametrize("status", [429, 503])

@@ -1,4 +1,4 @@
-# ruff: noqa: F811  (the e2e fixtures are imported from test_svc_e2e by name)
+
 """``kubefwd svc`` through real proxies (tinyproxy for HTTP CONNECT, microsocks for SOCKS5),
 chosen by the kubeconfig's ``proxy-url`` or by ``HTTPS_PROXY``, with kubectl given the same
 settings as the judge. The proxies are real programs on free loopback ports; the simulated
@@ -18,15 +18,11 @@ import psutil
 import pytest
 import yaml
 from helpers import http_text, kubectl, needs_kubectl, unused_port, wait_for
-from test_svc_e2e import (  # noqa: F401  (fixtures)
+from test_svc_e2e import (
     ORIGINAL_HOSTS,
     Kubefwd,
     _run_to_end,
-    block,
-    cluster,
-    hosts,
     hosts_entries,
-    run,
 )
 
 from kubefwd.sim.cluster import SimCluster

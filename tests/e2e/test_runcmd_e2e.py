@@ -19,18 +19,13 @@ from helpers import try_http, wait_for
 from test_svc_e2e import (
     ORIGINAL_HOSTS,
     Kubefwd,
-    block,
-    cluster,
-    hosts,
     hosts_entries,
-    run,
 )
 
 from kubefwd.sim.cluster import SimCluster
 
 pytestmark = pytest.mark.e2e
 
-_ = (block, cluster, hosts, run)
 
 # The command under test: checks its environment, reaches web by the name kubefwd wrote,
 # prints the answer and exits with the code it is given.

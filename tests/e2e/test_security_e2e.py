@@ -15,14 +15,10 @@ from pathlib import Path
 import psutil
 import pytest
 from helpers import unused_port
-from test_svc_e2e import (  # noqa: F401
+from test_svc_e2e import (
     ORIGINAL_HOSTS,
     Kubefwd,
-    block,
-    cluster,
-    hosts,
     hosts_entries,
-    run,
 )
 
 from kubefwd.sim.cluster import SimCluster
@@ -31,7 +27,7 @@ pytestmark = pytest.mark.e2e
 
 
 def test_listeners_bind_only_the_allocated_loopback_addresses(
-    run: Callable[..., Kubefwd], hosts: Path  # noqa: F811
+    run: Callable[..., Kubefwd], hosts: Path
 ) -> None:
     fwd = run("-n", "shop,payments")
     allocated = set(hosts_entries(hosts).values())
@@ -53,7 +49,7 @@ def _secrets_of(key_pem: bytes, token: str) -> list[str]:
 
 @pytest.mark.parametrize("fault", ["wrong-token", "unreachable", "forwarding"])
 def test_no_credential_in_any_output(
-    cluster: SimCluster, hosts: Path, tmp_path: Path, block: int, fault: str  # noqa: F811
+    cluster: SimCluster, hosts: Path, tmp_path: Path, block: int, fault: str
 ) -> None:
     # Signed by the cluster's CA (it checks client certificates), so every run reaches it.
     cert_pem, key_pem = cluster.issue_client_cert("kubefwd-test")

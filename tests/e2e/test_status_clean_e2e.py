@@ -15,15 +15,10 @@ import pytest
 from test_svc_e2e import (
     ORIGINAL_HOSTS,
     Kubefwd,
-    block,
-    cluster,
-    hosts,
-    run,
 )
 
 pytestmark = pytest.mark.e2e
 
-_ = (block, cluster, hosts, run)
 
 
 def kubefwd(*args: str) -> subprocess.CompletedProcess[str]:

@@ -654,7 +654,9 @@ def test_ctrl_c_interrupts_a_server_that_never_answers(hosts: Path, tmp_path: Pa
     acceptor.start()
     try:
         config = _kubeconfig(tmp_path / "kubeconfig", server.getsockname()[1], "{token: t}")
-        proc = _start_svc(["-c", str(config), "--hosts-path", str(hosts)], tmp_path)
+        # -n: with no namespace kubefwd starts idle and asks the server nothing yet.
+        proc = _start_svc(["-c", str(config), "-n", "shop", "--hosts-path", str(hosts)],
+                          tmp_path)
         wait_for(lambda: accepted, 15, "kubefwd connecting")
         code, took, out = _interrupt(proc)
         assert code == 130, out
@@ -770,7 +772,8 @@ def test_unreachable_api_server(hosts: Path, tmp_path: Path) -> None:
         contexts: [{{name: gone, context: {{cluster: c, user: u, namespace: shop}}}}]
         current-context: gone
         """))
-    result = _run_to_end(["-c", str(config), "--hosts-path", str(hosts)], tmp_path)
+    result = _run_to_end(["-c", str(config), "-n", "shop", "--hosts-path", str(hosts)],
+                         tmp_path)
     assert result.returncode == 4, result.stderr
     assert "cannot reach the API server" in result.stderr
     assert len(result.stderr.splitlines()) == 1

@@ -14,11 +14,8 @@ from pathlib import Path
 
 import pytest
 from helpers import http_get, http_text, wait_for
-from test_svc_e2e import (  # noqa: F401  (fixtures)
+from test_svc_e2e import (
     ORIGINAL_HOSTS,
-    block,
-    cluster,
-    hosts,
     hosts_entries,
 )
 
@@ -75,8 +72,8 @@ def tmux_runs(tmp_path: Path) -> Iterator[list[Tmux]]:
         t.close()
 
 
-def test_svc_tui_in_tmux(cluster: SimCluster, hosts: Path, tmp_path: Path,  # noqa: F811
-                         block: int, tmux_runs: list[Tmux]) -> None:  # noqa: F811
+def test_svc_tui_in_tmux(cluster: SimCluster, hosts: Path, tmp_path: Path,
+                         block: int, tmux_runs: list[Tmux]) -> None:
     base = tmp_path / "base.yaml"
     base.write_text(f"baseUnreservedIP: 127.1.{block}.1\n")
     cmd = (f"cd {REPO} && {sys.executable} -m kubefwd svc --tui -c {cluster.kubeconfig_path} "

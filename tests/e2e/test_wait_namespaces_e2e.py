@@ -12,18 +12,13 @@ from helpers import http_text, service, wait_for, workload
 from test_svc_e2e import (
     Kubefwd,
     _run_to_end,
-    block,
-    cluster,
-    hosts,
     hosts_entries,
-    run,
 )
 
 from kubefwd.sim.cluster import SimCluster
 
 pytestmark = pytest.mark.e2e
 
-_ = (block, cluster, hosts, run)
 
 
 def test_a_namespace_created_later_is_forwarded_and_its_deletion_unforwards_it(
