@@ -3,10 +3,33 @@
 Per forwarded connection an error stream and a data stream, with half-close both ways. The
 session reads the API connection into one buffer, parses SPDY frames incrementally (out of
 WebSocket binary messages for SPDY-in-WebSocket) and writes DATA payloads straight into the
-local sockets; it reads local sockets into DATA frames. Back-pressure, per session: while a
-local socket cannot take what arrived, the API connection is not read (what was read stays
-in the buffer, nothing is copied); while the API connection has too much queued, the local
-sockets are not read.
+local sockets; it reads local sockets into DATA frames.
+
+A client that stops reading must not stall the other connections of the session. SPDY/3.1
+has per-stream flow control (WINDOW_UPDATE), but the kubelet's SPDY library ignores it, as
+does the simulated cluster: the pod's bytes for every stream come on the one API connection
+whatever we announce, and the only brake is not reading that connection, which stops every
+stream at once (``kubectl port-forward`` does just that, so one stuck client freezes all the
+others to the pod). So, per stream:
+
+- what a local socket cannot take is kept for it (copied out of the read buffer, which is
+  reused at once) and the session goes on reading for the others;
+- past ``STREAM_CAP`` bytes kept for one connection, the session stops reading the API
+  connection (memory stays bounded) until that client has taken half of it;
+- a connection may hold the session up like that for at most ``STALL_LIMIT`` seconds at a
+  time, and for at most ``STALL_SHARE`` of the time in the long run (what it owes decays at
+  that rate); past that it is cut (a reset to its client, RST_STREAM to the server) so
+  the others flow again. A slow reader keeps its connection as long as it keeps up within
+  that budget, and for ever while it is the only connection of the session (it then holds
+  nobody up: the pod is simply slowed down, as over a plain TCP connection); one that stopped
+  reading loses it rather than freezing everyone else.
+
+Moving the stuck connection to a session of its own is not possible: its bytes are already
+on their way through the shared one, and a new session would be a new connection to the pod.
+The WebSocket ``v4`` transport (one WebSocket per connection) needs none of this: TCP's own
+flow control holds each connection back on its own.
+
+Toward the API server: while it has too much queued, local sockets are not read.
 """
 
 from __future__ import annotations
@@ -38,6 +61,14 @@ CHUNK = 256 * 1024
 READ_BUFFER = 1 << 20
 # Bytes queued toward the API server above which local sockets are not read.
 API_HIGH_WATER = 1 << 20
+# Bytes kept for one connection whose client does not take them, above which the session
+# stops reading the API connection (for everyone) until that client has taken half of them.
+STREAM_CAP = 4 << 20
+# Seconds one connection may keep the session from reading at a time; and the share of the
+# time, in the long run, that it may do so (what it owes decays at this rate). Past either,
+# the connection is cut so that the others flow again.
+STALL_LIMIT = 2.0
+STALL_SHARE = 0.1
 # Buffer fills per readiness of the API connection before other sockets get a turn.
 _READ_ROUNDS = 4
 
@@ -78,12 +109,14 @@ class SpdySession:
         self._next_ping = 1
         self._rx = bytearray(SMALL)
         self._tx = bytearray(8 + SMALL)
-        self._blocked: set[LocalConn] = set()  # local sockets holding undelivered bytes
+        # Connections holding more than STREAM_CAP undelivered bytes: while there is one, the
+        # API connection is not read.
+        self._blocked: set[LocalConn] = set()
         self._api_full = False
         self._last_rx = time.monotonic()
         self._ping_timer: Timer | None = None
         self._read_soon = False
-        self._touched: list[LocalConn] = []  # connections with data queued this round
+        self._touched: dict[LocalConn, None] = {}  # connections with data queued this round
         # Frame parser state: a partial header, the DATA payload still to come, or a
         # control frame being gathered.
         self._head = bytearray()
@@ -125,6 +158,7 @@ class SpdySession:
         self.conns.clear()
         self._streams.clear()
         self._blocked.clear()
+        self._touched.clear()
         return kept
 
     def _lost(self, reason: str) -> None:
@@ -167,10 +201,21 @@ class SpdySession:
         self.conns.discard(conn)
         self._streams.pop(conn.data_id, None)
         self._streams.pop(conn.error_id, None)
+        self._touched.pop(conn, None)
         if conn in self._blocked:
             self._blocked.discard(conn)
             if not self._blocked:
                 self._unblocked()
+        if not self.conns:
+            self._release_buffers()
+
+    def _release_buffers(self) -> None:
+        """No connection left: shrink the buffers a bulk transfer grew (an idle tunnel
+        costs little memory); nothing points into them any more."""
+        if len(self._rx) > SMALL:
+            self._rx = bytearray(SMALL)
+        if len(self._tx) > 8 + SMALL:
+            self._tx = bytearray(8 + SMALL)
 
     def finish(self, conn: LocalConn) -> None:
         """Both directions ended: close the local socket."""
@@ -198,16 +243,14 @@ class SpdySession:
             except OSError:
                 self.abort(conn, reset=True)
                 return
+            if conn in self._blocked and conn.queued <= STREAM_CAP // 2:
+                self._unstall(conn)
             if flushed:
                 if conn.remote_done:
                     self._remote_ended(conn)
                 if conn.closed:
                     return
                 self._update_local(conn)
-                if conn in self._blocked:
-                    self._blocked.discard(conn)
-                    if not self._blocked:
-                        self._unblocked()
         if mask & READ and not conn.closed:
             self._local_readable(conn)
 
@@ -397,31 +440,80 @@ class SpdySession:
             conn.error += data.tobytes()
             return
         conn.started = True
-        if not conn.pending:
-            self._touched.append(conn)
+        self._touched[conn] = None
         conn.queue(data)
         self.tunnel.bytes_in += len(data)
         conn.meter.bytes_in += len(data)
 
     def _flush_touched(self) -> None:
         """End of a read round: hand what arrived to the local sockets, a few big writes
-        rather than one per frame; a socket that cannot take it all blocks the reading."""
-        touched, self._touched = self._touched, []
+        rather than one per frame. What a socket cannot take is copied out of the read
+        buffer and kept for it; past STREAM_CAP the session stops reading."""
+        touched, self._touched = self._touched, {}
         for conn in touched:
-            if conn.closed or conn in self._blocked:
+            if conn.closed:
                 continue
             try:
                 flushed = conn.flush()
             except OSError:
                 self.abort(conn, reset=True)
                 continue
-            if not flushed:
-                self._blocked.add(conn)
-                self._update_local(conn)
-                if len(self._blocked) == 1:
-                    self._update_api()
-            elif conn.remote_done:
-                self._remote_ended(conn)
+            if flushed:
+                if conn.remote_done:
+                    self._remote_ended(conn)
+                continue
+            conn.keep()  # the read buffer is about to be reused
+            self._update_local(conn)
+            if conn.queued > STREAM_CAP and conn not in self._blocked:
+                self._stall(conn)
+
+    # -- a client that does not read ---------------------------------------------------------
+
+    def _stall(self, conn: LocalConn) -> None:
+        """``conn`` holds too much: stop reading the API connection for a bounded time."""
+        now = time.monotonic()
+        if conn.unstalled:
+            conn.stall_debt = max(0.0, conn.stall_debt - (now - conn.unstalled) * STALL_SHARE)
+        allowed = STALL_LIMIT - conn.stall_debt
+        if allowed <= 0:
+            if len(self.conns) > 1:
+                self._cut(conn, now)
+                return
+            allowed = STALL_LIMIT
+        conn.stalled = now
+        self._blocked.add(conn)
+        if len(self._blocked) == 1:
+            self._update_api()
+        self.loop.call_later(allowed, functools.partial(self._stall_expired, conn, now))
+
+    def _unstall(self, conn: LocalConn) -> None:
+        """``conn``'s client took enough: read the API connection again."""
+        now = time.monotonic()
+        if len(self.conns) > 1:  # alone, it held nobody up
+            conn.stall_debt += now - conn.stalled
+        conn.stalled = 0.0
+        conn.unstalled = now
+        self._blocked.discard(conn)
+        if not self._blocked:
+            self._unblocked()
+
+    def _stall_expired(self, conn: LocalConn, since: float) -> None:
+        if conn.closed or conn.stalled != since or conn not in self._blocked:
+            return
+        if len(self.conns) == 1:
+            # Alone on the session it holds nobody up: wait for its client as long as it
+            # takes, as TCP would (checking again in case others come).
+            conn.stalled = now = time.monotonic()
+            self.loop.call_later(STALL_LIMIT, functools.partial(self._stall_expired, conn, now))
+            return
+        self._cut(conn, time.monotonic())
+
+    def _cut(self, conn: LocalConn, now: float) -> None:
+        owed = conn.stall_debt + (now - conn.stalled if conn.stalled else 0.0)
+        log.warning("tunnel to %s port %d: a client stopped reading (%d bytes waiting for "
+                    "it, the others held up %.1fs); cut it so the other connections flow",
+                    self.tunnel.label, conn.port, conn.queued, owed)
+        self.abort(conn, reset=True)
 
     def _end_data(self) -> None:
         if not self._data_fin:
