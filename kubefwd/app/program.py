@@ -64,6 +64,7 @@ from kubefwd.serve.forwarder import ForwardStats
 from kubefwd.serve.forwardset import ForwardSet
 from kubefwd.serve.routing import Router
 from kubefwd.support.threads import StoppableThread
+from kubefwd.system.fdlimit import Limit, raise_nofile, shortfall
 from kubefwd.system.loopback import LoopbackStrategy, loopback_strategy
 from kubefwd.tunnel import TunnelPool
 
@@ -128,6 +129,8 @@ class Kubefwd:
         self._hosts: HostsWriter | None = None
         self._loopback: LoopbackStrategy | None = None
         self._housekeeper: _Housekeeper | None = None
+        self._housekeeping_ticks = 0
+        self._fd_limit = Limit(-1, -1, 0)
         self._dispatcher: Dispatcher | None = None
         self._coexist = Coexistence(options.hosts_path, self.report)
         self._start_lock = StartLock(options.hosts_path)
@@ -203,6 +206,10 @@ class Kubefwd:
         """
         o = self.options
         self.started_at = time.monotonic()
+        self._fd_limit = raise_nofile()
+        if self._fd_limit.raised_from:
+            log.debug("open-file limit raised from %d to %d", self._fd_limit.raised_from,
+                      self._fd_limit.soft)
         self._sampler.start()
         check_privileges(o.hosts_path)
         contexts = load_contexts(o.kubeconfig, o.contexts)
@@ -275,6 +282,7 @@ class Kubefwd:
         states = self._live.states()
         count = len({f.key[:3] for f in states})
         addresses = len(states)
+        self._check_fd_limit(states)
         self._stop_signals.starting = False
         self.report.ready(count, addresses, time.monotonic() - self.started_at,
                           self._hosts.writes)
@@ -395,6 +403,13 @@ class Kubefwd:
             except KubefwdError as exc:
                 self.report.warning("%s", exc)
 
+    def _check_fd_limit(self, states: Sequence[Any]) -> None:
+        """Say once when the forwards cannot fit in the open-file limit."""
+        listeners = sum(len(s.upsert.ports) for s in states)
+        problem = shortfall(self._fd_limit, len(states), listeners)
+        if problem is not None:
+            self.report.warning_once("fdlimit", "%s", problem)
+
     # -- housekeeping ------------------------------------------------------------------------
 
     def housekeeping(self) -> None:
@@ -407,6 +422,9 @@ class Kubefwd:
         now = time.monotonic()
         states = self._live.states()
         self._live.warn_no_pod(states, now, self.options.timeout)
+        self._housekeeping_ticks += 1
+        if self._housekeeping_ticks % 10 == 0:  # forwards come and go (-A, new services)
+            self._check_fd_limit(states)
         wanted = {(s.key.context, s.key.namespace, pod.name)
                   for s in states for pod in s.upsert.pods}
         if self._pool is None:
