@@ -30,6 +30,13 @@ The WebSocket ``v4`` transport (one WebSocket per connection) needs none of this
 flow control holds each connection back on its own.
 
 Toward the API server: while it has too much queued, local sockets are not read.
+
+Thousands of sessions may be open and idle at once, so an idle one costs little: its read
+and write buffers are dropped while it carries no connection, the header blocks the server
+sends are not inflated (nothing in a port-forward reply is used, and skipping them spares
+each session zlib's 32 KiB window), and keepalive pings run only while it carries
+connections; an idle session is watched by TCP keepalive in the kernel instead, which wakes
+no thread, and a closed one is seen at once by its selector.
 """
 
 from __future__ import annotations
@@ -71,6 +78,11 @@ STALL_LIMIT = 2.0
 STALL_SHARE = 0.1
 # Buffer fills per readiness of the API connection before other sockets get a turn.
 _READ_ROUNDS = 4
+# TCP keepalive of an idle session's API connection: first probe after this many seconds
+# of silence, then every _KEEPALIVE_INTERVAL, given up after _KEEPALIVE_COUNT probes.
+_KEEPALIVE_IDLE = 30
+_KEEPALIVE_INTERVAL = 10
+_KEEPALIVE_COUNT = 3
 
 _FIN = spdyframes.FLAG_FIN
 _HEADER = struct.Struct(">II")
@@ -104,11 +116,10 @@ class SpdySession:
         self.conns: set[LocalConn] = set()
         self._streams: dict[int, LocalConn] = {}  # error and data stream ids
         self._compress = HeaderCompressor()
-        self._decompress = spdyframes.HeaderDecompressor()
         self._next_stream = 1
         self._next_ping = 1
-        self._rx = bytearray(SMALL)
-        self._tx = bytearray(8 + SMALL)
+        self._rx = bytearray()  # allocated while there is something to read
+        self._tx = bytearray()  # allocated while there are connections
         # Connections holding more than STREAM_CAP undelivered bytes: while there is one, the
         # API connection is not read.
         self._blocked: set[LocalConn] = set()
@@ -130,9 +141,8 @@ class SpdySession:
     # -- life ------------------------------------------------------------------------------
 
     def start(self) -> None:
+        _tcp_keepalive(self.api.sock)
         self._update_api()
-        if self.ping_interval > 0:
-            self._ping_timer = self.loop.call_later(self.ping_interval, self._keepalive)
         self._schedule_read()  # bytes that came with the 101, if any
 
     def close(self, *, keep_unstarted: bool = False) -> list[LocalConn]:
@@ -174,6 +184,9 @@ class SpdySession:
         self._streams[conn.error_id] = conn
         self._streams[conn.data_id] = conn
         self.conns.add(conn)
+        if self.ping_interval > 0 and self._ping_timer is None:
+            self._last_rx = time.monotonic()  # the silence before was nobody's concern
+            self._ping_timer = self.loop.call_later(self.ping_interval, self._keepalive)
         headers = {"streamtype": "error", "port": str(conn.port), "requestid": str(conn.rid)}
         frames = [self._syn_stream(conn.error_id, headers),
                   _HEADER.pack(conn.error_id, _FIN << 24)]
@@ -212,10 +225,8 @@ class SpdySession:
     def _release_buffers(self) -> None:
         """No connection left: shrink the buffers a bulk transfer grew (an idle tunnel
         costs little memory); nothing points into them any more."""
-        if len(self._rx) > SMALL:
-            self._rx = bytearray(SMALL)
-        if len(self._tx) > 8 + SMALL:
-            self._tx = bytearray(8 + SMALL)
+        self._rx = bytearray()
+        self._tx = bytearray()
 
     def finish(self, conn: LocalConn) -> None:
         """Both directions ended: close the local socket."""
@@ -255,6 +266,8 @@ class SpdySession:
             self._local_readable(conn)
 
     def _local_readable(self, conn: LocalConn) -> None:
+        if not self._tx:
+            self._tx = bytearray(8 + SMALL)
         buf = self._tx
         view = memoryview(buf)
         try:
@@ -341,9 +354,20 @@ class SpdySession:
             self._lost(f"connection to the API server lost ({e})")
 
     def _read_api(self) -> None:
+        if not self._rx:
+            self._rx = bytearray(SMALL)
+        try:
+            self._read_rounds()
+        finally:
+            if not self.conns:
+                self._release_buffers()
+
+    def _read_rounds(self) -> None:
         for _ in range(_READ_ROUNDS):
             if self.closed or self._blocked:
                 return
+            if not self._rx:  # released by a connection that ended in the last round
+                self._rx = bytearray(SMALL)
             buf = self._rx
             view = memoryview(buf)
             got, eof = self.api.fill(view)
@@ -569,15 +593,12 @@ class SpdySession:
             (ping_id,) = struct.unpack_from(">I", frame)
             if not ping_id & 1:  # the server's ping: echo it
                 self._send(spdyframes.control_frame(spdyframes.PING, 0, frame[:4]), owned=True)
-        elif kind in (spdyframes.SYN_REPLY, spdyframes.HEADERS):
-            self._decompress.decompress(frame[4:])
         elif kind == spdyframes.RST_STREAM:
             stream_id, _status = struct.unpack_from(">II", frame)
             conn = self._streams.get(stream_id)
             if conn is not None:
                 self.abort(conn, reset=False)
         elif kind == spdyframes.SYN_STREAM:
-            self._decompress.decompress(frame[10:])
             (stream_id,) = struct.unpack_from(">I", frame)
             self._send(spdyframes.rst_stream_frame(stream_id, spdyframes.REFUSED_STREAM),
                        owned=True)
@@ -588,8 +609,8 @@ class SpdySession:
 
     def _keepalive(self) -> None:
         self._ping_timer = None
-        if self.closed:
-            return
+        if self.closed or not self.conns:
+            return  # idle: TCP keepalive watches the connection; ``add`` re-arms
         now = time.monotonic()
         if self._blocked:
             self._last_rx = now  # we are not reading: the silence is ours
@@ -601,3 +622,17 @@ class SpdySession:
         self._next_ping += 2
         self._send(spdyframes.ping_frame(ping_id), owned=True)
         self._ping_timer = self.loop.call_later(self.ping_interval, self._keepalive)
+
+
+def _tcp_keepalive(sock: AnySocket) -> None:
+    """Let the kernel probe an idle API connection (no thread wakes for it)."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in (("TCP_KEEPIDLE", _KEEPALIVE_IDLE),
+                            ("TCP_KEEPINTVL", _KEEPALIVE_INTERVAL),
+                            ("TCP_KEEPCNT", _KEEPALIVE_COUNT)):
+            option = getattr(socket, name, None)
+            if option is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, option, value)
+    except OSError:
+        pass
