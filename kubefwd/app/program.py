@@ -255,6 +255,9 @@ class Kubefwd:
             backup_dir=self._backup_dir(),
             refresh_backup=o.refresh_backup,
             purge_stale=o.purge_stale,
+            # Nobody resolves our names before the ready line: while thousands of services
+            # are listed and bound, write seldom (the flush before ready writes them all).
+            min_interval=STARTUP_HOSTS_INTERVAL,
         )
         self._coexist.hosts = self._hosts
         self._hosts.start()
@@ -275,6 +278,7 @@ class Kubefwd:
             error = self._hosts.last_error
             raise error or HostsFileError(f"could not write the hosts file {o.hosts_path}")
         self._start_lock.release()
+        self._hosts.min_interval = HOSTS_INTERVAL  # from now on, changes show up at once
         self._live.announce_all()
         report_privileged_ports(self.report, self._live.privileged_ports)
         self._housekeeper = _Housekeeper(self)
@@ -533,6 +537,11 @@ class Kubefwd:
 
 
 
+
+
+# Least seconds between two hosts-file writes during start-up, and once ready.
+STARTUP_HOSTS_INTERVAL = 2.0
+HOSTS_INTERVAL = 0.25
 
 
 def _step(what: str, fn: Callable[[], None]) -> None:
