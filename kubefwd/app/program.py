@@ -429,11 +429,14 @@ class Kubefwd:
         self._housekeeping_ticks += 1
         if self._housekeeping_ticks % 10 == 0:  # forwards come and go (-A, new services)
             self._check_fd_limit(states)
-        wanted = {(s.key.context, s.key.namespace, pod.name)
-                  for s in states for pod in s.upsert.pods}
         if self._pool is None:
             return
-        self._router.close_unused(wanted, now)
+        # Tunnels of vanished pods wait out a 30 s grace anyway: looking every few seconds
+        # is enough, and with thousands of forwards a look is the bulk of an idle second.
+        if self._housekeeping_ticks % TIDY_EVERY == 0:
+            wanted = {(s.key.context, s.key.namespace, pod.name)
+                      for s in states for pod in s.upsert.pods}
+            self._router.close_unused(wanted, now)
         if self.options.auto_reconnect:
             housekeeper = self._housekeeper
             self._router.keep_open(states, housekeeper.stopping if housekeeper else None)
@@ -539,6 +542,8 @@ class Kubefwd:
 
 
 
+# Housekeeping ticks (seconds) between two looks for tunnels no forward uses any more.
+TIDY_EVERY = 5
 # Least seconds between two hosts-file writes during start-up, and once ready.
 STARTUP_HOSTS_INTERVAL = 2.0
 HOSTS_INTERVAL = 0.25
