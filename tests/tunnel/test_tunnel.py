@@ -890,3 +890,25 @@ def _probe(size: int) -> None:
 
 if __name__ == "__main__":
     _probe((int(sys.argv[1]) if len(sys.argv) > 1 else 500) << 20)
+
+
+def test_later_dials_resume_the_tls_session(cluster: SimCluster) -> None:
+    """Thousands of tunnels are thousands of TLS handshakes: after the first, each resumes
+    the session (no certificate check, no server signature) and still works."""
+    from kubefwd.tunnel.dial import negotiate
+
+    target = target_for(cluster)
+    path = f"/api/v1/namespaces/{NS}/pods/web/portforward"
+    reused = []
+    for _ in range(3):
+        _name, sock, _rest = negotiate(target, path, transport="spdy", prefer="", timeout=10,
+                                       track=lambda _s: None, label="web")
+        assert isinstance(sock, ssl.SSLSocket)
+        reused.append(sock.session_reused)
+        sock.close()
+    assert reused == [False, True, True]
+    with tunnel_to(cluster, "web") as tunnel:  # a fresh context: a full handshake, and works
+        client = connect_through(tunnel, HTTP_PORT)
+        client.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        assert read_all(client).startswith(b"HTTP/1.")
+        client.close()
