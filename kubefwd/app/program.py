@@ -83,6 +83,7 @@ from kubefwd.serve.forwarder import ForwardStats
 from kubefwd.serve.live import ForwardSet, RetryBinds
 from kubefwd.serve.routing import Router
 from kubefwd.support.threads import StoppableThread
+from kubefwd.system.fdlimit import Limit, raise_nofile, shortfall
 from kubefwd.system.loopback import LoopbackStrategy, loopback_strategy
 from kubefwd.tunnel import TunnelPool
 
@@ -171,6 +172,8 @@ class Kubefwd:
         self._loopback: LoopbackStrategy | None = None
         self._housekeeper: _Housekeeper | None = None
         self._retry_ticks = 0
+        self._housekeeping_ticks = 0
+        self._fd_limit = Limit(-1, -1, 0)
         self._dispatcher: Dispatcher | None = None
         self._coexist = Coexistence(options.hosts_path, self.report)
         self._start_lock = StartLock(options.hosts_path)
@@ -313,6 +316,10 @@ class Kubefwd:
         """
         o = self.options
         self.started_at = time.monotonic()
+        self._fd_limit = raise_nofile()
+        if self._fd_limit.raised_from:
+            log.debug("open-file limit raised from %d to %d", self._fd_limit.raised_from,
+                      self._fd_limit.soft)
         self._sampler.start()
         check_privileges(o.hosts_path)
         contexts = load_contexts(o.kubeconfig, o.contexts)
@@ -359,6 +366,9 @@ class Kubefwd:
             refresh_backup=o.refresh_backup,
             purge_stale=o.purge_stale,
             allow_shadowing=o.allow_shadowing,
+            # Nobody resolves our names before the ready line: while thousands of services
+            # are listed and bound, write seldom (the flush before ready writes them all).
+            min_interval=STARTUP_HOSTS_INTERVAL,
         )
         self._coexist.hosts = self._hosts
         self._hosts.start()
@@ -384,6 +394,7 @@ class Kubefwd:
                 f"{o.hosts_write_timeout:g}s" + (f": {error.message}" if error else "")
             )
         self._start_lock.release()
+        self._hosts.min_interval = HOSTS_INTERVAL  # from now on, changes show up at once
         self._live.announce_all()
         report_privileged_ports(self.report, self._live.privileged_ports)
         self._housekeeper = _Housekeeper(self)
@@ -391,6 +402,7 @@ class Kubefwd:
         states = self._live.listening()  # what really listens, not what was attempted
         count = len({f.key[:3] for f in states})
         addresses = len(states)
+        self._check_fd_limit(states)
         self._stop_signals.starting = False
         self.report.ready(count, addresses, time.monotonic() - self.started_at,
                           self._hosts.writes)
@@ -645,6 +657,13 @@ class Kubefwd:
             except KubefwdError as exc:
                 self.report.warning("%s", exc)
 
+    def _check_fd_limit(self, states: Sequence[Any]) -> None:
+        """Say once when the forwards cannot fit in the open-file limit."""
+        listeners = sum(len(s.upsert.ports) for s in states)
+        problem = shortfall(self._fd_limit, len(states), listeners)
+        if problem is not None:
+            self.report.warning_once("fdlimit", "%s", problem)
+
     # -- housekeeping ------------------------------------------------------------------------
 
     def housekeeping(self) -> None:
@@ -664,11 +683,17 @@ class Kubefwd:
         now = time.monotonic()
         states = self._live.states()
         self._live.warn_no_pod(states, now, self.options.timeout)
-        wanted = {(s.key.context, s.key.namespace, pod.name)
-                  for s in states for pod in s.upsert.pods}
+        self._housekeeping_ticks += 1
+        if self._housekeeping_ticks % 10 == 0:  # forwards come and go (-A, new services)
+            self._check_fd_limit(states)
         if self._pool is None:
             return
-        self._router.close_unused(wanted, now)
+        # Tunnels of vanished pods wait out a 30 s grace anyway: looking every few seconds
+        # is enough, and with thousands of forwards a look is the bulk of an idle second.
+        if self._housekeeping_ticks % TIDY_EVERY == 0:
+            wanted = {(s.key.context, s.key.namespace, pod.name)
+                      for s in states for pod in s.upsert.pods}
+            self._router.close_unused(wanted, now)
         if self.options.auto_reconnect:
             housekeeper = self._housekeeper
             self._router.keep_open(states, housekeeper.stopping if housekeeper else None)
@@ -784,6 +809,11 @@ class Kubefwd:
 def _join(thread: StoppableThread) -> None:
     if not thread.stop_and_join(5.0):
         log.warning("%s did not stop in time", thread.name)
+# Housekeeping ticks (seconds) between two looks for tunnels no forward uses any more.
+TIDY_EVERY = 5
+# Least seconds between two hosts-file writes during start-up, and once ready.
+STARTUP_HOSTS_INTERVAL = 2.0
+HOSTS_INTERVAL = 0.25
 
 
 def _step(what: str, fn: Callable[[], None]) -> None:

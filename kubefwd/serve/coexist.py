@@ -29,6 +29,14 @@ log = logging.getLogger("kubefwd.app.program")  # the app's work, logged under i
 MOVE_ATTEMPTS = 5
 
 
+def _file_state(path: Path) -> tuple[int, int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
 class OtherInstances:
     """Addresses and names other running kubefwd processes hold in the hosts file, read at
     most once per ``max_age`` seconds (allocation asks for every candidate address)."""
@@ -40,6 +48,10 @@ class OtherInstances:
         self._read_at = -max_age
         self._entries: dict[str, list[str]] = {}
         self._names: dict[str, str] = {}
+        # The file as last read (inode, size, mtime, ctime): while it is unchanged and held
+        # no other live instance's lines, reading it again cannot tell anything new. Parsing
+        # thousands of our own lines every second was most of an idle run's CPU.
+        self._seen: tuple[int, int, int, int] | None = None
 
     def refresh(self, *, force: bool = False) -> bool:
         """Re-read if stale (or ``force``); True when what the others hold changed."""
@@ -48,6 +60,10 @@ class OtherInstances:
             if not force and now - self._read_at < self.max_age:
                 return False
             self._read_at = now
+            quiet = not self._entries
+        seen = _file_state(self.path)
+        if not force and quiet and seen is not None and seen == self._seen:
+            return False
         try:
             entries = foreign_entries(self.path, lock_timeout=1.0)
         except (KubefwdError, OSError) as exc:
@@ -57,6 +73,7 @@ class OtherInstances:
         with self._lock:
             changed = entries != self._entries
             self._entries, self._names = entries, names
+            self._seen = seen
         return changed
 
     def ip_taken(self, ip: str) -> bool:

@@ -57,6 +57,42 @@ def _host_header(target: ApiTarget) -> str:
     return host if target.port == default else f"{host}:{target.port}"
 
 
+class _TlsSessions:
+    """The newest TLS session per API server and TLS context, to resume on the next dial.
+
+    A tunnel is one TLS connection; thousands of pods mean thousands of handshakes, each a
+    certificate check on our side and a signature on the server's. Resuming a session (a
+    TLS 1.3 ticket) skips both; a server that does not resume just gets a full handshake.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # The context is kept with its session: its id in the key stays its own.
+        self._sessions: dict[tuple[str, int, str, int],
+                             tuple[ssl.SSLContext, ssl.SSLSession]] = {}
+
+    @staticmethod
+    def _key(target: ApiTarget, context: ssl.SSLContext) -> tuple[str, int, str, int]:
+        return (target.host, target.port, target.server_hostname or "", id(context))
+
+    def get(self, target: ApiTarget, context: ssl.SSLContext) -> ssl.SSLSession | None:
+        with self._lock:
+            kept = self._sessions.get(self._key(target, context))
+        return kept[1] if kept is not None and kept[0] is context else None
+
+    def put(self, target: ApiTarget, sock: ssl.SSLSocket) -> None:
+        session = sock.session
+        if session is None or not session.has_ticket:
+            return
+        with self._lock:
+            if len(self._sessions) > 64:  # contexts come and go with credentials
+                self._sessions.clear()
+            self._sessions[self._key(target, sock.context)] = (sock.context, session)
+
+
+_tls_sessions = _TlsSessions()
+
+
 def connect(target: ApiTarget, timeout: float,
             track: Callable[[AnySocket | None], None]) -> AnySocket:
     """TCP connect (and TLS handshake) to the API server; ``track`` sees the socket so that
@@ -80,7 +116,8 @@ def connect(target: ApiTarget, timeout: float,
         close_quietly(raw)
         raise TunnelError(f"{e}") from e
     try:
-        sock = context.wrap_socket(raw, server_hostname=target.server_hostname or target.host)
+        sock = context.wrap_socket(raw, server_hostname=target.server_hostname or target.host,
+                                   session=_tls_sessions.get(target, context))
     except (OSError, ValueError) as e:
         close_quietly(raw)
         raise TunnelError(f"TLS handshake with {target.host}:{target.port} failed: {e}") from e
@@ -172,6 +209,8 @@ def _dial_upgrade_once(target: ApiTarget, path: str, *, method: str,
             body = ws.read_http_body(sock, head, limit=64 * 1024)
             raise _refusal(head, body, what)
         sock.settimeout(None)
+        if isinstance(sock, ssl.SSLSocket):
+            _tls_sessions.put(target, sock)  # its ticket came before the answer
         return sock, head
     except TunnelError:
         close_quietly(sock)

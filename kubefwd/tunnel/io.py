@@ -237,11 +237,15 @@ class LocalConn:
         "pending",
         "port",
         "prefix",
+        "queued",
         "remote_done",
         "replay",
         "rid",
         "sock",
+        "stall_debt",
+        "stalled",
         "started",
+        "unstalled",
     )
 
     def __init__(self, sock: socket.socket, port: int, rid: int,
@@ -266,6 +270,12 @@ class LocalConn:
         self.error = b""
         self.closed = False
         self.pending: deque[memoryview] = deque()  # bytes the socket could not take yet
+        self.queued = 0  # how many bytes ``pending`` holds
+        # Its owner's accounting of the time this connection made others wait for it (see
+        # ``spdy_client``): since when (0: not now), the seconds owed, when it last stopped.
+        self.stalled = 0.0
+        self.stall_debt = 0.0
+        self.unstalled = 0.0
         self.handler: Callable[[int], None] | None = None  # its owner's event handler
         try:
             sock.setblocking(False)
@@ -276,6 +286,15 @@ class LocalConn:
     def queue(self, data: memoryview) -> None:
         """Keep ``data`` for the next ``flush`` (a view: its buffer must stay unchanged)."""
         self.pending.append(data)
+        self.queued += len(data)
+
+    def keep(self) -> None:
+        """Copy the queued bytes that are views into a reader's buffer (a ``bytearray``), so
+        that the reader may reuse it while they wait."""
+        pending = self.pending
+        for i, piece in enumerate(pending):
+            if isinstance(piece.obj, bytearray):
+                pending[i] = memoryview(piece.tobytes())
 
     def flush(self) -> bool:
         """Send what was queued, many pieces per system call; True once nothing is left.
@@ -288,6 +307,7 @@ class LocalConn:
             except (BlockingIOError, InterruptedError):
                 return False
             partial = n < sum(len(p) for p in pieces)
+            self.queued -= n
             while n:
                 head = pending[0]
                 if n < len(head):
@@ -305,6 +325,7 @@ class LocalConn:
             self.meter.open -= 1
         self.closed = True
         self.pending.clear()
+        self.queued = 0
         close_local(self.sock)
 
     @property
@@ -320,6 +341,7 @@ class LocalConn:
         self.ended = True  # whoever takes it back counts it from now on
         self.closed = True
         self.pending.clear()
+        self.queued = 0
         hand_back(self.sock, self.give_back, prefix or self.prefix)
 
     def keep_for_replay(self, data: memoryview) -> None:

@@ -131,6 +131,11 @@ class PodTunnel:
         return f"<PodTunnel {self._label} {self._state} {self.transport_name}>"
 
     @property
+    def label(self) -> str:
+        """``namespace/pod``, for messages."""
+        return self._label
+
+    @property
     def state(self) -> str:
         """idle, opening, open, dead or closed."""
         return self._state

@@ -3,10 +3,40 @@
 Per forwarded connection an error stream and a data stream, with half-close both ways. The
 session reads the API connection into one buffer, parses SPDY frames incrementally (out of
 WebSocket binary messages for SPDY-in-WebSocket) and writes DATA payloads straight into the
-local sockets; it reads local sockets into DATA frames. Back-pressure, per session: while a
-local socket cannot take what arrived, the API connection is not read (what was read stays
-in the buffer, nothing is copied); while the API connection has too much queued, the local
-sockets are not read.
+local sockets; it reads local sockets into DATA frames.
+
+A client that stops reading must not stall the other connections of the session. SPDY/3.1
+has per-stream flow control (WINDOW_UPDATE), but the kubelet's SPDY library ignores it, as
+does the simulated cluster: the pod's bytes for every stream come on the one API connection
+whatever we announce, and the only brake is not reading that connection, which stops every
+stream at once (``kubectl port-forward`` does just that, so one stuck client freezes all the
+others to the pod). So, per stream:
+
+- what a local socket cannot take is kept for it (copied out of the read buffer, which is
+  reused at once) and the session goes on reading for the others;
+- past ``STREAM_CAP`` bytes kept for one connection, the session stops reading the API
+  connection (memory stays bounded) until that client has taken half of it;
+- a connection may hold the session up like that for at most ``STALL_LIMIT`` seconds at a
+  time, and for at most ``STALL_SHARE`` of the time in the long run (what it owes decays at
+  that rate); past that it is cut (a reset to its client, RST_STREAM to the server) so
+  the others flow again. A slow reader keeps its connection as long as it keeps up within
+  that budget, and for ever while it is the only connection of the session (it then holds
+  nobody up: the pod is simply slowed down, as over a plain TCP connection); one that stopped
+  reading loses it rather than freezing everyone else.
+
+Moving the stuck connection to a session of its own is not possible: its bytes are already
+on their way through the shared one, and a new session would be a new connection to the pod.
+The WebSocket ``v4`` transport (one WebSocket per connection) needs none of this: TCP's own
+flow control holds each connection back on its own.
+
+Toward the API server: while it has too much queued, local sockets are not read.
+
+Thousands of sessions may be open and idle at once, so an idle one costs little: its read
+and write buffers are dropped while it carries no connection, the header blocks the server
+sends are not inflated (nothing in a port-forward reply is used, and skipping them spares
+each session zlib's 32 KiB window), and keepalive pings run only while it carries
+connections; an idle session is watched by TCP keepalive in the kernel instead, which wakes
+no thread, and a closed one is seen at once by its selector.
 """
 
 from __future__ import annotations
@@ -38,8 +68,21 @@ CHUNK = 256 * 1024
 READ_BUFFER = 1 << 20
 # Bytes queued toward the API server above which local sockets are not read.
 API_HIGH_WATER = 1 << 20
+# Bytes kept for one connection whose client does not take them, above which the session
+# stops reading the API connection (for everyone) until that client has taken half of them.
+STREAM_CAP = 4 << 20
+# Seconds one connection may keep the session from reading at a time; and the share of the
+# time, in the long run, that it may do so (what it owes decays at this rate). Past either,
+# the connection is cut so that the others flow again.
+STALL_LIMIT = 2.0
+STALL_SHARE = 0.1
 # Buffer fills per readiness of the API connection before other sockets get a turn.
 _READ_ROUNDS = 4
+# TCP keepalive of an idle session's API connection: first probe after this many seconds
+# of silence, then every _KEEPALIVE_INTERVAL, given up after _KEEPALIVE_COUNT probes.
+_KEEPALIVE_IDLE = 30
+_KEEPALIVE_INTERVAL = 10
+_KEEPALIVE_COUNT = 3
 
 _FIN = spdyframes.FLAG_FIN
 _HEADER = struct.Struct(">II")
@@ -80,17 +123,18 @@ class SpdySession:
         self.conns: set[LocalConn] = set()
         self._streams: dict[int, LocalConn] = {}  # error and data stream ids
         self._compress = HeaderCompressor()
-        self._decompress = spdyframes.HeaderDecompressor()
         self._next_stream = 1
         self._next_ping = 1
-        self._rx = bytearray(SMALL)
-        self._tx = bytearray(8 + SMALL)
-        self._blocked: set[LocalConn] = set()  # local sockets holding undelivered bytes
+        self._rx = bytearray()  # allocated while there is something to read
+        self._tx = bytearray()  # allocated while there are connections
+        # Connections holding more than STREAM_CAP undelivered bytes: while there is one, the
+        # API connection is not read.
+        self._blocked: set[LocalConn] = set()
         self._api_full = False
         self._last_rx = time.monotonic()
         self._ping_timer: Timer | None = None
         self._read_soon = False
-        self._touched: list[LocalConn] = []  # connections with data queued this round
+        self._touched: dict[LocalConn, None] = {}  # connections with data queued this round
         # Frame parser state: a partial header, the DATA payload still to come, or a
         # control frame being gathered.
         self._head = bytearray()
@@ -104,9 +148,8 @@ class SpdySession:
     # -- life ------------------------------------------------------------------------------
 
     def start(self) -> None:
+        _tcp_keepalive(self.api.sock)
         self._update_api()
-        if self.ping_interval > 0:
-            self._ping_timer = self.loop.call_later(self.ping_interval, self._keepalive)
         self._schedule_read()  # bytes that came with the 101, if any
 
     def close(self, *, keep_unstarted: bool = False) -> list[LocalConn]:
@@ -132,6 +175,7 @@ class SpdySession:
         self.conns.clear()
         self._streams.clear()
         self._blocked.clear()
+        self._touched.clear()
         return kept
 
     def _lost(self, reason: str) -> None:
@@ -147,6 +191,9 @@ class SpdySession:
         self._streams[conn.error_id] = conn
         self._streams[conn.data_id] = conn
         self.conns.add(conn)
+        if self.ping_interval > 0 and self._ping_timer is None:
+            self._last_rx = time.monotonic()  # the silence before was nobody's concern
+            self._ping_timer = self.loop.call_later(self.ping_interval, self._keepalive)
         headers = {"streamtype": "error", "port": str(conn.port), "requestid": str(conn.rid)}
         frames = [self._syn_stream(conn.error_id, headers),
                   _HEADER.pack(conn.error_id, _FIN << 24)]
@@ -177,10 +224,19 @@ class SpdySession:
         self.conns.discard(conn)
         self._streams.pop(conn.data_id, None)
         self._streams.pop(conn.error_id, None)
+        self._touched.pop(conn, None)
         if conn in self._blocked:
             self._blocked.discard(conn)
             if not self._blocked:
                 self._unblocked()
+        if not self.conns:
+            self._release_buffers()
+
+    def _release_buffers(self) -> None:
+        """No connection left: shrink the buffers a bulk transfer grew (an idle tunnel
+        costs little memory); nothing points into them any more."""
+        self._rx = bytearray()
+        self._tx = bytearray()
 
     def finish(self, conn: LocalConn) -> None:
         """Both directions ended: close the local socket."""
@@ -208,20 +264,20 @@ class SpdySession:
             except OSError:
                 self.abort(conn, reset=True)
                 return
+            if conn in self._blocked and conn.queued <= STREAM_CAP // 2:
+                self._unstall(conn)
             if flushed:
                 if conn.remote_done:
                     self._remote_ended(conn)
                 if conn.closed:
                     return
                 self._update_local(conn)
-                if conn in self._blocked:
-                    self._blocked.discard(conn)
-                    if not self._blocked:
-                        self._unblocked()
         if mask & READ and not conn.closed:
             self._local_readable(conn)
 
     def _local_readable(self, conn: LocalConn) -> None:
+        if not self._tx:
+            self._tx = bytearray(8 + SMALL)
         buf = self._tx
         view = memoryview(buf)
         try:
@@ -310,9 +366,20 @@ class SpdySession:
             self._lost(f"connection to the API server lost ({e})")
 
     def _read_api(self) -> None:
+        if not self._rx:
+            self._rx = bytearray(SMALL)
+        try:
+            self._read_rounds()
+        finally:
+            if not self.conns:
+                self._release_buffers()
+
+    def _read_rounds(self) -> None:
         for _ in range(_READ_ROUNDS):
             if self.closed or self._blocked:
                 return
+            if not self._rx:  # released by a connection that ended in the last round
+                self._rx = bytearray(SMALL)
             buf = self._rx
             view = memoryview(buf)
             got, eof = self.api.fill(view)
@@ -410,31 +477,80 @@ class SpdySession:
             return
         conn.started = True
         conn.replay = None  # the pod answered: this connection is its for good
-        if not conn.pending:
-            self._touched.append(conn)
+        self._touched[conn] = None
         conn.queue(data)
         self.tunnel.bytes_in += len(data)
         conn.meter.bytes_in += len(data)
 
     def _flush_touched(self) -> None:
         """End of a read round: hand what arrived to the local sockets, a few big writes
-        rather than one per frame; a socket that cannot take it all blocks the reading."""
-        touched, self._touched = self._touched, []
+        rather than one per frame. What a socket cannot take is copied out of the read
+        buffer and kept for it; past STREAM_CAP the session stops reading."""
+        touched, self._touched = self._touched, {}
         for conn in touched:
-            if conn.closed or conn in self._blocked:
+            if conn.closed:
                 continue
             try:
                 flushed = conn.flush()
             except OSError:
                 self.abort(conn, reset=True)
                 continue
-            if not flushed:
-                self._blocked.add(conn)
-                self._update_local(conn)
-                if len(self._blocked) == 1:
-                    self._update_api()
-            elif conn.remote_done:
-                self._remote_ended(conn)
+            if flushed:
+                if conn.remote_done:
+                    self._remote_ended(conn)
+                continue
+            conn.keep()  # the read buffer is about to be reused
+            self._update_local(conn)
+            if conn.queued > STREAM_CAP and conn not in self._blocked:
+                self._stall(conn)
+
+    # -- a client that does not read ---------------------------------------------------------
+
+    def _stall(self, conn: LocalConn) -> None:
+        """``conn`` holds too much: stop reading the API connection for a bounded time."""
+        now = time.monotonic()
+        if conn.unstalled:
+            conn.stall_debt = max(0.0, conn.stall_debt - (now - conn.unstalled) * STALL_SHARE)
+        allowed = STALL_LIMIT - conn.stall_debt
+        if allowed <= 0:
+            if len(self.conns) > 1:
+                self._cut(conn, now)
+                return
+            allowed = STALL_LIMIT
+        conn.stalled = now
+        self._blocked.add(conn)
+        if len(self._blocked) == 1:
+            self._update_api()
+        self.loop.call_later(allowed, functools.partial(self._stall_expired, conn, now))
+
+    def _unstall(self, conn: LocalConn) -> None:
+        """``conn``'s client took enough: read the API connection again."""
+        now = time.monotonic()
+        if len(self.conns) > 1:  # alone, it held nobody up
+            conn.stall_debt += now - conn.stalled
+        conn.stalled = 0.0
+        conn.unstalled = now
+        self._blocked.discard(conn)
+        if not self._blocked:
+            self._unblocked()
+
+    def _stall_expired(self, conn: LocalConn, since: float) -> None:
+        if conn.closed or conn.stalled != since or conn not in self._blocked:
+            return
+        if len(self.conns) == 1:
+            # Alone on the session it holds nobody up: wait for its client as long as it
+            # takes, as TCP would (checking again in case others come).
+            conn.stalled = now = time.monotonic()
+            self.loop.call_later(STALL_LIMIT, functools.partial(self._stall_expired, conn, now))
+            return
+        self._cut(conn, time.monotonic())
+
+    def _cut(self, conn: LocalConn, now: float) -> None:
+        owed = conn.stall_debt + (now - conn.stalled if conn.stalled else 0.0)
+        log.warning("tunnel to %s port %d: a client stopped reading (%d bytes waiting for "
+                    "it, the others held up %.1fs); cut it so the other connections flow",
+                    self.tunnel.label, conn.port, conn.queued, owed)
+        self.abort(conn, reset=True)
 
     def _end_data(self) -> None:
         if not self._data_fin:
@@ -493,15 +609,12 @@ class SpdySession:
             (ping_id,) = struct.unpack_from(">I", frame)
             if not ping_id & 1:  # the server's ping: echo it
                 self._send(spdyframes.control_frame(spdyframes.PING, 0, frame[:4]), owned=True)
-        elif kind in (spdyframes.SYN_REPLY, spdyframes.HEADERS):
-            self._decompress.decompress(frame[4:])
         elif kind == spdyframes.RST_STREAM:
             stream_id, _status = struct.unpack_from(">II", frame)
             conn = self._streams.get(stream_id)
             if conn is not None:
                 self.abort(conn, reset=False)
         elif kind == spdyframes.SYN_STREAM:
-            self._decompress.decompress(frame[10:])
             (stream_id,) = struct.unpack_from(">I", frame)
             self._send(spdyframes.rst_stream_frame(stream_id, spdyframes.REFUSED_STREAM),
                        owned=True)
@@ -512,8 +625,8 @@ class SpdySession:
 
     def _keepalive(self) -> None:
         self._ping_timer = None
-        if self.closed:
-            return
+        if self.closed or not self.conns:
+            return  # idle: TCP keepalive watches the connection; ``add`` re-arms
         now = time.monotonic()
         if self._blocked:
             self._last_rx = now  # we are not reading: the silence is ours
@@ -525,3 +638,17 @@ class SpdySession:
         self._next_ping += 2
         self._send(spdyframes.ping_frame(ping_id), owned=True)
         self._ping_timer = self.loop.call_later(self.ping_interval, self._keepalive)
+
+
+def _tcp_keepalive(sock: AnySocket) -> None:
+    """Let the kernel probe an idle API connection (no thread wakes for it)."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in (("TCP_KEEPIDLE", _KEEPALIVE_IDLE),
+                            ("TCP_KEEPINTVL", _KEEPALIVE_INTERVAL),
+                            ("TCP_KEEPCNT", _KEEPALIVE_COUNT)):
+            option = getattr(socket, name, None)
+            if option is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, option, value)
+    except OSError:
+        pass

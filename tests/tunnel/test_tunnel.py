@@ -629,6 +629,40 @@ def test_auto_falls_back_to_spdy_and_dead_peer_is_detected() -> None:
         stub.close()
 
 
+def test_an_idle_session_sends_no_pings_and_pings_again_once_it_carries_a_connection() -> None:
+    """Thousands of idle sessions must not wake a thread each few seconds: pings run only
+    while a session carries connections (TCP keepalive watches an idle one)."""
+    received: list[bytes] = []
+
+    def recording_spdy(sock: socket.socket, head: ws.HttpHead) -> None:
+        if head.headers.get("upgrade", "").lower() == "websocket":
+            sock.sendall(status_response(400, "no websockets here"))
+            return
+        sock.sendall(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+                     b"Upgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: portforward.k8s.io\r\n\r\n")
+        while chunk := sock.recv(65536):
+            received.append(chunk)
+
+    stub = StubServer(recording_spdy)
+    tunnel = PodTunnel(stub.target(), NS, "web", ping_interval=0.05)
+    try:
+        tunnel.open()
+        threading.Event().wait(0.5)  # ten ping intervals
+        assert b"".join(received) == b""
+        client = connect_through(tunnel, HTTP_PORT)
+        deadline = time.monotonic() + 5
+        pings = 0
+        while not pings and time.monotonic() < deadline:
+            threading.Event().wait(0.05)
+            data = b"".join(received)
+            pings = data.count(bytes([0x80, 0x03, 0x00, spdyframes.PING]))
+        assert pings >= 1  # the first, unanswered, so the session is then given up
+        client.close()
+    finally:
+        tunnel.close()
+        stub.close()
+
+
 def spdy_then_goaway(sock: socket.socket, head: ws.HttpHead) -> None:
     sock.sendall(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
                  b"Upgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: portforward.k8s.io\r\n\r\n")
@@ -856,3 +890,25 @@ def _probe(size: int) -> None:
 
 if __name__ == "__main__":
     _probe((int(sys.argv[1]) if len(sys.argv) > 1 else 500) << 20)
+
+
+def test_later_dials_resume_the_tls_session(cluster: SimCluster) -> None:
+    """Thousands of tunnels are thousands of TLS handshakes: after the first, each resumes
+    the session (no certificate check, no server signature) and still works."""
+    from kubefwd.tunnel.dial import negotiate
+
+    target = target_for(cluster)
+    path = f"/api/v1/namespaces/{NS}/pods/web/portforward"
+    reused = []
+    for _ in range(3):
+        _name, sock, _rest = negotiate(target, path, transport="spdy", prefer="", timeout=10,
+                                       track=lambda _s: None, label="web")
+        assert isinstance(sock, ssl.SSLSocket)
+        reused.append(sock.session_reused)
+        sock.close()
+    assert reused == [False, True, True]
+    with tunnel_to(cluster, "web") as tunnel:  # a fresh context: a full handshake, and works
+        client = connect_through(tunnel, HTTP_PORT)
+        client.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        assert read_all(client).startswith(b"HTTP/1.")
+        client.close()
