@@ -130,6 +130,9 @@ class SpdySession:
         # Connections holding more than STREAM_CAP undelivered bytes: while there is one, the
         # API connection is not read.
         self._blocked: set[LocalConn] = set()
+        # Alone on the session and its client cannot take more: the session waits for it
+        # without copying anything (the read buffer is left as it is until it drained).
+        self._alone_waiting: LocalConn | None = None
         self._api_full = False
         self._last_rx = time.monotonic()
         self._ping_timer: Timer | None = None
@@ -191,6 +194,8 @@ class SpdySession:
         self._streams[conn.error_id] = conn
         self._streams[conn.data_id] = conn
         self.conns.add(conn)
+        if self._alone_waiting is not None:
+            self._share_session()
         if self.ping_interval > 0 and self._ping_timer is None:
             self._last_rx = time.monotonic()  # the silence before was nobody's concern
             self._ping_timer = self.loop.call_later(self.ping_interval, self._keepalive)
@@ -225,6 +230,8 @@ class SpdySession:
         self._streams.pop(conn.data_id, None)
         self._streams.pop(conn.error_id, None)
         self._touched.pop(conn, None)
+        if self._alone_waiting is conn:
+            self._alone_waiting = None
         if conn in self._blocked:
             self._blocked.discard(conn)
             if not self._blocked:
@@ -264,7 +271,13 @@ class SpdySession:
             except OSError:
                 self.abort(conn, reset=True)
                 return
-            if conn in self._blocked and conn.queued <= STREAM_CAP // 2:
+            if conn is self._alone_waiting:
+                if flushed:
+                    self._alone_waiting = None
+                    self._blocked.discard(conn)
+                    if not self._blocked:
+                        self._unblocked()
+            elif conn in self._blocked and conn.queued <= STREAM_CAP // 2:
                 self._unstall(conn)
             if flushed:
                 if conn.remote_done:
@@ -499,12 +512,33 @@ class SpdySession:
                 if conn.remote_done:
                     self._remote_ended(conn)
                 continue
+            if len(self.conns) == 1 and not self._blocked:
+                # Alone, it holds nobody up: wait for its client without copying, as a
+                # plain TCP connection would (the bulk of a download goes this way).
+                self._alone_waiting = conn
+                self._blocked.add(conn)
+                self._update_api()
+                self._update_local(conn)
+                continue
             conn.keep()  # the read buffer is about to be reused
             self._update_local(conn)
             if conn.queued > STREAM_CAP and conn not in self._blocked:
                 self._stall(conn)
 
     # -- a client that does not read ---------------------------------------------------------
+
+    def _share_session(self) -> None:
+        """A connection joins a session that waits for a lone slow client: that client's
+        bytes are copied out of the read buffer and it is held to the per-stream rules."""
+        conn, self._alone_waiting = self._alone_waiting, None
+        if conn is None:
+            return
+        conn.keep()
+        self._blocked.discard(conn)
+        if conn.queued > STREAM_CAP:
+            self._stall(conn)
+        elif not self._blocked:
+            self._unblocked()
 
     def _stall(self, conn: LocalConn) -> None:
         """``conn`` holds too much: stop reading the API connection for a bounded time."""
