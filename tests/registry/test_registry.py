@@ -18,7 +18,15 @@ from kubefwd.registry.forwards import (
     PortMapping,
 )
 from kubefwd.registry.ipalloc import IpAllocator
+from kubefwd.registry.podselect import (
+    age_key,
+    container_port_mappings,
+    obj_name,
+    pod_ref,
+    ready_in_slices,
+)
 from kubefwd.registry.registry import Registry
+from kubefwd.registry.slicepods import resolve_ports, slice_backends, slices_of
 
 _counter = iter(range(1, 10_000))
 
@@ -56,8 +64,10 @@ def pod(
     deleting: bool = False,
     ip: str = "",
     container_ports: list[dict[str, Any]] | None = None,
+    labels: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    meta: dict[str, Any] = {"name": name, "namespace": ns, "labels": {"app": app},
+    meta: dict[str, Any] = {"name": name, "namespace": ns,
+                            "labels": labels if labels is not None else {"app": app},
                             "creationTimestamp": created, "uid": f"uid-{name}"}
     if deleting:
         meta["deletionTimestamp"] = "2026-01-01T01:00:00Z"
@@ -628,3 +638,176 @@ def test_cluster_wide_informers_bucket_objects_by_namespace() -> None:
     assert upserts(rec.take())["sim/b/web"].pods == []
     sync(reg, "services", [service("web", "a")], ns="")  # b's service went away meanwhile
     assert ForwardRemove(ForwardKey("sim", "b", "web")) in rec.take()
+
+
+# -- which pods back a service -------------------------------------------------------------
+
+
+def test_a_multi_label_selector_needs_every_label_of_a_pod() -> None:
+    """``{app: web, track: stable}``: a canary pod sharing ``app: web`` is not a backend,
+    even when it is the oldest; neither is a pod with no labels at all."""
+    reg, rec = make()
+    sync(reg, "services", [service("web", selector={"app": "web", "track": "stable"})])
+    sync(reg, "pods", [
+        pod("canary", labels={"app": "web", "track": "canary"}, created="2026-01-01T00:00:01Z"),
+        pod("other", labels={"app": "api", "track": "stable"}, created="2026-01-01T00:00:02Z"),
+        pod("bare", labels={}, created="2026-01-01T00:00:03Z"),
+        pod("stable", labels={"app": "web", "track": "stable", "extra": "x"},
+            created="2026-01-01T00:00:04Z")])
+    assert [p.name for p in upserts(rec.take())["sim/shop/web"].pods] == ["stable"]
+    unlabelled = pod("nolabels", created="2026-01-01T00:00:00Z")
+    del unlabelled["metadata"]["labels"]
+    event(reg, "pods", "ADDED", unlabelled)
+    assert upserts(rec.take()) == {}  # nothing changed for the service
+
+
+def test_a_pending_pod_is_not_ready_even_with_a_ready_condition_or_a_ready_endpoint() -> None:
+    reg, rec = make()
+    sync(reg, "services", [service("web")])
+    sync(reg, "endpointslices", [endpoint_slice("web", "web-a", [pod_endpoint("web-2")], [])])
+    sync(reg, "pods", [pod("web-1", phase="Pending"), pod("web-2", phase="Pending", ready=None),
+                       pod("web-3", phase="Succeeded")])
+    assert upserts(rec.take())["sim/shop/web"].pods == []
+    event(reg, "pods", "MODIFIED", pod("web-2", ready=None))  # Running now, no condition
+    assert [p.name for p in upserts(rec.take())["sim/shop/web"].pods] == ["web-2"]
+
+
+def test_a_slice_endpoint_marked_not_ready_does_not_make_a_pod_ready() -> None:
+    """A pod without a Ready condition is as ready as its endpoints say: ``ready: false`` is
+    not ready, a missing ``ready`` is; endpoints that are not this pod's are not asked."""
+    reg, rec = make()
+    sync(reg, "services", [service("web")])
+    sync(reg, "pods", [pod("web-1", ready=None, created="2026-01-01T00:00:01Z"),
+                       pod("web-2", ready=None, created="2026-01-01T00:00:02Z"),
+                       pod("web-3", ready=None, created="2026-01-01T00:00:03Z")])
+    rec.take()
+    no_conditions = {"addresses": ["127.1.0.3"], "targetRef": {"kind": "Pod", "name": "web-3"}}
+    event(reg, "endpointslices", "ADDED", endpoint_slice("web", "web-a", [
+        pod_endpoint("web-1", ready=False),
+        {"addresses": ["127.1.0.8"], "targetRef": {"kind": "Node", "name": "web-2"}},
+        no_conditions], []))
+    assert [p.name for p in upserts(rec.take())["sim/shop/web"].pods] == ["web-3"]
+
+
+def test_which_endpoints_count_a_pod_ready() -> None:
+    slices = [{"endpoints": [
+        {"targetRef": {"name": "no-kind"}},  # a targetRef without kind is a pod's
+        {"targetRef": {"kind": "Pod"}},  # no name: nothing to count, the next still counts
+        {"conditions": {}, "targetRef": {"kind": "Pod", "name": "empty-conditions"}},
+        {"conditions": {"ready": None}, "targetRef": {"kind": "Pod", "name": "unknown"}},
+        {"conditions": {"ready": False}, "targetRef": {"kind": "Pod", "name": "not-ready"}},
+        {"conditions": {"ready": True}, "targetRef": {"kind": "Service", "name": "svc"}},
+    ]}, {}]
+    assert ready_in_slices(slices) == {"no-kind", "empty-conditions", "unknown"}
+
+
+def test_headless_service_names_living_pods_only() -> None:
+    """Pending pods get their per-pod name (waiting to be ready); finished and terminating
+    ones do not."""
+    reg, rec = make()
+    sync(reg, "services", [service("db", headless=True)])
+    gone = pod("db-5", app="db", ready=None)
+    del gone["status"]
+    sync(reg, "pods", [pod("db-0", app="db"), pod("db-1", app="db", phase="Pending", ready=None),
+                       pod("db-2", app="db", phase="Succeeded", ready=False),
+                       pod("db-3", app="db", phase="Failed", ready=False),
+                       pod("db-4", app="db", deleting=True), gone])
+    assert set(upserts(rec.take())) == {"sim/shop/db", "sim/shop/db-0.db", "sim/shop/db-1.db",
+                                        "sim/shop/db-5.db"}
+
+
+def test_a_pod_ref_resolves_named_tcp_ports_and_keeps_missing_fields_empty() -> None:
+    p = pod("web-1", container_ports=[
+        {"name": "http", "containerPort": 53, "protocol": "UDP"},
+        {"name": "http", "containerPort": 8080},
+        {"name": "admin", "containerPort": 9090, "protocol": "tcp"},
+        {"name": "metrics"}])
+    del p["status"]["podIP"]
+    del p["metadata"]["uid"]
+    ports = [PortMapping(80, "http", port=80), PortMapping(90, "admin", port=90),
+             PortMapping(95, "metrics", port=95), PortMapping(99, 9999, port=99)]
+    ref = pod_ref(p, ports)
+    assert (ref.name, ref.ip, ref.uid) == ("web-1", "", "")
+    assert ref.ports == {80: 8080, 90: 9090, 99: 9999}
+
+
+def test_container_port_mappings_skip_ports_without_a_number_or_not_tcp() -> None:
+    p = pod("db-0", container_ports=[{"name": "none"}, {"containerPort": 53, "protocol": "UDP"},
+                                     {"containerPort": 7001}, {"containerPort": 7002,
+                                                               "protocol": "tcp"}])
+    assert [m.local_port for m in container_port_mappings(p, {})] == [7001, 7002]
+
+
+def test_pods_are_ordered_oldest_first_then_by_name() -> None:
+    a = pod("b", created="2026-01-01T00:00:01Z")
+    b = pod("a", created="2026-01-01T00:00:01Z")
+    c = pod("c", created="2026-01-01T00:00:00Z")
+    unknown = pod("z")
+    del unknown["metadata"]["creationTimestamp"]
+    assert [obj_name(p) for p in sorted([a, b, unknown, c], key=age_key)] == ["z", "c", "a", "b"]
+    assert obj_name({}) == obj_name({"metadata": {"name": None}}) == ""
+
+
+# -- services without a selector: their EndpointSlices -------------------------------------
+
+
+def test_slices_of_a_service_are_its_own_in_name_order() -> None:
+    b = endpoint_slice("web", "web-b", [], [])
+    a = endpoint_slice("web", "web-a", [], [])
+    other = endpoint_slice("api", "api-a", [], [])
+    assert [s["metadata"]["name"] for s in slices_of("web", [b, other, a])] == ["web-a", "web-b"]
+
+
+def test_slice_endpoints_that_are_not_pods_of_the_namespace_are_bare() -> None:
+    pods = {"m-1": pod("m-1"), "m-2": pod("m-2")}
+    endpoints = [
+        {"addresses": ["10.0.0.1"], "targetRef": {"kind": "Node", "name": "m-1"}},
+        {"addresses": ["10.0.0.2"], "targetRef": "m-1"},
+        {},  # no address at all
+        {"addresses": ["10.0.0.3"], "targetRef": {"kind": "Pod", "name": "gone"}},
+        {"addresses": ["10.0.0.3"], "targetRef": {"kind": "Pod", "name": "gone"}},
+        {"addresses": ["10.0.0.4"], "targetRef": {"kind": "Pod", "name": "later"}},
+        {"addresses": ["10.0.0.5"], "targetRef": {"kind": "Pod", "name": "m-1", "namespace": ""}},
+        {"addresses": ["10.0.0.6"], "targetRef": {"kind": "Pod", "name": "m-2",
+                                                  "namespace": "shop"}},
+    ]
+    found = slice_backends("shop", [endpoint_slice("x", "x-a", endpoints, [])], pods, [])
+    assert found.bare == ["10.0.0.1", "10.0.0.2", "?"]
+    assert found.unknown == ["gone", "later"]
+    assert [obj_name(b.pod) for b in found.pods] == ["m-1", "m-2"]
+
+
+def test_a_pod_named_by_two_slices_takes_the_ports_of_both_and_is_ready_if_either_says_so(
+) -> None:
+    ports = [PortMapping(80, 8080, port=80, name="http"),
+             PortMapping(90, 9090, port=90, name="admin")]
+    first = endpoint_slice("x", "x-a", [pod_endpoint("m-1", ready=False)],
+                           [{"name": "http", "port": 7080}])
+    second = endpoint_slice("x", "x-b", [pod_endpoint("m-1")], [{"name": "admin", "port": 7090}])
+    found = slice_backends("shop", [first, second], {"m-1": pod("m-1")}, ports)
+    (backend,) = found.pods
+    assert backend.ports == {80: 7080, 90: 7090}
+    assert backend.ready
+    found = slice_backends("shop", [second, first], {"m-1": pod("m-1")}, ports)
+    assert found.pods[0].ports == {80: 7080, 90: 7090} and found.pods[0].ready
+    both_unready = endpoint_slice("x", "x-b", [pod_endpoint("m-1", ready=False)], [])
+    found = slice_backends("shop", [first, both_unready], {"m-1": pod("m-1")}, ports)
+    assert not found.pods[0].ready
+
+
+def test_slice_ports_are_matched_by_name_then_a_single_one_then_the_target_port() -> None:
+    p = pod("m-1", container_ports=[{"name": "web", "containerPort": 8081, "protocol": "UDP"},
+                                    {"name": "web", "containerPort": 8080}])
+    one = [PortMapping(80, 8000, port=80, name="http")]
+    assert resolve_ports(one, {"other": 7000}, p) == {80: 7000}  # the only one, any name
+    assert resolve_ports(one, {"a": 7000, "b": 7001}, p) == {80: 8000}
+    two = [PortMapping(80, "web", port=80, name="http"), PortMapping(90, 9000, port=90, name="")]
+    assert resolve_ports(two, {"": 7090}, p) == {80: 8080, 90: 7090}
+    assert resolve_ports(two, {"x": 7000}, p) == {80: 8080, 90: 9000}
+    # Slice ports: TCP only, with a number; the first of a name wins.
+    slc = endpoint_slice("x", "x-a", [pod_endpoint("m-1")], [
+        {"name": "http", "port": 0}, {"name": "http", "port": 53, "protocol": "UDP"},
+        {"name": "http", "port": 7080, "protocol": "tcp"}, {"name": "http", "port": 7081},
+        {"port": 7090}])
+    found = slice_backends("shop", [slc], {"m-1": p}, two)
+    assert found.pods[0].ports == {80: 7080, 90: 7090}
