@@ -811,3 +811,155 @@ def test_slice_ports_are_matched_by_name_then_a_single_one_then_the_target_port(
         {"port": 7090}])
     found = slice_backends("shop", [slc], {"m-1": p}, two)
     assert found.pods[0].ports == {80: 7080, 90: 7090}
+
+
+# -- namespaces, contexts, ports, order ----------------------------------------------------
+
+
+def test_each_context_and_namespace_gets_its_own_range_even_when_learned_late() -> None:
+    """127.[1+context].[27+namespace].n: namespaces in the order given per context, then in
+    the order they are met (a cluster-wide informer); a context met late comes last."""
+    reg, rec = make(contexts=("one", "two"),
+                    namespaces={"one": ["shop", "pay"], "two": ["pay"]})
+    sync(reg, "services", [service("api", ns="pay")], ctx="one", ns="pay")
+    sync(reg, "services", [service("api", ns="pay")], ctx="two", ns="pay")
+    sync(reg, "services", [service("web")], ctx="one", ns="shop")
+    extra = service("late", ns="extra")
+    reg.handle("one", "", "services", InformerEvent("ADDED", obj=extra))
+    # A cluster-wide list replaces every namespace of the context, and brings in a new one.
+    everything = (service("web"), service("api", ns="pay"), extra, service("x", ns="more"))
+    reg.handle("one", "", "services", InformerEvent("SYNC", objects=everything))
+    sync(reg, "services", [service("api", ns="pay")], ctx="three", ns="pay")
+    ips = {k: u.ip.rsplit(".", 1)[0] for k, u in upserts(rec.take()).items()}
+    assert ips == {"one/pay/api": "127.1.28", "two/pay/api": "127.2.27",
+                   "one/shop/web": "127.1.27", "one/extra/late": "127.1.29",
+                   "one/more/x": "127.1.30", "three/pay/api": "127.3.27"}
+    assert [str(f.key) for f in reg.snapshot().forwards] == [
+        "one/shop/web", "one/pay/api", "one/extra/late", "one/more/x", "two/pay/api",
+        "three/pay/api"]
+
+
+def test_the_informer_callback_feeds_its_context_namespace_and_resource() -> None:
+    reg, rec = make(contexts=("one",), namespaces=("shop",))
+    reg.callback("one", "shop", "services")(InformerEvent("SYNC", objects=(service("web"),)))
+    reg.callback("one", "shop", "pods")(InformerEvent("ADDED", obj=pod("web-1")))
+    assert [p.name for p in upserts(rec.take())["one/shop/web"].pods] == ["web-1"]
+
+
+def test_service_ports_tcp_only_numbered_mapped_once_with_their_target(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    reg, rec = make(mappings={81: 80, 91: 90})
+    web = service("web", ports=[
+        {"name": "dns", "port": 53, "protocol": "UDP"},
+        {"name": "none", "port": 0},
+        {"name": "http", "port": 80, "targetPort": ""},
+        {"name": "dup", "port": 81, "targetPort": 8081},
+        {"name": "alt", "port": 8080, "targetPort": "9090"},
+        {"port": 82, "targetPort": 0},
+        {"name": "named", "port": 83, "targetPort": "web"}])
+    api = service("api", ports=[{"name": "a", "port": 90}, {"name": "b", "port": 91}])
+    with caplog.at_level(logging.WARNING):
+        sync(reg, "services", [web, api])
+        event(reg, "services", "MODIFIED", web)
+    ups = upserts(rec.take())
+    assert ups["sim/shop/web"].ports == [
+        PortMapping(80, 80, port=80, name="http"), PortMapping(8080, 9090, port=8080, name="alt"),
+        PortMapping(82, 82, port=82), PortMapping(83, "web", port=83, name="named")]
+    messages = [r.getMessage() for r in caplog.records]
+    assert [m for m in messages if "already used" in m] == [
+        "service sim/shop/api: port 91 maps to local port 90, already used; skipped",
+        "service sim/shop/web: port 81 maps to local port 80, already used; skipped"]
+
+
+def test_non_tcp_ports_are_summed_up_per_namespace_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    reg, _ = make()
+    svcs = [service(f"s{i}", ports=[{"name": "dns", "port": 53, "protocol": "UDP"},
+                                    {"name": "sctp", "port": 99 + i, "protocol": "SCTP"},
+                                    {"name": "web", "port": 80}]) for i in range(3)]
+    svcs.append(service("dnsonly", ports=[{"port": 53, "protocol": "UDP"}]))
+    svcs += [service(f"u{i}", ports=[{"port": 53, "protocol": "udp"}]) for i in range(5)]
+    with caplog.at_level(logging.DEBUG, logger="kubefwd"):
+        sync(reg, "services", svcs)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        "sim/shop: 12 SCTP/UDP ports of 9 services skipped, only TCP is forwarded: "
+        "dnsonly:53/UDP, s0:53/UDP, s0:99/SCTP, s1:53/UDP, ... (8 more; -v lists each); "
+        "not forwarded, no TCP port left: dnsonly, u0, u1, u2, ... (2 more)"]
+    debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert "service sim/shop/s0: port 53/UDP skipped (only TCP is forwarded)" in debug
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="kubefwd"):
+        event(reg, "services", "ADDED", service("one", ports=[{"port": 5, "protocol": "UDP"}]))
+        event(reg, "services", "MODIFIED", service("one", ports=[{"port": 5, "protocol": "UDP"}]))
+    # The namespace was summed up already: debug now, and each port is noted once.
+    assert [(r.levelno, r.getMessage()) for r in caplog.records
+            if "only TCP" in r.getMessage()] == [
+        (logging.DEBUG, "service sim/shop/one: port 5/UDP skipped (only TCP is forwarded)"),
+        (logging.DEBUG, "sim/shop: 1 UDP port of 1 service skipped, only TCP is forwarded: "
+                        "one:5/UDP; not forwarded, no TCP port left: one")]
+
+
+def test_external_name_and_portless_services_are_skipped_with_one_warning_each(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    reg, rec = make()
+    ext = service("ext", selector={}, kind="ExternalName")
+    ext_sel = service("extsel", kind="ExternalName")  # a selector: kubefwd forwards it
+    noports = service("noports", ports=[])
+    with caplog.at_level(logging.WARNING):
+        sync(reg, "services", [ext, ext_sel, noports])
+        sync(reg, "services", [ext, ext_sel, noports])
+    assert set(upserts(rec.take())) == {"sim/shop/extsel"}
+    assert reg.snapshot().skipped == {"sim/shop/ext": "skipped: an ExternalName service",
+                                      "sim/shop/noports": "skipped: no TCP ports"}
+    assert [r.getMessage() for r in caplog.records] == [
+        "service sim/shop/ext skipped: an ExternalName service",
+        "service sim/shop/noports skipped: no TCP ports"]
+
+
+def test_picked_services_only() -> None:
+    reg, rec = make(pick=lambda ns, name: name != "cache")
+    sync(reg, "services", [service("web"), service("cache")])
+    assert set(upserts(rec.take())) == {"sim/shop/web"}
+
+
+def test_a_statefulset_pod_whose_grace_ran_out_goes_with_the_next_event_of_its_context(
+) -> None:
+    clock = FakeClock()
+    reg, rec = make(contexts=("sim", "two"), clock=clock)  # the default grace: 30 s
+    sync(reg, "services", [service("db", headless=True)])
+    sync(reg, "pods", [sts_pod("db-0")])
+    rec.take()
+    event(reg, "pods", "DELETED", sts_pod("db-0"))
+    rec.take()
+    clock.now += 29.5
+    event(reg, "pods", "ADDED", pod("other", app="other"))
+    assert rec.take() == []
+    clock.now += 1
+    event(reg, "pods", "ADDED", pod("other", app="other"), ctx="two")  # another context
+    assert rec.take() == []
+    event(reg, "pods", "ADDED", pod("other2", app="other"))
+    assert ForwardRemove(ForwardKey("sim", "shop", "db", "db-0")) in rec.take()
+
+
+def test_only_statefulset_pods_are_kept_after_they_go() -> None:
+    reg, rec = make()
+    sync(reg, "services", [service("db", headless=True)])
+    owned = pod("db-0", app="db")
+    owned["metadata"]["ownerReferences"] = ["not a mapping", {"kind": "ReplicaSet"}]
+    sync(reg, "pods", [owned])
+    rec.take()
+    event(reg, "pods", "DELETED", owned)
+    assert ForwardRemove(ForwardKey("sim", "shop", "db", "db-0")) in rec.take()
+
+
+def test_a_domain_adds_the_bare_names_with_it() -> None:
+    reg, rec = make(domain="example.test")
+    sync(reg, "services", [service("db", headless=True)])
+    sync(reg, "pods", [pod("db-0", app="db")])
+    ups = upserts(rec.take())
+    assert ups["sim/shop/db"].names[:2] == ["db", "db.example.test"]
+    assert ups["sim/shop/db-0.db"].names[:2] == ["db-0.db", "db-0.db.example.test"]
