@@ -226,6 +226,8 @@ def test_pod_backoff_is_per_pod_and_says_how_long_is_left() -> None:
     now[0] += 10.0
     assert backoff.remaining("a") == 0.0 and backoff.usable("a")  # never negative
     backoff.forget("a")
+    backoff.forget("never")  # nothing to forget
+    backoff.succeeded("never")
     assert backoff.failed("a") == 2.0  # forgotten: starts again
     assert backoff.failed("b") == 4.0  # the other pod kept its count
     default = PodBackoff(clock=lambda: now[0])

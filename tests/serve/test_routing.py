@@ -13,7 +13,7 @@ from kubefwd.cluster.target import ApiTarget
 from kubefwd.errors import KubefwdError
 from kubefwd.events.bus import EventBus
 from kubefwd.events.report import Reporter
-from kubefwd.events.types import ConnectionRouted, WarningRaised
+from kubefwd.events.types import ConnectionRouted, LogLine, WarningRaised
 from kubefwd.registry.forwards import ForwardKey, ForwardUpsert, PodRef
 from kubefwd.serve.forwarder import PodBackoff
 from kubefwd.serve.routing import UNUSED_TUNNEL_GRACE, Router
@@ -33,9 +33,11 @@ class FakeTunnel:
     bytes_out: int = 0
     fail_open: bool = False
     opened: int = 0
+    timeouts: list[float] = field(default_factory=list)
 
     def open(self, timeout: float) -> None:
         self.opened += 1
+        self.timeouts.append(timeout)
         if self.fail_open:
             raise KubefwdError(f"cannot reach {self.pod}")
         self.transport_name, self.alive = "spdy", True
@@ -46,11 +48,13 @@ class FakePool:
     tunnel_list: dict[tuple[str, str, str], FakeTunnel] = field(default_factory=dict)
     refuse: set[str] = field(default_factory=set)
     asked: list[tuple[str, str, str, Any]] = field(default_factory=list)
+    targets: list[ApiTarget] = field(default_factory=list)
     dropped: list[tuple[str, str, str]] = field(default_factory=list)
 
     def get(self, target: ApiTarget, context: str, namespace: str, pod: str, *,
             loop: Any = None) -> FakeTunnel:
         self.asked.append((context, namespace, pod, loop))
+        self.targets.append(target)
         if pod in self.refuse:
             raise KubefwdError("no tunnel")
         return self.tunnel_list.setdefault((context, namespace, pod),
@@ -101,7 +105,7 @@ class Clock:
 def router(*, pool: FakePool | None = None) -> tuple[Router, FakePool, Clock, Any]:
     bus = EventBus()
     events = bus.subscribe("test")
-    r = Router(Reporter(bus), {"one": ONE, "two": TWO})
+    r = Router(Reporter(bus, verbose=True), {"one": ONE, "two": TWO})
     clock = Clock()
     r._backoff = PodBackoff(clock=clock)
     r.pool = pool if pool is not None else FakePool()  # type: ignore[assignment]
@@ -178,7 +182,7 @@ def test_the_api_coming_back_forgets_the_back_off_of_its_context_and_pokes_its_f
     other = state(ref("a"), context="two")
     r.tunnel_died("one", "shop", "a")
     r.tunnel_died("two", "shop", "a")
-    r.api_reachable("one", [mine, other])  # type: ignore[list-item]
+    r.api_reachable("one", [other, mine])  # type: ignore[list-item]
     assert (mine.forwarder.pokes, other.forwarder.pokes) == (1, 0)
     got = r.route(mine, "web", 80)  # type: ignore[arg-type]
     assert got is not None and got[0].pod == "a"
@@ -263,3 +267,63 @@ def test_keep_open_stops_early_once_stopping_is_set() -> None:
     assert [p for _, _, p, _ in pool.asked] == ["a"]
     r.keep_open([state(ref("c"))], threading.Event())  # type: ignore[list-item]
     assert pool.tunnel_list[("one", "shop", "c")].opened == 1
+
+
+def test_a_new_router_holds_connections_until_it_has_a_pool_and_backs_off_on_its_own() -> None:
+    bus = EventBus()
+    events = bus.subscribe("test")
+    r = Router(Reporter(bus, verbose=True), {"one": ONE})
+    assert r.route(state(ref("a")), "web", 80) is None  # type: ignore[arg-type]
+    r.close_unused(set(), 0.0)
+    r.pool = FakePool()  # type: ignore[assignment]
+    r.tunnel_died("one", "shop", "a")
+    got = r.route(state(ref("a"), ref("b")), "web", 80)  # type: ignore[arg-type]
+    assert got is not None and got[0].pod == "b"
+    assert [e.message for e in events.drain() if isinstance(e, LogLine)] == [
+        "tunnel to shop/a failed; avoiding that pod for 1s"]
+
+
+def test_each_pod_without_the_port_is_named_once() -> None:
+    r, _, _, events = router()
+    st = state(ref("a", {}), ref("b", {}))
+    r.route(st, "web", 80)  # type: ignore[arg-type]
+    r.route(st, "web", 80)  # type: ignore[arg-type]
+    assert [e.message for e in events.drain() if isinstance(e, WarningRaised)] == [
+        "web: pod a has no container port for service port 80; skipped",
+        "web: pod b has no container port for service port 80; skipped"]
+
+
+def test_tunnels_of_an_unknown_api_server_close_under_no_context() -> None:
+    r, pool, _, _ = router()
+    stray = ApiTarget("127.0.0.9", 6443, "https")
+    pool.tunnel_list[("?", "shop", "a")] = FakeTunnel(stray, "shop", "a")
+    r.close_unused(set(), 100.0)
+    r.close_unused(set(), 100.0 + UNUSED_TUNNEL_GRACE + 1)
+    assert pool.dropped == [("", "shop", "a")]
+
+
+def test_traffic_either_way_counts_as_use() -> None:
+    r, pool, _, _ = router()
+    pool.tunnel_list[("one", "shop", "a")] = FakeTunnel(ONE, "shop", "a", bytes_in=10,
+                                                        bytes_out=5)
+    r.close_unused(set(), 100.0)
+    pool.tunnel_list[("one", "shop", "a")].bytes_in = 15
+    pool.tunnel_list[("one", "shop", "a")].bytes_out = 10
+    r.close_unused(set(), 100.0 + UNUSED_TUNNEL_GRACE + 1)
+    assert pool.dropped == []
+
+
+def test_keep_open_asks_for_each_pods_tunnel_on_its_forwarders_loop_and_waits_5s() -> None:
+    r, pool, _, _ = router()
+    pool.tunnel_list[("one", "shop", "bad")] = FakeTunnel(ONE, "shop", "bad", fail_open=True)
+    first, bad, late = state(ref("a")), state(ref("bad"), service="api"), state(ref("late"),
+                                                                                 service="db")
+    late_two = state(ref("z"), context="two")
+    r.keep_open([first, bad, late, late_two], None)  # type: ignore[list-item]
+    assert pool.asked == [("one", "shop", "a", first.forwarder.loop),
+                          ("one", "shop", "bad", bad.forwarder.loop),
+                          ("one", "shop", "late", late.forwarder.loop),
+                          ("two", "shop", "z", late_two.forwarder.loop)]
+    assert pool.targets == [ONE, ONE, ONE, TWO]
+    # One pod failing keeps only that pod back.
+    assert pool.tunnel_list[("one", "shop", "late")].timeouts == [5.0]

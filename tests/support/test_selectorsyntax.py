@@ -17,6 +17,9 @@ def test_commas_inside_a_set_belong_to_the_set() -> None:
 
 def test_a_closed_set_gives_commas_back_to_the_selector() -> None:
     assert split_requirements("a in (x),b in (y,z),c") == ["a in (x)", "b in (y,z)", "c"]
+    # Parentheses nest: a comma belongs to the selector only outside all of them (the
+    # command line then rejects such a term as a whole).
+    assert split_requirements("a in (x,(y,z)),b") == ["a in (x,(y,z))", "b"]
 
 
 def test_stray_commas_give_empty_requirements() -> None:
