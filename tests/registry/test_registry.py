@@ -963,3 +963,68 @@ def test_a_domain_adds_the_bare_names_with_it() -> None:
     ups = upserts(rec.take())
     assert ups["sim/shop/db"].names[:2] == ["db", "db.example.test"]
     assert ups["sim/shop/db-0.db"].names[:2] == ["db-0.db", "db-0.db.example.test"]
+
+
+def test_a_selectorless_service_names_its_pods_with_their_address_and_uid(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    reg, rec = make()
+    manual = service("manual", selector={}, ports=[{"name": "http", "port": 80}])
+    with caplog.at_level(logging.DEBUG, logger="kubefwd"):
+        sync(reg, "endpointslices", [endpoint_slice(
+            "manual", "manual-a", [pod_endpoint("m-1"), pod_endpoint("m-2")],
+            [{"name": "http", "port": 8080}])])
+        sync(reg, "services", [manual])  # no pod listed yet: waits for them
+    assert upserts(rec.take())["sim/shop/manual"].pods == []
+    assert "service sim/shop/manual: its slices name pods not seen: m-1, m-2" in [
+        r.getMessage() for r in caplog.records]
+    no_condition = pod("m-2", ready=None, ip="127.1.0.22", created="2026-01-01T00:00:02Z")
+    sync(reg, "pods", [pod("m-1", ip="127.1.0.21", created="2026-01-01T00:00:01Z"),
+                       no_condition])
+    refs = upserts(rec.take())["sim/shop/manual"].pods
+    assert [(r.name, r.ip, r.uid, r.ports) for r in refs] == [
+        ("m-1", "127.1.0.21", "uid-m-1", {80: 8080}), ("m-2", "127.1.0.22", "uid-m-2", {80: 8080})]
+    bare = pod("m-1", created="2026-01-01T00:00:01Z")
+    del bare["status"]["podIP"], bare["metadata"]["uid"]
+    bare["status"]["phase"] = "Running"
+    event(reg, "pods", "MODIFIED", bare)
+    refs = upserts(rec.take())["sim/shop/manual"].pods
+    assert (refs[0].name, refs[0].ip, refs[0].uid) == ("m-1", "", "")
+
+
+def test_bare_endpoints_are_named_up_to_four(caplog: pytest.LogCaptureFixture) -> None:
+    reg, _ = make()
+    ends = [{"addresses": [f"10.0.0.{i}"]} for i in range(1, 7)]
+    with caplog.at_level(logging.WARNING):
+        sync(reg, "endpointslices", [
+            endpoint_slice("four", "four-a", ends[:4], [{"port": 1}]),
+            endpoint_slice("five", "five-a", ends[:5], [{"port": 1}])])
+        sync(reg, "services", [service(n, selector={}, ports=[{"port": 1}])
+                               for n in ("four", "five")])
+    tail = "not pods of its namespace, and the port-forward API can only reach pods"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"service sim/shop/five: 5 endpoints skipped (10.0.0.1, 10.0.0.2, 10.0.0.3, 10.0.0.4, "
+        f"...): {tail}",
+        f"service sim/shop/four: 4 endpoints skipped (10.0.0.1, 10.0.0.2, 10.0.0.3, 10.0.0.4): "
+        f"{tail}"]
+
+
+def test_a_selectorless_service_without_slices_is_named_each_time_it_loses_them(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    reg, rec = make()
+    why = "it has no selector and no EndpointSlice names a pod"
+    with caplog.at_level(logging.WARNING):
+        sync(reg, "pods", [pod("m-1")])
+        sync(reg, "services", [service("a", selector={}), service("b", selector={})])
+        sync(reg, "services", [service("a", selector={}), service("b", selector={})])
+        assert [r.getMessage() for r in caplog.records] == [
+            f"service sim/shop/a skipped: {why}", f"service sim/shop/b skipped: {why}"]
+        assert reg.snapshot().skipped == {"sim/shop/a": f"skipped: {why}",
+                                          "sim/shop/b": f"skipped: {why}"}
+        caplog.clear()
+        slc = endpoint_slice("a", "a-1", [pod_endpoint("m-1")], [{"port": 80}])
+        event(reg, "endpointslices", "ADDED", slc)
+        assert "sim/shop/a" in upserts(rec.take())
+        event(reg, "endpointslices", "DELETED", slc)
+    assert [r.getMessage() for r in caplog.records] == [f"service sim/shop/a skipped: {why}"]
