@@ -1028,3 +1028,43 @@ def test_a_selectorless_service_without_slices_is_named_each_time_it_loses_them(
         assert "sim/shop/a" in upserts(rec.take())
         event(reg, "endpointslices", "DELETED", slc)
     assert [r.getMessage() for r in caplog.records] == [f"service sim/shop/a skipped: {why}"]
+
+
+def test_a_cluster_wide_list_replaces_only_its_own_context_and_resource() -> None:
+    reg, rec = make(contexts=("one", "two"), namespaces={"one": ["shop"], "two": ["zzz"]})
+    sync(reg, "services", [service("api", ns="zzz")], ctx="two", ns="zzz")
+    sync(reg, "pods", [pod("p", ns="podsonly")], ctx="one", ns="podsonly")
+    reg.handle("one", "", "services", InformerEvent("SYNC", objects=(
+        service("web"), service("old", ns="gone"))))
+    rec.take()
+    reg.handle("one", "", "services", InformerEvent("SYNC", objects=(
+        service("web"), service("late", ns="extra"))))
+    cmds = rec.take()
+    assert ForwardRemove(ForwardKey("one", "gone", "old")) in cmds
+    assert upserts(cmds)["one/extra/late"].ip.startswith("127.1.30.")  # shop, podsonly, gone
+    assert reg.get(ForwardKey("two", "zzz", "api")) is not None
+    with pytest.raises(ValueError, match=r"^unknown resource 'secrets'$"):
+        reg.handle("one", "shop", "secrets", InformerEvent("SYNC"))
+
+
+def test_a_statefulset_pod_gone_twice_gets_the_whole_grace_each_time() -> None:
+    clock = FakeClock()
+    reg, rec = make(pod_grace=30.0, clock=clock)
+    sync(reg, "services", [service("db", headless=True)])
+    sync(reg, "pods", [sts_pod("db-0")])
+    key0 = ForwardKey("sim", "shop", "db", "db-0")
+    event(reg, "pods", "DELETED", sts_pod("db-0"))
+    held = reg.get(key0)
+    assert held is not None and held.headless and held.pods == []
+    clock.now += 10
+    event(reg, "pods", "ADDED", sts_pod("db-0"))
+    clock.now += 15
+    event(reg, "pods", "DELETED", sts_pod("db-0"))
+    clock.now += 10  # 35 s after the first loss, 10 after the second
+    event(reg, "services", "MODIFIED", service("db", headless=True))
+    reg.expire()
+    rec.take()
+    assert reg.get(key0) is not None
+    clock.now += 20
+    reg.expire()
+    assert ForwardRemove(key0) in rec.take()
