@@ -264,3 +264,9 @@ def test_a_bad_reservation_or_base_says_which() -> None:
     with pytest.raises(UsageError) as info:
         IpAllocator(base="x")
     assert str(info.value) == "base IP: 'x' is not an IPv4 address"
+
+
+def test_a_reserved_address_found_in_use_moves_to_the_first_free_one() -> None:
+    alloc = IpAllocator(reservations={"web": "127.1.27.9"})
+    assert alloc.allocate("k", 0, 0, ["web"]) == "127.1.27.9"
+    assert alloc.move("k") == "127.1.27.1"

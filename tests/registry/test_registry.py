@@ -1068,3 +1068,30 @@ def test_a_statefulset_pod_gone_twice_gets_the_whole_grace_each_time() -> None:
     clock.now += 20
     reg.expire()
     assert ForwardRemove(key0) in rec.take()
+
+
+def test_a_fresh_registry_and_a_context_without_namespaces_of_its_own() -> None:
+    reg, rec = make(contexts=("one", "two"), namespaces={"one": ["shop"]})
+    snap = reg.snapshot()
+    assert (snap.forwards, snap.skipped, snap.hosts) == ([], {}, {})
+    sync(reg, "services", [service("web")], ctx="two")
+    assert upserts(rec.take())["two/shop/web"].ip == "127.2.27.1"
+
+
+def test_an_informer_callback_lists_only_its_own_namespace() -> None:
+    reg, rec = make(contexts=("one",), namespaces=("shop", "pay"))
+    reg.callback("one", "pay", "services")(InformerEvent("SYNC", objects=(
+        service("api", ns="pay"),)))
+    reg.callback("one", "shop", "services")(InformerEvent("SYNC", objects=(service("web"),)))
+    rec.take()
+    reg.callback("one", "shop", "services")(InformerEvent("SYNC", objects=()))
+    assert ForwardRemove(ForwardKey("one", "shop", "web")) in rec.take()
+    assert reg.get(ForwardKey("one", "pay", "api")) is not None
+
+
+def test_a_pod_event_before_any_slice_is_listed_leaves_a_selectorless_service_alone() -> None:
+    reg, rec = make()
+    sync(reg, "services", [service("manual", selector={})])
+    rec.take()
+    event(reg, "pods", "ADDED", pod("m-1"))
+    assert upserts(rec.take()) == {}
