@@ -1095,3 +1095,24 @@ def test_a_pod_event_before_any_slice_is_listed_leaves_a_selectorless_service_al
     rec.take()
     event(reg, "pods", "ADDED", pod("m-1"))
     assert upserts(rec.take()) == {}
+
+
+def test_the_first_slice_to_name_a_port_decides_it() -> None:
+    ports = [PortMapping(80, 8080, port=80, name="http"),
+             PortMapping(90, 9090, port=90, name="admin")]
+    a = endpoint_slice("x", "x-a", [pod_endpoint("m-1")], [{"name": "http", "port": 7080}])
+    b = endpoint_slice("x", "x-b", [pod_endpoint("m-1")], [{"name": "admin", "port": 7090}])
+    c = endpoint_slice("x", "x-c", [pod_endpoint("m-1")], [{"name": "http", "port": 7081},
+                                                          {"name": "admin", "port": 7091}])
+    found = slice_backends("shop", [a, b, c], {"m-1": pod("m-1")}, ports)
+    assert found.pods[0].ports == {80: 7080, 90: 7090}
+    # A port no slice names and the pod cannot resolve is taken from a later slice's only port.
+    one = [PortMapping(80, "web", port=80, name="http")]
+    empty = endpoint_slice("x", "x-a", [pod_endpoint("m-1")], [])
+    single = endpoint_slice("x", "x-b", [pod_endpoint("m-1")], [{"name": "other", "port": 7000}])
+    found = slice_backends("shop", [empty, single], {"m-1": pod("m-1")}, one)
+    assert found.pods[0].ports == {80: 7000}
+    # A named container port without a number resolves nothing.
+    numberless = pod("m-1", container_ports=[{"name": "web"}])
+    found = slice_backends("shop", [empty], {"m-1": numberless}, one)
+    assert found.pods[0].ports == {}
