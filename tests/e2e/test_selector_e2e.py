@@ -70,18 +70,24 @@ def test_a_two_label_selector_only_ever_routes_to_pods_with_both_labels(
     errors: list[BaseException] = []
 
     def ask() -> None:
-        try:
-            got.append(http_text(names["web"], 80, timeout=30).strip())
-        except BaseException as exc:  # reported by the assertion below
-            errors.append(exc)
+        # A connection that reached a stable pod just as it went away is closed unanswered:
+        # ask again, as a client would; only an answer counts.
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            try:
+                got.append(http_text(names["web"], 80, timeout=30).strip())
+                return
+            except (OSError, AssertionError) as exc:
+                errors.append(exc)
+                time.sleep(0.2)
 
     asker = threading.Thread(target=ask, name="held-client")
     asker.start()
     time.sleep(2.0)
     assert not got, f"answered by {got} with no stable pod"
     cluster.scale("Deployment", "edge", "web-stable", 1)
-    asker.join(40)
-    assert not asker.is_alive() and not errors, errors
+    asker.join(45)
+    assert not asker.is_alive(), errors
     (new,) = [p["metadata"]["name"] for p in cluster.pods("edge", "track=stable")]
     assert got == [new]
     assert pods[http_text(names["web-any"], 80).strip()] == "canary"
