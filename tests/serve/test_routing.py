@@ -327,3 +327,14 @@ def test_keep_open_asks_for_each_pods_tunnel_on_its_forwarders_loop_and_waits_5s
     assert pool.targets == [ONE, ONE, ONE, TWO]
     # One pod failing keeps only that pod back.
     assert pool.tunnel_list[("one", "shop", "late")].timeouts == [5.0]
+
+
+def test_a_tunnel_opened_again_after_its_pod_was_dropped_gets_the_whole_grace() -> None:
+    r, pool, _, _ = router()
+    pool.tunnel_list[("one", "shop", "a")] = FakeTunnel(ONE, "shop", "a")
+    r.close_unused(set(), 1000.0)
+    r.close_unused(set(), 1000.0 + UNUSED_TUNNEL_GRACE + 1)
+    assert pool.dropped == [("one", "shop", "a")]
+    pool.tunnel_list[("one", "shop", "a")] = FakeTunnel(ONE, "shop", "a")  # a new one
+    r.close_unused(set(), 2000.0)
+    assert pool.dropped == [("one", "shop", "a")]  # not dropped again at its first look
