@@ -28,11 +28,13 @@ SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 
 @dataclass
 class SliceBackend:
-    """A pod a slice names: its object, service port → pod port, and the slice's readiness."""
+    """A pod a slice names: its object, service port → pod port, and the slice's readiness;
+    ``named`` are the service ports some slice gave a port of their name."""
 
     pod: Obj
     ports: dict[int, int]
     ready: bool
+    named: set[int] = field(default_factory=set)
 
 
 @dataclass
@@ -131,12 +133,18 @@ def slice_backends(namespace: str, slices: Iterable[Obj], pods: Mapping[str, Obj
                 continue
             ready = (ep.get("conditions") or {}).get("ready") is not False
             resolved = resolve_ports(ports, slice_ports, pod)
+            named = {pm.port for pm in ports if pm.name in slice_ports}
             backend = seen.get(name)
             if backend is None:
-                backend = seen[name] = SliceBackend(pod, resolved, ready)
+                backend = seen[name] = SliceBackend(pod, resolved, ready, named)
                 out.pods.append(backend)
-            else:  # named by two slices (one per port set): take the ports of both
+            else:  # named by two slices (one per port set): take the ports of both, a
+                # port a slice names beating one guessed from the service's targetPort
                 for port, target in resolved.items():
-                    backend.ports.setdefault(port, target)
+                    if port in named and port not in backend.named:
+                        backend.ports[port] = target
+                    else:
+                        backend.ports.setdefault(port, target)
+                backend.named |= named
                 backend.ready = backend.ready or ready
     return out

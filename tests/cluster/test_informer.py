@@ -249,6 +249,13 @@ def test_backoff_schedule(initial: float, cap: float, expected: list[float]) -> 
     assert b.next_delay() == initial
 
 
+def test_default_backoff_is_one_second_doubling_to_thirty() -> None:
+    b = Backoff()
+    assert [b.next_delay() for _ in range(7)] == [1, 2, 4, 8, 16, 30, 30]
+    b.reset()
+    assert b.next_delay() == 1
+
+
 def test_a_watch_that_ends_at_once_without_events_backs_off() -> None:
     stop = FakeStop()
     now = [0.0]

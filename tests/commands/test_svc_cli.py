@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import hosts_file, needs_root
 
 from kubefwd.commands.svc import (
+    SERVICE_FIELDS,
+    _file_kind,
     build_options,
     check_domain,
+    check_field_selector,
     check_hosts_path,
+    check_label_selector,
+    check_namespace,
     hosts_path_problem,
     parse_duration,
     parse_mappings,
@@ -412,3 +419,87 @@ def test_dev_null_as_hosts_path_in_a_private_dev(tmp_path: Path) -> None:
     assert "character special file" in done.stdout
     assert done.stdout.strip().endswith("null")  # nothing else was created in /dev
     assert "holds no hosts file" in (tmp_path / "err").read_text()
+
+
+# -- each check's whole error line -----------------------------------------------------------
+
+
+def usage_error(fn: Any, *args: Any) -> str:
+    with pytest.raises(UsageError) as info:
+        fn(*args)
+    return str(info.value)
+
+
+def test_mapping_ports_are_1_to_65535_and_each_service_port_maps_once() -> None:
+    assert parse_mappings(["1:65535", "65535:1", "80:8080", "080:8080"]) == {
+        1: 65535, 65535: 1, 80: 8080}
+    assert usage_error(parse_mappings, ["0:80"]) == \
+        "-m/--mapping '0:80': service port 0 is outside 1-65535"
+    assert usage_error(parse_mappings, ["80:65536"]) == \
+        "-m/--mapping '80:65536': local port 65536 is outside 1-65535"
+    assert usage_error(parse_mappings, ["80:90:100"]) == \
+        "-m/--mapping '80:90:100': local port '90:100' is not a number"
+    assert usage_error(parse_mappings, ["x:90"]) == \
+        "-m/--mapping 'x:90': service port 'x' is not a number"
+    assert usage_error(parse_mappings, ["80:8080", "80:9090"]) == \
+        "-m/--mapping: service port 80 is mapped twice"
+
+
+def test_namespace_names_are_dns_labels() -> None:
+    assert check_namespace("shop-1") == "shop-1"
+    assert usage_error(check_namespace, "Shop") == (
+        "-n/--namespace: 'Shop' is not a valid namespace name "
+        "(lowercase letters, digits and '-', at most 63)")
+
+
+def test_label_selector_checks_name_the_problem() -> None:
+    rule = ("at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter "
+            "or digit)")
+    long_prefix = ".".join(["a" * 63] * 4)[:253]
+    assert check_label_selector("  ") == ""
+    assert check_label_selector(f"{long_prefix}/app=web") == f"{long_prefix}/app=web"
+    assert check_label_selector("replicas>3,gen<1,tier") == "replicas>3,gen<1,tier"
+    cases = {
+        f"{long_prefix}x/app=web": f"'{long_prefix}x' is not a valid label key prefix "
+                                   "(a lowercase DNS subdomain)",
+        "app=web,,x": "empty requirement (stray comma?)",
+        "env in (dev,-qa)": f"'-qa' is not a valid label value ({rule}",
+        "-env in (dev)": f"'-env' is not a valid label key ({rule}",
+        "app=-web": f"'-web' is not a valid label value ({rule}",
+        "replicas>abc": "'replicas>abc': > needs a whole number",
+        "!-app": f"'-app' is not a valid label key ({rule}",
+        "a b c": "cannot parse 'a b c' (use key=value, key!=value, key in (a,b), "
+                 "key notin (a,b), key or !key)",
+    }
+    for text, problem in cases.items():
+        assert usage_error(check_label_selector, text) == \
+            f"-l/--selector '{text}': {problem}", text
+
+
+def test_field_selector_checks_name_the_problem() -> None:
+    assert check_field_selector(" ") == ""
+    assert check_field_selector("metadata.name=a\nb") == "metadata.name=a\nb"
+    assert check_field_selector("metadata.name=a\\,b,spec.type=x") == \
+        "metadata.name=a\\,b,spec.type=x"
+    assert usage_error(check_field_selector, ",metadata.name=a") == \
+        "-f/--field-selector ',metadata.name=a': empty requirement (stray comma?)"
+    assert usage_error(check_field_selector, "metadata.name=a\\,b,bogus=c") == (
+        "-f/--field-selector 'metadata.name=a\\,b,bogus=c': services cannot be selected "
+        f"by 'bogus' (use {', '.join(SERVICE_FIELDS)})")
+
+
+def test_a_domain_is_trimmed_of_dots_then_lowercased() -> None:
+    assert check_domain(" .Example.X. ") == "example.x"
+
+
+def test_what_a_hosts_path_is_when_it_is_not_a_file(tmp_path: Path) -> None:
+    assert hosts_path_problem(tmp_path / "new") is None
+    assert hosts_path_problem(tmp_path / "no" / "new") == \
+        f"cannot be created: directory {tmp_path / 'no'} does not exist"
+    assert hosts_path_problem(tmp_path) == "is a directory, not a regular file"
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert hosts_path_problem(fifo) == "is a FIFO, not a regular file"
+    assert [_file_kind(kind) for kind in (stat.S_IFDIR, stat.S_IFCHR, stat.S_IFBLK,
+                                          stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFLNK)] == [
+        "a directory", "a device", "a device", "a FIFO", "a socket", "a special file"]

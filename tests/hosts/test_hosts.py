@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import random
 import signal
@@ -1122,3 +1123,53 @@ def test_a_name_another_live_instance_wrote_is_not_written_again() -> None:
     ours = [line for line in new.splitlines() if b"pid=4242" in line]
     assert ours == [b"127.1.28.1\tweb.b\t" + _ours().render()]
     assert theirs[0] in new.splitlines()
+
+
+# -- the format, byte by byte ----------------------------------------------------------------
+
+
+def test_a_marker_renders_the_newline_it_added_and_parses_back() -> None:
+    assert Marker(7, 5, b"\r\n").render() == b"# kubefwd pid=7 t=5 sep=crlf"
+    assert Marker(7, None, b"\n").render() == b"# kubefwd pid=7 sep=lf"
+    for marker in (Marker(7, 5, b"\r\n"), Marker(7, None, b"\n"), Marker(8, 9)):
+        assert parse_marker(b"127.1.27.1\tweb\t" + marker.render()) == marker
+    assert parse_marker(b"127.1.27.1\tweb\t# kubefwd pid=8 t=9") == Marker(8, 9, b"")
+
+
+def test_our_lines_take_the_first_newline_of_the_foreign_text() -> None:
+    data = b"127.0.0.1 localhost\n10.0.0.1 a\r\n10.0.0.2 b"
+    doc = parse_hosts(data)
+    assert doc.newline == b"\n"
+    lines = format_entries({"127.1.27.1": ["web"]}, Marker(1))
+    assert render_hosts(doc, lines) == data + b"\n127.1.27.1\tweb\t# kubefwd pid=1 sep=lf\n"
+
+
+def test_host_names_up_to_253_characters_are_written(caplog: pytest.LogCaptureFixture) -> None:
+    longest = ".".join(["a" * 63] * 4)[:253]
+    with caplog.at_level(logging.WARNING):
+        lines = format_entries({"127.1.27.1": [longest, longest + "b", "bad name"]}, Marker(1))
+    assert lines == [b"127.1.27.1\t" + longest.encode() + b"\t# kubefwd pid=1"]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"not writing invalid host name {longest + 'b'!r}",
+        "not writing invalid host name 'bad name'"]
+
+
+def test_a_name_list_is_split_only_past_200_characters() -> None:
+    ip = "127.1.27.1"  # ten characters, then a space before each name
+    fits = {ip: ["a" * 94, "b" * 94]}  # 10 + 95 + 95 = 200
+    assert len(format_entries(fits, Marker(1))) == 1
+    over = {ip: ["a" * 94, "b" * 95]}
+    assert [line.split(b"\t")[1] for line in format_entries(over, Marker(1))] == [
+        b"a" * 94, b"b" * 95]
+    three = {ip: ["a" * 60, "b" * 60, "c" * 60, "d" * 60]}  # 10 + 3 * 61 = 193; d goes on
+    assert [len(line.split(b"\t")[1].split()) for line in format_entries(three, Marker(1))] == \
+        [3, 1]
+
+
+def test_rendering_drops_the_newline_flags_of_every_line_it_does_not_need() -> None:
+    doc = parse_hosts(b"127.0.0.1 localhost\n")
+    lines = [b"127.1.27.1\tweb\t# kubefwd pid=1 sep=lf",
+             b"127.1.27.2\tdb\t# kubefwd pid=1 sep=crlf"]
+    assert render_hosts(doc, lines) == (
+        b"127.0.0.1 localhost\n127.1.27.1\tweb\t# kubefwd pid=1\n"
+        b"127.1.27.2\tdb\t# kubefwd pid=1\n")

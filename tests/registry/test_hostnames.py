@@ -75,3 +75,14 @@ def test_no_duplicates_when_namespace_looks_like_suffix() -> None:
     assert len(names) == len(set(names))
 
 
+
+
+def test_a_context_label_never_starts_or_ends_with_a_dash() -> None:
+    assert context_label("@kind:") == "kind"
+    # Cut at 63 characters right after a separator: the dash goes, the label is shorter.
+    assert context_label("a" * 62 + "/cluster") == "a" * 62
+
+
+def test_pod_names_with_a_domain() -> None:
+    assert pod_hostnames("db-0", "db", "shop", "kind", domain="example.test", primary=True,
+                         multi_context=False)[:2] == ["db-0.db", "db-0.db.example.test"]

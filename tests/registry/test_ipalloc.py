@@ -190,3 +190,97 @@ def test_a_move_with_nowhere_to_go_keeps_the_old_address_for_a_later_try() -> No
         alloc.allocate("c", 0, 0, ["c"])
     alloc.release("b")
     assert alloc.move("a") == "127.1.27.254"
+
+
+def test_allocate_is_called_with_a_key_or_names_and_int_indices() -> None:
+    alloc = IpAllocator()
+    with pytest.raises(TypeError, match=r"^allocate\(key, cluster_index, namespace_index, "
+                                        r"names\)$"):
+        alloc.allocate(0, ["x"])  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match=r"^cluster_index and namespace_index must be int$"):
+        alloc.allocate("k", 0, "1", ["x"])  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match=r"^cluster_index and namespace_index must be int$"):
+        alloc.allocate("k", "0", 1, ["x"])  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match=r"^names must be a sequence of names$"):
+        alloc.allocate("k", 0, 0, "web")
+    with pytest.raises(TypeError, match=r"^names must be a sequence of names$"):
+        alloc.allocate("k", 0, 0, {"web"})  # type: ignore[call-overload]
+    # The short form keys by the names: other names, another address.
+    assert alloc.allocate(0, 0, ["a"]) == alloc.allocate(0, 0, ["a"]) == "127.1.27.1"
+    assert alloc.allocate(0, 0, ["b"]) == "127.1.27.2"
+    assert alloc.allocate(0, 1, ["a"]) == "127.1.28.1"
+
+
+def test_a_reserved_address_asked_for_again_by_its_holder_is_no_conflict(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    alloc = IpAllocator(reservations={"web": "127.1.27.9"})
+    with caplog.at_level(logging.WARNING):
+        assert alloc.allocate("k", 0, 0, ["web"]) == "127.1.27.9"
+        assert alloc.allocate("k", 0, 0, ["web"]) == "127.1.27.9"
+        assert alloc.allocate("other", 0, 0, ["web"]) == "127.1.27.1"
+    assert [r.getMessage() for r in caplog.records] == [
+        "reserved IP 127.1.27.9 for web is already used by another service; allocating a new one"]
+    assert alloc.is_reserved("127.1.27.9") and not alloc.is_reserved("127.1.27.1")
+
+
+def test_exhaustion_messages_name_the_range() -> None:
+    alloc = IpAllocator(base="127.255.254.250")
+    assert alloc.allocate("a", 0, 1, ["a"]) == "127.255.255.250"  # the last range still works
+    with pytest.raises(AddressesExhausted) as info:
+        alloc.allocate("b", 1, 0, ["b"], namespace="shop")
+    assert str(info.value) == ("no loopback range left for namespace shop (cluster 1): "
+                               "127.256.254.x does not exist")
+    with pytest.raises(AddressesExhausted) as info:
+        alloc.allocate("c", 0, 2, ["c"])
+    assert str(info.value) == ("no loopback range left for namespace #2 (cluster 0): "
+                               "127.255.256.x does not exist")
+    for n in range(5):
+        alloc.allocate(f"d{n}", 0, 0, [f"d{n}"])
+    with pytest.raises(AddressesExhausted) as info:
+        alloc.allocate("e", 0, 0, ["e"])
+    assert str(info.value) == ("no free loopback address left for namespace #0: "
+                               "127.255.254.250-254 are all in use")
+
+
+def test_move_out_of_a_full_range_names_it() -> None:
+    alloc = IpAllocator(base="127.1.27.253")
+    alloc.allocate("a", 0, 0, ["a"])
+    alloc.allocate("b", 0, 0, ["b"])
+    with pytest.raises(AddressesExhausted) as info:
+        alloc.move("a")
+    assert str(info.value) == ("no free loopback address left for namespace 127.1.27.x: "
+                               "127.1.27.253-254 are all in use")
+    assert alloc.ip_of("a") is None and "127.1.27.253" not in alloc.in_use()
+    with pytest.raises(AddressesExhausted, match="namespace shop:"):
+        alloc.move("b", namespace="shop")
+    with pytest.raises(KeyError) as missing:
+        alloc.move("never")
+    assert missing.value.args == ("never",)
+
+
+def test_release_by_ip_frees_the_key_too() -> None:
+    alloc = IpAllocator()
+    ip = alloc.allocate("a", 0, 0, ["a"])
+    alloc.release(ip)
+    assert alloc.ip_of("a") is None and alloc.in_use() == {}
+    assert alloc.allocate("b", 0, 0, ["b"]) == ip
+    alloc.release("b")
+    assert alloc.in_use() == {}
+    alloc.release("127.1.27.77")  # not held: nothing to do
+    alloc.release(None)
+
+
+def test_a_bad_reservation_or_base_says_which() -> None:
+    with pytest.raises(UsageError) as info:
+        IpAllocator(reservations={"web": "10.0.0.1"})
+    assert str(info.value) == "reservation web: 10.0.0.1 is outside the loopback range 127.0.0.0/8"
+    with pytest.raises(UsageError) as info:
+        IpAllocator(base="x")
+    assert str(info.value) == "base IP: 'x' is not an IPv4 address"
+
+
+def test_a_reserved_address_found_in_use_moves_to_the_first_free_one() -> None:
+    alloc = IpAllocator(reservations={"web": "127.1.27.9"})
+    assert alloc.allocate("k", 0, 0, ["web"]) == "127.1.27.9"
+    assert alloc.move("k") == "127.1.27.1"

@@ -18,7 +18,15 @@ from kubefwd.registry.model import (
     HostsSnapshot,
     PortMapping,
 )
+from kubefwd.registry.podselect import (
+    age_key,
+    container_port_mappings,
+    obj_name,
+    pod_ref,
+    ready_in_slices,
+)
 from kubefwd.registry.registry import Registry
+from kubefwd.registry.slicepods import resolve_ports, slice_backends, slices_of
 
 _counter = iter(range(1, 10_000))
 
@@ -56,8 +64,10 @@ def pod(
     deleting: bool = False,
     ip: str = "",
     container_ports: list[dict[str, Any]] | None = None,
+    labels: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    meta: dict[str, Any] = {"name": name, "namespace": ns, "labels": {"app": app},
+    meta: dict[str, Any] = {"name": name, "namespace": ns,
+                            "labels": labels if labels is not None else {"app": app},
                             "creationTimestamp": created, "uid": f"uid-{name}"}
     if deleting:
         meta["deletionTimestamp"] = "2026-01-01T01:00:00Z"
@@ -628,3 +638,481 @@ def test_cluster_wide_informers_bucket_objects_by_namespace() -> None:
     assert upserts(rec.take())["sim/b/web"].pods == []
     sync(reg, "services", [service("web", "a")], ns="")  # b's service went away meanwhile
     assert ForwardRemove(ForwardKey("sim", "b", "web")) in rec.take()
+
+
+# -- which pods back a service -------------------------------------------------------------
+
+
+def test_a_multi_label_selector_needs_every_label_of_a_pod() -> None:
+    """``{app: web, track: stable}``: a canary pod sharing ``app: web`` is not a backend,
+    even when it is the oldest; neither is a pod with no labels at all."""
+    reg, rec = make()
+    sync(reg, "services", [service("web", selector={"app": "web", "track": "stable"})])
+    sync(reg, "pods", [
+        pod("canary", labels={"app": "web", "track": "canary"}, created="2026-01-01T00:00:01Z"),
+        pod("other", labels={"app": "api", "track": "stable"}, created="2026-01-01T00:00:02Z"),
+        pod("bare", labels={}, created="2026-01-01T00:00:03Z"),
+        pod("stable", labels={"app": "web", "track": "stable", "extra": "x"},
+            created="2026-01-01T00:00:04Z")])
+    assert [p.name for p in upserts(rec.take())["sim/shop/web"].pods] == ["stable"]
+    unlabelled = pod("nolabels", created="2026-01-01T00:00:00Z")
+    del unlabelled["metadata"]["labels"]
+    event(reg, "pods", "ADDED", unlabelled)
+    assert upserts(rec.take()) == {}  # nothing changed for the service
+
+
+def test_a_pending_pod_is_not_ready_even_with_a_ready_condition_or_a_ready_endpoint() -> None:
+    reg, rec = make()
+    sync(reg, "services", [service("web")])
+    sync(reg, "endpointslices", [endpoint_slice("web", "web-a", [pod_endpoint("web-2")], [])])
+    sync(reg, "pods", [pod("web-1", phase="Pending"), pod("web-2", phase="Pending", ready=None),
+                       pod("web-3", phase="Succeeded")])
+    assert upserts(rec.take())["sim/shop/web"].pods == []
+    event(reg, "pods", "MODIFIED", pod("web-2", ready=None))  # Running now, no condition
+    assert [p.name for p in upserts(rec.take())["sim/shop/web"].pods] == ["web-2"]
+
+
+def test_a_slice_endpoint_marked_not_ready_does_not_make_a_pod_ready() -> None:
+    """A pod without a Ready condition is as ready as its endpoints say: ``ready: false`` is
+    not ready, a missing ``ready`` is; endpoints that are not this pod's are not asked."""
+    reg, rec = make()
+    sync(reg, "services", [service("web")])
+    sync(reg, "pods", [pod("web-1", ready=None, created="2026-01-01T00:00:01Z"),
+                       pod("web-2", ready=None, created="2026-01-01T00:00:02Z"),
+                       pod("web-3", ready=None, created="2026-01-01T00:00:03Z")])
+    rec.take()
+    no_conditions = {"addresses": ["127.1.0.3"], "targetRef": {"kind": "Pod", "name": "web-3"}}
+    event(reg, "endpointslices", "ADDED", endpoint_slice("web", "web-a", [
+        pod_endpoint("web-1", ready=False),
+        {"addresses": ["127.1.0.8"], "targetRef": {"kind": "Node", "name": "web-2"}},
+        no_conditions], []))
+    assert [p.name for p in upserts(rec.take())["sim/shop/web"].pods] == ["web-3"]
+
+
+def test_which_endpoints_count_a_pod_ready() -> None:
+    slices = [{"endpoints": [
+        {"targetRef": {"name": "no-kind"}},  # a targetRef without kind is a pod's
+        {"targetRef": {"kind": "Pod"}},  # no name: nothing to count, the next still counts
+        {"conditions": {}, "targetRef": {"kind": "Pod", "name": "empty-conditions"}},
+        {"conditions": {"ready": None}, "targetRef": {"kind": "Pod", "name": "unknown"}},
+        {"conditions": {"ready": False}, "targetRef": {"kind": "Pod", "name": "not-ready"}},
+        {"conditions": {"ready": True}, "targetRef": {"kind": "Service", "name": "svc"}},
+    ]}, {}]
+    assert ready_in_slices(slices) == {"no-kind", "empty-conditions", "unknown"}
+
+
+def test_headless_service_names_living_pods_only() -> None:
+    """Pending pods get their per-pod name (waiting to be ready); finished and terminating
+    ones do not."""
+    reg, rec = make()
+    sync(reg, "services", [service("db", headless=True)])
+    gone = pod("db-5", app="db", ready=None)
+    del gone["status"]
+    sync(reg, "pods", [pod("db-0", app="db"), pod("db-1", app="db", phase="Pending", ready=None),
+                       pod("db-2", app="db", phase="Succeeded", ready=False),
+                       pod("db-3", app="db", phase="Failed", ready=False),
+                       pod("db-4", app="db", deleting=True), gone])
+    assert set(upserts(rec.take())) == {"sim/shop/db", "sim/shop/db-0.db", "sim/shop/db-1.db",
+                                        "sim/shop/db-5.db"}
+
+
+def test_a_pod_ref_resolves_named_tcp_ports_and_keeps_missing_fields_empty() -> None:
+    p = pod("web-1", container_ports=[
+        {"name": "http", "containerPort": 53, "protocol": "UDP"},
+        {"name": "http", "containerPort": 8080},
+        {"name": "admin", "containerPort": 9090, "protocol": "tcp"},
+        {"name": "metrics"}])
+    del p["status"]["podIP"]
+    del p["metadata"]["uid"]
+    ports = [PortMapping(80, "http", port=80), PortMapping(90, "admin", port=90),
+             PortMapping(95, "metrics", port=95), PortMapping(99, 9999, port=99)]
+    ref = pod_ref(p, ports)
+    assert (ref.name, ref.ip, ref.uid) == ("web-1", "", "")
+    assert ref.ports == {80: 8080, 90: 9090, 99: 9999}
+
+
+def test_container_port_mappings_skip_ports_without_a_number_or_not_tcp() -> None:
+    p = pod("db-0", container_ports=[{"name": "none"}, {"containerPort": 53, "protocol": "UDP"},
+                                     {"containerPort": 7001}, {"containerPort": 7002,
+                                                               "protocol": "tcp"}])
+    assert [m.local_port for m in container_port_mappings(p, {})] == [7001, 7002]
+
+
+def test_pods_are_ordered_oldest_first_then_by_name() -> None:
+    a = pod("b", created="2026-01-01T00:00:01Z")
+    b = pod("a", created="2026-01-01T00:00:01Z")
+    c = pod("c", created="2026-01-01T00:00:00Z")
+    unknown = pod("z")
+    del unknown["metadata"]["creationTimestamp"]
+    assert [obj_name(p) for p in sorted([a, b, unknown, c], key=age_key)] == ["z", "c", "a", "b"]
+    assert obj_name({}) == obj_name({"metadata": {"name": None}}) == ""
+
+
+# -- services without a selector: their EndpointSlices -------------------------------------
+
+
+def test_slices_of_a_service_are_its_own_in_name_order() -> None:
+    b = endpoint_slice("web", "web-b", [], [])
+    a = endpoint_slice("web", "web-a", [], [])
+    other = endpoint_slice("api", "api-a", [], [])
+    assert [s["metadata"]["name"] for s in slices_of("web", [b, other, a])] == ["web-a", "web-b"]
+
+
+def test_slice_endpoints_that_are_not_pods_of_the_namespace_are_bare() -> None:
+    pods = {"m-1": pod("m-1"), "m-2": pod("m-2")}
+    endpoints = [
+        {"addresses": ["10.0.0.1"], "targetRef": {"kind": "Node", "name": "m-1"}},
+        {"addresses": ["10.0.0.2"], "targetRef": "m-1"},
+        {},  # no address at all
+        {"addresses": ["10.0.0.3"], "targetRef": {"kind": "Pod", "name": "gone"}},
+        {"addresses": ["10.0.0.3"], "targetRef": {"kind": "Pod", "name": "gone"}},
+        {"addresses": ["10.0.0.4"], "targetRef": {"kind": "Pod", "name": "later"}},
+        {"addresses": ["10.0.0.5"], "targetRef": {"kind": "Pod", "name": "m-1", "namespace": ""}},
+        {"addresses": ["10.0.0.6"], "targetRef": {"kind": "Pod", "name": "m-2",
+                                                  "namespace": "shop"}},
+    ]
+    found = slice_backends("shop", [endpoint_slice("x", "x-a", endpoints, [])], pods, [])
+    assert found.bare == ["10.0.0.1", "10.0.0.2", "?"]
+    assert found.unknown == ["gone", "later"]
+    assert [obj_name(b.pod) for b in found.pods] == ["m-1", "m-2"]
+
+
+def test_a_pod_named_by_two_slices_takes_the_ports_of_both_and_is_ready_if_either_says_so(
+) -> None:
+    ports = [PortMapping(80, 8080, port=80, name="http"),
+             PortMapping(90, 9090, port=90, name="admin")]
+    first = endpoint_slice("x", "x-a", [pod_endpoint("m-1", ready=False)],
+                           [{"name": "http", "port": 7080}])
+    second = endpoint_slice("x", "x-b", [pod_endpoint("m-1")], [{"name": "admin", "port": 7090}])
+    found = slice_backends("shop", [first, second], {"m-1": pod("m-1")}, ports)
+    (backend,) = found.pods
+    assert backend.ports == {80: 7080, 90: 7090}
+    assert backend.ready
+    found = slice_backends("shop", [second, first], {"m-1": pod("m-1")}, ports)
+    assert found.pods[0].ports == {80: 7080, 90: 7090} and found.pods[0].ready
+    both_unready = endpoint_slice("x", "x-b", [pod_endpoint("m-1", ready=False)], [])
+    found = slice_backends("shop", [first, both_unready], {"m-1": pod("m-1")}, ports)
+    assert not found.pods[0].ready
+
+
+def test_slice_ports_are_matched_by_name_then_a_single_one_then_the_target_port() -> None:
+    p = pod("m-1", container_ports=[{"name": "web", "containerPort": 8081, "protocol": "UDP"},
+                                    {"name": "web", "containerPort": 8080}])
+    one = [PortMapping(80, 8000, port=80, name="http")]
+    assert resolve_ports(one, {"other": 7000}, p) == {80: 7000}  # the only one, any name
+    assert resolve_ports(one, {"a": 7000, "b": 7001}, p) == {80: 8000}
+    two = [PortMapping(80, "web", port=80, name="http"), PortMapping(90, 9000, port=90, name="")]
+    assert resolve_ports(two, {"": 7090}, p) == {80: 8080, 90: 7090}
+    assert resolve_ports(two, {"x": 7000}, p) == {80: 8080, 90: 9000}
+    # Slice ports: TCP only, with a number; the first of a name wins.
+    slc = endpoint_slice("x", "x-a", [pod_endpoint("m-1")], [
+        {"name": "http", "port": 0}, {"name": "http", "port": 53, "protocol": "UDP"},
+        {"name": "http", "port": 7080, "protocol": "tcp"}, {"name": "http", "port": 7081},
+        {"port": 7090}])
+    found = slice_backends("shop", [slc], {"m-1": p}, two)
+    assert found.pods[0].ports == {80: 7080, 90: 7090}
+
+
+# -- namespaces, contexts, ports, order ----------------------------------------------------
+
+
+def test_each_context_and_namespace_gets_its_own_range_even_when_learned_late() -> None:
+    """127.[1+context].[27+namespace].n: namespaces in the order given per context, then in
+    the order they are met (a cluster-wide informer); a context met late comes last."""
+    reg, rec = make(contexts=("one", "two"),
+                    namespaces={"one": ["shop", "pay"], "two": ["pay"]})
+    sync(reg, "services", [service("api", ns="pay")], ctx="one", ns="pay")
+    sync(reg, "services", [service("api", ns="pay")], ctx="two", ns="pay")
+    sync(reg, "services", [service("web")], ctx="one", ns="shop")
+    extra = service("late", ns="extra")
+    reg.handle("one", "", "services", InformerEvent("ADDED", obj=extra))
+    # A cluster-wide list replaces every namespace of the context, and brings in a new one.
+    everything = (service("web"), service("api", ns="pay"), extra, service("x", ns="more"))
+    reg.handle("one", "", "services", InformerEvent("SYNC", objects=everything))
+    sync(reg, "services", [service("api", ns="pay")], ctx="three", ns="pay")
+    ips = {k: u.ip.rsplit(".", 1)[0] for k, u in upserts(rec.take()).items()}
+    assert ips == {"one/pay/api": "127.1.28", "two/pay/api": "127.2.27",
+                   "one/shop/web": "127.1.27", "one/extra/late": "127.1.29",
+                   "one/more/x": "127.1.30", "three/pay/api": "127.3.27"}
+    assert [str(f.key) for f in reg.snapshot().forwards] == [
+        "one/shop/web", "one/pay/api", "one/extra/late", "one/more/x", "two/pay/api",
+        "three/pay/api"]
+
+
+def test_the_informer_callback_feeds_its_context_namespace_and_resource() -> None:
+    reg, rec = make(contexts=("one",), namespaces=("shop",))
+    reg.callback("one", "shop", "services")(InformerEvent("SYNC", objects=(service("web"),)))
+    reg.callback("one", "shop", "pods")(InformerEvent("ADDED", obj=pod("web-1")))
+    assert [p.name for p in upserts(rec.take())["one/shop/web"].pods] == ["web-1"]
+
+
+def test_service_ports_tcp_only_numbered_mapped_once_with_their_target(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    reg, rec = make(mappings={81: 80, 91: 90})
+    web = service("web", ports=[
+        {"name": "dns", "port": 53, "protocol": "UDP"},
+        {"name": "none", "port": 0},
+        {"name": "http", "port": 80, "targetPort": ""},
+        {"name": "dup", "port": 81, "targetPort": 8081},
+        {"name": "alt", "port": 8080, "targetPort": "9090"},
+        {"port": 82, "targetPort": 0},
+        {"name": "named", "port": 83, "targetPort": "web"}])
+    api = service("api", ports=[{"name": "a", "port": 90}, {"name": "b", "port": 91}])
+    with caplog.at_level(logging.WARNING):
+        sync(reg, "services", [web, api])
+        event(reg, "services", "MODIFIED", web)
+    ups = upserts(rec.take())
+    assert ups["sim/shop/web"].ports == [
+        PortMapping(80, 80, port=80, name="http"), PortMapping(8080, 9090, port=8080, name="alt"),
+        PortMapping(82, 82, port=82), PortMapping(83, "web", port=83, name="named")]
+    messages = [r.getMessage() for r in caplog.records]
+    assert [m for m in messages if "already used" in m] == [
+        "service sim/shop/api: port 91 maps to local port 90, already used; skipped",
+        "service sim/shop/web: port 81 maps to local port 80, already used; skipped"]
+
+
+def test_non_tcp_ports_are_summed_up_per_namespace_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    reg, _ = make()
+    svcs = [service(f"s{i}", ports=[{"name": "dns", "port": 53, "protocol": "UDP"},
+                                    {"name": "sctp", "port": 99 + i, "protocol": "SCTP"},
+                                    {"name": "web", "port": 80}]) for i in range(3)]
+    svcs.append(service("dnsonly", ports=[{"port": 53, "protocol": "UDP"}]))
+    svcs += [service(f"u{i}", ports=[{"port": 53, "protocol": "udp"}]) for i in range(5)]
+    with caplog.at_level(logging.DEBUG, logger="kubefwd"):
+        sync(reg, "services", svcs)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        "sim/shop: 12 SCTP/UDP ports of 9 services skipped, only TCP is forwarded: "
+        "dnsonly:53/UDP, s0:53/UDP, s0:99/SCTP, s1:53/UDP, ... (8 more; -v lists each); "
+        "not forwarded, no TCP port left: dnsonly, u0, u1, u2, ... (2 more)"]
+    debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert "service sim/shop/s0: port 53/UDP skipped (only TCP is forwarded)" in debug
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="kubefwd"):
+        event(reg, "services", "ADDED", service("one", ports=[{"port": 5, "protocol": "UDP"}]))
+        event(reg, "services", "MODIFIED", service("one", ports=[{"port": 5, "protocol": "UDP"}]))
+    # The namespace was summed up already: debug now, and each port is noted once.
+    assert [(r.levelno, r.getMessage()) for r in caplog.records
+            if "only TCP" in r.getMessage()] == [
+        (logging.DEBUG, "service sim/shop/one: port 5/UDP skipped (only TCP is forwarded)"),
+        (logging.DEBUG, "sim/shop: 1 UDP port of 1 service skipped, only TCP is forwarded: "
+                        "one:5/UDP; not forwarded, no TCP port left: one")]
+
+
+def test_external_name_and_portless_services_are_skipped_with_one_warning_each(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    reg, rec = make()
+    ext = service("ext", selector={}, kind="ExternalName")
+    ext_sel = service("extsel", kind="ExternalName")  # a selector: kubefwd forwards it
+    noports = service("noports", ports=[])
+    with caplog.at_level(logging.WARNING):
+        sync(reg, "services", [ext, ext_sel, noports])
+        sync(reg, "services", [ext, ext_sel, noports])
+    assert set(upserts(rec.take())) == {"sim/shop/extsel"}
+    assert reg.snapshot().skipped == {"sim/shop/ext": "skipped: an ExternalName service",
+                                      "sim/shop/noports": "skipped: no TCP ports"}
+    assert [r.getMessage() for r in caplog.records] == [
+        "service sim/shop/ext skipped: an ExternalName service",
+        "service sim/shop/noports skipped: no TCP ports"]
+
+
+def test_picked_services_only() -> None:
+    reg, rec = make(pick=lambda ns, name: name != "cache")
+    sync(reg, "services", [service("web"), service("cache")])
+    assert set(upserts(rec.take())) == {"sim/shop/web"}
+
+
+def test_a_statefulset_pod_whose_grace_ran_out_goes_with_the_next_event_of_its_context(
+) -> None:
+    clock = FakeClock()
+    reg, rec = make(contexts=("sim", "two"), clock=clock)  # the default grace: 30 s
+    sync(reg, "services", [service("db", headless=True)])
+    sync(reg, "pods", [sts_pod("db-0")])
+    rec.take()
+    event(reg, "pods", "DELETED", sts_pod("db-0"))
+    rec.take()
+    clock.now += 29.5
+    event(reg, "pods", "ADDED", pod("other", app="other"))
+    assert rec.take() == []
+    clock.now += 1
+    event(reg, "pods", "ADDED", pod("other", app="other"), ctx="two")  # another context
+    assert rec.take() == []
+    event(reg, "pods", "ADDED", pod("other2", app="other"))
+    assert ForwardRemove(ForwardKey("sim", "shop", "db", "db-0")) in rec.take()
+
+
+def test_only_statefulset_pods_are_kept_after_they_go() -> None:
+    reg, rec = make()
+    sync(reg, "services", [service("db", headless=True)])
+    owned = pod("db-0", app="db")
+    owned["metadata"]["ownerReferences"] = ["not a mapping", {"kind": "ReplicaSet"}]
+    sync(reg, "pods", [owned])
+    rec.take()
+    event(reg, "pods", "DELETED", owned)
+    assert ForwardRemove(ForwardKey("sim", "shop", "db", "db-0")) in rec.take()
+
+
+def test_a_domain_adds_the_bare_names_with_it() -> None:
+    reg, rec = make(domain="example.test")
+    sync(reg, "services", [service("db", headless=True)])
+    sync(reg, "pods", [pod("db-0", app="db")])
+    ups = upserts(rec.take())
+    assert ups["sim/shop/db"].names[:2] == ["db", "db.example.test"]
+    assert ups["sim/shop/db-0.db"].names[:2] == ["db-0.db", "db-0.db.example.test"]
+
+
+def test_a_selectorless_service_names_its_pods_with_their_address_and_uid(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    reg, rec = make()
+    manual = service("manual", selector={}, ports=[{"name": "http", "port": 80}])
+    with caplog.at_level(logging.DEBUG, logger="kubefwd"):
+        sync(reg, "endpointslices", [endpoint_slice(
+            "manual", "manual-a", [pod_endpoint("m-1"), pod_endpoint("m-2")],
+            [{"name": "http", "port": 8080}])])
+        sync(reg, "services", [manual])  # no pod listed yet: waits for them
+    assert upserts(rec.take())["sim/shop/manual"].pods == []
+    assert "service sim/shop/manual: its slices name pods not seen: m-1, m-2" in [
+        r.getMessage() for r in caplog.records]
+    no_condition = pod("m-2", ready=None, ip="127.1.0.22", created="2026-01-01T00:00:02Z")
+    sync(reg, "pods", [pod("m-1", ip="127.1.0.21", created="2026-01-01T00:00:01Z"),
+                       no_condition])
+    refs = upserts(rec.take())["sim/shop/manual"].pods
+    assert [(r.name, r.ip, r.uid, r.ports) for r in refs] == [
+        ("m-1", "127.1.0.21", "uid-m-1", {80: 8080}), ("m-2", "127.1.0.22", "uid-m-2", {80: 8080})]
+    bare = pod("m-1", created="2026-01-01T00:00:01Z")
+    del bare["status"]["podIP"], bare["metadata"]["uid"]
+    bare["status"]["phase"] = "Running"
+    event(reg, "pods", "MODIFIED", bare)
+    refs = upserts(rec.take())["sim/shop/manual"].pods
+    assert (refs[0].name, refs[0].ip, refs[0].uid) == ("m-1", "", "")
+
+
+def test_bare_endpoints_are_named_up_to_four(caplog: pytest.LogCaptureFixture) -> None:
+    reg, _ = make()
+    ends = [{"addresses": [f"10.0.0.{i}"]} for i in range(1, 7)]
+    with caplog.at_level(logging.WARNING):
+        sync(reg, "endpointslices", [
+            endpoint_slice("four", "four-a", ends[:4], [{"port": 1}]),
+            endpoint_slice("five", "five-a", ends[:5], [{"port": 1}])])
+        sync(reg, "services", [service(n, selector={}, ports=[{"port": 1}])
+                               for n in ("four", "five")])
+    tail = "not pods of its namespace, and the port-forward API can only reach pods"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"service sim/shop/five: 5 endpoints skipped (10.0.0.1, 10.0.0.2, 10.0.0.3, 10.0.0.4, "
+        f"...): {tail}",
+        f"service sim/shop/four: 4 endpoints skipped (10.0.0.1, 10.0.0.2, 10.0.0.3, 10.0.0.4): "
+        f"{tail}"]
+
+
+def test_a_selectorless_service_without_slices_is_named_each_time_it_loses_them(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    reg, rec = make()
+    why = "it has no selector and no EndpointSlice names a pod"
+    with caplog.at_level(logging.WARNING):
+        sync(reg, "pods", [pod("m-1")])
+        sync(reg, "services", [service("a", selector={}), service("b", selector={})])
+        sync(reg, "services", [service("a", selector={}), service("b", selector={})])
+        assert [r.getMessage() for r in caplog.records] == [
+            f"service sim/shop/a skipped: {why}", f"service sim/shop/b skipped: {why}"]
+        assert reg.snapshot().skipped == {"sim/shop/a": f"skipped: {why}",
+                                          "sim/shop/b": f"skipped: {why}"}
+        caplog.clear()
+        slc = endpoint_slice("a", "a-1", [pod_endpoint("m-1")], [{"port": 80}])
+        event(reg, "endpointslices", "ADDED", slc)
+        assert "sim/shop/a" in upserts(rec.take())
+        event(reg, "endpointslices", "DELETED", slc)
+    assert [r.getMessage() for r in caplog.records] == [f"service sim/shop/a skipped: {why}"]
+
+
+def test_a_cluster_wide_list_replaces_only_its_own_context_and_resource() -> None:
+    reg, rec = make(contexts=("one", "two"), namespaces={"one": ["shop"], "two": ["zzz"]})
+    sync(reg, "services", [service("api", ns="zzz")], ctx="two", ns="zzz")
+    sync(reg, "pods", [pod("p", ns="podsonly")], ctx="one", ns="podsonly")
+    reg.handle("one", "", "services", InformerEvent("SYNC", objects=(
+        service("web"), service("old", ns="gone"))))
+    rec.take()
+    reg.handle("one", "", "services", InformerEvent("SYNC", objects=(
+        service("web"), service("late", ns="extra"))))
+    cmds = rec.take()
+    assert ForwardRemove(ForwardKey("one", "gone", "old")) in cmds
+    assert upserts(cmds)["one/extra/late"].ip.startswith("127.1.30.")  # shop, podsonly, gone
+    assert reg.get(ForwardKey("two", "zzz", "api")) is not None
+    with pytest.raises(ValueError, match=r"^unknown resource 'secrets'$"):
+        reg.handle("one", "shop", "secrets", InformerEvent("SYNC"))
+
+
+def test_a_statefulset_pod_gone_twice_gets_the_whole_grace_each_time() -> None:
+    clock = FakeClock()
+    reg, rec = make(pod_grace=30.0, clock=clock)
+    sync(reg, "services", [service("db", headless=True)])
+    sync(reg, "pods", [sts_pod("db-0")])
+    key0 = ForwardKey("sim", "shop", "db", "db-0")
+    event(reg, "pods", "DELETED", sts_pod("db-0"))
+    held = reg.get(key0)
+    assert held is not None and held.headless and held.pods == []
+    clock.now += 10
+    event(reg, "pods", "ADDED", sts_pod("db-0"))
+    clock.now += 15
+    event(reg, "pods", "DELETED", sts_pod("db-0"))
+    clock.now += 10  # 35 s after the first loss, 10 after the second
+    event(reg, "services", "MODIFIED", service("db", headless=True))
+    reg.expire()
+    rec.take()
+    assert reg.get(key0) is not None
+    clock.now += 20
+    reg.expire()
+    assert ForwardRemove(key0) in rec.take()
+
+
+def test_a_fresh_registry_and_a_context_without_namespaces_of_its_own() -> None:
+    reg, rec = make(contexts=("one", "two"), namespaces={"one": ["shop"]})
+    snap = reg.snapshot()
+    assert (snap.forwards, snap.skipped, snap.hosts) == ([], {}, {})
+    sync(reg, "services", [service("web")], ctx="two")
+    assert upserts(rec.take())["two/shop/web"].ip == "127.2.27.1"
+
+
+def test_an_informer_callback_lists_only_its_own_namespace() -> None:
+    reg, rec = make(contexts=("one",), namespaces=("shop", "pay"))
+    reg.callback("one", "pay", "services")(InformerEvent("SYNC", objects=(
+        service("api", ns="pay"),)))
+    reg.callback("one", "shop", "services")(InformerEvent("SYNC", objects=(service("web"),)))
+    rec.take()
+    reg.callback("one", "shop", "services")(InformerEvent("SYNC", objects=()))
+    assert ForwardRemove(ForwardKey("one", "shop", "web")) in rec.take()
+    assert reg.get(ForwardKey("one", "pay", "api")) is not None
+
+
+def test_a_pod_event_before_any_slice_is_listed_leaves_a_selectorless_service_alone() -> None:
+    reg, rec = make()
+    sync(reg, "services", [service("manual", selector={})])
+    rec.take()
+    event(reg, "pods", "ADDED", pod("m-1"))
+    assert upserts(rec.take()) == {}
+
+
+def test_the_first_slice_to_name_a_port_decides_it() -> None:
+    ports = [PortMapping(80, 8080, port=80, name="http"),
+             PortMapping(90, 9090, port=90, name="admin")]
+    a = endpoint_slice("x", "x-a", [pod_endpoint("m-1")], [{"name": "http", "port": 7080}])
+    b = endpoint_slice("x", "x-b", [pod_endpoint("m-1")], [{"name": "admin", "port": 7090}])
+    c = endpoint_slice("x", "x-c", [pod_endpoint("m-1")], [{"name": "http", "port": 7081},
+                                                          {"name": "admin", "port": 7091}])
+    found = slice_backends("shop", [a, b, c], {"m-1": pod("m-1")}, ports)
+    assert found.pods[0].ports == {80: 7080, 90: 7090}
+    # A port no slice names and the pod cannot resolve is taken from a later slice's only port.
+    one = [PortMapping(80, "web", port=80, name="http")]
+    empty = endpoint_slice("x", "x-a", [pod_endpoint("m-1")], [])
+    single = endpoint_slice("x", "x-b", [pod_endpoint("m-1")], [{"name": "other", "port": 7000}])
+    found = slice_backends("shop", [empty, single], {"m-1": pod("m-1")}, one)
+    assert found.pods[0].ports == {80: 7000}
+    # A named container port without a number resolves nothing.
+    numberless = pod("m-1", container_ports=[{"name": "web"}])
+    found = slice_backends("shop", [empty], {"m-1": numberless}, one)
+    assert found.pods[0].ports == {}

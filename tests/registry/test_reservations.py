@@ -161,3 +161,40 @@ def test_flags_override_the_file_and_duplicates_across_them_fail(tmp_path: Path)
     with pytest.raises(UsageError, match="duplicates"):
         build_reservations(["web:127.1.29.1"], path)
     assert build_reservations([], None) == ({}, "127.1.27.0")
+
+
+def _message(path: Path) -> str:
+    with pytest.raises(UsageError) as info:
+        load_fwd_conf(path)
+    return str(info.value)
+
+
+def test_the_whole_error_line_of_a_bad_file(tmp_path: Path) -> None:
+    """The user sees file:line and what is wrong, and nothing else."""
+    cases = {
+        "a: [\n": "fwd.yaml:2: expected the node content, but found '<stream end>'",
+        "a: \x07\n": "fwd.yaml: invalid YAML",  # a reader error: no line, no problem text
+        "nope: 1\n": "fwd.yaml:1: unknown key 'nope' "
+                     "(expected baseUnreservedIP, serviceConfigurations)",
+        "baseUnreservedIP: ''\n": "fwd.yaml:1: baseUnreservedIP must be a non-empty string",
+        "serviceConfigurations:\n  - {}\n": "fwd.yaml:2: service configuration without ip, name",
+        "serviceConfigurations:\n  - {name: a, ip: 127.1.1.1}\n  - {name: b, ip: 127.1.1.1}\n":
+            "fwd.yaml:3: b:127.1.1.1 duplicates a:127.1.1.1 from line 2; one IP per service",
+    }
+    for text, expected in cases.items():
+        path = _conf(tmp_path, text)
+        assert _message(path) == expected.replace("fwd.yaml", str(path), 1), text
+
+
+def test_empty_service_configurations_and_a_base_alone(tmp_path: Path) -> None:
+    for empty in ("~", "null", "''"):
+        conf = load_fwd_conf(_conf(tmp_path, f"serviceConfigurations: {empty}\n"))
+        assert conf.reservations == {}, empty
+    conf = load_fwd_conf(_conf(tmp_path, "baseUnreservedIP: 127.1.30.1\n"))
+    assert conf.reservations == {} and conf.base == "127.1.30.1"
+
+
+def test_the_whole_error_line_of_a_bad_reserve_flag() -> None:
+    with pytest.raises(UsageError) as info:
+        parse_reserve(["db:nope:x"])
+    assert str(info.value) == "--reserve 'db:nope:x': 'nope:x' is not an IPv4 address"

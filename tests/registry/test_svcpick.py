@@ -42,3 +42,13 @@ def test_exclude_alone_keeps_everything_else() -> None:
     picker = ServicePicker(exclude=parse_patterns(["db*"], "--exclude"))
     assert picker.wanted("shop", "web") and not picker.wanted("shop", "db-main")
     assert not ServicePicker().active and ServicePicker().wanted("x", "y")
+
+
+def test_a_bad_pattern_is_one_whole_line() -> None:
+    advice = ("(use NAME or NAMESPACE/NAME, lowercase letters, digits, '-', '.', and the globs "
+              "* ? [...]; e.g. web, shop/api-*)")
+    for raw, what in (("shop/", "empty"), ("Web", "'Web' is not a name or a glob"),
+                      ("a b/web", "'a b' is not a name or a glob")):
+        with pytest.raises(UsageError) as info:
+            parse_patterns([raw], "--service")
+        assert str(info.value) == f"--service '{raw}': {what} {advice}"

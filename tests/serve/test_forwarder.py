@@ -212,6 +212,28 @@ def test_pod_backoff_doubles_to_the_cap_and_resets_on_success() -> None:
     assert backoff.failed("pod") == 1.0
 
 
+def test_pod_backoff_is_per_pod_and_says_how_long_is_left() -> None:
+    now = [100.0]
+    backoff = PodBackoff(initial=2.0, cap=5.0, clock=lambda: now[0])
+    assert backoff.remaining("a") == 0.0 and backoff.usable("a")
+    assert [backoff.failed("a") for _ in range(3)] == [2.0, 4.0, 5.0]
+    assert backoff.failed("b") == 2.0
+    assert backoff.remaining("a") == 5.0 and backoff.remaining("b") == 2.0
+    now[0] += 1.5
+    assert backoff.remaining("a") == 3.5 and not backoff.usable("a")
+    now[0] += 0.5
+    assert backoff.usable("b") and backoff.remaining("b") == 0.0  # exactly at its end
+    now[0] += 10.0
+    assert backoff.remaining("a") == 0.0 and backoff.usable("a")  # never negative
+    backoff.forget("a")
+    backoff.forget("never")  # nothing to forget
+    backoff.succeeded("never")
+    assert backoff.failed("a") == 2.0  # forgotten: starts again
+    assert backoff.failed("b") == 4.0  # the other pod kept its count
+    default = PodBackoff(clock=lambda: now[0])
+    assert [default.failed("p") for _ in range(10)][-2:] == [256.0, 300.0]
+
+
 def test_tunnels_live_on_the_forwarder_thread() -> None:
     """A forward with real tunnels: its connections cost no thread beyond its own."""
     import ssl
