@@ -956,7 +956,10 @@ def test_real_resolver_inside_unshare_with_bind_mounted_etc_hosts(tmp_path: Path
     driver.write_text(DRIVER % {"range": POD_RANGE})
     fake_hosts = tmp_path / "etc-hosts"
     fake_hosts.write_bytes(b"127.0.0.1 localhost\n# the container's own file\n")
+    # /etc read-only in the private namespace: nothing kubefwd makes beside the hosts file
+    # (its lock sidecars) can land in the machine's real /etc.
     script = (
+        "mount --bind /etc /etc && mount -o remount,bind,ro /etc && "
         f"mount --bind {fake_hosts} /etc/hosts && "
         f"exec {sys.executable} {driver} {manifests} {tmp_path}"
     )
