@@ -15,6 +15,7 @@ import signal
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from helpers import needs_root
@@ -74,6 +75,13 @@ def test_under_sudo_files_in_the_users_home_are_theirs_and_the_backup_stays_clea
     conf = tmp_path / "base.yaml"
     conf.write_text(f"baseUnreservedIP: 127.1.{block}.1\n")
     backup = home / "hosts.original"
+    # The user's own kubeconfig, in their ~/.kube (kubefwd must leave nothing of root's there).
+    kube = home / ".kube"
+    kube.mkdir(mode=0o700)
+    (kube / "config").write_bytes(cluster.kubeconfig_path.read_bytes())
+    for path in (kube, kube / "config"):
+        os.chown(path, UID, GID)
+    users_cluster = SimpleNamespace(kubeconfig_path=kube / "config")
     monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
     started: list[Kubefwd] = []
 
@@ -82,8 +90,8 @@ def test_under_sudo_files_in_the_users_home_are_theirs_and_the_backup_stays_clea
                    str(passwd), USER, str(UID), str(GID)]
         # HOME left at the user's, as ``sudo -E`` (and older sudo) does: whatever kubefwd
         # puts under ``~`` lands in their home.
-        fwd = Kubefwd(cluster, Path("/etc/hosts"), "-z", str(conf), *args, home=home,
-                      wrapper=wrapper)
+        fwd = Kubefwd(users_cluster, Path("/etc/hosts"),  # type: ignore[arg-type]
+                      "-z", str(conf), *args, home=home, wrapper=wrapper)
         started.append(fwd)
         fwd.wait_ready(30)
         return fwd
