@@ -27,7 +27,7 @@ from kubefwd.hosts.fileio import (
     cannot_write,
     locked,
     read_hosts,
-    read_hosts_stamped,
+    read_hosts_settled,
     remove_orphaned_temps,
     write_blocker,
     write_hosts,
@@ -140,7 +140,7 @@ def update_hosts(
         if rename_ok:  # the sidecar lock: the one every temp file is made under
             remove_orphaned_temps(target)
         for _ in range(MERGE_ATTEMPTS):
-            data, stamp = read_hosts_stamped(target)
+            data, stamp = read_hosts_settled(target)
             new = rewrite_lines(parse_hosts(data), owner, entries, purge_stale=purge_stale,
                                 guard=guard, owners=owners)
             if new == data:

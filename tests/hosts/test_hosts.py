@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from kubefwd.hosts.backup import (
     default_backup_dir,
     invoking_user,
 )
-from kubefwd.hosts.fileio import lock_path_for
+from kubefwd.hosts.fileio import EMPTY_SETTLE, lock_path_for
 from kubefwd.hosts.format import (
     MAX_LINE,
     Marker,
@@ -377,6 +378,34 @@ def test_symlinked_hosts_file_stays_a_symlink(tmp_path: Path) -> None:
     assert link.is_symlink() and b"\tweb\t" in real.read_bytes()
     remove_owned_lines(link, 4242)
     assert real.read_bytes() == b"# real\n"
+
+
+def test_a_file_truncated_by_another_program_is_merged_once_it_is_written(
+    tmp_path: Path,
+) -> None:
+    """A program rewriting the file in place truncates it, then writes: a merge in between
+    must wait for its write, not replace the whole file with our lines."""
+    hosts = hosts_file(tmp_path, b"127.0.0.1 localhost\n10.0.0.1 db\n")
+    edited = b"127.0.0.1 localhost\n10.0.0.1 db\n10.0.0.2 added\n"
+    done = threading.Event()
+    with open(hosts, "wb") as fh:  # truncated; the program is descheduled before its write
+        merge = threading.Thread(
+            target=lambda: (update_hosts(hosts, _ours(), {"127.1.27.1": ["web"]}), done.set()),
+            name="merge")
+        merge.start()
+        assert not done.wait(0.05)
+        fh.write(edited)
+    merge.join(5)
+    assert done.is_set()
+    assert hosts.read_bytes() == edited + b"127.1.27.1\tweb\t# kubefwd pid=4242\n"
+
+
+def test_a_file_that_stays_empty_is_written_after_a_moment(tmp_path: Path) -> None:
+    hosts = hosts_file(tmp_path, b"")
+    started = time.monotonic()
+    assert update_hosts(hosts, _ours(), {"127.1.27.1": ["web"]})
+    assert time.monotonic() - started < EMPTY_SETTLE + 0.5
+    assert hosts.read_bytes() == b"127.1.27.1\tweb\t# kubefwd pid=4242\n"
 
 
 def test_remove_owned_lines_keeps_others(tmp_path: Path) -> None:
