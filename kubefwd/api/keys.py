@@ -75,8 +75,14 @@ def key_file(pid: int) -> Path:
 def write_key_file(endpoint: ApiEndpoint) -> Path:
     """Write the endpoint to its 0600 file (owned by the invoking user under sudo)."""
     path = key_file(endpoint.pid)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     user = _invoking_user()
+    # Every folder made here is the user's under sudo, ``~/.config`` too when it was missing.
+    missing = [d for d in (path.parent, *path.parent.parents) if not d.exists()]
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if user is not None:
+        for folder in missing:
+            with contextlib.suppress(OSError):
+                os.chown(folder, user.pw_uid, user.pw_gid)
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:

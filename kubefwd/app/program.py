@@ -68,6 +68,7 @@ from kubefwd.events.types import (
     ShutdownStarted,
 )
 from kubefwd.hosts.backup import backup_target
+from kubefwd.hosts.owners import Owners
 from kubefwd.hosts.writer import HostsWriter
 from kubefwd.registry.ipalloc import DEFAULT_BASE, IpAllocator
 from kubefwd.registry.registry import (
@@ -155,7 +156,10 @@ class Kubefwd:
         self.stop_requested = threading.Event()
         self.ready = threading.Event()
         self.started_at = 0.0
-        self._stop_signals = StopSignals(options.hosts_path, self.stop_requested)
+        # The hosts writers of this run: the writer, the stop signals' emergency removal and
+        # the look at other instances' lines all see the same ones.
+        self._owners = Owners()
+        self._stop_signals = StopSignals(options.hosts_path, self.stop_requested, self._owners)
         self._lock = threading.Lock()
         self._informers: list[Informer] = []
         self._clients: list[KubeClient] = []
@@ -175,7 +179,7 @@ class Kubefwd:
         self._housekeeping_ticks = 0
         self._fd_limit = Limit(-1, -1, 0)
         self._dispatcher: Dispatcher | None = None
-        self._coexist = Coexistence(options.hosts_path, self.report)
+        self._coexist = Coexistence(options.hosts_path, self.report, self._owners)
         self._start_lock = StartLock(options.hosts_path)
         self._reaper: Reaper | None = None
         self._router = Router(self.report, self._targets, policy=options.pod_policy)
@@ -369,6 +373,7 @@ class Kubefwd:
             # Nobody resolves our names before the ready line: while thousands of services
             # are listed and bound, write seldom (the flush before ready writes them all).
             min_interval=STARTUP_HOSTS_INTERVAL,
+            owners=self._owners,
         )
         self._coexist.hosts = self._hosts
         self._hosts.start()

@@ -27,6 +27,7 @@ from typing import Any
 import psutil
 
 from kubefwd.errors import ExitCode
+from kubefwd.hosts.owners import Owners
 from kubefwd.hosts.writer import remove_owned_lines
 
 # The signals that ask for the orderly shutdown.
@@ -44,10 +45,16 @@ class StartupInterrupted(BaseException):
 class StopSignals:
     """The stop-signal handler of one run: sets ``stop_requested`` on the first signal,
     raises ``StartupInterrupted`` while ``starting``, cleans the hosts file and exits on a
-    second one."""
+    second one.
 
-    def __init__(self, hosts_path: Path, stop_requested: threading.Event) -> None:
+    ``owners``: the app's hosts writers (shared with them); the emergency removal retires our
+    pid there, so a writer still running adds nothing after it. Its calls take no lock."""
+
+    def __init__(
+        self, hosts_path: Path, stop_requested: threading.Event, owners: Owners | None = None
+    ) -> None:
         self.hosts_path = hosts_path
+        self.owners = Owners() if owners is None else owners
         self.stop_requested = stop_requested
         self.received = 0
         self.starting = False  # run() is inside start(): the first signal interrupts it
@@ -130,7 +137,8 @@ class StopSignals:
             return  # the emergency clean-up below is running already (this handler, nested)
         # A second signal: only make sure the hosts file is clean, then leave at once.
         try:
-            remove_owned_lines(self.hosts_path, os.getpid(), lock_timeout=2.0)
+            remove_owned_lines(self.hosts_path, os.getpid(), lock_timeout=2.0,
+                               owners=self.owners)
             _say(b"kubefwd: interrupted again: removed our hosts entries, exiting now\n")
         except Exception as exc:  # nothing may keep us from exiting now
             _say(f"kubefwd: could not clean the hosts file: {exc}\n".encode())

@@ -21,6 +21,7 @@ import stat
 import struct
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -284,6 +285,26 @@ def read_hosts_stamped(path: Path) -> tuple[bytes, Stamp | None]:
 
 def read_hosts(path: Path) -> bytes:
     return read_hosts_stamped(path)[0]
+
+
+# How long a hosts file that reads empty just after a change is given to be written: a
+# program rewriting it in place (``open(path, "w")``, then write) leaves it empty between
+# the two, and a merge of that empty read would replace the whole file with our lines.
+EMPTY_SETTLE = 0.25
+
+
+def read_hosts_settled(path: Path) -> tuple[bytes, Stamp | None]:
+    """``read_hosts_stamped``, but a file that is empty and changed less than EMPTY_SETTLE
+    seconds ago is read again (every 10 ms) until it has content or has stayed empty that
+    long: another program truncated it and is about to write it."""
+    data, stamp = read_hosts_stamped(path)
+    deadline = time.monotonic() + EMPTY_SETTLE
+    pause = threading.Event()  # never set: a timed wait that is not a sleep
+    while (not data and stamp is not None and time.monotonic() < deadline
+           and time.time() - stamp[4] / 1e9 < EMPTY_SETTLE):
+        pause.wait(0.01)
+        data, stamp = read_hosts_stamped(path)
+    return data, stamp
 
 
 def _refuse_special(st: os.stat_result, path: Path) -> None:

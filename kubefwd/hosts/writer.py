@@ -4,7 +4,9 @@ The marker on each of our lines names the owning process (pid plus its start tim
 recycled pid does not keep dead lines alive), which lets several kubefwd processes share one
 file and lets any of them purge the lines of one that died. Every update is one locked
 read-modify-write. The format is in ``hostsformat``, the locking and writing in ``hostsio``,
-the backup in ``hostsbackup``; this module owns the owners and the writer thread.
+the backup in ``hostsbackup``, the writers running in this process in ``owners`` (an object
+the app owns and hands to the writer, the stop signals and every liveness check); this module
+decides whose lines stay and runs the writer thread.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from kubefwd.hosts.fileio import (
     cannot_write,
     locked,
     read_hosts,
-    read_hosts_stamped,
+    read_hosts_settled,
     remove_orphaned_temps,
     write_blocker,
     write_hosts,
@@ -38,11 +40,13 @@ from kubefwd.hosts.format import (
     parse_hosts,
     render_hosts,
 )
+from kubefwd.hosts.owners import Owners
 from kubefwd.hosts.shadowing import NameGuard
 from kubefwd.support.threads import StoppableThread
 
 __all__ = [
     "HostsWriter",
+    "Owners",
     "foreign_entries",
     "owner_alive",
     "process_start",
@@ -56,12 +60,6 @@ log = logging.getLogger(__name__)
 # Merges started again when another program keeps editing the file under us.
 MERGE_ATTEMPTS = 5
 
-# Owner pids of the writers running in this process: always alive, whatever psutil says.
-_local_owners: dict[int, int] = {}
-# Owners whose lines were removed for good (second Ctrl-C): their writers add nothing more.
-_retired_owners: set[tuple[int, str]] = set()
-_local_owners_lock = threading.Lock()
-
 
 def process_start(pid: int) -> int | None:
     try:
@@ -70,11 +68,11 @@ def process_start(pid: int) -> int | None:
         return None
 
 
-def owner_alive(marker: Marker, *, strict: bool = False) -> bool:
-    """Is the process that wrote a line still running? ``strict`` (-p): unless proven."""
-    with _local_owners_lock:
-        if marker.pid in _local_owners:
-            return True
+def owner_alive(marker: Marker, *, strict: bool = False, owners: Owners | None = None) -> bool:
+    """Is the process that wrote a line still running? ``strict`` (-p): unless proven.
+    A writer of this process registered in ``owners`` always is."""
+    if owners is not None and owners.is_local(marker.pid):
+        return True
     try:
         proc = psutil.Process(marker.pid)
         if proc.status() == psutil.STATUS_ZOMBIE:
@@ -96,6 +94,7 @@ def rewrite_lines(
     *,
     purge_stale: bool = False,
     guard: NameGuard | None = None,
+    owners: Owners | None = None,
 ) -> bytes:
     """The new file content: foreign text, live other owners' lines, then ours (without the
     names ``guard`` holds back next to this foreign text, a default guard without one, and
@@ -107,7 +106,7 @@ def rewrite_lines(
             continue
         who = (marker.pid, marker.started)
         if who not in alive:
-            alive[who] = owner_alive(marker, strict=purge_stale)
+            alive[who] = owner_alive(marker, strict=purge_stale, owners=owners)
             if not alive[who]:
                 log.info("removing hosts lines of kubefwd pid %d (no longer running)", marker.pid)
         if alive[who]:
@@ -129,6 +128,7 @@ def update_hosts(
     purge_stale: bool = False,
     lock_timeout: float = 10.0,
     guard: NameGuard | None = None,
+    owners: Owners | None = None,
 ) -> bool:
     """One locked read-modify-write; True when the file changed.
 
@@ -140,9 +140,9 @@ def update_hosts(
         if rename_ok:  # the sidecar lock: the one every temp file is made under
             remove_orphaned_temps(target)
         for _ in range(MERGE_ATTEMPTS):
-            data, stamp = read_hosts_stamped(target)
+            data, stamp = read_hosts_settled(target)
             new = rewrite_lines(parse_hosts(data), owner, entries, purge_stale=purge_stale,
-                                guard=guard)
+                                guard=guard, owners=owners)
             if new == data:
                 return False
             try:
@@ -155,19 +155,28 @@ def update_hosts(
     )
 
 
-def remove_owned_lines(path: Path, owner_pid: int, *, lock_timeout: float = 5.0) -> bool:
+def remove_owned_lines(
+    path: Path, owner_pid: int, *, lock_timeout: float = 5.0, owners: Owners | None = None
+) -> bool:
     """Remove the lines of ``owner_pid`` (and of dead owners) now, without a thread.
 
-    A writer thread of that owner still running in this process writes no more lines after
-    this (shutdown cut short by a second signal must not be undone by a late write).
+    A writer thread of that owner registered in ``owners`` writes no more lines after this
+    (shutdown cut short by a second signal must not be undone by a late write). Takes no
+    in-process lock (only the hosts file lock, with ``lock_timeout``): a signal handler may
+    call it.
     """
-    with _local_owners_lock:
-        _retired_owners.add((owner_pid, os.path.realpath(path)))
-    return update_hosts(Path(path), Marker(owner_pid), None, lock_timeout=lock_timeout)
+    if owners is not None:
+        owners.retire(owner_pid, path)
+    return update_hosts(Path(path), Marker(owner_pid), None, lock_timeout=lock_timeout,
+                        owners=owners)
 
 
 def foreign_entries(
-    path: Path, *, owner_pid: int | None = None, lock_timeout: float = 10.0
+    path: Path,
+    *,
+    owner_pid: int | None = None,
+    lock_timeout: float = 10.0,
+    owners: Owners | None = None,
 ) -> dict[str, list[str]]:
     """IP → names of the lines other running kubefwd processes own in the hosts file.
 
@@ -188,7 +197,7 @@ def foreign_entries(
             continue
         who = (marker.pid, marker.started)
         if who not in alive:
-            alive[who] = owner_alive(marker)
+            alive[who] = owner_alive(marker, owners=owners)
         if not alive[who]:
             continue
         fields = body.split(b"#", 1)[0].split()
@@ -217,6 +226,8 @@ class HostsWriter(StoppableThread):
     home, ``SUDO_USER``'s under sudo, and only for the system hosts file); None: no backup.
     ``refresh_backup`` overwrites an existing copy. ``allow_shadowing``: write names that a
     foreign line already defines (names of this machine never are; see ``shadowing``).
+    ``owners``: the writers of this process (the app's, shared with its stop signals); the
+    writer registers its owner pid there while it runs. None: a registry of its own.
     """
 
     def __init__(
@@ -231,8 +242,10 @@ class HostsWriter(StoppableThread):
         lock_timeout: float = 10.0,
         cleanup_timeout: float = 8.0,
         allow_shadowing: bool = False,
+        owners: Owners | None = None,
     ) -> None:
         super().__init__(name="hosts-writer")
+        self.owners = Owners() if owners is None else owners
         self.guard = NameGuard(allow_shadowing=allow_shadowing)
         self.path = Path(path)
         pid = os.getpid() if owner_pid is None else owner_pid
@@ -293,8 +306,7 @@ class HostsWriter(StoppableThread):
             )
             if written:
                 log.info("backed up %s to %s", self.path, written)
-        with _local_owners_lock:
-            _local_owners[self.owner.pid] = _local_owners.get(self.owner.pid, 0) + 1
+        self.owners.enter(self.owner.pid)
         self._registered = True
         super().start()
 
@@ -364,9 +376,8 @@ class HostsWriter(StoppableThread):
     def _write(
         self, entries: Mapping[str, Sequence[str]] | None, lock_timeout: float | None = None
     ) -> bool:
-        with _local_owners_lock:
-            if (self.owner.pid, os.path.realpath(self.path)) in _retired_owners:
-                entries = None
+        if self.owners.is_retired(self.owner.pid, self.path):
+            entries = None
         try:
             if update_hosts(
                 self.path,
@@ -375,6 +386,7 @@ class HostsWriter(StoppableThread):
                 purge_stale=self.purge_stale,
                 lock_timeout=self.lock_timeout if lock_timeout is None else lock_timeout,
                 guard=self.guard,
+                owners=self.owners,
             ):
                 self.writes += 1
             self.last_error = None
@@ -411,12 +423,7 @@ class HostsWriter(StoppableThread):
                 )
         finally:
             if self._registered:
-                with _local_owners_lock:
-                    left = _local_owners.get(self.owner.pid, 1) - 1
-                    if left:
-                        _local_owners[self.owner.pid] = left
-                    else:
-                        _local_owners.pop(self.owner.pid, None)
+                self.owners.leave(self.owner.pid)
                 self._registered = False
             with self._cond:
                 self._written = self._published

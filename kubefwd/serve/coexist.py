@@ -18,6 +18,7 @@ from pathlib import Path
 
 from kubefwd.errors import KubefwdError
 from kubefwd.events.report import Reporter
+from kubefwd.hosts.owners import Owners
 from kubefwd.hosts.writer import HostsWriter, foreign_entries
 from kubefwd.registry.ipalloc import IpAllocator
 from kubefwd.registry.model import ForwardKey
@@ -41,8 +42,9 @@ class OtherInstances:
     """Addresses and names other running kubefwd processes hold in the hosts file, read at
     most once per ``max_age`` seconds (allocation asks for every candidate address)."""
 
-    def __init__(self, path: Path, max_age: float = 1.0) -> None:
+    def __init__(self, path: Path, max_age: float = 1.0, owners: Owners | None = None) -> None:
         self.path = path
+        self.owners = owners
         self.max_age = max_age
         self._lock = threading.Lock()
         self._read_at = -max_age
@@ -65,7 +67,7 @@ class OtherInstances:
         if not force and quiet and seen is not None and seen == self._seen:
             return False
         try:
-            entries = foreign_entries(self.path, lock_timeout=1.0)
+            entries = foreign_entries(self.path, lock_timeout=1.0, owners=self.owners)
         except (KubefwdError, OSError) as exc:
             log.debug("could not read other instances' lines from %s: %s", self.path, exc)
             return False
@@ -91,8 +93,8 @@ class Coexistence:
     """The hosts entries and addresses this instance really uses, given the others: the
     registry's snapshot at moved addresses, less the names another instance holds."""
 
-    def __init__(self, hosts_path: Path, report: Reporter) -> None:
-        self.others = OtherInstances(hosts_path)
+    def __init__(self, hosts_path: Path, report: Reporter, owners: Owners | None = None) -> None:
+        self.others = OtherInstances(hosts_path, owners=owners)
         self.report = report
         self.hosts: HostsWriter | None = None  # set once the writer exists
         # registry address → the one really used, for forwards that found theirs taken

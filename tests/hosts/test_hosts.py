@@ -10,6 +10,8 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -25,7 +27,7 @@ from kubefwd.hosts.backup import (
     default_backup_dir,
     invoking_user,
 )
-from kubefwd.hosts.fileio import lock_path_for
+from kubefwd.hosts.fileio import EMPTY_SETTLE, lock_path_for
 from kubefwd.hosts.format import (
     MAX_LINE,
     Marker,
@@ -34,6 +36,7 @@ from kubefwd.hosts.format import (
     parse_marker,
     render_hosts,
 )
+from kubefwd.hosts.owners import Owners
 from kubefwd.hosts.writer import (
     HostsWriter,
     foreign_entries,
@@ -58,18 +61,18 @@ FOREIGN_SAMPLES = [
 
 
 @contextlib.contextmanager
-def mock_local_owners(pids: Iterable[int]) -> Iterator[None]:
-    """Count fake owner pids as alive, as writers running in this process are."""
+def local_owners(pids: Iterable[int]) -> Iterator[Owners]:
+    """An owners registry counting fake owner pids as alive, as writers of this process are."""
     wanted = list(pids)
-    with hosts_module._local_owners_lock:
-        for pid in wanted:
-            hosts_module._local_owners[pid] = hosts_module._local_owners.get(pid, 0) + 1
+    owners = Owners()
+    for pid in wanted:
+        owners.enter(pid)
     try:
-        yield
+        yield owners
     finally:
-        with hosts_module._local_owners_lock:
-            for pid in wanted:
-                hosts_module._local_owners.pop(pid, None)
+        for pid in wanted:
+            owners.leave(pid)
+        assert not any(owners.is_local(pid) for pid in wanted)
 
 
 PRIVATE_MOUNTS = ["--mount", "--propagation", "private"]
@@ -104,13 +107,14 @@ def test_random_foreign_texts_survive_many_owners() -> None:
             continue
         data = foreign
         owners = [Marker(2_000_000_100 + k) for k in range(3)]
-        with mock_local_owners(o.pid for o in owners):
+        with local_owners(o.pid for o in owners) as alive:
             for owner in owners:
-                data = rewrite_lines(parse_hosts(data), owner, {"127.1.27.1": [f"n{owner.pid}"]})
+                data = rewrite_lines(parse_hosts(data), owner, {"127.1.27.1": [f"n{owner.pid}"]},
+                                     owners=alive)
             rng.shuffle(owners)
             for owner in owners:
                 assert parse_hosts(data).foreign == foreign
-                data = rewrite_lines(parse_hosts(data), owner, None)
+                data = rewrite_lines(parse_hosts(data), owner, None, owners=alive)
         assert data == foreign
 
 
@@ -280,8 +284,9 @@ def test_unchanged_snapshot_is_not_rewritten(tmp_path: Path) -> None:
 
 def test_two_writers_in_one_process_keep_each_others_lines(tmp_path: Path) -> None:
     hosts = hosts_file(tmp_path, b"# mine\n")
-    a = _writer(hosts, owner_pid=2_000_000_001, min_interval=0)
-    b = _writer(hosts, owner_pid=2_000_000_002, min_interval=0)
+    owners = Owners()  # one registry, as the app has: each writer knows the other is alive
+    a = _writer(hosts, owner_pid=2_000_000_001, min_interval=0, owners=owners)
+    b = _writer(hosts, owner_pid=2_000_000_002, min_interval=0, owners=owners)
     try:
         for i in range(30):
             a.publish({"127.1.27.1": [f"a{i}"]})
@@ -374,6 +379,34 @@ def test_symlinked_hosts_file_stays_a_symlink(tmp_path: Path) -> None:
     assert link.is_symlink() and b"\tweb\t" in real.read_bytes()
     remove_owned_lines(link, 4242)
     assert real.read_bytes() == b"# real\n"
+
+
+def test_a_file_truncated_by_another_program_is_merged_once_it_is_written(
+    tmp_path: Path,
+) -> None:
+    """A program rewriting the file in place truncates it, then writes: a merge in between
+    must wait for its write, not replace the whole file with our lines."""
+    hosts = hosts_file(tmp_path, b"127.0.0.1 localhost\n10.0.0.1 db\n")
+    edited = b"127.0.0.1 localhost\n10.0.0.1 db\n10.0.0.2 added\n"
+    done = threading.Event()
+    with open(hosts, "wb") as fh:  # truncated; the program is descheduled before its write
+        merge = threading.Thread(
+            target=lambda: (update_hosts(hosts, _ours(), {"127.1.27.1": ["web"]}), done.set()),
+            name="merge")
+        merge.start()
+        assert not done.wait(0.05)
+        fh.write(edited)
+    merge.join(5)
+    assert done.is_set()
+    assert hosts.read_bytes() == edited + b"127.1.27.1\tweb\t# kubefwd pid=4242\n"
+
+
+def test_a_file_that_stays_empty_is_written_after_a_moment(tmp_path: Path) -> None:
+    hosts = hosts_file(tmp_path, b"")
+    started = time.monotonic()
+    assert update_hosts(hosts, _ours(), {"127.1.27.1": ["web"]})
+    assert time.monotonic() - started < EMPTY_SETTLE + 0.5
+    assert hosts.read_bytes() == b"127.1.27.1\tweb\t# kubefwd pid=4242\n"
 
 
 def test_remove_owned_lines_keeps_others(tmp_path: Path) -> None:
@@ -892,8 +925,47 @@ def test_after_remove_owned_lines_a_late_write_adds_nothing(tmp_path: Path) -> N
     with _running(hosts, owner_pid=2_000_000_003, min_interval=0) as writer:
         writer.publish({"127.1.27.1": ["web"]})
         assert writer.flush()
-        remove_owned_lines(hosts, 2_000_000_003)
+        remove_owned_lines(hosts, 2_000_000_003, owners=writer.owners)
         writer.publish({"127.1.27.1": ["web", "late"]})
+        assert writer.flush()
+        assert hosts.read_bytes() == b"x\n"
+
+
+def test_a_writer_owner_counts_as_alive_only_through_its_registry(tmp_path: Path) -> None:
+    """Fake owner pids are alive for writers sharing one registry, and for nobody else."""
+    hosts = hosts_file(tmp_path, b"x\n")
+    with _running(hosts, owner_pid=2_000_000_004, min_interval=0) as writer:
+        writer.publish({"127.1.27.1": ["web"]})
+        assert writer.flush()
+        assert writer.owners.is_local(2_000_000_004)
+        assert foreign_entries(hosts, owners=writer.owners) == {"127.1.27.1": ["web"]}
+        assert foreign_entries(hosts, owners=Owners()) == {}  # another registry: a dead pid
+        assert foreign_entries(hosts) == {}
+    assert not writer.owners.is_local(2_000_000_004)
+    assert hosts.read_bytes() == b"x\n"
+
+
+def test_the_emergency_removal_takes_no_lock_of_the_registry(tmp_path: Path) -> None:
+    """The second-signal path runs in a signal handler, between any two bytecodes of the main
+    thread: it must finish while the registry's lock is held (by a writer starting)."""
+    hosts = hosts_file(tmp_path, b"x\n")
+    owners = Owners()
+    with _running(hosts, owner_pid=2_000_000_005, min_interval=0, owners=owners) as writer:
+        writer.publish({"127.1.27.1": ["web"]})
+        assert writer.flush()
+        done = threading.Event()
+        remover = threading.Thread(
+            target=lambda: (remove_owned_lines(hosts, 2_000_000_005, owners=owners,
+                                               lock_timeout=2.0), done.set()),
+            name="emergency-removal")
+        with owners._lock:
+            remover.start()
+            finished = done.wait(5.0)
+        remover.join(5.0)
+        assert finished, "the emergency removal waited for the owners lock"
+        assert owners.is_retired(2_000_000_005, hosts)
+        assert hosts.read_bytes() == b"x\n"
+        writer.publish({"127.1.27.1": ["web", "late"]})  # a retired owner writes no more
         assert writer.flush()
         assert hosts.read_bytes() == b"x\n"
 
