@@ -12,6 +12,7 @@ caller then runs the ordinary ordered shutdown.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from prompt_toolkit.application import Application
@@ -71,12 +72,10 @@ class Tui:
             layout.focus(self.screen.table)
 
     def _signature(self) -> tuple[Any, ...]:
-        snap_time = self.app.metrics.snapshot().time if self.view.bandwidth or self.view.detail \
-            else 0
-        metrics = self.app.metrics.snapshot()
-        return (self.app.store.version, metrics.bytes_in, metrics.bytes_out, metrics.rate_in,
-                metrics.rate_out, self.view.log_seen,
-                int(snap_time) if self.view.detail else 0)
+        # The totals, not a snapshot: a tick must not cost a figure per forward.
+        metrics = self.app.metrics.totals()
+        return (self.app.store.version, metrics.seq, metrics.bytes_in, metrics.bytes_out,
+                self.view.log_seen, int(time.monotonic()) if self.view.detail else 0)
 
     async def _ticker(self) -> None:
         stop = getattr(self.app, "stop_requested", None)

@@ -232,9 +232,9 @@ class Screen:
         return [pad([("class:header", text)], width, "class:header")]
 
     def render_bar(self, width: int, height: int) -> Lines:
-        counts = self.app.store.counts()
-        snap = self.app.metrics.snapshot()
         v = self.view
+        counts = v.counts()
+        snap = self.app.metrics.totals()
         parts = [f" forwards {counts.active}/{counts.forwards} active",
                  f"errors {counts.error}"]
         if v.filter:
@@ -256,21 +256,16 @@ class Screen:
 
     # -- the table --------------------------------------------------------------------------
 
-    def _columns(self, width: int, rows: list[model.Row]) -> list[model.Column]:
-        all_rows = rows
-        namespaces = {(r.context, r.namespace) for r in all_rows}
-        contexts = {r.context for r in all_rows}
-        host_w = max((len(r.host) for r in all_rows[:500]), default=8)
-        addr_w = max((len(r.address) for r in all_rows[:500]), default=15)
+    def _columns(self, width: int) -> list[model.Column]:
+        multi_namespace, multi_context, host_w, addr_w = self.view.shape()
         return model.columns(width, compact=self.view.compact, bandwidth=self.view.bandwidth,
-                             multi_namespace=len(namespaces) > 1,
-                             multi_context=len(contexts) > 1,
+                             multi_namespace=multi_namespace, multi_context=multi_context,
                              host_width=host_w, address_width=addr_w)
 
     def render_table(self, width: int, height: int) -> Lines:
         v = self.view
         rows = v.rows()
-        cols = self._columns(width, rows)
+        cols = self._columns(width)
         lines: Lines = [pad([("class:title", model.header(cols, v.sort))], width)]
         if not rows:
             text = (f"no forward matches '{v.filter}'" if v.filter
