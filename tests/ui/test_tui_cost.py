@@ -3,8 +3,10 @@ them (the order is kept per store version, the status bar reads the totals)."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+from helpers import wait_for
 from tuikit import FakeApp, running
 
 from kubefwd.events.metrics import MetricsRegistry
@@ -51,3 +53,20 @@ def test_key_presses_with_2000_forwards_read_only_the_rows_on_screen() -> None:
         h.keys("g")
         top = h.screen()[3]
         assert top.startswith("svc1999 ") and " 10.0M " in top
+
+
+def test_an_idle_view_is_not_redrawn_by_each_sample_but_traffic_redraws_it() -> None:
+    app = FakeApp(services=3)
+    with running(app) as h:
+        time.sleep(0.6)  # the start-up lines drawn
+        before = h.tui.redraws
+        for _ in range(4):  # samples with nothing moving: the same screen
+            app.metrics.sample()
+            time.sleep(0.3)
+        assert h.tui.redraws == before
+        app.metrics.counters("one/shop/web", 80).bytes_in += 5000
+        app.metrics.sample()
+        wait_for(lambda: h.tui.redraws > before, 3, "a redraw for the traffic")
+        moved = h.tui.redraws
+        app.metrics.sample()  # the rate still moves: each sample redraws (sparklines)
+        wait_for(lambda: h.tui.redraws > moved, 3, "a redraw for the next sample")
