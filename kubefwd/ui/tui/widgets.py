@@ -180,6 +180,8 @@ class Screen:
         self.view = view
         self.app = view.app
         self.filter_buffer = filter_buffer
+        self._row_lines: dict[str, tuple[model.Row, tuple[Any, ...], str,
+                                         StyleAndTextTuples]] = {}
         self.table = Window(LinesControl(self.render_table, self.table_mouse, focusable=True),
                             wrap_lines=False)
         self.filter_window = Window(BufferControl(filter_buffer), height=1, wrap_lines=False)
@@ -273,18 +275,30 @@ class Screen:
             lines.append([("class:dim", " " + text)])
             return lines
         table_focused = not v.focus_log
+        shape = (tuple(cols), width)
+        drawn: dict[str, tuple[model.Row, tuple[Any, ...], str, StyleAndTextTuples]] = {}
         for row in v.visible(max(1, height - 1)):
             selected = row.key == v.selected
             base = ("class:selected" if table_focused else "underline") if selected else ""
-            line: StyleAndTextTuples = []
-            for i, (name, text) in enumerate(model.render_row(row, cols)):
-                if i:
-                    line.append((base, " "))
-                style = base
-                if name == "status":
-                    style = f"{base} class:status.{row.status}".strip()
-                line.append((style, text))
-            lines.append(pad(line, width, base))
+            # A row drawn last time with the same figures, columns and style is reused: a
+            # key press that moves the selection lays out two rows, not the page.
+            cached = self._row_lines.get(row.key)
+            if cached is not None and cached[0] is row and cached[1] == shape \
+                    and cached[2] == base:
+                line = cached[3]
+            else:
+                line = []
+                for i, (name, text) in enumerate(model.render_row(row, cols)):
+                    if i:
+                        line.append((base, " "))
+                    style = base
+                    if name == "status":
+                        style = f"{base} class:status.{row.status}".strip()
+                    line.append((style, text))
+                line = pad(line, width, base)
+            drawn[row.key] = (row, shape, base, line)
+            lines.append(line)
+        self._row_lines = drawn
         return lines
 
     def table_mouse(self, event: MouseEvent) -> bool:
