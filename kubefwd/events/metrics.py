@@ -90,6 +90,22 @@ class MetricsSnapshot:
     forwards: tuple[ForwardMetrics, ...]
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MetricsTotals:
+    """The totals of a ``MetricsSnapshot`` without the per-forward figures; ``seq`` counts the
+    samples taken so far (it changes when the rates do)."""
+
+    seq: int
+    time: float
+    bytes_in: int
+    bytes_out: int
+    open: int
+    total: int
+    failed: int
+    rate_in: float
+    rate_out: float
+
+
 class _PortTrack:
     """A port's counters and the points of its rolling window, kept by the sampler."""
 
@@ -136,6 +152,9 @@ class MetricsRegistry:
         self._gone_bytes_out = 0
         self._gone_total = 0
         self._gone_failed = 0
+        self._seq = 0
+        self._rates: dict[str, tuple[float, float]] = {}
+        self._totals: MetricsTotals | None = None
 
     def counters(self, key: str, port: int) -> PortCounters:
         """The counters of ``port`` of forward ``key``, created on the first call."""
@@ -169,7 +188,7 @@ class MetricsRegistry:
         now = self._clock()
         horizon = now - self._window
         with self._lock:
-            forwards = tuple(self._forwards.values())
+            forwards = tuple(self._forwards.items())
             retired, self._retiring = tuple(self._retiring.values()), {}
             for track in retired:
                 for p in track.ports.values():
@@ -178,7 +197,8 @@ class MetricsRegistry:
                     self._gone_bytes_out += c.bytes_out
                     self._gone_total += c.total
                     self._gone_failed += c.failed
-        for track in forwards:
+        rates: dict[str, tuple[float, float]] = {}
+        for key, track in forwards:
             fwd_in = fwd_out = 0.0
             for p in track.ports.values():
                 c = p.counters
@@ -198,6 +218,54 @@ class MetricsRegistry:
                 fwd_in += p.rate_in
                 fwd_out += p.rate_out
             track.history.append((fwd_in, fwd_out))
+            rates[key] = (fwd_in, fwd_out)
+        self._rates = rates
+        self._seq += 1
+        self._totals = None
+
+    def totals(self, max_age: float = 1.0) -> MetricsTotals:
+        """The totals of ``snapshot()`` without building a figure per forward: rates as of the
+        last sample, byte counts at most ``max_age`` seconds old (O(ports) once per
+        ``max_age``, O(1) otherwise). For readers that only show the sums (a status bar)."""
+        cached = self._totals
+        now = self._clock()
+        if cached is not None and cached.seq == self._seq and now - cached.time < max_age:
+            return cached
+        with self._lock:
+            tracks = (*self._retiring.values(), *self._forwards.values())
+            gone = (self._gone_bytes_in, self._gone_bytes_out, self._gone_total,
+                    self._gone_failed)
+            seq = self._seq
+        b_in, b_out, opened, total, failed = gone[0], gone[1], 0, gone[2], gone[3]
+        r_in = r_out = 0.0
+        for track in tracks:
+            for p in track.ports.values():
+                c = p.counters
+                b_in += c.bytes_in
+                b_out += c.bytes_out
+                opened += c.open
+                total += c.total
+                failed += c.failed
+                r_in += p.rate_in
+                r_out += p.rate_out
+        totals = MetricsTotals(seq=seq, time=now, bytes_in=b_in, bytes_out=b_out, open=opened,
+                               total=total, failed=failed, rate_in=r_in, rate_out=r_out)
+        self._totals = totals
+        return totals
+
+    def rates(self) -> dict[str, tuple[float, float]]:
+        """(rate in, rate out) of every forward as of the last sample (do not modify it)."""
+        return self._rates
+
+    @property
+    def seq(self) -> int:
+        """How many samples were taken so far: the rates change only when this does."""
+        return self._seq
+
+    def forward(self, key: str) -> ForwardMetrics | None:
+        """The figures of forward ``key`` alone (O(its ports)), or None when it has none."""
+        track = self._forwards.get(key) or self._retiring.get(key)
+        return _forward_metrics(key, track) if track is not None else None
 
     def snapshot(self) -> MetricsSnapshot:
         """Every figure as of now (rates as of the last sample)."""

@@ -86,3 +86,56 @@ def test_clean_all_yes_removes_a_running_instances_lines(
     assert result.returncode == 0, result.stderr
     assert hosts.read_bytes() == ORIGINAL_HOSTS
     fwd.stop()
+
+
+def test_status_asks_the_api_of_instances_that_serve_one(
+    run: Callable[..., Kubefwd], hosts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from helpers import http_text, wait_for
+    from test_svc_e2e import hosts_entries
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))  # where the key files go
+    monkeypatch.delenv("KUBEFWD_API_KEY", raising=False)
+    shop = run("-n", "shop", "--api", "--api-addr", "127.0.0.1:0")
+    payments = run("-x", "one", "-n", "payments")
+    idle = run("--api-addr", "127.0.0.1:0")  # no hosts lines: known by its key file only
+    assert http_text(hosts_entries(hosts)["web.shop"], 80).startswith("web-")
+
+    def shown() -> dict[int, dict[str, object]]:
+        result = kubefwd("status", "--hosts-path", str(hosts), "-o", "json")
+        assert result.returncode == 0, result.stderr
+        return {i["pid"]: i for i in json.loads(result.stdout)["instances"]}
+
+    def web_active() -> dict[int, dict[str, object]] | None:
+        now = shown()
+        api = now[shop.proc.pid]["api"]
+        assert isinstance(api, dict) and "services" in api, api
+        statuses = {s["key"]: s["status"] for s in api["services"]}
+        return now if statuses.get("one/shop/web") == "active" else None
+
+    now = wait_for(web_active, 10, "web active in the API's answer")
+    assert set(now) == {shop.proc.pid, payments.proc.pid, idle.proc.pid}
+    api = now[shop.proc.pid]["api"]
+    assert isinstance(api, dict) and api["url"].startswith("http://127.0.0.1:")
+    web = next(s for s in api["services"] if s["key"] == "one/shop/web")
+    assert web["ip"] == hosts_entries(hosts)["web.shop"] and 80 in web["ports"]
+    assert "web.shop" in web["names"]
+    assert {s["key"].split("/")[1] for s in api["services"]} == {"shop"}
+    assert now[payments.proc.pid]["api"] is None  # no API: the hosts lines only
+    assert now[payments.proc.pid]["forwards"]
+    idle_api = now[idle.proc.pid]["api"]
+    assert isinstance(idle_api, dict) and idle_api["services"] == [] and "error" not in idle_api
+    assert now[idle.proc.pid]["forwards"] == [] and now[idle.proc.pid]["alive"]
+    text = kubefwd("status", "--hosts-path", str(hosts)).stdout
+    assert f"API {api['url']}: " in text
+    line = next(x for x in text.splitlines() if "one/shop/web " in x)
+    assert line.split()[0] == "active" and web["ip"] in line
+    # An API that stops answering: said in one line, and the hosts lines shown instead.
+    shop.proc.send_signal(signal.SIGSTOP)
+    try:
+        result = kubefwd("status", "--hosts-path", str(hosts), "-o", "json")
+        stopped = {i["pid"]: i for i in json.loads(result.stdout)["instances"]}
+        assert stopped[shop.proc.pid]["api"]["error"] == "no answer"
+        assert stopped[shop.proc.pid]["forwards"]
+    finally:
+        shop.proc.send_signal(signal.SIGCONT)

@@ -224,3 +224,36 @@ def test_sampler_stop_before_start_is_harmless() -> None:
     sampler = MetricsSampler(MetricsRegistry())
     sampler.stop()
     assert not sampler.is_alive()
+
+
+def test_totals_forward_and_rates_agree_with_the_snapshot(clock: FakeClock) -> None:
+    reg = MetricsRegistry(clock)
+    web, db = reg.counters(WEB, 80), reg.counters(DB, 5432)
+    web.bytes_in, web.bytes_out, web.open, web.total = 1000, 200, 2, 3
+    db.bytes_in, db.failed = 50, 1
+    assert reg.seq == 0 and reg.rates() == {}
+    clock.now += 1
+    reg.sample()
+    assert reg.seq == 1
+    snap = reg.snapshot()
+    totals = reg.totals()
+    assert (totals.bytes_in, totals.bytes_out, totals.open, totals.total, totals.failed,
+            totals.rate_in, totals.rate_out, totals.seq) == (
+        snap.bytes_in, snap.bytes_out, snap.open, snap.total, snap.failed, snap.rate_in,
+        snap.rate_out, 1)
+    assert reg.forward(WEB) == next(f for f in snap.forwards if f.key == WEB)
+    assert reg.forward("ctx/shop/none") is None
+    assert reg.rates() == {WEB: (1000.0, 200.0), DB: (50.0, 0.0)}
+    # Byte counts are at most max_age old; a new sample refreshes them at once.
+    web.bytes_in += 500
+    assert reg.totals().bytes_in == 1050
+    clock.now += 1.0
+    assert reg.totals().bytes_in == 1550
+    web.bytes_in += 1
+    reg.sample()
+    assert reg.totals().bytes_in == 1551 and reg.totals().seq == 2
+    # A forgotten forward's bytes stay in the totals, as in the snapshot.
+    reg.forget(DB)
+    reg.sample()
+    assert reg.totals().bytes_in == reg.snapshot().bytes_in == 1551
+    assert reg.forward(DB) is None

@@ -12,6 +12,7 @@ caller then runs the ordinary ordered shutdown.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from prompt_toolkit.application import Application
@@ -24,6 +25,7 @@ from kubefwd.ui.tui.view import Copier, View, default_copier
 from kubefwd.ui.tui.widgets import Screen, style_for
 
 TICK = 0.25
+SPARK_SECONDS = 61.0  # how long the last traffic still moves a sparkline
 
 
 class Tui:
@@ -52,6 +54,7 @@ class Tui:
         self.redraws = 0
         self.application.after_render += self._rendered
         self._seen: tuple[Any, ...] = ()
+        self._busy_at = -SPARK_SECONDS - 1.0
 
     def _rendered(self, _app: Any) -> None:
         self.redraws += 1
@@ -71,12 +74,16 @@ class Tui:
             layout.focus(self.screen.table)
 
     def _signature(self) -> tuple[Any, ...]:
-        snap_time = self.app.metrics.snapshot().time if self.view.bandwidth or self.view.detail \
-            else 0
-        metrics = self.app.metrics.snapshot()
-        return (self.app.store.version, metrics.bytes_in, metrics.bytes_out, metrics.rate_in,
-                metrics.rate_out, self.view.log_seen,
-                int(snap_time) if self.view.detail else 0)
+        # The totals, not a snapshot: a tick must not cost a figure per forward.
+        # A new sample matters while rates move and for the sparklines' minute after; an idle
+        # view is not redrawn once a second for figures that stay the same.
+        metrics = self.app.metrics.totals()
+        now = time.monotonic()
+        if metrics.rate_in or metrics.rate_out:
+            self._busy_at = now
+        sample = metrics.seq if now - self._busy_at <= SPARK_SECONDS else 0
+        return (self.app.store.version, sample, metrics.bytes_in, metrics.bytes_out,
+                self.view.log_seen, int(now) if self.view.detail else 0)
 
     async def _ticker(self) -> None:
         stop = getattr(self.app, "stop_requested", None)

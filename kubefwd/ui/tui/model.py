@@ -124,8 +124,10 @@ def filter_rows(rows: Iterable[Row], query: str) -> list[Row]:
     return [r for r in rows if matches(r, query)]
 
 
-def sort_rows(rows: Iterable[Row], by: str) -> list[Row]:
-    """Stable sort by ``by`` (one of ``SORTS``); rate sorts the busiest first."""
+def sort_rows(rows: Iterable[Row], by: str,
+              rates: Mapping[str, tuple[float, float]] | None = None) -> list[Row]:
+    """Stable sort by ``by`` (one of ``SORTS``); rate sorts the busiest first, by the rows' own
+    rates or, given ``rates`` (key → (in, out)), by those."""
     if by == "hostname":
         return sorted(rows, key=lambda r: r.host)
     if by == "namespace":
@@ -133,6 +135,8 @@ def sort_rows(rows: Iterable[Row], by: str) -> list[Row]:
     if by == "status":
         return sorted(rows, key=lambda r: STATUS_ORDER.get(r.status, 9))
     if by == "rate":
+        if rates is not None:
+            return sorted(rows, key=lambda r: -sum(rates.get(r.key, (0.0, 0.0))))
         return sorted(rows, key=lambda r: -r.rate)
     raise ValueError(f"unknown sort {by!r}")
 

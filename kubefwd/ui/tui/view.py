@@ -10,6 +10,7 @@ slow one never freezes the screen; look-ups go through ``app.lookups`` the same 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import threading
 import time
@@ -99,6 +100,12 @@ class View:
         self.quit_requested = False
         self._rows_cache: tuple[Any, ...] = ()
         self._rows: list[Row] = []
+        self._base: list[Row] = []
+        self._base_version = -1
+        self._index: dict[str, int] = {}
+        self._shape: tuple[bool, bool, int, int] = (False, False, 8, 15)
+        self._counts: tuple[int, Any] | None = None
+        self._merged: dict[str, tuple[tuple[int, int], Row, Row]] = {}
         self._workers: list[threading.Thread] = []
         self._sub: Subscription | None = None
 
@@ -137,29 +144,64 @@ class View:
         return model.build_rows(states, metrics)
 
     def rows(self) -> list[Row]:
-        """The rows shown: filtered, sorted (recomputed when the data or settings change)."""
-        # Rates are sampled once a second: rebuilding the rows more often shows nothing new.
-        sig = (self.app.store.version, self.filter, self.sort, int(time.monotonic()))
+        """The rows shown, filtered and sorted, without their figures (``with_metrics`` adds
+        them to the few rows drawn). The order is rebuilt only when the store's version, the
+        filter or the sort change (and, sorted by rate, when the rates are sampled again), so
+        a key press costs the rows on screen, not every forward."""
+        metrics = self.app.metrics
+        rate_seq = metrics.seq if self.sort == "rate" else -1
+        sig = (self.app.store.version, self.filter, self.sort, rate_seq)
         if sig != self._rows_cache:
-            self._rows = model.sort_rows(model.filter_rows(self.all_rows(), self.filter),
-                                         self.sort)
+            version = self.app.store.version
+            if self._base_version != version:
+                self._base = model.build_rows(self.app.store.snapshot(), {})
+                self._base_version = version
+            rates = metrics.rates() if self.sort == "rate" else None
+            self._rows = model.sort_rows(model.filter_rows(self._base, self.filter), self.sort,
+                                         rates)
+            self._index = {row.key: i for i, row in enumerate(self._rows)}
+            self._shape = _shape(self._rows)
             self._rows_cache = sig
             self._keep_selection()
         return self._rows
 
+    def shape(self) -> tuple[bool, bool, int, int]:
+        """Of the rows shown: more than one namespace, more than one context, the widest
+        host name and address (of the first 500)."""
+        self.rows()
+        return self._shape
+
+    def with_metrics(self, row: Row) -> Row:
+        """``row`` with its forward's figures, at most a second old (rates are sampled once a
+        second: reading them more often shows nothing new)."""
+        stamp = (self.app.metrics.seq, int(time.monotonic()))
+        cached = self._merged.get(row.key)
+        if cached is not None and cached[0] == stamp and cached[1] is row:
+            return cached[2]
+        m = self.app.metrics.forward(row.key)
+        merged = row if m is None else dataclasses.replace(
+            row, bytes_in=m.bytes_in, bytes_out=m.bytes_out, rate_in=m.rate_in,
+            rate_out=m.rate_out, open=m.open, history=m.history)
+        if len(self._merged) > 4 * max(self.page, 50):
+            self._merged.clear()
+        self._merged[row.key] = (stamp, row, merged)
+        return merged
+
+    def counts(self) -> Any:
+        """The store's counts, computed once per store version."""
+        version = self.app.store.version
+        if self._counts is None or self._counts[0] != version:
+            self._counts = (version, self.app.store.counts())
+        return self._counts[1]
+
     def selected_row(self) -> Row | None:
         rows = self.rows()
-        for row in rows:
-            if row.key == self.selected:
-                return row
-        return None
+        i = self._index.get(self.selected) if self.selected is not None else None
+        return self.with_metrics(rows[i]) if i is not None else None
 
     def index(self) -> int:
-        rows = self.rows()
-        for i, row in enumerate(rows):
-            if row.key == self.selected:
-                return i
-        return 0
+        self.rows()
+        return self._index.get(self.selected, 0) if self.selected is not None else 0
 
     def _keep_selection(self) -> None:
         rows = self._rows
@@ -210,7 +252,7 @@ class View:
         elif i >= self.offset + height:
             self.offset = i - height + 1
         self.offset = max(0, min(self.offset, max(0, len(rows) - height)))
-        return rows[self.offset:self.offset + height]
+        return [self.with_metrics(row) for row in rows[self.offset:self.offset + height]]
 
     # -- settings ---------------------------------------------------------------------------
 
@@ -465,6 +507,14 @@ class View:
 
     def quit(self) -> None:
         self.quit_requested = True
+
+
+def _shape(rows: list[Row]) -> tuple[bool, bool, int, int]:
+    namespaces = {(r.context, r.namespace) for r in rows}
+    contexts = {r.context for r in rows}
+    host_w = max((len(r.host) for r in rows[:500]), default=8)
+    addr_w = max((len(r.address) for r in rows[:500]), default=15)
+    return len(namespaces) > 1, len(contexts) > 1, host_w, addr_w
 
 
 def _done(_result: object, message: str) -> str:

@@ -180,6 +180,8 @@ class Screen:
         self.view = view
         self.app = view.app
         self.filter_buffer = filter_buffer
+        self._row_lines: dict[str, tuple[model.Row, tuple[Any, ...], str,
+                                         StyleAndTextTuples]] = {}
         self.table = Window(LinesControl(self.render_table, self.table_mouse, focusable=True),
                             wrap_lines=False)
         self.filter_window = Window(BufferControl(filter_buffer), height=1, wrap_lines=False)
@@ -232,9 +234,9 @@ class Screen:
         return [pad([("class:header", text)], width, "class:header")]
 
     def render_bar(self, width: int, height: int) -> Lines:
-        counts = self.app.store.counts()
-        snap = self.app.metrics.snapshot()
         v = self.view
+        counts = v.counts()
+        snap = self.app.metrics.totals()
         parts = [f" forwards {counts.active}/{counts.forwards} active",
                  f"errors {counts.error}"]
         if v.filter:
@@ -256,21 +258,16 @@ class Screen:
 
     # -- the table --------------------------------------------------------------------------
 
-    def _columns(self, width: int, rows: list[model.Row]) -> list[model.Column]:
-        all_rows = rows
-        namespaces = {(r.context, r.namespace) for r in all_rows}
-        contexts = {r.context for r in all_rows}
-        host_w = max((len(r.host) for r in all_rows[:500]), default=8)
-        addr_w = max((len(r.address) for r in all_rows[:500]), default=15)
+    def _columns(self, width: int) -> list[model.Column]:
+        multi_namespace, multi_context, host_w, addr_w = self.view.shape()
         return model.columns(width, compact=self.view.compact, bandwidth=self.view.bandwidth,
-                             multi_namespace=len(namespaces) > 1,
-                             multi_context=len(contexts) > 1,
+                             multi_namespace=multi_namespace, multi_context=multi_context,
                              host_width=host_w, address_width=addr_w)
 
     def render_table(self, width: int, height: int) -> Lines:
         v = self.view
         rows = v.rows()
-        cols = self._columns(width, rows)
+        cols = self._columns(width)
         lines: Lines = [pad([("class:title", model.header(cols, v.sort))], width)]
         if not rows:
             text = (f"no forward matches '{v.filter}'" if v.filter
@@ -278,18 +275,30 @@ class Screen:
             lines.append([("class:dim", " " + text)])
             return lines
         table_focused = not v.focus_log
+        shape = (tuple(cols), width)
+        drawn: dict[str, tuple[model.Row, tuple[Any, ...], str, StyleAndTextTuples]] = {}
         for row in v.visible(max(1, height - 1)):
             selected = row.key == v.selected
             base = ("class:selected" if table_focused else "underline") if selected else ""
-            line: StyleAndTextTuples = []
-            for i, (name, text) in enumerate(model.render_row(row, cols)):
-                if i:
-                    line.append((base, " "))
-                style = base
-                if name == "status":
-                    style = f"{base} class:status.{row.status}".strip()
-                line.append((style, text))
-            lines.append(pad(line, width, base))
+            # A row drawn last time with the same figures, columns and style is reused: a
+            # key press that moves the selection lays out two rows, not the page.
+            cached = self._row_lines.get(row.key)
+            if cached is not None and cached[0] is row and cached[1] == shape \
+                    and cached[2] == base:
+                line = cached[3]
+            else:
+                line = []
+                for i, (name, text) in enumerate(model.render_row(row, cols)):
+                    if i:
+                        line.append((base, " "))
+                    style = base
+                    if name == "status":
+                        style = f"{base} class:status.{row.status}".strip()
+                    line.append((style, text))
+                line = pad(line, width, base)
+            drawn[row.key] = (row, shape, base, line)
+            lines.append(line)
+        self._row_lines = drawn
         return lines
 
     def table_mouse(self, event: MouseEvent) -> bool:

@@ -1,0 +1,72 @@
+"""What a redraw costs with many forwards: the rows on screen, not every forward behind
+them (the order is kept per store version, the status bar reads the totals)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from helpers import wait_for
+from tuikit import FakeApp, running
+
+from kubefwd.events.metrics import MetricsRegistry
+
+
+class CountingMetrics(MetricsRegistry):
+    def __init__(self) -> None:
+        super().__init__()
+        self.snapshots = 0
+        self.forwards: list[str] = []
+
+    def snapshot(self) -> Any:
+        self.snapshots += 1
+        return super().snapshot()
+
+    def forward(self, key: str) -> Any:
+        self.forwards.append(key)
+        return super().forward(key)
+
+
+def test_key_presses_with_2000_forwards_read_only_the_rows_on_screen() -> None:
+    app = FakeApp(services=2000, http=False)
+    metrics = app.metrics = CountingMetrics()
+    for state in app.store.snapshot():
+        metrics.counters(state.key, 80).bytes_in = 7
+    busy = "one/payments/svc1999"
+    metrics.counters(busy, 80).bytes_in = 10_000_000
+    metrics.sample()
+    with running(app, columns=120, rows=30) as h:
+        h.screen()
+        metrics.snapshots, metrics.forwards = 0, []
+        metrics.sample()  # new rates: the rows drawn read their figures again
+        for _ in range(5):
+            h.keys("j", settle=0.05)
+        lines = h.screen()
+        assert metrics.snapshots == 0
+        assert 0 < len(set(metrics.forwards)) <= 30  # the visible rows, no more
+        assert "forwards 2000/2000 active" in lines[1]
+        assert "in 10.0M" in lines[1]  # totals, from the registry's sums
+        # Sorted by rate, the busiest forward comes first, by the sampled rates.
+        h.keys("sss")
+        assert h.view.sort == "rate"
+        assert h.view.rows()[0].key == busy
+        h.keys("g")
+        top = h.screen()[3]
+        assert top.startswith("svc1999 ") and " 10.0M " in top
+
+
+def test_an_idle_view_is_not_redrawn_by_each_sample_but_traffic_redraws_it() -> None:
+    app = FakeApp(services=3)
+    with running(app) as h:
+        time.sleep(0.6)  # the start-up lines drawn
+        before = h.tui.redraws
+        for _ in range(4):  # samples with nothing moving: the same screen
+            app.metrics.sample()
+            time.sleep(0.3)
+        assert h.tui.redraws == before
+        app.metrics.counters("one/shop/web", 80).bytes_in += 5000
+        app.metrics.sample()
+        wait_for(lambda: h.tui.redraws > before, 3, "a redraw for the traffic")
+        moved = h.tui.redraws
+        app.metrics.sample()  # the rate still moves: each sample redraws (sparklines)
+        wait_for(lambda: h.tui.redraws > moved, 3, "a redraw for the next sample")
