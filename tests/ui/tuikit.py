@@ -166,6 +166,17 @@ class Harness:
     def keys(self, text: str, settle: float = 0.15) -> None:
         self.input.send_text(text)
         time.sleep(settle)
+        self._sync()
+
+    def _sync(self) -> None:
+        """Wait until the application's loop has gone round twice more: the keys sent are
+        handled by then even on a loaded machine (the settle time alone is a guess)."""
+        loop = self.tui.application.loop
+        if loop is None or not self.thread.is_alive():
+            return
+        done = threading.Event()
+        loop.call_soon_threadsafe(lambda: loop.call_soon(done.set))
+        done.wait(5)
 
     def screen(self) -> list[str]:
         """The whole screen drawn at the harness's size, one string per line (drawn in the
