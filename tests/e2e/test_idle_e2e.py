@@ -33,7 +33,9 @@ def test_idle_cut_longer_than_the_keepalive_cuts_nothing(
     run: Callable[..., Kubefwd], cluster: SimCluster, hosts: Path, transport: str
 ) -> None:
     """A local connection left quiet for longer than the load balancer's idle timeout is
-    still carried, on its tunnel's session (auto) or its own WebSocket (ws)."""
+    still carried, on its tunnel's session (auto) or its own WebSocket (ws): a session that
+    carries a connection is kept alive by pings. (One that carries nothing is not pinged,
+    so thousands of idle tunnels wake nothing; a cut one is reopened: see below.)"""
     after = PING_INTERVAL + 3
     cluster.api.bookmark_interval = 2.0  # type: ignore[union-attr]  # quiet watches: not ours
     fwd = run("-n", "shop", "--transport", transport)
@@ -42,7 +44,6 @@ def test_idle_cut_longer_than_the_keepalive_cuts_nothing(
     with socket.create_connection((entries["db-0.db"], 5432), timeout=10) as held:
         held.sendall(b"hello")
         assert held.recv(64) == b"hello"
-        assert http_text(entries["web"], 80).startswith("web-")
         dials = portforwards(cluster)
         time.sleep(after + 2)  # the held connection is silent all along
         held.sendall(b"still here")

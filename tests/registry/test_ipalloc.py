@@ -251,7 +251,8 @@ def test_move_out_of_a_full_range_names_it() -> None:
         alloc.move("a")
     assert str(info.value) == ("no free loopback address left for namespace 127.1.27.x: "
                                "127.1.27.253-254 are all in use")
-    assert alloc.ip_of("a") is None and "127.1.27.253" not in alloc.in_use()
+    # Nowhere to go: "a" keeps its address for a later try (never handed to another).
+    assert alloc.ip_of("a") == "127.1.27.253" and "127.1.27.253" in alloc.in_use()
     with pytest.raises(AddressesExhausted, match="namespace shop:"):
         alloc.move("b", namespace="shop")
     with pytest.raises(KeyError) as missing:

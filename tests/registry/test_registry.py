@@ -921,7 +921,7 @@ def test_external_name_and_portless_services_are_skipped_with_one_warning_each(
 
 
 def test_picked_services_only() -> None:
-    reg, rec = make(pick=lambda ns, name: name != "cache")
+    reg, rec = make(pick=lambda ctx, ns, name: name != "cache")
     sync(reg, "services", [service("web"), service("cache")])
     assert set(upserts(rec.take())) == {"sim/shop/web"}
 
