@@ -130,6 +130,7 @@ def test_redis_and_binary_and_banners_are_not_http() -> None:
         fed = s.client(client[:1]) and s.client(client[1:])
         assert not fed, client
         assert seen == []
+        assert not sniffer()[0].server(server), server  # nor is its answer, seen first
     s, seen, _ = sniffer()
     assert not s.server(b"SSH-2.0-OpenSSH_9.6\r\n")  # the server speaks first
     assert not s.client(b"GET / HTTP/1.1\r\n\r\n")
