@@ -40,7 +40,10 @@ _REQUEST_LINE = re.compile(rb"([A-Z][A-Z_-]{0,19}) ([^\s]+) HTTP/1\.[0-9]\r?\n")
 _STATUS_LINE = re.compile(rb"HTTP/1\.[0-9] ([0-9]{3})(?:[ \t][^\r\n]*)?\r?\n")
 _METHOD_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ_-")
 _STATUS_PREFIX = b"HTTP/1."
-_HEX = re.compile(rb"[0-9A-Fa-f]{1,15}")
+_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,15})[ \t]*(?:;[^\n]*)?")
+# The header fields that say where a message ends, and how each line holding one starts.
+_FRAMING = tuple((name, f"\n{name}:".encode()) for name in
+                 ("content-length", "transfer-encoding", "connection", "upgrade"))
 
 # What a side is doing.
 _HEAD = 0  # gathering a head
@@ -107,6 +110,11 @@ class HttpSniffer:
 
     def client(self, data: bytes | bytearray | memoryview) -> bool:
         """Bytes from the client to the pod; False once the sniffer has given up."""
+        side = self._req
+        if side.state == _BODY and len(data) < side.left:  # the bulk of an upload
+            side.left -= len(data)
+            side.size += len(data)
+            return True
         if self.dead:
             return False
         try:
@@ -117,6 +125,11 @@ class HttpSniffer:
 
     def server(self, data: bytes | bytearray | memoryview) -> bool:
         """Bytes from the pod to the client; False once the sniffer has given up."""
+        side = self._resp
+        if side.state == _BODY and len(data) < side.left:  # the bulk of a download
+            side.left -= len(data)
+            side.size += len(data)
+            return True
         if self.dead:
             return False
         try:
@@ -133,12 +146,14 @@ class HttpSniffer:
         self.dead = True
         if self._resp.state != _HEAD:
             self._answered()
+        self._req.state = self._resp.state = _IGNORE
         while self._pending:
             request = self._pending.popleft()
             self.emit(Exchange(request.method, request.path, None, None, None))
 
     def _give_up(self) -> None:
         self.dead = True
+        self._req.state = self._resp.state = _IGNORE
         self._pending.clear()
         self._req.buf = self._resp.buf = bytearray()
 
@@ -160,6 +175,14 @@ class HttpSniffer:
                         side.state = _CHUNK_END
             elif state == _HEAD:
                 pos = self._gather_head(side, data, pos, request)
+            elif state == _CHUNK_END and not side.buf and data[pos:pos + 2] == b"\r\n":
+                pos += 2  # the usual case, done without gathering
+                side.state = _CHUNK_SIZE
+            elif state == _CHUNK_SIZE and not side.buf and b"\n" in (
+                    window := bytes(data[pos:pos + 32])):
+                nl = window.index(b"\n")
+                pos += nl + 1
+                self._chunk_size(side, window[:nl].rstrip(b"\r"))
             elif state == _UNTIL_CLOSE:
                 side.size += n - pos
                 return
@@ -232,14 +255,7 @@ class HttpSniffer:
             buf.clear()
             state = side.state
             if state == _CHUNK_SIZE:
-                match = _HEX.match(line)
-                if match is None or line[match.end():].strip(b" \t")[:1] not in (b"", b";"):
-                    raise NotHttp("bad chunk size")
-                size = int(match.group(), 16)
-                if size:
-                    side.state, side.left = _CHUNK_DATA, size
-                else:
-                    side.state = _TRAILER
+                self._chunk_size(side, line)
             elif state == _CHUNK_END:
                 if line:
                     raise NotHttp("no CRLF after a chunk")
@@ -248,6 +264,16 @@ class HttpSniffer:
                 self._message_done(side, request)
             return pos
         return pos
+
+    def _chunk_size(self, side: _Side, line: bytes) -> None:
+        match = _CHUNK_LINE.fullmatch(line)
+        if match is None:
+            raise NotHttp("bad chunk size")
+        size = int(match.group(1), 16)
+        if size:
+            side.state, side.left = _CHUNK_DATA, size
+        else:
+            side.state = _TRAILER
 
     # -- heads ---------------------------------------------------------------------------
 
@@ -350,17 +376,20 @@ def _head_end(buf: bytearray, start: int) -> int:
 
 
 def _headers(head: bytes, start: int) -> dict[str, str]:
-    """The header fields of a head after its start line, names lowercased; a repeated field's
-    values joined with commas."""
+    """The header fields that frame a message (``_FRAMING``) of a head whose start line
+    ends at ``start``, lowercased; a repeated field's values joined with commas."""
+    low = head[start - 1:].lower()  # from the newline ending the start line
     fields: dict[str, str] = {}
-    for raw in head[start:].split(b"\n"):
-        line = raw.rstrip(b"\r")
-        if not line:
-            continue
-        name, colon, value = line.partition(b":")
-        if not colon:
-            raise NotHttp("a header line without a colon")
-        key = name.strip().lower().decode("latin-1")
-        text = value.strip().decode("latin-1")
-        fields[key] = f"{fields[key]}, {text}" if key in fields else text
+    if low.find(b":") < 0:
+        return fields
+    for name, marker in _FRAMING:
+        at = low.find(marker)
+        while at >= 0:
+            begin = at + len(marker)
+            end = low.find(b"\n", begin)
+            if end < 0:
+                end = len(low)
+            value = low[begin:end].strip().decode("latin-1")
+            fields[name] = f"{fields[name]}, {value}" if name in fields else value
+            at = low.find(marker, end)
     return fields
