@@ -194,6 +194,16 @@ class HttpSniffer:
     def _gather_head(self, side: _Side, data: memoryview, pos: int, request: bool) -> int:
         buf = side.buf
         n = len(data)
+        if not buf:
+            # The usual case: the whole head came in one read.
+            window = bytes(data[pos:pos + _STEP])
+            end = _head_end(window, 0)
+            if end >= 0:
+                self._head_done(side, window[:end], request)
+                return pos + end
+            self._check_start(window, request)
+            buf += window
+            pos += len(window)
         while pos < n:
             old = len(buf)
             take = min(n - pos, _STEP, HEAD_LIMIT - old)
@@ -207,16 +217,18 @@ class HttpSniffer:
                 pos += take
                 continue
             pos += end - old
-            head = bytes(buf[:end])
             side.buf = bytearray()
-            if request:
-                self._request_head(side, head)
-            else:
-                self._response_head(side, head)
+            self._head_done(side, bytes(buf[:end]), request)
             return pos
         return pos
 
-    def _check_start(self, buf: bytearray, request: bool) -> None:
+    def _head_done(self, side: _Side, head: bytes, request: bool) -> None:
+        if request:
+            self._request_head(side, head)
+        else:
+            self._response_head(side, head)
+
+    def _check_start(self, buf: bytes | bytearray, request: bool) -> None:
         """Whether the first bytes of a message can be its start line; NotHttp if not."""
         if b"\n" in buf:  # the whole start line is there
             line = _REQUEST_LINE if request else _STATUS_LINE
