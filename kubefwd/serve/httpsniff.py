@@ -375,7 +375,7 @@ class HttpSniffer:
                                self._resp.size))
 
 
-def _head_end(buf: bytearray, start: int) -> int:
+def _head_end(buf: bytes | bytearray, start: int) -> int:
     """The index just past the blank line ending a head in ``buf`` (searched from
     ``start``), or -1."""
     crlf = buf.find(b"\r\n\r\n", start)
