@@ -113,3 +113,18 @@ def test_http_requests_through_a_forward_are_listed_and_echo_traffic_is_not(
     assert status == 200 and history["data"]
     assert not any(e["type"] == "http_request_seen" for e in history["data"])
     fwd.stop_cleanly()
+
+
+def test_json_output_has_a_line_per_http_request(
+    run: Callable[..., Kubefwd], hosts: Path,  # noqa: F811
+) -> None:
+    fwd = run("-n", "shop", "-o", "json", ready=False)
+    fwd.wait_line(r'"type":"ready"', timeout=20)
+    web = hosts_entries(hosts)["web"]
+    answer = exchange_all(web, 80, b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200")
+    line = json.loads(fwd.wait_line(r'"type":"http_request_seen"'))
+    assert {k: line[k] for k in ("key", "port", "method", "path", "status", "size")} == {
+        "key": "one/shop/web", "port": 80, "method": "GET", "path": "/healthz",
+        "status": 200, "size": 2}
+    fwd.stop_cleanly()
