@@ -119,7 +119,7 @@ class HttpSniffer:
             return False
         try:
             self._run(self._req, memoryview(data), request=True)
-        except NotHttp:
+        except Exception:  # NotHttp, or anything else: the relaying must never see it
             self._give_up()
         return not self.dead
 
@@ -134,7 +134,7 @@ class HttpSniffer:
             return False
         try:
             self._run(self._resp, memoryview(data), request=False)
-        except NotHttp:
+        except Exception:  # NotHttp, or anything else: the relaying must never see it
             self._give_up()
         return not self.dead
 
