@@ -19,7 +19,8 @@ EVENT_HISTORY = 1000
 LOG_HISTORY = 1000
 
 # Busy, per-connection events stay out of the history ring (they are on the SSE stream).
-_NOT_KEPT = frozenset({"connection_routed", "connection_closed", "connection_held"})
+_NOT_KEPT = frozenset({"connection_routed", "connection_closed", "connection_held",
+                       "http_request_seen"})
 
 
 class EventHistory:

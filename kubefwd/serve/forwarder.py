@@ -38,7 +38,9 @@ from kubefwd.errors import NetworkError
 from kubefwd.events.bus import EventBus
 from kubefwd.events.metrics import PortCounters
 from kubefwd.events.types import ConnectionFailed, ConnectionHeld
+from kubefwd.serve.httptap import HttpTap
 from kubefwd.support.threads import StoppableThread
+from kubefwd.tunnel.io import Tap
 from kubefwd.tunnel.loop import READ, Loop
 
 log = logging.getLogger(__name__)
@@ -68,12 +70,14 @@ class Splicer(Protocol):
     ``give_back`` (called on the forwarder's loop thread) takes back a socket the splicer
     could not carry before any byte of it reached the pod, to be routed again; with a
     second argument, the bytes the client had sent already, which the next splicer is given
-    as ``prefix`` to send first.
+    as ``prefix`` to send first. ``tap`` (the port's ``HttpTap``) is shown the connection's
+    bytes, to see the HTTP requests in them.
     """
 
     def splice(self, local: socket.socket, port: int,
                give_back: GiveBack | None = None,
-               meter: PortCounters = ..., prefix: bytes = b"") -> None: ...
+               meter: PortCounters = ..., prefix: bytes = b"",
+               tap: Tap | None = None) -> None: ...
 
 
 Route = Callable[[str, int], "tuple[Splicer, int] | None"]
@@ -101,6 +105,7 @@ class _Held:
     port: int
     deadline: float
     meter: PortCounters
+    tap: HttpTap | None = None
     returns: int = 0  # times a tunnel handed it back
     not_before: float = 0.0
     prefix: bytes = b""  # sent by the client through a tunnel that refused it
@@ -242,6 +247,7 @@ class Forwarder(StoppableThread):
         # (bytes and connections, counted with an integer add on this thread).
         self.bus = bus if bus is not None else EventBus()
         self._meters = meters if meters is not None else _own_meters()
+        self._taps: dict[int, HttpTap] = {}  # by service port: HTTP seen on it
         self.route = route
         self.hold_timeout = hold_timeout
         self.stats = ForwardStats()
@@ -375,7 +381,8 @@ class Forwarder(StoppableThread):
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-            held = _Held(conn, port, time.monotonic() + self.hold_timeout, meter)
+            held = _Held(conn, port, time.monotonic() + self.hold_timeout, meter,
+                         self._tap(port))
             if not self._dispatch(held):
                 if len(self._held) >= _MAX_HELD or self.hold_timeout <= 0:
                     self._drop(held, "no ready pod")
@@ -405,15 +412,22 @@ class Forwarder(StoppableThread):
         give_back = functools.partial(self._given_back, held)
         try:
             if held.prefix:
-                tunnel.splice(conn, target_port, give_back, held.meter, prefix=held.prefix)
+                tunnel.splice(conn, target_port, give_back, held.meter, prefix=held.prefix,
+                              tap=held.tap)
             else:
-                tunnel.splice(conn, target_port, give_back, held.meter)
+                tunnel.splice(conn, target_port, give_back, held.meter, tap=held.tap)
         except Exception as exc:  # the tunnel owns the socket only once splice returned
             log.warning("%s: could not hand a connection to the tunnel: %s", self.key, exc)
             self._drop(held, f"the tunnel refused it: {exc}")
             return True
         self.stats.spliced += 1
         return True
+
+    def _tap(self, port: int) -> HttpTap:
+        tap = self._taps.get(port)
+        if tap is None:
+            tap = self._taps[port] = HttpTap(self.key, port, self.bus)
+        return tap
 
     def _given_back(self, held: _Held, sock: socket.socket, prefix: bytes = b"") -> None:
         """A tunnel could not carry this connection (nothing of it reached the pod): route

@@ -14,7 +14,7 @@ import socket
 import ssl
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from kubefwd.events.metrics import PortCounters
 from kubefwd.support.sockets import close_quietly, hard_shutdown
@@ -218,11 +218,31 @@ class WsReader:
 UNMETERED = PortCounters()
 
 
+class Sniffer(Protocol):
+    """Looks at the bytes of one connection as they pass (on the loop thread): what the
+    client sends (``client``) and what the pod answers (``server``). It copies what it keeps;
+    False means it has seen enough and is dropped. ``end`` when the connection ends."""
+
+    def client(self, data: memoryview) -> bool: ...
+
+    def server(self, data: memoryview) -> bool: ...
+
+    def end(self) -> None: ...
+
+
+class Tap(Protocol):
+    """Given with a connection: a ``Sniffer`` for it, or None to leave it alone."""
+
+    def sniffer(self) -> Sniffer | None: ...
+
+
 class LocalConn:
     """The local end of one forwarded TCP connection (non-blocking) and its state.
 
     ``meter`` counts its bytes (``bytes_in``: from the pod to the client, ``bytes_out``: from
-    the client to the pod) with an integer add on the loop thread, and its end (``open``)."""
+    the client to the pod) with an integer add on the loop thread, and its end (``open``).
+    ``sniff``, when its ``tap`` gave one, is shown the bytes both ways until it declines
+    (then it is None, and the relaying pays one attribute check)."""
 
     __slots__ = (
         "closed",
@@ -241,6 +261,7 @@ class LocalConn:
         "remote_done",
         "replay",
         "rid",
+        "sniff",
         "sock",
         "stall_debt",
         "stalled",
@@ -250,7 +271,8 @@ class LocalConn:
 
     def __init__(self, sock: socket.socket, port: int, rid: int,
                  give_back: GiveBack | None = None,
-                 meter: PortCounters = UNMETERED, prefix: bytes = b"") -> None:
+                 meter: PortCounters = UNMETERED, prefix: bytes = b"",
+                 tap: Tap | None = None) -> None:
         self.sock = sock
         # Bytes the client sent through an earlier tunnel that refused it: sent first.
         self.prefix = prefix
@@ -258,6 +280,9 @@ class LocalConn:
         # answered): replayed elsewhere if the pod turns out to have refused the connection.
         self.replay: bytearray | None = bytearray(prefix)
         self.meter = meter
+        self.sniff = tap.sniffer() if tap is not None else None
+        if self.sniff is not None and prefix and not self.sniff.client(memoryview(prefix)):
+            self.sniff = None
         self.ended = False  # closed for good (not handed back): no longer counted open
         self.port = port
         self.rid = rid
@@ -323,6 +348,9 @@ class LocalConn:
         if not self.ended:
             self.ended = True
             self.meter.open -= 1
+            sniff, self.sniff = self.sniff, None
+            if sniff is not None:
+                sniff.end()
         self.closed = True
         self.pending.clear()
         self.queued = 0
@@ -339,6 +367,7 @@ class LocalConn:
         the tunnel could not carry, with ``prefix``, what of it must be sent first wherever
         it goes. The caller has stopped watching the socket."""
         self.ended = True  # whoever takes it back counts it from now on
+        self.sniff = None  # and looks at its bytes, the ones sent already included
         self.closed = True
         self.pending.clear()
         self.queued = 0

@@ -40,7 +40,7 @@ from kubefwd.tunnel.dial import (
     dial_v4,
     negotiate,
 )
-from kubefwd.tunnel.io import UNMETERED, GiveBack, LocalConn, close_local, hand_back
+from kubefwd.tunnel.io import UNMETERED, GiveBack, LocalConn, Tap, close_local, hand_back
 from kubefwd.tunnel.loop import Loop, LoopThread, Timer
 from kubefwd.tunnel.spdy_client import SpdySession
 from kubefwd.tunnel.ws_v4 import V4Link
@@ -107,7 +107,7 @@ class PodTunnel:
         self._reported = False
         # Spliced while opening: socket, pod port, where it goes if the open fails.
         self._pending: list[tuple[socket.socket, int, GiveBack | None, PortCounters,
-                                  bytes]] = []
+                                  bytes, Tap | None]] = []
         self._session: SpdySession | None = None
         self._links: set[V4Link] = set()
         self._dialing: dict[int, LocalConn | None] = {}  # opener ident -> its connection
@@ -152,7 +152,7 @@ class PodTunnel:
 
     def splice(self, local: socket.socket, port: int,
                give_back: GiveBack | None = None, meter: PortCounters = UNMETERED,
-               prefix: bytes = b"") -> None:
+               prefix: bytes = b"", tap: Tap | None = None) -> None:
         """Take ownership of a connected local socket and relay it to ``port`` of the pod.
 
         Returns at once. If the tunnel cannot carry the connection before a byte of it was
@@ -160,10 +160,10 @@ class PodTunnel:
         goes to ``give_back`` (on the loop thread, after the failure was reported to
         ``on_dead``), or is closed without one. Once the loop has ended it is closed.
         ``prefix``: bytes the client sent already (through a tunnel that refused it), sent
-        to the pod first.
+        to the pod first. ``tap``: what looks at the connection's bytes (``LocalConn``).
         """
         if not self._submit(functools.partial(self._splice, local, port, give_back, meter,
-                                              prefix)):
+                                              prefix, tap)):
             meter.open -= 1
             close_local(local)
 
@@ -257,15 +257,15 @@ class PodTunnel:
     # -- opening (loop thread) -------------------------------------------------------------
 
     def _splice(self, local: socket.socket, port: int, give_back: GiveBack | None,
-                meter: PortCounters, prefix: bytes = b"") -> None:
+                meter: PortCounters, prefix: bytes = b"", tap: Tap | None = None) -> None:
         state = self._state
         if state in (_IDLE, _OPENING):
-            self._pending.append((local, port, give_back, meter, prefix))
+            self._pending.append((local, port, give_back, meter, prefix, tap))
             if state == _IDLE:
                 self._begin_opening()
             return
         if state == _OPEN and not self._retiring:
-            self._start_conn(local, port, give_back, meter, prefix)
+            self._start_conn(local, port, give_back, meter, prefix, tap)
             return
         log.debug("tunnel %s is %s; handing a connection back", self._label,
                   "retiring" if state == _OPEN else state)
@@ -353,8 +353,8 @@ class PodTunnel:
         if self.on_open is not None:
             self.on_open(self)
         pending, self._pending = self._pending, []
-        for local, port, give_back, meter, prefix in pending:
-            self._start_conn(local, port, give_back, meter, prefix)
+        for local, port, give_back, meter, prefix, tap in pending:
+            self._start_conn(local, port, give_back, meter, prefix, tap)
         self._arm_idle()
 
     def _open_failed(self, error: TunnelError) -> None:
@@ -363,14 +363,14 @@ class PodTunnel:
         pending, self._pending = self._pending, []
         log.warning("port-forward to %s: %s", self._label, error)
         self._report_dead()  # first: whoever routes them again knows to avoid this pod
-        for local, _port, give_back, _meter, prefix in pending:
+        for local, _port, give_back, _meter, prefix, _tap in pending:
             hand_back(local, give_back, prefix)
 
     # -- connections (loop thread) ---------------------------------------------------------
 
     def _start_conn(self, local: socket.socket, port: int, give_back: GiveBack | None,
-                    meter: PortCounters, prefix: bytes = b"") -> None:
-        conn = LocalConn(local, port, self._next_request, give_back, meter, prefix)
+                    meter: PortCounters, prefix: bytes = b"", tap: Tap | None = None) -> None:
+        conn = LocalConn(local, port, self._next_request, give_back, meter, prefix, tap)
         self._next_request += 1
         self.connections += 1
         self.active += 1
@@ -554,7 +554,7 @@ class PodTunnel:
         for sock in dialing:
             hard_shutdown(sock)
         unstarted = self._teardown()
-        for local, _port, give_back, _meter, prefix in pending:
+        for local, _port, give_back, _meter, prefix, _tap in pending:
             hand_back(local, give_back, prefix)
         for conn in unstarted:
             conn.release()

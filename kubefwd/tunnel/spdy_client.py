@@ -309,6 +309,8 @@ class SpdySession:
             self._send(view[:8 + n], owned=False)
             self.tunnel.bytes_out += n
             conn.meter.bytes_out += n
+            if conn.sniff is not None and not conn.sniff.client(view[8:8 + n]):
+                conn.sniff = None
             if n == len(buf) - 8 and n < CHUNK:
                 self._tx = bytearray(8 + CHUNK)  # a bulk upload: bigger frames
         elif n == 0:
@@ -494,6 +496,8 @@ class SpdySession:
         conn.queue(data)
         self.tunnel.bytes_in += len(data)
         conn.meter.bytes_in += len(data)
+        if conn.sniff is not None and not conn.sniff.server(data):
+            conn.sniff = None
 
     def _flush_touched(self) -> None:
         """End of a read round: hand what arrived to the local sockets, a few big writes

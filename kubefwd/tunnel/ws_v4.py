@@ -175,7 +175,10 @@ class V4Link:
             self._finish()
             return
         self.tunnel.bytes_out += n
-        self.conn.meter.bytes_out += n
+        conn = self.conn
+        conn.meter.bytes_out += n
+        if conn.sniff is not None and not conn.sniff.client(view[1:1 + n]):
+            conn.sniff = None
         if n == len(buf) - 1 and n < CHUNK:
             self._tx = bytearray(1 + CHUNK)
         if self.api.queued:
@@ -248,9 +251,12 @@ class V4Link:
         if self._channel == 1:
             self.error += piece.tobytes().decode("utf-8", "replace")
             return
-        self.conn.queue(piece)
+        conn = self.conn
+        conn.queue(piece)
         self.tunnel.bytes_in += len(piece)
-        self.conn.meter.bytes_in += len(piece)
+        conn.meter.bytes_in += len(piece)
+        if conn.sniff is not None and not conn.sniff.server(piece):
+            conn.sniff = None
 
     def _control(self, opcode: int, payload: bytes) -> None:
         if opcode == ws.OP_PING:

@@ -90,7 +90,10 @@ def test_svc_tui_in_tmux(cluster: SimCluster, hosts: Path, tmp_path: Path,
     assert "filter 'web'" in screen and "cart " not in screen
     t.keys("Enter")  # detail of web
     t.wait("connect strings")
-    t.keys("Tab", "Tab")  # Logs
+    t.keys("Tab")  # HTTP: the request, as the detector saw it go through
+    screen = t.wait("/bytes/50000")
+    assert "GET" in screen and "200" in screen
+    t.keys("Tab")  # Logs
     t.wait("GET /bytes/50000")
     t.keys("Escape")
     time.sleep(0.5)

@@ -24,10 +24,12 @@ class ReplySplicer:
     def __init__(self, name: str) -> None:
         self.name = name
         self.threads: list[threading.Thread] = []
+        self.taps: list[object] = []  # the tap given with each connection
 
     def splice(self, local: socket.socket, port: int,
                give_back: Callable[[socket.socket], None] | None = None,
-               meter: object = None) -> None:
+               meter: object = None, prefix: bytes = b"", tap: object = None) -> None:
+        self.taps.append(tap)
         def serve() -> None:
             with local:
                 data = local.recv(1024)
