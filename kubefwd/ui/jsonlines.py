@@ -8,14 +8,13 @@ and flushed at once, so a script can read them while kubefwd runs (``jq``, a tes
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 from typing import TextIO
 
 from kubefwd.events.bus import EventBus, Subscription
 from kubefwd.events.types import Event, to_json
 from kubefwd.support.threads import StoppableThread
+from kubefwd.ui.text import silence
 
 
 class JsonLines(StoppableThread):
@@ -45,10 +44,7 @@ class JsonLines(StoppableThread):
             self.stream.flush()
         except OSError:
             self.broken = True
-            with contextlib.suppress(OSError, ValueError):
-                devnull = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(devnull, self.stream.fileno())
-                os.close(devnull)
+            silence(self.stream)
 
     def on_stop(self) -> None:
         self._sub.close()

@@ -37,6 +37,15 @@ _PRINTED = (ForwardBound, ForwardUnbound, Ready, LogLine, WarningRaised, ErrorRa
             SubscriberDropped)
 
 
+def silence(stream: TextIO) -> None:
+    """The stream is gone (a closed terminal, ``| head`` exited, a full device): point its
+    descriptor at nothing, so that the interpreter's last flush at exit cannot fail noisily."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+
+
 def arrow_for(stream: TextIO) -> str:
     encoding = (getattr(stream, "encoding", None) or "ascii").lower()
     return " → " if "utf" in encoding else " -> "
@@ -138,12 +147,7 @@ class TextLog(StoppableThread):
 
     def _give_up(self) -> None:
         self.broken = True
-        # The interpreter flushes stdout once more at exit: point the stream at nothing so
-        # that last flush cannot fail noisily either.
-        with contextlib.suppress(OSError, ValueError):
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, self.stream.fileno())
-            os.close(devnull)
+        silence(self.stream)
 
     def on_stop(self) -> None:
         # The thread prints what is still queued, then ends.
