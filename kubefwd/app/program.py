@@ -117,6 +117,9 @@ class SvcOptions:
     auto_reconnect: bool = False
     verbose: bool = False
     transport: str = "auto"
+    # Note HTTP requests seen in the forwarded bytes (on with --tui, --api, -o json: the
+    # outputs that show them; off otherwise, since it costs a little per connection).
+    detect_http: bool = False
     services: list[NamePattern] = field(default_factory=list)
     exclude: list[NamePattern] = field(default_factory=list)
     allow_shadowing: bool = False
@@ -185,7 +188,8 @@ class Kubefwd:
         self._router = Router(self.report, self._targets, policy=options.pod_policy)
         self._live = ForwardSet(report=self.report, coexist=self._coexist, router=self._router,
                                 targets=self._targets, ready=self.ready,
-                                hold_timeout=options.timeout, metrics=self.metrics)
+                                hold_timeout=options.timeout, metrics=self.metrics,
+                                detect_http=options.detect_http)
         self._shut_down = False
         # Set by shutdown() when our lines could not be removed from the hosts file.
         self.hosts_cleanup_failed = False

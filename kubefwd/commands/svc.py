@@ -497,6 +497,8 @@ def svc(
         ready_file=ready_file, wait_for=wait_for, no_wait=no_wait, pod_policy=pod_policy,
         api=api, api_addr=api_addr,
     )
+    # Look for HTTP requests only when something shows them.
+    options.detect_http = bool(options.api or tui or output == "json")
     if theme_name is not None:
         return run_with_tui(options, theme_name)
     # Imported once every value is checked: a bad flag is reported without this cost.

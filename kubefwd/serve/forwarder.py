@@ -240,9 +240,13 @@ class Forwarder(StoppableThread):
         thread_name: str | None = None,
         bus: EventBus | None = None,
         meters: Callable[[int], PortCounters] | None = None,
+        detect_http: bool = False,
     ) -> None:
         super().__init__(thread_name or f"forward/{key}")
         self.key = key
+        # Look for HTTP exchanges in the connections' bytes (only when an output shows them:
+        # it costs a little on every new connection).
+        self.detect_http = detect_http
         # Connection events go to ``bus``; ``meters(port)`` gives the counters of a port
         # (bytes and connections, counted with an integer add on this thread).
         self.bus = bus if bus is not None else EventBus()
@@ -382,7 +386,7 @@ class Forwarder(StoppableThread):
             except OSError:
                 pass
             held = _Held(conn, port, time.monotonic() + self.hold_timeout, meter,
-                         self._tap(port))
+                         self._tap(port) if self.detect_http else None)
             if not self._dispatch(held):
                 if len(self._held) >= _MAX_HELD or self.hold_timeout <= 0:
                     self._drop(held, "no ready pod")

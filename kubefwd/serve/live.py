@@ -64,7 +64,9 @@ class ForwardSet:
         ready: threading.Event,
         hold_timeout: float,
         metrics: MetricsRegistry | None = None,
+        detect_http: bool = False,
     ) -> None:
+        self.detect_http = detect_http
         self.report = report
         self.metrics = metrics if metrics is not None else MetricsRegistry()
         self.loopback: LoopbackStrategy | None = None
@@ -100,6 +102,7 @@ class ForwardSet:
                 name, upsert.ip, self._listen_ports(upsert), self.route,
                 hold_timeout=self._hold_timeout, thread_name=f"forward/{name}",
                 bus=self.report.bus, meters=functools.partial(self.metrics.counters, name),
+                detect_http=self.detect_http,
             )
             errors = forwarder.bind()
             if errors and self.reaper is not None and self.reaper.settle(upsert.ip):
