@@ -75,12 +75,15 @@ def format_event(event: Event, arrow: str = " → ") -> str | None:
     return None
 
 
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1000:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+def human_bytes(n: float, *, compact: bool = False) -> str:
+    """``1.5 MB`` for the log; ``compact``: ``1.5M``, for table columns."""
+    units = ("B", "K", "M", "G", "T") if compact else ("B", "KB", "MB", "GB", "TB")
+    sep = "" if compact else " "
+    for unit in units:
+        if abs(n) < 1000 or unit == units[-1]:
+            return f"{n:.0f}{sep}{unit}" if unit == "B" else f"{n:.1f}{sep}{unit}"
         n /= 1000
-    return f"{n:.1f} TB"
+    raise AssertionError("unreachable")
 
 
 def traffic_summary(snap: MetricsSnapshot) -> str:

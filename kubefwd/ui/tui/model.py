@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from kubefwd.events.metrics import ForwardMetrics
 from kubefwd.events.store import ForwardState
+from kubefwd.ui import text
 
 SORTS = ("hostname", "namespace", "status", "rate")
 # Worst first when sorting by status.
@@ -149,11 +150,7 @@ def next_sort(by: str) -> str:
 
 
 def human_bytes(n: float) -> str:
-    for unit in ("B", "K", "M", "G", "T"):
-        if abs(n) < 1000 or unit == "T":
-            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
-        n /= 1000
-    raise AssertionError("unreachable")
+    return text.human_bytes(n, compact=True)
 
 
 def human_rate(n: float) -> str:

@@ -137,12 +137,6 @@ class View:
         for worker in self._workers:
             worker.join(15.0)
 
-    def all_rows(self) -> list[Row]:
-        states = self.app.store.snapshot()
-        snap = self.app.metrics.snapshot()
-        metrics = {m.key: m for m in snap.forwards}
-        return model.build_rows(states, metrics)
-
     def rows(self) -> list[Row]:
         """The rows shown, filtered and sorted, without their figures (``with_metrics`` adds
         them to the few rows drawn). The order is rebuilt only when the store's version, the
