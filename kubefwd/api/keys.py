@@ -12,10 +12,11 @@ import contextlib
 import hmac
 import json
 import os
-import pwd
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+
+from kubefwd.support.invoker import sudo_user
 
 KEY_ENV = "KUBEFWD_API_KEY"
 URL_ENV = "KUBEFWD_API_URL"
@@ -46,17 +47,9 @@ def same_key(given: str, expected: str) -> bool:
                                expected.encode("utf-8", "replace"))
 
 
-def _invoking_user() -> pwd.struct_passwd | None:
-    sudo_user = os.environ.get("SUDO_USER")
-    if os.geteuid() == 0 and sudo_user and sudo_user != "root":
-        with contextlib.suppress(KeyError):
-            return pwd.getpwnam(sudo_user)
-    return None
-
-
 def key_dir() -> Path:
     """The directory of the key files (see the module docstring)."""
-    user = _invoking_user()
+    user = sudo_user()
     if user is not None:
         runtime = Path(f"/run/user/{user.pw_uid}")
         if runtime.is_dir():
@@ -75,7 +68,7 @@ def key_file(pid: int) -> Path:
 def write_key_file(endpoint: ApiEndpoint) -> Path:
     """Write the endpoint to its 0600 file (owned by the invoking user under sudo)."""
     path = key_file(endpoint.pid)
-    user = _invoking_user()
+    user = sudo_user()
     # Every folder made here is the user's under sudo, ``~/.config`` too when it was missing.
     missing = [d for d in (path.parent, *path.parent.parents) if not d.exists()]
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

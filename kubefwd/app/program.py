@@ -83,6 +83,7 @@ from kubefwd.serve.dispatch import Dispatcher, Reaper
 from kubefwd.serve.forwarder import ForwardStats
 from kubefwd.serve.live import ForwardSet, RetryBinds
 from kubefwd.serve.routing import Router
+from kubefwd.support.invoker import sudo_user
 from kubefwd.support.threads import StoppableThread
 from kubefwd.system.fdlimit import Limit, raise_nofile, shortfall
 from kubefwd.system.loopback import LoopbackStrategy, loopback_strategy
@@ -130,6 +131,7 @@ class SvcOptions:
     ready_file: Path | None = None  # written once everything answers, removed at exit
     wait_for: list[str] = field(default_factory=list)  # empty: every forwarded service
     no_wait: bool = False  # run CMD / write the ready file right after start-up
+    command_as_root: bool = False  # under sudo; otherwise CMD runs as SUDO_USER
     pod_policy: str = "spread"  # which ready pod takes a new connection (see routing)
     # Idle mode (no -n, no -A): nothing is forwarded at start; the API adds namespaces.
     idle: bool = False
@@ -296,12 +298,14 @@ class Kubefwd:
                                 f"{', '.join(down)}; {o.command[0]} was not run")
         code = int(ExitCode.ERROR)
         ready_file = o.ready_file
+        user = None if o.command_as_root else sudo_user()
         try:
             if ready_file is not None:
-                write_ready_file(ready_file, ready_text(o.hosts_path))
-            self.report.info("running %s", " ".join(o.command))
+                write_ready_file(ready_file, ready_text(o.hosts_path), owner=user)
+            self.report.info("running %s%s", " ".join(o.command),
+                             f" as {user.pw_name}" if user is not None else "")
             try:
-                code = run_command(o.command, command_env(o.hosts_path))
+                code = run_command(o.command, command_env(o.hosts_path), user=user)
             except OSError as exc:
                 self.report.error("cannot run %s: %s", o.command[0], exc.strerror or exc)
                 code = 127

@@ -21,6 +21,7 @@ import contextlib
 import fnmatch
 import logging
 import os
+import pwd
 import select
 import signal
 import socket
@@ -200,12 +201,15 @@ def _local_ports(ports: Iterable[str]) -> list[int]:
 # -- the ready file ------------------------------------------------------------------------
 
 
-def write_ready_file(path: Path, content: str) -> None:
-    """Write ``content`` to ``path`` atomically: a reader sees no file or the whole file."""
+def write_ready_file(path: Path, content: str, owner: pwd.struct_passwd | None = None) -> None:
+    """Write ``content`` to ``path`` atomically: a reader sees no file or the whole file.
+    With ``owner`` (the user who ran sudo) the file is theirs."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.write(content)
+            if owner is not None:
+                os.fchown(out.fileno(), owner.pw_uid, owner.pw_gid)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -294,14 +298,31 @@ def _foreground(tty: int | None, pgid: int) -> Any:
         signal.signal(signal.SIGTTOU, previous)
 
 
-def run_command(argv: Sequence[str], env: dict[str, str]) -> int:
+def as_user(user: pwd.struct_passwd, env: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Popen arguments that run a command as ``user`` (its uid, gid and groups) and the
+    environment it expects: its ``HOME``, ``USER`` and ``LOGNAME``."""
+    try:
+        groups = os.getgrouplist(user.pw_name, user.pw_gid)
+    except OSError:
+        groups = [user.pw_gid]
+    env = dict(env, HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name)
+    return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": groups}, env
+
+
+def run_command(argv: Sequence[str], env: dict[str, str],
+                user: pwd.struct_passwd | None = None) -> int:
     """Run ``argv`` in its own foreground process group, passing on the stop signals sent to
-    us, until it ends; its exit status (128+N for signal N). Only on the main thread."""
+    us, until it ends; its exit status (128+N for signal N). Only on the main thread.
+
+    With ``user`` (under sudo, the one who ran it) the command runs as that user, not root."""
     tty = _terminal_fd()
-    group: dict[str, Any] = (
+    extra: dict[str, Any] = (
         {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
     )
-    proc = subprocess.Popen(list(argv), env=env, **group)
+    if user is not None:
+        identity, env = as_user(user, env)
+        extra.update(identity)
+    proc = subprocess.Popen(list(argv), env=env, **extra)
     previous: dict[signal.Signals, Any] = {}
 
     def forward(signum: int, _frame: FrameType | None) -> None:

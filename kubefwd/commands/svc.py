@@ -385,6 +385,8 @@ _H_API = ("Serve the local REST API (127.2.27.1:80, named kubefwd.internal, as r
 _H_API_ADDR = "Where the API listens instead: HOST:PORT on a loopback address (implies --api)."
 _H_NO_WAIT = ("With -- CMD or --ready-file: do not wait for pods to answer, only for "
               "kubefwd's own start-up.")
+_H_COMMAND_AS_ROOT = ("Under sudo, run -- CMD as root; by default it runs as the user who "
+                      "ran sudo (SUDO_USER), with their HOME.")
 
 
 def _opt(short: str, long: str, metavar: str, help: str, **more: Any) -> Any:
@@ -473,6 +475,7 @@ def svc(
     ready_file: Annotated[Path | None, _opt("", "--ready-file", "FILE", _H_READY_FILE)] = None,
     wait_for: Annotated[list[str] | None, _opt("", "--wait-for", "NAME", _H_WAIT_FOR)] = None,
     no_wait: Annotated[bool, _flag("", "--no-wait", _H_NO_WAIT)] = False,
+    command_as_root: Annotated[bool, _flag("", "--command-as-root", _H_COMMAND_AS_ROOT)] = False,
     pod_policy: Annotated[str, _opt("", "--pod-policy", "spread|first", _H_POD_POLICY)] = "spread",
     tui: Annotated[bool, _flag("", "--tui", _H_TUI)] = False,
     theme: Annotated[str | None, _opt("", "--theme", "auto|dark|light", _H_THEME)] = None,
@@ -495,7 +498,7 @@ def svc(
         wait_namespaces=wait_namespaces, allow_shadowing=allow_shadowing,
         command=list(ctx.meta.get(COMMAND_META) or []),
         ready_file=ready_file, wait_for=wait_for, no_wait=no_wait, pod_policy=pod_policy,
-        api=api, api_addr=api_addr,
+        command_as_root=command_as_root, api=api, api_addr=api_addr,
     )
     # Look for HTTP requests only when something shows them.
     options.detect_http = bool(options.api or tui or output == "json")
@@ -631,6 +634,7 @@ def build_options(
     wait_for: list[str] | None = None,
     no_wait: bool = False,
     pod_policy: str = "spread",
+    command_as_root: bool = False,
     api: bool = False,
     api_addr: str | None = None,
 ) -> Any:
@@ -656,6 +660,8 @@ def build_options(
         raise UsageError("--wait-for and --no-wait cannot be used together")
     if (waits or no_wait) and not command and ready_file is None:
         raise UsageError("--wait-for and --no-wait need -- CMD or --ready-file")
+    if command_as_root and not command:
+        raise UsageError("--command-as-root needs -- CMD")
     for name in waits:
         if name.count("/") > 1 or not name.strip("/"):
             raise UsageError(f"--wait-for: '{name}' is not NAME or NAMESPACE/NAME")
@@ -710,6 +716,7 @@ def build_options(
         ready_file=ready_file,
         wait_for=waits,
         no_wait=no_wait,
+        command_as_root=command_as_root,
         pod_policy=pod_policy,
         idle=idle,
         api=api or parsed_api_addr is not None,

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pwd
 import tempfile
 from pathlib import Path
 
 from kubefwd.errors import HostsFileError
 from kubefwd.hosts.fileio import locked, read_hosts
 from kubefwd.hosts.format import parse_hosts
+from kubefwd.support.invoker import sudo_user
 
 BACKUP_NAME = "hosts.original"
 SYSTEM_HOSTS = Path("/etc/hosts")
@@ -25,13 +25,9 @@ SYSTEM_HOSTS = Path("/etc/hosts")
 
 def invoking_user() -> tuple[Path, int, int]:
     """Home, uid and gid of the user who ran kubefwd (``SUDO_USER`` under sudo, not root)."""
-    sudo_user = os.environ.get("SUDO_USER")
-    if os.geteuid() == 0 and sudo_user and sudo_user != "root":
-        try:
-            pw = pwd.getpwnam(sudo_user)
-            return Path(pw.pw_dir), pw.pw_uid, pw.pw_gid
-        except KeyError:
-            pass
+    pw = sudo_user()
+    if pw is not None:
+        return Path(pw.pw_dir), pw.pw_uid, pw.pw_gid
     return Path.home(), os.getuid(), os.getgid()
 
 

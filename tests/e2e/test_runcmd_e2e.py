@@ -194,6 +194,7 @@ def test_bad_command_lines_for_a_command_are_one_line_and_exit_2(
         (("--",), "no command after it"),
         (("--", "no-such-command-xyz"), "no-such-command-xyz: command not found"),
         (("--no-wait",), "need -- CMD or --ready-file"),
+        (("--command-as-root",), "--command-as-root needs -- CMD"),
         (("--ready-file", str(tmp_path / "missing" / "f")), "does not exist"),
     ]:
         fwd = run("-n", "shop", *args, ready=False)

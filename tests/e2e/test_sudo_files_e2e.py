@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import stat
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -133,3 +135,42 @@ def test_under_sudo_files_in_the_users_home_are_theirs_and_the_backup_stays_clea
             print(f"--- output of {' '.join(fwd.argv)}\n{fwd.output}")
     assert root_owned(home) == []
     assert not list(home.glob(".hosts.original.*")), "a temp file of the backup left behind"
+
+
+@needs_root("unshare", "mount")
+@pytest.mark.parametrize("as_root", [False, True], ids=["as-the-user", "command-as-root"])
+def test_under_sudo_the_command_runs_as_the_user_who_ran_sudo(
+    cluster: SimCluster, user_home: tuple[Path, Path], tmp_path: Path, block: int,  # noqa: F811
+    as_root: bool,
+) -> None:
+    home, passwd = user_home
+    hosts = tmp_path / "etc-hosts"
+    hosts.write_bytes(BASE)
+    conf = tmp_path / "base.yaml"
+    conf.write_text(f"baseUnreservedIP: 127.1.{block}.1\n")
+    # The command, whoever it runs as, writes here (pytest's own folders are root's, 0700).
+    shared = Path(tempfile.mkdtemp(prefix="kubefwd-sudo-cmd-"))
+    shared.chmod(0o777)
+    out, ready = shared / "who", shared / "ready"
+    wrapper = ["unshare", "--mount", "sh", "-c", NAMESPACE_SCRIPT, "sh", str(hosts),
+               str(passwd), USER, str(UID), str(GID)]
+    script = f'{{ id -u; id -g; echo "$HOME"; stat -c %u "{ready}"; }} > "{out}"'
+    extra = ["--command-as-root"] if as_root else []
+    fwd = Kubefwd(cluster, Path("/etc/hosts"), "-z", str(conf), "-n", "shop",  # type: ignore[arg-type]
+                  "--ready-file", str(ready), *extra, "--", "sh", "-c", script,
+                  home=tmp_path, wrapper=wrapper)
+    try:
+        assert fwd.proc.wait(60) == 0, fwd.output
+        uid, gid, cmd_home, ready_owner = out.read_text().split("\n")[:4]
+        ready_left = ready.exists()
+    finally:
+        fwd.kill()
+        shutil.rmtree(shared, ignore_errors=True)
+    if as_root:
+        assert (uid, gid, ready_owner) == ("0", "0", "0"), fwd.output
+    else:
+        assert (uid, gid, cmd_home, ready_owner) == (str(UID), str(GID), str(home), str(UID)), \
+            fwd.output
+        assert f"as {USER}" in fwd.output
+    assert not ready_left, "the ready file outlived the run"
+    assert hosts.read_bytes() == BASE
