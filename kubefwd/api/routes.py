@@ -559,10 +559,9 @@ class Api:
         addresses = [{"key": s.key, "ip": s.ip, "ports": views.local_ports(s), "names":
                       list(s.names)} for s in sorted(self.app.store.snapshot(),
                                                      key=lambda s: s.key) if s.ip]
-        aliases = getattr(self.app, "loopback_aliases", None)
+        strategy, added = self.app.loopback()
         return {"api": self.url, "hosts_file": str(self.app.options.hosts_path),
-                "addresses": addresses,
-                "aliases": list(aliases()) if callable(aliases) else []}
+                "addresses": addresses, "loopback": strategy, "aliases": added}
 
     # -- history and logs ----------------------------------------------------------------------
 

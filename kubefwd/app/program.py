@@ -732,6 +732,14 @@ class Kubefwd:
         self._coexist.extra[ip] = list(names)
         self._coexist.publish()
 
+    def loopback(self) -> tuple[str, list[str]]:
+        """How loopback addresses are made bindable here (``linux``, ``macos``, ``generic``)
+        and the addresses kubefwd added for this run (removed at exit)."""
+        strategy = self._loopback
+        if strategy is None:
+            return loopback_strategy().name, []
+        return strategy.name, list(strategy.added)
+
     def forwards(self) -> dict[str, tuple[str, list[str], list[int]]]:
         """name → (ip, host names, local ports) of every live forward."""
         return self._live.describe()

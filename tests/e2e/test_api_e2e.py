@@ -183,4 +183,11 @@ def test_api_key_enforced_envelope_and_loopback_only(
         "/api/v1/history/events?limit=1000", "/api/v1/diagnostics/network"))
     assert token not in answers and token not in fwd.output
     assert "BEGIN" not in answers
+    # Network: every forward's address, and how loopback addresses are made (on Linux all of
+    # 127/8 is local: nothing added, nothing to undo).
+    status, body = call(url, "GET", "/api/v1/diagnostics/network", key)
+    network = body["data"]
+    assert status == 200 and network["loopback"] == "linux" and network["aliases"] == []
+    assert {a["ip"] for a in network["addresses"]} and all(
+        a["ip"].startswith("127.") and a["ports"] for a in network["addresses"])
     fwd.stop_cleanly()
