@@ -23,14 +23,22 @@ from kubefwd.sim.store import (
     Obj,
     StatusError,
     Store,
-    labels_match,
     now_rfc3339,
     random_suffix,
-    selector_from_match_labels,
 )
 from kubefwd.support.threads import StoppableThread
 
 log = logging.getLogger(__name__)
+
+
+def _selects(selector: dict[str, str], labels: dict[str, str] | None) -> bool:
+    """Whether a service's ``selector`` (label: value, all required) matches ``labels``:
+    what ``labels_match(selector_from_match_labels(...))`` says, without building
+    requirements (every pod event checks every service of its namespace)."""
+    if not labels:
+        return not selector
+    return all(labels.get(key) == value for key, value in selector.items())
+
 
 class PodRuntime(Protocol):
     def start_pod(self, pod: Obj) -> None: ...
@@ -121,7 +129,7 @@ class Controllers:
         labels = pod["metadata"].get("labels") or {}
         for svc in self.store.view("Service", ns):
             selector = (svc.get("spec") or {}).get("selector")
-            if selector and labels_match(selector_from_match_labels(selector), labels):
+            if selector and _selects(selector, labels):
                 self.sync_endpoints(ns, svc["metadata"]["name"])
 
     def sync_endpoints(self, ns: str, name: str) -> None:
@@ -141,8 +149,7 @@ class Controllers:
         if not selector:
             return  # endpoints of a selector-less service are the user's to manage
         pods = [p for p in self.store.view("Pod", ns)
-                if labels_match(selector_from_match_labels(selector),
-                                p["metadata"].get("labels"))
+                if _selects(selector, p["metadata"].get("labels"))
                 and (p.get("status") or {}).get("podIP")
                 and not p["metadata"].get("deletionTimestamp")]
         groups: dict[str, tuple[list[Obj], list[tuple[Obj, bool]]]] = {}

@@ -18,6 +18,7 @@ import socket
 import threading
 from collections.abc import Callable, Iterable
 
+from kubefwd.sim.buffers import read_buffer
 from kubefwd.support.sockets import hard_shutdown
 from kubefwd.support.threads import StoppableThread
 
@@ -214,7 +215,7 @@ class PodServers:
 
 def serve_echo(conn: socket.socket) -> None:
     """Echo everything until EOF, then shut down our write side (half-close friendly)."""
-    buf = bytearray(256 * 1024)
+    buf = read_buffer(256 * 1024)
     view = memoryview(buf)
     while True:
         n = conn.recv_into(buf)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from kubefwd.sim import spdysession as spdy
 from kubefwd.sim import wssession
+from kubefwd.sim.buffers import read_buffer
 from kubefwd.sim.objects import StatusError
 from kubefwd.support.sockets import close_quietly
 from kubefwd.wire import spdyframes
@@ -285,7 +286,7 @@ class _PodLink:
             except OSError:
                 self._client_done.set()
             self._sock = sock
-        buf = bytearray(_RELAY_BUFFER)
+        buf = read_buffer(_RELAY_BUFFER)
         view = memoryview(buf)
         while True:
             try:

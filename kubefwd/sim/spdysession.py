@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from kubefwd.sim.buffers import read_buffer as _read_buffer
 from kubefwd.wire.spdyframes import (
     CANCEL,
     FLAG_FIN,
@@ -219,7 +220,7 @@ class SpdySession:
         self._pings: dict[int, _Ping] = {}
         self._deflate = HeaderCompressor()
         self._inflate = HeaderDecompressor()
-        self._rbuf = bytearray(max(read_buffer, 64 * 1024, len(initial)))
+        self._rbuf = _read_buffer(max(read_buffer, 64 * 1024, len(initial)))
         self._rbuf[: len(initial)] = initial
         self._initial_len = len(initial)
         self._thread: threading.Thread | None = None

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from kubefwd.sim.buffers import read_buffer
 from kubefwd.wire.websocket import (
     CLOSE_GOING_AWAY,
     CLOSE_INVALID_DATA,
@@ -66,7 +67,7 @@ class WebSocket:
         self.close_code: int | None = None  # what the peer's close frame said
         self.close_sent = False
         self._wlock = threading.Lock()
-        self._rbuf = bytearray(max(_READ_CHUNK, len(initial)))
+        self._rbuf = read_buffer(max(_READ_CHUNK, len(initial)))
         self._rbuf[: len(initial)] = initial
         self._rstart = 0
         self._rend = len(initial)

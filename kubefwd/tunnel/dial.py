@@ -16,6 +16,7 @@ import os
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Mapping
 from http import HTTPStatus
 
@@ -63,13 +64,23 @@ class _TlsSessions:
     A tunnel is one TLS connection; thousands of pods mean thousands of handshakes, each a
     certificate check on our side and a signature on the server's. Resuming a session (a
     TLS 1.3 ticket) skips both; a server that does not resume just gets a full handshake.
+
+    A kept session is used again by every dial until one does not resume with it (the
+    server's ticket keys rotated, the ticket expired or was single-use) or it is
+    ``REFRESH_AFTER`` seconds old: only then is the new connection's session taken. Taking
+    one copies it whole (Python's ``ssl`` serialises and parses it, peer certificate
+    included), which cost about as much CPU as the resumed handshake itself.
     """
 
-    def __init__(self) -> None:
+    REFRESH_AFTER = 300.0
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._lock = threading.Lock()
+        self._clock = clock
         # The context is kept with its session: its id in the key stays its own.
         self._sessions: dict[tuple[str, int, str, int],
-                             tuple[ssl.SSLContext, ssl.SSLSession]] = {}
+                             tuple[ssl.SSLContext, ssl.SSLSession, float]] = {}
+        self.taken = 0  # sessions copied out of a connection so far
 
     @staticmethod
     def _key(target: ApiTarget, context: ssl.SSLContext) -> tuple[str, int, str, int]:
@@ -81,13 +92,21 @@ class _TlsSessions:
         return kept[1] if kept is not None and kept[0] is context else None
 
     def put(self, target: ApiTarget, sock: ssl.SSLSocket) -> None:
+        key = self._key(target, sock.context)
+        now = self._clock()
+        with self._lock:
+            kept = self._sessions.get(key)
+        if (kept is not None and kept[0] is sock.context and sock.session_reused
+                and now - kept[2] < self.REFRESH_AFTER):
+            return  # it resumed with the kept one: keep using that
         session = sock.session
         if session is None or not session.has_ticket:
             return
         with self._lock:
+            self.taken += 1
             if len(self._sessions) > 64:  # contexts come and go with credentials
                 self._sessions.clear()
-            self._sessions[self._key(target, sock.context)] = (sock.context, session)
+            self._sessions[key] = (sock.context, session, now)
 
 
 _tls_sessions = _TlsSessions()

@@ -895,20 +895,67 @@ if __name__ == "__main__":
 def test_later_dials_resume_the_tls_session(cluster: SimCluster) -> None:
     """Thousands of tunnels are thousands of TLS handshakes: after the first, each resumes
     the session (no certificate check, no server signature) and still works."""
-    from kubefwd.tunnel.dial import negotiate
+    from kubefwd.tunnel.dial import _tls_sessions, negotiate
 
     target = target_for(cluster)
     path = f"/api/v1/namespaces/{NS}/pods/web/portforward"
     reused = []
-    for _ in range(3):
+    taken = _tls_sessions.taken
+    for _ in range(4):
         _name, sock, _rest = negotiate(target, path, transport="spdy", prefer="", timeout=10,
                                        track=lambda _s: None, label="web")
         assert isinstance(sock, ssl.SSLSocket)
         reused.append(sock.session_reused)
         sock.close()
-    assert reused == [False, True, True]
+    assert reused == [False, True, True, True]
+    # The first session is kept and used again: not copied out of every connection.
+    assert _tls_sessions.taken - taken == 1
     with tunnel_to(cluster, "web") as tunnel:  # a fresh context: a full handshake, and works
         client = connect_through(tunnel, HTTP_PORT)
         client.sendall(b"GET / HTTP/1.0\r\n\r\n")
         assert read_all(client).startswith(b"HTTP/1.")
         client.close()
+
+
+def test_a_kept_tls_session_is_replaced_when_a_dial_does_not_resume_or_it_is_old(
+        cluster: SimCluster) -> None:
+    """The kept session is used again until the server stops resuming it (new ticket keys)
+    or it is old; then the new connection's session is kept instead."""
+    from kubefwd.tunnel.dial import _TlsSessions, connect
+
+    now = [0.0]
+    sessions = _TlsSessions(clock=lambda: now[0])
+    target = target_for(cluster)
+    context = target.tls_context()
+
+    def dial() -> ssl.SSLSocket:
+        sock = connect(target, 10, lambda _s: None)
+        assert isinstance(sock, ssl.SSLSocket)
+        sock.sendall(b"GET /version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        read_all(sock)  # the tickets come after the handshake
+        return sock
+
+    first = dial()
+    sessions.put(target, first)
+    kept = sessions.get(target, context)
+    assert kept is not None and sessions.taken == 1
+    second = context.wrap_socket(socket.create_connection(("127.0.0.1", cluster.port)),
+                                 server_hostname="127.0.0.1", session=kept)
+    assert second.session_reused
+    sessions.put(target, second)
+    assert sessions.get(target, context) is kept and sessions.taken == 1
+    # Not resumed (as after the server rotated its ticket keys): the new session is kept.
+    third = dial()
+    assert not third.session_reused
+    sessions.put(target, third)
+    assert sessions.get(target, context) is not kept and sessions.taken == 2
+    # Resumed, but the kept session is old: refreshed.
+    kept = sessions.get(target, context)
+    now[0] += _TlsSessions.REFRESH_AFTER + 1
+    fourth = context.wrap_socket(socket.create_connection(("127.0.0.1", cluster.port)),
+                                 server_hostname="127.0.0.1", session=kept)
+    assert fourth.session_reused
+    sessions.put(target, fourth)
+    assert sessions.get(target, context) is not kept and sessions.taken == 3
+    for sock in (first, second, third, fourth):
+        sock.close()
