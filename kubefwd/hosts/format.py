@@ -99,14 +99,17 @@ def parse_hosts(data: bytes) -> HostsDoc:
     owned: list[tuple[bytes, Marker]] = []
     synthetic: tuple[int, bytes] | None = None  # (foreign line index, the newline we added)
     newline: bytes | None = None
+    after_foreign = False  # the line before this one is foreign
     for body, ending in _split_lines(data):
         if body.startswith(PAD_TAG):
             pad = _PAD.match(body)
             if pad is not None:  # left by a write cut short: dropped, with its newline
-                if pad.group(1) and foreign and foreign[-1].endswith(b"\n"):
+                if pad.group(1) and after_foreign and foreign[-1].endswith(b"\n"):
                     synthetic = (len(foreign) - 1, b"\n")
+                after_foreign = False
                 continue
         marker = parse_marker(body)
+        after_foreign = marker is None
         if marker is None:
             foreign.append(body + ending)
             if newline is None and ending:
