@@ -67,6 +67,10 @@ def test_failures_are_tied_to_a_fault_of_their_service_or_of_every_service() -> 
     both = [Fault("latency", None, 0.0, 5.0), Fault("delete pod", "echo1.soak0", 4.0, 4.5)]
     near = soak.causes_of(Failure("echo1.soak0", 3.0, 6.0, "reset", 1), both, 5.0)
     assert [f.kind for f in near] == ["delete pod", "latency"]
+    # How long after each fault ended connections still failed because of it.
+    assert soak.latest_after(failures, faults, 5.0) == {
+        "delete pod": 3.0, "restart API server": -1.5, "rolling restart": -1.0,
+        "watch 410": 1.0}
 
 
 def test_a_short_soak_with_faults_explains_every_failure() -> None:
