@@ -5,7 +5,10 @@ replaced by rename, so a lock on it would be lost) and land by temp file + fsync
 keeping owner and mode, or by an in-place rewrite where a rename is impossible (a
 bind-mounted /etc/hosts in a container) or where a full disk has no room for a second copy
 but the content fits in the file's own blocks (removing our lines at shutdown) or in blocks
-reserved before the first byte changes. Knows nothing of what the bytes mean.
+reserved before the first byte changes. An in-place write is one write() call over the
+whole changed part: a shorter content is first padded to the old length with a comment line
+the next write removes (``format.padding``), so a crash before the truncate leaves the new
+content and that line, never the old tail. Knows nothing else of what the bytes mean.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from typing import IO, cast
 import portalocker
 
 from kubefwd.errors import HostsFileError, KubefwdError, PrivilegeError
+from kubefwd.hosts.format import padding
 
 log = logging.getLogger(__name__)
 
@@ -350,6 +354,8 @@ def _reserve(fd: int, size: int, *, required: bool = False) -> None:
 
 
 def _grow_in_place(fd: int, data: bytes, *, must_reserve: bool = False) -> None:
+    """Reserve the blocks, then write from the first difference in one call (a crash leaves
+    the old content or the new, nothing in between but what one write() call can tear)."""
     _reserve(fd, len(data), required=must_reserve)
     start = _common_prefix(_pread_all(fd, len(data)), data)  # the foreign part stays put
     _pwrite_all(fd, memoryview(data)[start:], start)
@@ -359,11 +365,33 @@ def _grow_in_place(fd: int, data: bytes, *, must_reserve: bool = False) -> None:
 def _shrink_in_place(fd: int, data: bytes) -> None:
     """Content no larger than the file fits in blocks it already has: this works on a full
     disk. Only the bytes from the first difference on are written, so when the new content
-    is a prefix of the old (our lines come last) the truncate alone does it, atomically."""
-    current = _pread_all(fd, len(data))
-    if current != data:
-        start = _common_prefix(current, data)
-        _pwrite_all(fd, memoryview(data)[start:], start)
+    is a prefix of the old (our lines come last) the truncate alone does it, atomically.
+
+    Otherwise the content is padded to the file's length with a comment line of ours and
+    written in one call before the truncate: killed in between, the file holds the new
+    content plus that line (which the next write removes), never a tail of the old one."""
+    size = os.fstat(fd).st_size
+    current = _pread_all(fd, size)
+    if current[: len(data)] == data:
+        os.ftruncate(fd, len(data))
+        return
+    full = data
+    if len(data) < size:
+        pad = padding(data, size)
+        # Too small a gap for the shortest padding line: it takes a few bytes more, almost
+        # always in the file's last block; where even those cannot be reserved (a full disk)
+        # the content goes unpadded, as before.
+        try:
+            if len(data) + len(pad) > size:
+                _reserve(fd, len(data) + len(pad), required=True)
+            full = data + pad
+        except OSError as e:
+            if e.errno not in _NO_SPACE:
+                raise
+    start = _common_prefix(current, full)
+    _pwrite_all(fd, memoryview(full)[start:], start)
+    if len(full) != len(data):
+        os.fdatasync(fd)  # the padded content reaches the disk before the file shrinks
     os.ftruncate(fd, len(data))
 
 

@@ -23,6 +23,12 @@ _LINE = re.compile(rb"^[ \t]*[0-9A-Fa-f.:]+[ \t]+[^#]*" + _MARKER.pattern)
 _SEP_FLAG = re.compile(rb" sep=(?:lf|crlf)(?=[ \t]*$)")
 _VALID_NAME = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?$")
 
+# A line that fills out an in-place write whose content is shorter than the file, so the
+# write covers the whole old content in one go and a crash before the truncate leaves the
+# new content plus this comment, never the old tail. Ours wherever it is: never foreign.
+PAD_TAG = b"# kubefwd padding"
+_PAD = re.compile(re.escape(PAD_TAG) + rb"(?: sep=(lf))?(?: -*)?[ \t]*$")
+
 
 @dataclass(frozen=True)
 class Marker:
@@ -73,13 +79,37 @@ def _split_lines(data: bytes) -> Iterator[tuple[bytes, bytes]]:
         start = end + 1
 
 
+def is_padding(line: bytes) -> bool:
+    """Is this line (without its ending) the padding of an in-place write?"""
+    return line.startswith(PAD_TAG) and _PAD.match(line) is not None
+
+
+def padding(data: bytes, size: int) -> bytes:
+    """What follows ``data`` to make it ``size`` bytes long: one padding line (after a newline
+    of ours, flagged ``sep=lf``, when ``data`` lacks a final one), which ``parse_hosts`` drops.
+    Longer than asked when ``size`` leaves too little room for the shortest such line."""
+    lead, flag = (b"\n", b" sep=lf") if data and not data.endswith(b"\n") else (b"", b"")
+    head = lead + PAD_TAG + flag
+    fill = size - len(data) - len(head) - 1  # the room left for " ---..." before the newline
+    return head + (b" " + b"-" * (fill - 1) if fill > 0 else b"") + b"\n"
+
+
 def parse_hosts(data: bytes) -> HostsDoc:
     foreign: list[bytes] = []  # raw lines, ending included
     owned: list[tuple[bytes, Marker]] = []
     synthetic: tuple[int, bytes] | None = None  # (foreign line index, the newline we added)
     newline: bytes | None = None
+    after_foreign = False  # the line before this one is foreign
     for body, ending in _split_lines(data):
+        if body.startswith(PAD_TAG):
+            pad = _PAD.match(body)
+            if pad is not None:  # left by a write cut short: dropped, with its newline
+                if pad.group(1) and after_foreign and foreign[-1].endswith(b"\n"):
+                    synthetic = (len(foreign) - 1, b"\n")
+                after_foreign = False
+                continue
         marker = parse_marker(body)
+        after_foreign = marker is None
         if marker is None:
             foreign.append(body + ending)
             if newline is None and ending:

@@ -70,6 +70,8 @@ def serve_portforward(sock: socket.socket, req: PortForwardRequest) -> None:
             _serve_websocket(sock, req)
         else:
             _serve_spdy_upgrade(sock, req)
+    except OSError as e:  # the client went away (mid-reply, say): a connection's end
+        log.debug("port-forward to %s/%s: connection ended: %s", req.namespace, req.pod, e)
     except Exception:  # one bad connection must never take the server down
         log.exception("port-forward to %s/%s failed", req.namespace, req.pod)
     finally:

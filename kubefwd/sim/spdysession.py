@@ -211,6 +211,7 @@ class SpdySession:
         self.closed = threading.Event()  # set once the session has ended and on_close ran
         self._ended = False  # no more writes: the transport is (being) closed
         self._closing = False
+        self._write_failed: OSError | None = None  # the first write the transport refused
         self._lock = threading.Lock()  # streams, ids, pings
         self._wlock = threading.Lock()  # the transport's write side and the compressor
         self._streams: dict[int, SpdyStream] = {}
@@ -316,10 +317,12 @@ class SpdySession:
     def _sendall(self, data: Buffer) -> None:
         try:
             self.transport.sendall(data)
-        except OSError:
+        except OSError as e:
+            self._write_failed = e
             raise
         except Exception as e:  # SSL errors after a shutdown, WebSocket errors
-            raise ConnectionError(str(e)) from e
+            self._write_failed = ConnectionError(str(e))
+            raise self._write_failed from e
 
     def _write(self, frame: bytes) -> None:
         if self._ended:
@@ -622,7 +625,14 @@ class SpdySession:
             self._streams[stream_id] = stream
         try:
             self.on_stream(stream)
-        except Exception:
+        except Exception as e:
+            if self._write_failed is not None:
+                # The reply (or an error message) could not be written: the peer closed the
+                # connection while the stream was being set up. That ends the session like
+                # any cut connection; it is not a failure of the handler.
+                log.debug("%s: stream %d: connection gone during its reply: %s",
+                          self.name, stream_id, e)
+                raise ConnectionError(f"connection gone: {self._write_failed}") from e
             log.exception("%s: stream handler failed", self.name)
             self._reset_stream(stream, INTERNAL_ERROR, notify=False)
             return

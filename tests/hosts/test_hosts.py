@@ -32,6 +32,7 @@ from kubefwd.hosts.format import (
     MAX_LINE,
     Marker,
     format_entries,
+    padding,
     parse_hosts,
     parse_marker,
     render_hosts,
@@ -133,6 +134,22 @@ def test_foreign_line_appended_after_ours_keeps_its_separator() -> None:
     out = rewrite_lines(parse_hosts(b"a b"), _ours(), {"127.1.27.1": ["web"]})
     edited = out + b"10.0.0.1 added-later\n"
     assert rewrite_lines(parse_hosts(edited), _ours(), None) == b"a b\n10.0.0.1 added-later\n"
+
+
+@pytest.mark.parametrize("foreign", FOREIGN_SAMPLES)
+def test_padding_of_a_cut_in_place_write_is_dropped_by_the_next_parse(foreign: bytes) -> None:
+    for data in (foreign, rewrite_lines(parse_hosts(foreign), _ours(), {"127.1.27.1": ["web"]})):
+        want = parse_hosts(data)
+        for gap in range(1, 120):
+            pad = padding(data, len(data) + gap)
+            assert len(pad) == gap or (len(pad) > gap and gap < 27), (data, gap, pad)
+            assert pad.count(b"\n") == 1 + (bool(data) and not data.endswith(b"\n"))
+            got = parse_hosts(data + pad)
+            assert (got.foreign, got.owned) == (want.foreign, want.owned), (data, gap)
+            # the next write removes it: what it renders is what the unpadded file renders
+            assert rewrite_lines(got, _ours(), None) == rewrite_lines(want, _ours(), None)
+    # a line that only starts like the padding is foreign
+    assert parse_hosts(b"# kubefwd padding, or not\n").foreign == b"# kubefwd padding, or not\n"
 
 
 @pytest.mark.parametrize(

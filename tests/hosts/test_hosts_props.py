@@ -2,7 +2,8 @@
 
 Whatever the file holds (CRLF, no final newline, comments, tabs, IPv6, very long lines, bytes
 that are not UTF-8, kubefwd lines of a live instance and of dead ones) and whatever sequence
-of adds, removals, crashes (with a temp file left behind) and restarts follows, every line
+of adds, removals, crashes (a temp file left behind, or an in-place write cut before its
+truncate: our padding line at the end) and restarts follows, every line
 that is not kubefwd's is still there byte for byte, no name points at two addresses, and dead
 owners' lines are gone after the next write. ``KUBEFWD_HYPOTHESIS_EXAMPLES`` runs more cases.
 """
@@ -18,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kubefwd.hosts.fileio import TEMP_SUFFIX
-from kubefwd.hosts.format import Marker, format_entries, parse_marker
+from kubefwd.hosts.format import Marker, format_entries, padding, parse_marker
 from kubefwd.hosts.writer import process_start, update_hosts
 
 EXAMPLES = int(os.environ.get("KUBEFWD_HYPOTHESIS_EXAMPLES", "60"))
@@ -78,6 +79,7 @@ _ops = st.lists(st.one_of(
         min_size=1, max_size=4)),
     st.tuples(st.just("remove"), st.none()),
     st.tuples(st.just("crash"), st.none()),
+    st.tuples(st.just("cut"), st.integers(1, 300)),
     st.tuples(st.just("restart"), st.none()),
 ), min_size=1, max_size=10)
 
@@ -141,6 +143,13 @@ def test_any_run_keeps_foreign_lines_and_never_doubles_a_name(
                 (Path(tmp) / f".hosts.crash{len(ops) % 1000:03d}{TEMP_SUFFIX}").write_bytes(
                     b"half a file")
                 me = Marker(next(pids), 1)  # the next run is another process
+                entries = None
+                continue
+            elif op == "cut":  # killed between an in-place write and its truncate
+                data = path.read_bytes()
+                assert isinstance(arg, int)
+                path.write_bytes(data + padding(data, len(data) + arg))
+                me = Marker(next(pids), 1)
                 entries = None
                 continue
             elif op == "restart":

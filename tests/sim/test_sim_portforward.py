@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import os
 import re
 import signal
@@ -313,6 +314,67 @@ def test_garbage_frames_close_only_that_connection(cluster: SimCluster) -> None:
         data, _error, state = healthy.open(7000)
         data.send(b"still fine", fin=True)
         assert state["data_fin"].wait(5) and bytes(state["data"]) == b"still fine"
+
+
+WS_HEADERS = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13"}
+
+
+def _cut(sock: ssl.SSLSocket, reset: bool) -> None:
+    """End a connection as a client that goes away does: a FIN, or a reset."""
+    if reset:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    sock.close()
+
+
+@pytest.mark.parametrize("when", ["after opening streams", "before the 101"])
+def test_a_client_gone_during_a_reply_is_a_quiet_end(
+    cluster: SimCluster, caplog: pytest.LogCaptureFixture, when: str
+) -> None:
+    # SPDY in a WebSocket over TLS: the client opens stream pairs and goes away at once, so
+    # the server's SYN_REPLY (or its 101) meets a closed connection. That is how connections
+    # end, not an error: nothing is logged above debug, and the server keeps serving.
+    caplog.set_level(logging.DEBUG, logger="kubefwd.sim")
+
+    def serving() -> int:  # the API server's connection threads
+        return sum(t.name.startswith("sim-api-conn-") for t in threading.enumerate())
+
+    before = serving()
+    ends = 0
+    for i in range(12):
+        key = base64.b64encode(os.urandom(16)).decode()
+        headers = {**WS_HEADERS, "Sec-WebSocket-Key": key,
+                   "Sec-WebSocket-Protocol": "SPDY/3.1+portforward.k8s.io"}
+        if when == "before the 101":
+            sock = api_connect(cluster)
+            lines = [f"POST {PF_PATH.format(pod='echo')} HTTP/1.1", "Host: 127.0.0.1",
+                     f"Authorization: Bearer {cluster.token}",
+                     *(f"{k}: {v}" for k, v in headers.items())]
+            sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+            _cut(sock, reset=bool(i % 2))
+            ends += 1
+            continue
+        sock, head = upgrade_request(cluster, "echo", headers)
+        assert head.status == 101, head.start_line
+        conn = wssession.WebSocket(sock, client=True, initial=head.rest)
+        session = spdy.SpdySession(wssession.WebSocketByteStream(conn), server=False,
+                                   name="test-gone").start()
+        for request in range(3):
+            common = {"port": "7000", "requestID": str(request)}
+            session.open_stream({"streamType": "error", **common})
+            session.open_stream({"streamType": "data", **common})
+        _cut(sock, reset=bool(i % 2))
+        session.close(1.0)
+        ends += 1
+    wait_for(lambda: serving() <= before, what="the server to see every client go")
+    loud = [f"{r.name} {r.levelname} {r.getMessage()} {r.exc_info and r.exc_info[1]!r}"
+            for r in caplog.records if r.levelno > logging.DEBUG and r.name.startswith("kubefwd")]
+    assert not loud, loud
+    assert ends == 12
+    with SpdyForward(cluster, "echo") as healthy:
+        data, _error, state = healthy.open(7000)
+        data.send(b"still serving", fin=True)
+        assert state["data_fin"].wait(5) and bytes(state["data"]) == b"still serving"
 
 
 @pytest.mark.parametrize("how", ["delete", "kill"])
