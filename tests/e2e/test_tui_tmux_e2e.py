@@ -32,7 +32,7 @@ class Tmux:
         self.status_file = cwd / f"{self.socket}.status"
         env = dict(os.environ, PYTHONUNBUFFERED="1", LANG="C.UTF-8", LC_ALL="C.UTF-8")
         env.pop("CI", None)
-        self.run("new-session", "-d", "-s", "t", "-x", "100", "-y", "30",
+        self.run("new-session", "-d", "-s", "t", "-x", "110", "-y", "30",
                  f"{command}; echo $? > {self.status_file}; sleep 30", env=env, cwd=cwd)
 
     def run(self, *args: str, env: dict[str, str] | None = None,
@@ -83,6 +83,7 @@ def test_svc_tui_in_tmux(cluster: SimCluster, hosts: Path, tmp_path: Path,
     screen = t.wait("HOSTNAME")
     assert "web" in screen and "cart" in screen and "active" in screen
     ip = hosts_entries(hosts)["web.shop"]
+    assert f"{ip}:80→8080" in screen  # the pod's port beside the local one it differs from
     http_get(ip, 80, "/bytes/50000")
     t.wait("50.")  # the IN column counts the bytes (50.xK)
     t.keys("/", "w", "e", "b", "Enter")
