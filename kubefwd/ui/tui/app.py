@@ -22,10 +22,9 @@ from prompt_toolkit.output import Output
 
 from kubefwd.ui.tui.keys import bindings
 from kubefwd.ui.tui.view import Copier, View, default_copier
-from kubefwd.ui.tui.widgets import Screen, style_for
+from kubefwd.ui.tui.widgets import MESSAGE_SECONDS, Screen, style_for
 
 TICK = 0.25
-SPARK_SECONDS = 61.0  # how long the last traffic still moves a sparkline
 
 
 class Tui:
@@ -54,7 +53,8 @@ class Tui:
         self.redraws = 0
         self.application.after_render += self._rendered
         self._seen: tuple[Any, ...] = ()
-        self._busy_at = -SPARK_SECONDS - 1.0
+        self._figures_at: tuple[int, int] = (-1, -1)
+        self._figures: tuple[Any, ...] = ()
 
     def _rendered(self, _app: Any) -> None:
         self.redraws += 1
@@ -74,16 +74,20 @@ class Tui:
             layout.focus(self.screen.table)
 
     def _signature(self) -> tuple[Any, ...]:
-        # The totals, not a snapshot: a tick must not cost a figure per forward.
-        # A new sample matters while rates move and for the sparklines' minute after; an idle
-        # view is not redrawn once a second for figures that stay the same.
-        metrics = self.app.metrics.totals()
+        # What is on screen, cheaply: the figures are read again only when the metrics were
+        # sampled (once a second) or the totals' byte counts may have moved, and only as the
+        # text of the rows drawn, so a sample that changes nothing visible (no traffic, a
+        # sparkline already flat) costs no redraw.
+        metrics = self.app.metrics
         now = time.monotonic()
-        if metrics.rate_in or metrics.rate_out:
-            self._busy_at = now
-        sample = metrics.seq if now - self._busy_at <= SPARK_SECONDS else 0
-        return (self.app.store.version, sample, metrics.bytes_in, metrics.bytes_out,
-                self.view.log_seen, int(now) if self.view.detail else 0)
+        stamp = (metrics.seq, int(now))
+        if stamp != self._figures_at:
+            self._figures_at = stamp
+            self._figures = self.screen.figures()
+        v = self.view
+        message = bool(v.message) and now - v.message_at < MESSAGE_SECONDS
+        return (self.app.store.version, self._figures, v.log_seen, message,
+                int(now) if v.detail else 0)
 
     async def _ticker(self) -> None:
         stop = getattr(self.app, "stop_requested", None)

@@ -182,6 +182,7 @@ class Screen:
         self.filter_buffer = filter_buffer
         self._row_lines: dict[str, tuple[model.Row, tuple[Any, ...], str,
                                          StyleAndTextTuples]] = {}
+        self._table_cols: list[model.Column] = []  # the columns the table was drawn with
         self.table = Window(LinesControl(self.render_table, self.table_mouse, focusable=True),
                             wrap_lines=False)
         self.filter_window = Window(BufferControl(filter_buffer), height=1, wrap_lines=False)
@@ -275,6 +276,7 @@ class Screen:
             lines.append([("class:dim", " " + text)])
             return lines
         table_focused = not v.focus_log
+        self._table_cols = cols
         shape = (tuple(cols), width)
         drawn: dict[str, tuple[model.Row, tuple[Any, ...], str, StyleAndTextTuples]] = {}
         for row in v.visible(max(1, height - 1)):
@@ -300,6 +302,21 @@ class Screen:
             lines.append(line)
         self._row_lines = drawn
         return lines
+
+    def figures(self) -> tuple[Any, ...]:
+        """The figures the screen shows, as text: the status bar's totals and rates, and the
+        cells of the table rows drawn last time (with their current values). Two equal
+        results draw the same screen, so a new metrics sample that changes nothing visible
+        needs no redraw (the detail view is left to its own clock)."""
+        v = self.view
+        snap = self.app.metrics.totals()
+        bar = (model.human_bytes(snap.bytes_in), model.human_rate(snap.rate_in),
+               model.human_bytes(snap.bytes_out), model.human_rate(snap.rate_out))
+        if v.detail or v.help or v.browser is not None or not self._table_cols:
+            return bar
+        cols = self._table_cols
+        shown = v.rows()[v.offset:v.offset + v.page]
+        return bar, tuple(tuple(model.render_row(v.with_metrics(row), cols)) for row in shown)
 
     def table_mouse(self, event: MouseEvent) -> bool:
         v = self.view
