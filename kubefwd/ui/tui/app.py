@@ -20,6 +20,7 @@ from prompt_toolkit.buffer import Buffer
 from prompt_toolkit.input import Input
 from prompt_toolkit.output import Output
 
+from kubefwd.ui.tui import model
 from kubefwd.ui.tui.keys import bindings
 from kubefwd.ui.tui.view import Copier, View, default_copier
 from kubefwd.ui.tui.widgets import MESSAGE_SECONDS, Screen, style_for
@@ -55,6 +56,8 @@ class Tui:
         self._seen: tuple[Any, ...] = ()
         self._figures_at: tuple[int, int] = (-1, -1)
         self._figures: tuple[Any, ...] = ()
+        self._moved: tuple[int, int, int] = (-1, -1, -1)
+        self._moved_seq = 0  # the last sample with traffic, or with a count or row changed
 
     def _rendered(self, _app: Any) -> None:
         self.redraws += 1
@@ -83,7 +86,14 @@ class Tui:
         stamp = (metrics.seq, int(now))
         if stamp != self._figures_at:
             self._figures_at = stamp
-            self._figures = self.screen.figures()
+            totals = metrics.totals()
+            moved = (totals.bytes_in, totals.bytes_out, self.app.store.version)
+            if totals.rate_in or totals.rate_out or moved != self._moved:
+                self._moved, self._moved_seq = moved, metrics.seq
+            # Quiet for longer than a sparkline is wide: every rate shown is zero, every
+            # sparkline flat, no count moved; the rows need not be laid out to know that.
+            if metrics.seq - self._moved_seq <= model.SPARK_WIDTH + 1 or not self._figures:
+                self._figures = self.screen.figures()
         v = self.view
         message = bool(v.message) and now - v.message_at < MESSAGE_SECONDS
         return (self.app.store.version, self._figures, v.log_seen, message,

@@ -21,6 +21,7 @@ SORTS = ("hostname", "namespace", "status", "rate")
 STATUS_ORDER = {"error": 0, "reconnecting": 1, "connecting": 2, "pending": 3, "active": 4,
                 "stopping": 5}
 SPARK = " ▁▂▃▄▅▆▇█"
+SPARK_WIDTH = 12  # the table's sparkline: its last 12 samples
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,7 +234,7 @@ def columns(width: int, *, compact: bool, bandwidth: bool, multi_namespace: bool
             fixed += [Column("in", "IN", 7, ">"), Column("out", "OUT", 7, ">")]
         fixed += [Column("rate_in", "RATE IN", 9, ">"), Column("rate_out", "RATE OUT", 9, ">")]
         if not compact:
-            fixed.append(Column("spark", "LAST 60S", 12))
+            fixed.append(Column("spark", "LAST 60S", SPARK_WIDTH))
     drop_order = (("spark",), ("context",), ("pod",), ("in", "out"), ("namespace",))
     min_host = 9  # "HOSTNAME" and the sort arrow
 
