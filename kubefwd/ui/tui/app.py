@@ -74,7 +74,7 @@ class Tui:
         else:
             if not self.view.filter:
                 self.filter_buffer.reset()
-            layout.focus(self.screen.table)
+            layout.focus(self.screen.home)
 
     def _signature(self) -> tuple[Any, ...]:
         # What is on screen, cheaply: the figures are read again only when the metrics were
