@@ -212,7 +212,7 @@ def _run(options: Any, cluster: Any, churn: bool, use_tui: bool, theme: str, hos
     if use_tui:
         from kubefwd.ui.tui.app import Tui
 
-        view = Tui(app, theme=theme)
+        view = Tui(app, theme=theme, freeze_gc=True)
 
     def front() -> None:
         for line in _hints(app, own_hosts):

@@ -582,7 +582,8 @@ def run_with_tui(options: Any, theme: str) -> int:
     bus = EventBus()
     app = Kubefwd(options, bus=bus)
     logs = [TextLog(bus, sys.stdout, verbose=options.verbose)]
-    view = Tui(app, theme=theme)  # subscribes now: the log pane has the start-up lines too
+    # Subscribes now: the log pane has the start-up lines too.
+    view = Tui(app, theme=theme, freeze_gc=True)
 
     def front() -> None:
         logs[0].finish()

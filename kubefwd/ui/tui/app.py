@@ -12,6 +12,7 @@ caller then runs the ordinary ordered shutdown.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from typing import Any
 
@@ -33,8 +34,14 @@ class Tui:
     ``control``, and optionally ``lookups`` and ``http``)."""
 
     def __init__(self, app: Any, *, theme: str = "auto", input: Input | None = None,
-                 output: Output | None = None, copier: Copier = default_copier) -> None:
+                 output: Output | None = None, copier: Copier = default_copier,
+                 freeze_gc: bool = False) -> None:
         self.app = app
+        # The process's own view (not an embedding program's): after the first redraw, what
+        # the view built to draw it (the rows, the layout) is taken out of the collector's
+        # sight, as the app did with its own start-up objects, so that a full collection in
+        # the middle of a redraw does not scan them each time.
+        self.freeze_gc = freeze_gc
         self.view = View(app, copier=copier, invalidate=self._invalidate)
         self.view.subscribe()
         self.filter_buffer = Buffer(multiline=False,
@@ -61,6 +68,8 @@ class Tui:
 
     def _rendered(self, _app: Any) -> None:
         self.redraws += 1
+        if self.redraws == 1 and self.freeze_gc:
+            gc.freeze()
 
     def _invalidate(self) -> None:
         self.application.invalidate()
