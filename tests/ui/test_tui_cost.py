@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
 from helpers import wait_for
 from tuikit import FakeApp, running
 
@@ -96,3 +97,23 @@ def test_samples_redraw_only_while_what_they_show_moves() -> None:
         assert any(after[:5]), after
         assert after[-6:] == [0] * 6, after
         assert "0B/s" in h.screen()[3 + [r.key for r in h.view.rows()].index("one/shop/web")]
+
+
+def test_the_clis_view_freezes_the_collector_after_its_first_redraw(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import kubefwd.ui.tui.app as tui_app
+
+    frozen: list[int] = []
+    app = FakeApp(services=3)
+    with running(app) as h:
+        monkeypatch.setattr(tui_app.gc, "freeze", lambda: frozen.append(h.tui.redraws))
+        h.tui.freeze_gc = True
+        h.tui.redraws = 0  # as if nothing had been drawn yet
+        h.keys("j")
+        h.keys("k")
+        assert frozen == [1]  # once, after the first redraw
+    h2_app = FakeApp(services=3)
+    with running(h2_app) as h2:  # an embedding program's view leaves the collector alone
+        h2.keys("j")
+    assert frozen == [1]
