@@ -237,6 +237,7 @@ def test_q_quits_and_a_stop_request_ends_the_view() -> None:
     app = FakeApp(services=1)
     with running(app) as h:
         h.keys("q", settle=0.5)
+        h.thread.join(5)  # a loaded machine may take longer than the settle time
         assert not h.thread.is_alive() and h.view.quit_requested
     other = FakeApp(services=1)
     with running(other) as h:
