@@ -8,7 +8,8 @@ thread-safe, returns once the change is under way (a namespace's first list is w
 to ``LIST_WAIT`` seconds), and raises a ``ControlError`` with a sentence for the user when
 the request cannot be done. What happens is published on the bus like everything else.
 
-Addressing: a namespace is ``NAME`` (in the first context) or ``CONTEXT/NAME``; a forward is
+Addressing: a namespace is ``NAME`` (in the first context) or ``CONTEXT/NAME``, where the
+context may be any of the kubeconfig (one not loaded yet is loaded then); a forward is
 its key, ``CONTEXT/NAMESPACE/SERVICE`` (``…/POD.SERVICE`` for one pod of a headless service),
 and may be given without the context when it is the first one.
 """
@@ -232,11 +233,12 @@ class Control:
                 raise ControlError(f"context {context!r} and '{namespace}' disagree")
             context = prefix
         ctx = context or contexts[0]
-        if ctx not in contexts:
-            raise ControlError(f"unknown context {ctx!r}; known: {', '.join(contexts)}",
-                               "not_found")
         if not is_dns_label(name):
             raise ControlError(f"'{name}' is not a namespace name")
+        if ctx not in contexts:  # another context of the kubeconfig: loaded now
+            from kubefwd.app.lookup import load_context
+
+            load_context(self._app, ctx)
         return ctx, name
 
     def _service_key(self, key: str) -> tuple[str, str, str]:

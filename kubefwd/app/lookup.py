@@ -1,10 +1,12 @@
 """Read-only look-ups for the outputs (the TUI's browser and Logs tab, the REST API).
 
-Raw objects as the API server returns them, through the clients kubefwd already holds (one
-per loaded context): contexts, namespaces, services, pods, one pod, a pod's log (its last
-lines, optionally followed until a stop Event is set), events and EndpointSlices. Errors are
-a ``ControlError`` ("not_found" for an unknown context or object, "unavailable" before the
-clients exist, "invalid" for a bad name) or the client's ``ApiError``.
+Raw objects as the API server returns them, through the clients kubefwd holds (one per
+loaded context): contexts (every one of the kubeconfig, the loaded ones first), namespaces,
+services, pods, one pod, a pod's log (its last lines, optionally followed until a stop Event
+is set), events and EndpointSlices. A context of the kubeconfig that is not loaded yet is
+loaded on its first look-up. Errors are a ``ControlError`` ("not_found" for an unknown
+context or object, "unavailable" before the clients exist, "invalid" for a bad name) or the
+client's ``ApiError``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from kubefwd.app.control import ControlError
 from kubefwd.cluster.client import KubeClient
-from kubefwd.errors import ApiError
+from kubefwd.errors import ApiError, KubefwdError
 from kubefwd.support.dnsnames import is_dns_label
 
 if TYPE_CHECKING:
@@ -29,7 +31,8 @@ class Lookups:
         self._app = app
 
     def contexts(self) -> list[str]:
-        return self._app.context_names()
+        """Every context of the kubeconfig: the loaded ones first, in their order."""
+        return self._app.kubeconfig_contexts()
 
     def namespaces(self, context: str | None = None) -> list[dict[str, Any]]:
         return self._list("namespaces", "", context)
@@ -89,14 +92,30 @@ class Lookups:
             raise ControlError("no context is loaded yet", "unavailable")
         name = context or names[0]
         if name not in names:
-            raise ControlError(f"unknown context {name!r}; known: {', '.join(names)}",
-                               "not_found")
+            load_context(self._app, name)
         return self._app._client(name)
 
     def _list(self, resource: str, namespace: str, context: str | None,
               selector: str = "") -> list[dict[str, Any]]:
         items, _ = self._client(context).list(resource, namespace, label_selector=selector)
         return items
+
+
+def load_context(app: Kubefwd, name: str) -> None:
+    """Load kubeconfig context ``name`` at run time; ControlError when there is no such
+    context (or kubefwd is stopping, or its credentials cannot be loaded)."""
+    if app.stop_requested.is_set():
+        raise ControlError("kubefwd is stopping", "unavailable")
+    if not app.ready.is_set():
+        raise ControlError("kubefwd is still starting", "unavailable")
+    known = app.kubeconfig_contexts()
+    if name not in known:
+        raise ControlError(f"unknown context {name!r}; known: {', '.join(known)}",
+                           "not_found")
+    try:
+        app.load_context(name)
+    except KubefwdError as exc:
+        raise ControlError(f"cannot use context {name!r}: {exc}", "unavailable") from None
 
 
 def _name(value: str, what: str) -> str:

@@ -47,7 +47,7 @@ from kubefwd.app.startup import (
 )
 from kubefwd.cluster.client import KubeClient, watch_callables
 from kubefwd.cluster.informer import Backoff, Informer
-from kubefwd.cluster.kubeconfig import ClusterContext, load_contexts
+from kubefwd.cluster.kubeconfig import ClusterContext, available_contexts, load_contexts
 from kubefwd.cluster.target import ApiTarget
 from kubefwd.errors import (
     ExitCode,
@@ -168,6 +168,7 @@ class Kubefwd:
         self._lock = threading.Lock()
         self._informers: list[Informer] = []
         self._clients: list[KubeClient] = []
+        self._context_lock = threading.Lock()  # contexts loaded at run time, one at a time
         self._targets: dict[str, ApiTarget] = {}
         self._groups: dict[tuple[str, str], _WatchGroup] = {}
         self._scopes: dict[tuple[str, str], Scope] = {}
@@ -528,7 +529,35 @@ class Kubefwd:
     # -- what Control changes at run time ---------------------------------------------------
 
     def context_names(self) -> list[str]:
+        """The contexts loaded: those of the command line, then those added at run time."""
         return [c.context.name for c in self._clients]
+
+    def kubeconfig_contexts(self) -> list[str]:
+        """Every context kubefwd could use: the loaded ones first, then the kubeconfig's
+        others (the loaded ones alone when the kubeconfig cannot be read now)."""
+        loaded = self.context_names()
+        try:
+            others = available_contexts(self.options.kubeconfig)
+        except KubefwdError as exc:
+            log.debug("cannot list the kubeconfig's contexts: %s", exc)
+            others = []
+        return loaded + [name for name in others if name not in loaded]
+
+    def load_context(self, name: str) -> bool:
+        """Load kubeconfig context ``name`` (its credentials and a client) so that its
+        namespaces can be looked up and watched at run time; False when it was loaded
+        already. ConfigError when the kubeconfig has no such context or its credentials
+        cannot be loaded."""
+        with self._context_lock:
+            if name in self.context_names():
+                return False
+            (ctx,) = load_contexts(self.options.kubeconfig, [name])
+            ctx.index = len(self._clients)
+            client = KubeClient(ctx)
+            self._targets[ctx.name] = ctx.target
+            self._clients.append(client)
+        log.debug("context %s loaded at run time (%s)", name, ctx.server)
+        return True
 
     def watched(self) -> list[tuple[tuple[str, str], Scope, str]]:
         """((context, namespace), scope, label selector) of every watched namespace."""

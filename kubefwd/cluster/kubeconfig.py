@@ -147,12 +147,8 @@ def _list_contexts(
     return list(contexts.values()), current
 
 
-def load_contexts(kubeconfig: str | None, contexts: Sequence[str]) -> list[ClusterContext]:
-    """Resolve the chosen contexts (default: the current one) into API targets.
-
-    Raises ConfigError for a missing kubeconfig, an unknown context, or credentials that
-    cannot be loaded.
-    """
+def _existing_kubeconfigs(kubeconfig: str | None) -> list[str]:
+    """The kubeconfig files to read, as kubectl picks them; ConfigError when there is none."""
     paths = kubeconfig_paths(kubeconfig)
     existing = [p for p in paths if os.path.isfile(p)]
     if existing and not kubeconfig and not os.environ.get("KUBECONFIG"):
@@ -162,6 +158,23 @@ def load_contexts(kubeconfig: str | None, contexts: Sequence[str]) -> list[Clust
             f"no kubeconfig found (looked in {', '.join(paths)}); "
             "pass --kubeconfig or set KUBECONFIG"
         )
+    return existing
+
+
+def available_contexts(kubeconfig: str | None) -> list[str]:
+    """Every context of the kubeconfig, in file order (read again on each call, so contexts
+    added to it while kubefwd runs are seen); ConfigError as ``load_contexts``."""
+    available, _ = _list_contexts(_read_kubeconfigs(_existing_kubeconfigs(kubeconfig)))
+    return [str(c.get("name")) for c in available]
+
+
+def load_contexts(kubeconfig: str | None, contexts: Sequence[str]) -> list[ClusterContext]:
+    """Resolve the chosen contexts (default: the current one) into API targets.
+
+    Raises ConfigError for a missing kubeconfig, an unknown context, or credentials that
+    cannot be loaded.
+    """
+    existing = _existing_kubeconfigs(kubeconfig)
     docs = _read_kubeconfigs(existing)
     available, current = _list_contexts(docs)
     names = [str(c.get("name")) for c in available]

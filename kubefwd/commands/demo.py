@@ -11,6 +11,7 @@ default) deletes a pod every so often so a reconnect can be watched.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import sys
 import tempfile
@@ -26,6 +27,19 @@ from kubefwd.errors import UsageError
 NAMESPACE = "demo"
 CHURN_EVERY = 20.0
 TRAFFIC_EVERY = 1.0
+LOW_PORTS = (80,)  # the demo's service ports below 1024
+HIGH_PORT_OFFSET = 8000
+
+
+def low_port_mappings() -> list[str]:
+    """``-m`` mappings for the demo's ports this user may not bind (80 → 8080 without root),
+    so the demo needs no root; none for root or where low ports are free to bind."""
+    from kubefwd.system.privileges import has_net_bind_capability, unprivileged_port_start
+
+    if os.geteuid() == 0 or has_net_bind_capability():
+        return []
+    start = unprivileged_port_start()
+    return [f"{port}:{port + HIGH_PORT_OFFSET}" for port in LOW_PORTS if port < start]
 
 
 def demo_manifests(redis: bool) -> str:
@@ -149,16 +163,19 @@ def demo_command(
         with SimCluster(manifests=demo_manifests(redis), contexts=("demo",),
                         kubeconfig_path=workdir / "kubeconfig") as cluster:
             cluster.wait_ready(NAMESPACE, timeout=30)
+            mappings = low_port_mappings()
             options = build_options(kubeconfig=str(workdir / "kubeconfig"),
                                     namespace=[NAMESPACE], hosts_path=hosts,
-                                    auto_reconnect=True)
+                                    auto_reconnect=True, mapping=mappings)
             options.make_backup = False
             out.write(
                 f"kubefwd demo: a simulated cluster (namespace {NAMESPACE}: frontend, api, "
                 f"cache ({'redis' if redis else 'echo'}), db: 3 pods, headless)\n"
                 f"names go to {hosts}"
                 + (" (a temporary file: the system resolver does not read it, so use the "
-                   "addresses or curl --resolve)\n" if own_hosts else "\n"))
+                   "addresses or curl --resolve)\n" if own_hosts else "\n")
+                + "".join(f"port {m.replace(':', ' is forwarded on ')}: lower ports need "
+                          "root\n" for m in mappings))
             out.flush()
             return _run(options, cluster, churn, use_tui, theme_choice, hosts, own_hosts)
     finally:
@@ -168,10 +185,11 @@ def demo_command(
 def _hints(app: Any, own_hosts: bool) -> list[str]:
     lines = ["try:"]
     for f in app.store.snapshot():
-        if f.service == "frontend" and f.ip:
+        if f.service == "frontend" and f.ip and f.ports:
+            port = f.ports[0]
             if own_hosts:
-                lines.append(f"  curl --resolve frontend:80:{f.ip} http://frontend/")
-            lines.append(f"  curl http://{f.ip}:80/              # frontend by address")
+                lines.append(f"  curl --resolve frontend:{port}:{f.ip} http://frontend:{port}/")
+            lines.append(f"  curl http://{f.ip}:{port}/              # frontend by address")
         if f.service == "cache" and f.ip:
             lines.append(f"  redis-cli -h {f.ip} -p 6379 PING     # or: nc {f.ip} 6379")
     lines.append("every 20 s a pod of api is deleted (--no-churn to stop it): watch it "
@@ -194,7 +212,7 @@ def _run(options: Any, cluster: Any, churn: bool, use_tui: bool, theme: str, hos
     if use_tui:
         from kubefwd.ui.tui.app import Tui
 
-        view = Tui(app, theme=theme)
+        view = Tui(app, theme=theme, freeze_gc=True)
 
     def front() -> None:
         for line in _hints(app, own_hosts):

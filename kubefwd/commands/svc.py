@@ -359,7 +359,8 @@ _H_RETRY = (
 )
 _H_AUTO = (
     "Keep a tunnel open to every forwarded pod and re-open it as soon as it dies (backing "
-    "off 1s to 5m), instead of opening it on the next connection."
+    "off 1s to 5m), instead of opening it on the next connection. Default: on with --tui "
+    "(and in idle mode), off otherwise."
 )
 _H_SHADOW = (
     "Write a service's name even when a line kubefwd does not own already defines it (names "
@@ -467,7 +468,8 @@ def svc(
     purge_stale_ips: Annotated[bool, _flag("-p", "--purge-stale-ips", _H_PURGE)] = False,
     resync_interval: Annotated[str, _opt("", "--resync-interval", "DURATION", _H_RESYNC)] = "5m",
     retry_interval: Annotated[str, _opt("", "--retry-interval", "DURATION", _H_RETRY)] = "10s",
-    auto_reconnect: Annotated[bool, _flag("-a", "--auto-reconnect", _H_AUTO)] = False,
+    auto_reconnect: Annotated[bool | None, typer.Option(
+        "--auto-reconnect/--no-auto-reconnect", "-a", metavar="", help=_H_AUTO)] = None,
     verbose: Annotated[bool, _flag("-v", "--verbose", "Log every event in detail.")] = False,
     transport: Annotated[str, _opt("", "--transport", "|".join(TRANSPORTS), _H_TRANSPORT)] = "auto",
     allow_shadowing: Annotated[bool, _flag("", "--allow-shadowing", _H_SHADOW)] = False,
@@ -494,7 +496,8 @@ def svc(
         fwd_conf=fwd_conf, timeout=timeout,
         hosts_path=hosts_path, refresh_backup=refresh_backup, purge_stale_ips=purge_stale_ips,
         resync_interval=resync_interval, retry_interval=retry_interval,
-        auto_reconnect=auto_reconnect or tui, verbose=verbose, transport=transport,
+        auto_reconnect=auto_reconnect_default(auto_reconnect, tui), verbose=verbose,
+        transport=transport,
         wait_namespaces=wait_namespaces, allow_shadowing=allow_shadowing,
         command=list(ctx.meta.get(COMMAND_META) or []),
         ready_file=ready_file, wait_for=wait_for, no_wait=no_wait, pod_policy=pod_policy,
@@ -533,6 +536,12 @@ def svc(
 
 
 TUI_ENV_CI = "CI"
+
+
+def auto_reconnect_default(flag: bool | None, tui: bool) -> bool:
+    """-a/--auto-reconnect or --no-auto-reconnect as given; unsaid: on with --tui (the view
+    shows forwards coming back), off otherwise."""
+    return tui if flag is None else flag
 
 
 def has_terminal() -> bool:
@@ -576,7 +585,8 @@ def run_with_tui(options: Any, theme: str) -> int:
     bus = EventBus()
     app = Kubefwd(options, bus=bus)
     logs = [TextLog(bus, sys.stdout, verbose=options.verbose)]
-    view = Tui(app, theme=theme)  # subscribes now: the log pane has the start-up lines too
+    # Subscribes now: the log pane has the start-up lines too.
+    view = Tui(app, theme=theme, freeze_gc=True)
 
     def front() -> None:
         logs[0].finish()

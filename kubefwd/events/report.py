@@ -39,10 +39,11 @@ class Reporter:
 
     def forwarded(self, key: str, *, context: str, namespace: str, service: str,
                   names: Sequence[str], ip: str, ports: Sequence[str], pod: str | None,
-                  pod_path: str | None = None) -> None:
+                  pod_path: str | None = None, pod_ports: Sequence[str] = ()) -> None:
         self.bus.publish(ForwardBound(key=key, context=context, namespace=namespace,
                                       service=service, ip=ip, names=tuple(names),
-                                      ports=tuple(ports), pod=pod, pod_path=pod_path))
+                                      ports=tuple(ports), pod=pod, pod_path=pod_path,
+                                      pod_ports=tuple(pod_ports)))
 
     def removed(self, key: str, ip: str) -> None:
         self.bus.publish(ForwardUnbound(key=key, ip=ip))

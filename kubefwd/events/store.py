@@ -83,6 +83,7 @@ class ForwardState:
     connected_since: float | None
     updated: float
     reconnects: int
+    pod_ports: tuple[str, ...] = ()  # the pod's port behind each of ``ports`` ("": unknown)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +165,7 @@ class StateStore:
                 ip=event.ip,
                 names=event.names,
                 ports=event.ports,
+                pod_ports=event.pod_ports,
                 pod=event.pod,
                 status="active" if event.pod is not None else "pending",
                 last_error=old.last_error if old else None,

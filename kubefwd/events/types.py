@@ -90,6 +90,8 @@ class ForwardBound(Event):
     ports: tuple[str, ...]  # display strings such as "80" or "8080:80"
     pod: str | None
     pod_path: str | None = None
+    # The pod's port behind each of ``ports`` ("" where not known yet).
+    pod_ports: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

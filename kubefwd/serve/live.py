@@ -22,7 +22,7 @@ from kubefwd.events.metrics import MetricsRegistry
 from kubefwd.events.report import Reporter
 from kubefwd.events.types import PodChanged, TunnelFailed, TunnelOpened
 from kubefwd.registry.ipalloc import IpAllocator
-from kubefwd.registry.model import ForwardKey, ForwardUpsert
+from kubefwd.registry.model import ForwardKey, ForwardUpsert, PodRef, PortMapping
 from kubefwd.serve.coexist import Coexistence
 from kubefwd.serve.dispatch import Reaper
 from kubefwd.serve.forwarder import BindError, Forwarder, ListenPort
@@ -223,19 +223,21 @@ class ForwardSet:
         state.announced = True
         u = state.upsert
         bound = set(state.forwarder.bound_ports())
-        ports = [str(p.local_port) for p in u.ports if p.local_port in bound]
+        listening = [p for p in u.ports if p.local_port in bound]
+        ports = [str(p.local_port) for p in listening]
         key = u.key
         if not ports:
             self.report.not_forwarded(str(key), "not forwarded: none of its ports could be bound")
             return
         pod = u.pods[0].name if u.pods else None
+        pod_ports = [_pod_port(p, u.pods[0] if u.pods else None) for p in listening]
         path = f"{key.namespace}/{pod}" if pod else None
         if len(self._targets) > 1 and path:
             path = f"{key.context}/{path}"
         names = self._coexist.shown_names(u.names) or [str(key)]
         self.report.forwarded(str(key), context=key.context, namespace=key.namespace,
                               service=key.service, names=names, ip=u.ip, ports=ports, pod=pod,
-                              pod_path=path)
+                              pod_path=path, pod_ports=pod_ports)
 
     def announce_all(self) -> None:
         """Announce every forward not announced yet, in address order (at start-up)."""
@@ -314,3 +316,13 @@ class ForwardSet:
             state.forwarder.stop()
         for state in states:
             state.forwarder.stop_and_join()
+
+
+def _pod_port(port: PortMapping, pod: PodRef | None) -> str:
+    """The pod's port behind ``port``: as resolved for ``pod``, else the service's numeric
+    targetPort; "" when neither says (a named targetPort without a pod yet)."""
+    if pod is not None and port.port in pod.ports:
+        return str(pod.ports[port.port])
+    if isinstance(port.target_port, int) and port.target_port:
+        return str(port.target_port)
+    return ""

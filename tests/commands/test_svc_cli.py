@@ -7,6 +7,7 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -503,3 +504,44 @@ def test_what_a_hosts_path_is_when_it_is_not_a_file(tmp_path: Path) -> None:
     assert [_file_kind(kind) for kind in (stat.S_IFDIR, stat.S_IFCHR, stat.S_IFBLK,
                                           stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFLNK)] == [
         "a directory", "a device", "a device", "a FIFO", "a socket", "a special file"]
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    (["--tui"], True),
+    (["--tui", "--no-auto-reconnect"], False),
+    (["--tui", "-a"], True),
+    ([], False),
+    (["-a"], True),
+    (["--auto-reconnect"], True),
+    (["--no-auto-reconnect"], False),
+])
+def test_auto_reconnect_is_on_with_the_tui_unless_turned_off(
+    flags: list[str], expected: bool, hosts: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import kubefwd.commands.svc as svc_module
+    from kubefwd.app import program
+    from kubefwd.commands.cli import main
+
+    seen: list[Any] = []
+
+    def capture(options: Any, *_args: Any, **_kwargs: Any) -> int:
+        seen.append(options)
+        return 0
+
+    # The parsed options are what is checked: nothing is started.
+    monkeypatch.setattr(svc_module, "has_terminal", lambda: True)
+    monkeypatch.setattr(svc_module, "run_with_tui", capture)
+    class Program:
+        def __init__(self, options: Any, **_kw: Any) -> None:
+            seen.append(options)
+            self.metrics = SimpleNamespace(snapshot=dict)
+
+        def run(self) -> int:
+            return 0
+
+    monkeypatch.setattr(program, "Kubefwd", Program)
+    try:
+        main(["svc", "-n", "shop", "--hosts-path", str(hosts), *flags])
+    except SystemExit as exc:
+        assert not exc.code
+    assert [o.auto_reconnect for o in seen] == [expected]

@@ -7,14 +7,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import http_text, try_http, wait_for
+import yaml
+from helpers import http_text, manifests, namespace, service, try_http, wait_for, workload
 from test_svc_e2e import (
+    ORIGINAL_HOSTS,
     hosts_entries,
 )
 
 from kubefwd.app.control import ControlError
 from kubefwd.app.program import Kubefwd as App
+from kubefwd.app.program import SvcOptions
 from kubefwd.events.types import ReconnectRequested, TunnelOpened
+from kubefwd.sim.cluster import SimCluster
 
 
 def test_add_and_remove_a_namespace(app: App, hosts: Path) -> None:
@@ -88,7 +92,55 @@ def test_sync_lists_again_and_keeps_every_forward(app: App, hosts: Path) -> None
     assert http_text(ip, 80).startswith("web-")
 
 
-@pytest.mark.parametrize("bad", ["", "Upper", "a/b/c", "x" * 64, "two/shop"])
+@pytest.mark.parametrize("bad", ["", "Upper", "a/b/c", "x" * 64, "nope/shop"])
 def test_bad_namespace_names_are_refused(app: App, bad: str) -> None:
     with pytest.raises(ControlError):
         app.control.add_namespace(bad)
+
+
+def test_a_namespace_of_another_cluster_not_loaded_at_start_is_forwarded_live(
+    cluster: SimCluster, hosts: Path, tmp_path: Path, block: int,
+) -> None:
+    # A second cluster, its context in the same kubeconfig but not chosen at start.
+    far_manifests = manifests(namespace("warehouse"), workload("stock", "warehouse"),
+                              service("stock", "warehouse"))
+    with SimCluster(manifests=far_manifests, contexts=("far",)) as far:
+        far.wait_ready(timeout=15)
+        merged = cluster.kubeconfig()
+        far_config = far.kubeconfig()
+        far_config["users"][0]["name"] = "far-user"
+        far_config["contexts"][0]["context"]["user"] = "far-user"
+        for part in ("clusters", "users", "contexts"):
+            merged[part] += far_config[part]
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump(merged))
+        app = App(SvcOptions(kubeconfig=str(kubeconfig), namespaces=["shop"], hosts_path=hosts,
+                             backup_dir=tmp_path, base_ip=f"127.1.{block}.1"))
+        try:
+            app.start()
+            assert app.wait_ready(0)
+            assert app.control.contexts == ["one"]
+            # The browser's list: every context of the kubeconfig, the loaded one first.
+            assert app.lookups.contexts() == ["one", "two", "far"]
+            assert "warehouse" in [n["metadata"]["name"] for n in app.lookups.namespaces("far")]
+            assert [s["metadata"]["name"] for s in app.lookups.services("warehouse", "far")] \
+                == ["stock"]
+
+            watched = app.control.add_namespace("warehouse", "far")
+            assert (watched.context, watched.namespace) == ("far", "warehouse")
+            ip = wait_for(lambda: hosts_entries(hosts).get("stock.warehouse.far"), 15,
+                          "stock.warehouse.far written")
+            assert http_text(ip, 80).startswith("stock-")  # served by the far cluster's pod
+            assert app.store.get("far/warehouse/stock") is not None
+            web = hosts_entries(hosts)["web.shop"]
+            assert http_text(web, 80).startswith("web-")  # the first cluster goes on
+
+            app.control.remove_namespace("far/warehouse")
+            wait_for(lambda: "stock.warehouse.far" not in hosts_entries(hosts), 10,
+                     "stock.warehouse.far removed")
+            with pytest.raises(ControlError) as unknown:
+                app.control.add_namespace("nope/warehouse")
+            assert unknown.value.code == "not_found" and "far" in str(unknown.value)
+        finally:
+            app.shutdown()
+    assert hosts.read_bytes() == ORIGINAL_HOSTS

@@ -37,6 +37,9 @@ def test_json_output_is_one_event_per_line_and_follows_the_run(
     assert web["ip"] == hosts_entries(hosts)["web.shop"] and "web.shop" in web["names"]
     assert web["ports"] == ["80"] and web["pod"].startswith("web-")
     assert web["pod_path"] == "shop/" + web["pod"]
+    # The pod's port behind each local one: web's 80 is the pod's named port http, 8080.
+    assert web["pod_ports"] == ["8080"]
+    assert bound["one/shop/cart"]["pod_ports"] == ["8080", "9090"]
     assert [e["type"] for e in seen].count("ready") == 1
     assert not any(e["type"] in ("log_line", "warning_raised") and "Forwarding" in e["message"]
                    for e in seen)  # the text log's lines are not mixed in

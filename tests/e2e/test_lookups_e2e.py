@@ -30,7 +30,7 @@ def web_pod(app: App) -> str:
 
 def test_raw_objects(app: App) -> None:
     lk = app.lookups
-    assert lk.contexts() == ["one"]  # the contexts this run loaded
+    assert lk.contexts() == ["one", "two"]  # every context of the kubeconfig, loaded first
     assert {"shop", "payments"} <= {n["metadata"]["name"] for n in lk.namespaces()}
     assert "web" in {s["metadata"]["name"] for s in lk.services("shop", "one")}
     name = web_pod(app)

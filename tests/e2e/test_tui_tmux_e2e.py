@@ -4,22 +4,27 @@ with capture-pane, against the simulated cluster."""
 from __future__ import annotations
 
 import os
+import pwd
+import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
-from helpers import http_get, http_text, wait_for
+from helpers import http_get, wait_for
 from test_svc_e2e import (
     ORIGINAL_HOSTS,
     hosts_entries,
 )
 
 from kubefwd.sim.cluster import SimCluster
+from kubefwd.system.privileges import unprivileged_port_start
 
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")]
@@ -32,7 +37,7 @@ class Tmux:
         self.status_file = cwd / f"{self.socket}.status"
         env = dict(os.environ, PYTHONUNBUFFERED="1", LANG="C.UTF-8", LC_ALL="C.UTF-8")
         env.pop("CI", None)
-        self.run("new-session", "-d", "-s", "t", "-x", "100", "-y", "30",
+        self.run("new-session", "-d", "-s", "t", "-x", "110", "-y", "30",
                  f"{command}; echo $? > {self.status_file}; sleep 30", env=env, cwd=cwd)
 
     def run(self, *args: str, env: dict[str, str] | None = None,
@@ -83,6 +88,7 @@ def test_svc_tui_in_tmux(cluster: SimCluster, hosts: Path, tmp_path: Path,
     screen = t.wait("HOSTNAME")
     assert "web" in screen and "cart" in screen and "active" in screen
     ip = hosts_entries(hosts)["web.shop"]
+    assert f"{ip}:80→8080" in screen  # the pod's port beside the local one it differs from
     http_get(ip, 80, "/bytes/50000")
     t.wait("50.")  # the IN column counts the bytes (50.xK)
     t.keys("/", "w", "e", "b", "Enter")
@@ -111,20 +117,106 @@ def test_svc_tui_in_tmux(cluster: SimCluster, hosts: Path, tmp_path: Path,
 
 
 def test_demo_in_tmux_without_root(tmp_path: Path, tmux_runs: list[Tmux]) -> None:
-    checkout = tmp_path / "checkout"
-    subprocess.run(["git", "clone", "-q", "--no-hardlinks", str(REPO), str(checkout)],
-                   check=True, timeout=120)
-    # The working tree's uncommitted state is not what a fresh checkout has: use HEAD.
-    demo_hosts = tmp_path / "demo-hosts"
-    demo_hosts.write_bytes(ORIGINAL_HOSTS)
-    cmd = (f"cd {checkout} && env HOME={tmp_path} PYTHONPATH={checkout} "
-           f"{sys.executable} -m kubefwd demo --no-churn --hosts-path {demo_hosts}")
-    t = Tmux(cmd, tmp_path)
-    tmux_runs.append(t)
-    t.wait("frontend", 60)
-    t.wait("active", 30)
-    ip = wait_for(lambda: hosts_entries(demo_hosts).get("frontend"), 20, "frontend written")
-    assert http_text(ip, 80).startswith("frontend-")
-    t.keys("q")
-    assert t.exit_status(30) == 0
-    assert demo_hosts.read_bytes() == ORIGINAL_HOSTS
+    """``kubefwd demo`` from a fresh checkout as an unprivileged user: its names go to a
+    temporary hosts file, ``curl --resolve`` reaches the frontend, /etc/hosts is untouched."""
+    if shutil.which("curl") is None:
+        pytest.skip("needs curl")
+    if os.geteuid() == 0:
+        try:
+            user = pwd.getpwnam("nobody")
+        except KeyError:
+            pytest.skip("root, and no unprivileged user 'nobody' to run the demo as")
+        if not all(shutil.which(tool) for tool in ("setpriv", "unshare", "mount")):
+            pytest.skip("root, and no setpriv, unshare and mount to run the demo as 'nobody'")
+        uid, gid = user.pw_uid, user.pw_gid
+        # Outside this test's own directory, which only root may enter.
+        home = Path(tempfile.mkdtemp(prefix="kubefwd-demo-user-"))
+        home.chmod(0o755)
+        runner = as_user(uid, gid, home)
+    else:
+        uid, gid, runner, home = os.getuid(), os.getgid(), [], tmp_path
+    try:
+        checkout = home / "checkout"
+        # A fresh checkout: HEAD, not the working tree's uncommitted state.
+        subprocess.run(["git", "clone", "-q", "--no-hardlinks", str(REPO), str(checkout)],
+                       check=True, timeout=120)
+        (home / "tmp").mkdir()
+        if runner:
+            for path in [home, *home.rglob("*")]:
+                os.lchown(path, uid, gid)
+        env = ["env", f"HOME={home}", f"TMPDIR={home / 'tmp'}", f"PYTHONPATH={checkout}"]
+        probe = subprocess.run([*runner, *env, sys.executable, "-c",
+                                "import kubefwd.commands.demo, prompt_toolkit, kubernetes"],
+                               cwd=checkout, capture_output=True, text=True, timeout=60)
+        if probe.returncode != 0:
+            pytest.skip(f"user {uid} cannot run {sys.executable}: "
+                        f"{(probe.stderr.strip().splitlines() or ['?'])[-1]}")
+        etc_hosts = Path("/etc/hosts").read_bytes()
+        cmd = f"cd {checkout} && " + shlex.join(
+            [*runner, *env, sys.executable, "-m", "kubefwd", "demo", "--no-churn"])
+        t = Tmux(cmd, tmp_path)
+        tmux_runs.append(t)
+        t.wait("frontend", 60)
+        t.wait("active", 30)
+        # The demo runs as that user, not as root.
+        (demo,) = wait_for(lambda: [p for p in psutil.process_iter(["cmdline", "environ"])
+                                    if "demo" in (p.info["cmdline"] or [])
+                                    and (p.info["environ"] or {}).get("HOME") == str(home)],
+                           10, "the demo process")
+        assert demo.uids().real == uid and demo.uids().effective == uid
+        # Its names went to a temporary hosts file of its own.
+        hosts = wait_for(lambda: next(iter((home / "tmp").glob("kubefwd-demo-*/hosts")), None),
+                         20, "the demo's hosts file")
+        ip = wait_for(lambda: hosts_entries(hosts).get("frontend"), 20, "frontend written")
+        port = 80 if uid == 0 or unprivileged_port_start() <= 80 else 8080
+        if port != 80:  # no root: the frontend's 80 is forwarded on 8080
+            assert demo_port(demo.pid, ip) == port
+        curl = subprocess.run(["curl", "-sS", "--max-time", "10", "--resolve",
+                               f"frontend:{port}:{ip}", f"http://frontend:{port}/"],
+                              capture_output=True, text=True, timeout=30)
+        assert curl.returncode == 0, curl.stderr
+        assert curl.stdout.startswith("frontend-")
+        t.keys("q")
+        assert t.exit_status(30) == 0
+        assert not hosts.exists()  # the temporary hosts file went with the demo
+        assert Path("/etc/hosts").read_bytes() == etc_hosts
+    finally:
+        if home != tmp_path:
+            shutil.rmtree(home, ignore_errors=True)
+
+
+def as_user(uid: int, gid: int, stage: Path) -> list[str]:
+    """A command prefix that runs what follows as ``uid``:``gid`` with no capabilities, in a
+    private mount namespace where this Python is reachable by that user: a directory on its
+    way that only root may enter (a home such as /root) is covered, in that namespace alone,
+    by a tmpfs holding just the Python installation and its environment, bound in."""
+    needed = sorted({os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix)})
+    script = ["set -e"]
+    covered: set[str] = set()
+    binds = []
+    for i, path in enumerate(needed):
+        parts = Path(path).parts
+        blocked = next((Path(*parts[:n]) for n in range(2, len(parts) + 1)
+                        if not Path(*parts[:n]).stat().st_mode & 0o001), None)
+        if blocked is None:
+            continue
+        staged = stage / f".stage{i}"
+        staged.mkdir()
+        script.append(f"mount --bind '{path}' '{staged}'")
+        covered.add(str(blocked))
+        binds.append((staged, path))
+    script += [f"mount -t tmpfs -o mode=755 tmpfs '{top}'" for top in sorted(covered)]
+    script += [f"mkdir -p '{path}' && mount --bind '{staged}' '{path}'"
+               for staged, path in binds]
+    script.append(f'exec setpriv --reuid={uid} --regid={gid} --clear-groups '
+                  '--inh-caps=-all --bounding-set=-all "$@"')
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", "; ".join(script),
+            "sh"]
+
+
+def demo_port(pid: int, ip: str) -> int:
+    """The port the demo listens on at ``ip``."""
+    ports = [c.laddr.port for c in psutil.Process(pid).net_connections("tcp")
+             if c.status == psutil.CONN_LISTEN and c.laddr.ip == ip]
+    assert len(ports) == 1, ports
+    return int(ports[0])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
 from helpers import wait_for
 from tuikit import FakeApp, running
 
@@ -70,3 +71,49 @@ def test_an_idle_view_is_not_redrawn_by_each_sample_but_traffic_redraws_it() -> 
         moved = h.tui.redraws
         app.metrics.sample()  # the rate still moves: each sample redraws (sparklines)
         wait_for(lambda: h.tui.redraws > moved, 3, "a redraw for the next sample")
+
+
+def test_samples_redraw_only_while_what_they_show_moves() -> None:
+    now = [1000.0]
+    app = FakeApp(services=3)
+    app.metrics = MetricsRegistry(clock=lambda: now[0])
+
+    def sample() -> int:
+        """One sample a (fake) second later; the redraws it caused."""
+        before = h.tui.redraws
+        now[0] += 1.0
+        app.metrics.sample()
+        time.sleep(0.35)  # more than a tick
+        return h.tui.redraws - before
+
+    with running(app, columns=120, rows=30) as h:  # wide enough for the sparklines
+        h.screen()
+        app.metrics.counters("one/shop/web", 80).bytes_in += 50_000
+        moving = [sample() for _ in range(3)]
+        assert all(moving), moving  # the rate and the sparkline move with each sample
+        # The traffic stopped: the rate falls to zero over its window and the last spike
+        # leaves the 12-cell sparkline; from then on a sample changes nothing visible.
+        after = [sample() for _ in range(24)]
+        assert any(after[:5]), after
+        assert after[-6:] == [0] * 6, after
+        assert "0B/s" in h.screen()[3 + [r.key for r in h.view.rows()].index("one/shop/web")]
+
+
+def test_the_clis_view_freezes_the_collector_after_its_first_redraw(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import kubefwd.ui.tui.app as tui_app
+
+    frozen: list[int] = []
+    app = FakeApp(services=3)
+    with running(app) as h:
+        monkeypatch.setattr(tui_app.gc, "freeze", lambda: frozen.append(h.tui.redraws))
+        h.tui.freeze_gc = True
+        h.tui.redraws = 0  # as if nothing had been drawn yet
+        h.keys("j")
+        h.keys("k")
+        assert frozen == [1]  # once, after the first redraw
+    h2_app = FakeApp(services=3)
+    with running(h2_app) as h2:  # an embedding program's view leaves the collector alone
+        h2.keys("j")
+    assert frozen == [1]

@@ -27,7 +27,10 @@ def test_table_lists_every_forward_at_80x24_without_wrapping() -> None:
         assert shown == sorted(["web", "api", "cart", "db", "search", "mail", "queue", "auth"])
         # Two namespaces: the namespace column shows; the status is words, not just colour.
         assert "payments" in row_of(lines, "api") and "active" in row_of(lines, "api")
-        assert "127.1.27.1:80" in row_of(lines, "web")
+        assert "127.1.27.1:80 " in row_of(lines, "web")
+        app.bind("api", "payments", 1, pod_port="8080")  # replaced: its pod listens on 8080
+        wait_for(lambda: "127.1.27.2:80→8080 " in row_of(h.screen(), "api"), 3, "the pod port")
+        assert all(len(line) <= 80 for line in h.screen())
         app.bind("late", "shop", 20)  # the log pane: the plain mode's lines
         wait_for(lambda: any("Forwarding late, late.shop → 127.1.27.21:80" in line
                              for line in h.screen()), 3, "the log line")
@@ -234,6 +237,7 @@ def test_q_quits_and_a_stop_request_ends_the_view() -> None:
     app = FakeApp(services=1)
     with running(app) as h:
         h.keys("q", settle=0.5)
+        h.thread.join(5)  # a loaded machine may take longer than the settle time
         assert not h.thread.is_alive() and h.view.quit_requested
     other = FakeApp(services=1)
     with running(other) as h:

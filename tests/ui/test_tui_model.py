@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
@@ -27,6 +28,19 @@ def test_rows_take_the_shortest_name_and_the_bare_pod() -> None:
     assert model.pod_ref("ctx/shop/web-1", "one", "x") == ("ctx", "shop", "web-1")
     assert model.pod_ref("shop/web-1", "one", "x") == ("one", "shop", "web-1")
     assert model.pod_ref(None, "one", "x") is None
+
+
+def test_the_address_shows_the_pods_port_where_it_differs() -> None:
+    s = state("web")
+    rows = model.build_rows([dataclasses.replace(s, pod_ports=("8080", "443"))], {})
+    assert rows[0].address == "127.1.27.1:80→8080,443"
+    assert model.port_pairs(("80", "81"), ("", "81")) == ["80", "81"]  # unknown, or the same
+    assert model.port_pairs(("80",), ()) == ["80"]
+    cols = model.columns(80, compact=False, bandwidth=True, multi_namespace=True,
+                         multi_context=False, host_width=8, address_width=len(rows[0].address))
+    assert sum(c.width + 1 for c in cols) <= 81
+    cells = dict(model.render_row(rows[0], cols))
+    assert cells["address"].rstrip() == "127.1.27.1:80→8080,443"
 
 
 def test_filter_matches_every_word_in_names_namespace_pod_and_status() -> None:

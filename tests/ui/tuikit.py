@@ -122,11 +122,11 @@ class FakeApp:
             ns = "shop" if i % 2 == 0 else "payments"
             self.bind(name, ns, i)
 
-    def bind(self, name: str, ns: str, i: int) -> None:
+    def bind(self, name: str, ns: str, i: int, pod_port: str = "80") -> None:
         self.bus.publish(ForwardBound(
             key=f"one/{ns}/{name}", context="one", namespace=ns, service=name,
             ip=f"127.1.27.{i + 1}", names=(name, f"{name}.{ns}"), ports=("80",),
-            pod=f"{ns}/{name}-abc"))
+            pod=f"{ns}/{name}-abc", pod_ports=(pod_port,)))
 
     def fail(self, key: str, message: str = "pod refused") -> None:
         self.bus.publish(TunnelFailed(key=key, pod="x", message=message))

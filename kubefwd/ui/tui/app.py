@@ -12,6 +12,7 @@ caller then runs the ordinary ordered shutdown.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from typing import Any
 
@@ -20,12 +21,12 @@ from prompt_toolkit.buffer import Buffer
 from prompt_toolkit.input import Input
 from prompt_toolkit.output import Output
 
+from kubefwd.ui.tui import model
 from kubefwd.ui.tui.keys import bindings
 from kubefwd.ui.tui.view import Copier, View, default_copier
-from kubefwd.ui.tui.widgets import Screen, style_for
+from kubefwd.ui.tui.widgets import MESSAGE_SECONDS, Screen, style_for
 
 TICK = 0.25
-SPARK_SECONDS = 61.0  # how long the last traffic still moves a sparkline
 
 
 class Tui:
@@ -33,8 +34,14 @@ class Tui:
     ``control``, and optionally ``lookups`` and ``http``)."""
 
     def __init__(self, app: Any, *, theme: str = "auto", input: Input | None = None,
-                 output: Output | None = None, copier: Copier = default_copier) -> None:
+                 output: Output | None = None, copier: Copier = default_copier,
+                 freeze_gc: bool = False) -> None:
         self.app = app
+        # The process's own view (not an embedding program's): after the first redraw, what
+        # the view built to draw it (the rows, the layout) is taken out of the collector's
+        # sight, as the app did with its own start-up objects, so that a full collection in
+        # the middle of a redraw does not scan them each time.
+        self.freeze_gc = freeze_gc
         self.view = View(app, copier=copier, invalidate=self._invalidate)
         self.view.subscribe()
         self.filter_buffer = Buffer(multiline=False,
@@ -54,10 +61,15 @@ class Tui:
         self.redraws = 0
         self.application.after_render += self._rendered
         self._seen: tuple[Any, ...] = ()
-        self._busy_at = -SPARK_SECONDS - 1.0
+        self._figures_at: tuple[int, int] = (-1, -1)
+        self._figures: tuple[Any, ...] = ()
+        self._moved: tuple[int, int, int] = (-1, -1, -1)
+        self._moved_seq = 0  # the last sample with traffic, or with a count or row changed
 
     def _rendered(self, _app: Any) -> None:
         self.redraws += 1
+        if self.redraws == 1 and self.freeze_gc:
+            gc.freeze()
 
     def _invalidate(self) -> None:
         self.application.invalidate()
@@ -71,19 +83,30 @@ class Tui:
         else:
             if not self.view.filter:
                 self.filter_buffer.reset()
-            layout.focus(self.screen.table)
+            layout.focus(self.screen.home)
 
     def _signature(self) -> tuple[Any, ...]:
-        # The totals, not a snapshot: a tick must not cost a figure per forward.
-        # A new sample matters while rates move and for the sparklines' minute after; an idle
-        # view is not redrawn once a second for figures that stay the same.
-        metrics = self.app.metrics.totals()
+        # What is on screen, cheaply: the figures are read again only when the metrics were
+        # sampled (once a second) or the totals' byte counts may have moved, and only as the
+        # text of the rows drawn, so a sample that changes nothing visible (no traffic, a
+        # sparkline already flat) costs no redraw.
+        metrics = self.app.metrics
         now = time.monotonic()
-        if metrics.rate_in or metrics.rate_out:
-            self._busy_at = now
-        sample = metrics.seq if now - self._busy_at <= SPARK_SECONDS else 0
-        return (self.app.store.version, sample, metrics.bytes_in, metrics.bytes_out,
-                self.view.log_seen, int(now) if self.view.detail else 0)
+        stamp = (metrics.seq, int(now))
+        if stamp != self._figures_at:
+            self._figures_at = stamp
+            totals = metrics.totals()
+            moved = (totals.bytes_in, totals.bytes_out, self.app.store.version)
+            if totals.rate_in or totals.rate_out or moved != self._moved:
+                self._moved, self._moved_seq = moved, metrics.seq
+            # Quiet for longer than a sparkline is wide: every rate shown is zero, every
+            # sparkline flat, no count moved; the rows need not be laid out to know that.
+            if metrics.seq - self._moved_seq <= model.SPARK_WIDTH + 1 or not self._figures:
+                self._figures = self.screen.figures()
+        v = self.view
+        message = bool(v.message) and now - v.message_at < MESSAGE_SECONDS
+        return (self.app.store.version, self._figures, v.log_seen, message,
+                int(now) if v.detail else 0)
 
     async def _ticker(self) -> None:
         stop = getattr(self.app, "stop_requested", None)

@@ -21,6 +21,7 @@ SORTS = ("hostname", "namespace", "status", "rate")
 STATUS_ORDER = {"error": 0, "reconnecting": 1, "connecting": 2, "pending": 3, "active": 4,
                 "stopping": 5}
 SPARK = " ▁▂▃▄▅▆▇█"
+SPARK_WIDTH = 12  # the table's sparkline: its last 12 samples
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,16 +44,30 @@ class Row:
     rate_out: float = 0.0
     open: int = 0
     history: tuple[tuple[float, float], ...] = ()
+    pod_ports: tuple[str, ...] = ()
 
     @property
     def address(self) -> str:
+        """``IP:port``, with the pod's port beside a local one it differs from
+        (``127.1.27.1:80→8080``)."""
         if not self.ip:
             return "-"
-        return f"{self.ip}:{','.join(self.ports)}" if self.ports else self.ip
+        if not self.ports:
+            return self.ip
+        return f"{self.ip}:{','.join(port_pairs(self.ports, self.pod_ports))}"
 
     @property
     def rate(self) -> float:
         return self.rate_in + self.rate_out
+
+
+def port_pairs(ports: Sequence[str], pod_ports: Sequence[str]) -> list[str]:
+    """Each local port, as ``local→pod`` where the pod's port is known and differs."""
+    out = []
+    for i, port in enumerate(ports):
+        pod = pod_ports[i] if i < len(pod_ports) else ""
+        out.append(f"{port}→{pod}" if pod and pod != port else port)
+    return out
 
 
 def shortest_name(names: Sequence[str], fallback: str) -> str:
@@ -79,6 +94,7 @@ def build_rows(states: Iterable[ForwardState],
             service=s.service,
             ip=s.ip,
             ports=s.ports,
+            pod_ports=s.pod_ports,
             pod=_pod_name(s.pod),
             status=s.status,
             last_error=s.last_error,
@@ -218,7 +234,7 @@ def columns(width: int, *, compact: bool, bandwidth: bool, multi_namespace: bool
             fixed += [Column("in", "IN", 7, ">"), Column("out", "OUT", 7, ">")]
         fixed += [Column("rate_in", "RATE IN", 9, ">"), Column("rate_out", "RATE OUT", 9, ">")]
         if not compact:
-            fixed.append(Column("spark", "LAST 60S", 12))
+            fixed.append(Column("spark", "LAST 60S", SPARK_WIDTH))
     drop_order = (("spark",), ("context",), ("pod",), ("in", "out"), ("namespace",))
     min_host = 9  # "HOSTNAME" and the sort arrow
 

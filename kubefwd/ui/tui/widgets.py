@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from prompt_toolkit.buffer import Buffer
+from prompt_toolkit.data_structures import Point
 from prompt_toolkit.filters import Condition
 from prompt_toolkit.formatted_text import StyleAndTextTuples
 from prompt_toolkit.layout import (
@@ -26,6 +27,9 @@ from prompt_toolkit.layout import (
 from prompt_toolkit.layout.containers import Container
 from prompt_toolkit.layout.controls import BufferControl, UIContent, UIControl
 from prompt_toolkit.layout.dimension import Dimension
+from prompt_toolkit.layout.mouse_handlers import MouseHandlers
+from prompt_toolkit.layout.screen import Char, WritePosition
+from prompt_toolkit.layout.screen import Screen as PtScreen
 from prompt_toolkit.mouse_events import MouseEvent, MouseEventType
 from prompt_toolkit.styles import Style
 
@@ -173,6 +177,74 @@ class LinesControl(UIControl):
         return NotImplemented
 
 
+class LinesArea(Container):
+    """Like a ``Window`` of a ``LinesControl``, for the table: each line is turned into the
+    screen's cells once and copied in whole while the line stays the same (``render`` hands
+    back the same list for a line that did not change), instead of cell by cell on every
+    redraw. Not focusable; a mouse event reaches ``on_mouse`` at the area's own position."""
+
+    def __init__(self, render: Callable[[int, int], Lines],
+                 on_mouse: Callable[[MouseEvent], bool] | None = None) -> None:
+        self.render = render
+        self.on_mouse = on_mouse
+        self._cells: dict[int, tuple[StyleAndTextTuples, int, dict[int, Char]]] = {}
+
+    def reset(self) -> None:
+        self._cells = {}
+
+    def preferred_width(self, max_available_width: int) -> Dimension:
+        return Dimension()
+
+    def preferred_height(self, width: int, max_available_height: int) -> Dimension:
+        return Dimension()
+
+    def get_children(self) -> list[Container]:
+        return []
+
+    def _line_cells(self, line: StyleAndTextTuples, xpos: int, width: int) -> dict[int, Char]:
+        cached = self._cells.get(id(line))
+        if cached is not None and cached[0] is line and cached[1] == xpos:
+            return cached[2]
+        cells: dict[int, Char] = {}
+        x = 0
+        for frag in line:
+            style, text = frag[0], frag[1]
+            for c in text:
+                char = Char(c, style)
+                if x + char.width > width:
+                    break
+                if char.width:
+                    cells[xpos + x] = char
+                    x += char.width
+        self._cells[id(line)] = (line, xpos, cells)
+        return cells
+
+    def write_to_screen(self, screen: PtScreen, mouse_handlers: MouseHandlers,
+                        write_position: WritePosition, parent_style: str, erase_bg: bool,
+                        z_index: int | None) -> None:
+        xpos, ypos = write_position.xpos, write_position.ypos
+        width, height = write_position.width, write_position.height
+        lines = self.render(width, height)[:height]
+        before = self._cells
+        self._cells = {}
+        for y, line in enumerate(lines):
+            kept = before.get(id(line))
+            if kept is not None:
+                self._cells[id(line)] = kept
+            screen.data_buffer[ypos + y].update(self._line_cells(line, xpos, width))
+        if self.on_mouse is None:
+            return
+        on_mouse = self.on_mouse
+
+        def handler(event: MouseEvent) -> Any:
+            local = MouseEvent(Point(x=event.position.x - xpos, y=event.position.y - ypos),
+                               event.event_type, event.button, event.modifiers)
+            return None if on_mouse(local) else NotImplemented
+
+        mouse_handlers.set_mouse_handler_for_range(xpos, xpos + width, ypos, ypos + height,
+                                                   handler)
+
+
 class Screen:
     """The layout of the whole screen for one ``View``."""
 
@@ -182,8 +254,8 @@ class Screen:
         self.filter_buffer = filter_buffer
         self._row_lines: dict[str, tuple[model.Row, tuple[Any, ...], str,
                                          StyleAndTextTuples]] = {}
-        self.table = Window(LinesControl(self.render_table, self.table_mouse, focusable=True),
-                            wrap_lines=False)
+        self._table_cols: list[model.Column] = []  # the columns the table was drawn with
+        self.table = LinesArea(self.render_table, self.table_mouse)
         self.filter_window = Window(BufferControl(filter_buffer), height=1, wrap_lines=False)
         log_height = Dimension(min=3, preferred=6, max=8)
         self.log_pane = Window(LinesControl(self.render_log, self.log_mouse, focusable=True),
@@ -220,7 +292,10 @@ class Screen:
             DynamicContainer(body),
             footer,
         ])
-        self.layout = Layout(self.container, focused_element=self.table)
+        # The log pane holds the focus when the filter line does not (the keys act on the
+        # view, whatever has the focus).
+        self.home = self.log_pane
+        self.layout = Layout(self.container, focused_element=self.home)
 
     # -- header and bars --------------------------------------------------------------------
 
@@ -275,6 +350,7 @@ class Screen:
             lines.append([("class:dim", " " + text)])
             return lines
         table_focused = not v.focus_log
+        self._table_cols = cols
         shape = (tuple(cols), width)
         drawn: dict[str, tuple[model.Row, tuple[Any, ...], str, StyleAndTextTuples]] = {}
         for row in v.visible(max(1, height - 1)):
@@ -300,6 +376,21 @@ class Screen:
             lines.append(line)
         self._row_lines = drawn
         return lines
+
+    def figures(self) -> tuple[Any, ...]:
+        """The figures the screen shows, as text: the status bar's totals and rates, and the
+        cells of the table rows drawn last time (with their current values). Two equal
+        results draw the same screen, so a new metrics sample that changes nothing visible
+        needs no redraw (the detail view is left to its own clock)."""
+        v = self.view
+        snap = self.app.metrics.totals()
+        bar = (model.human_bytes(snap.bytes_in), model.human_rate(snap.rate_in),
+               model.human_bytes(snap.bytes_out), model.human_rate(snap.rate_out))
+        if v.detail or v.help or v.browser is not None or not self._table_cols:
+            return bar
+        cols = self._table_cols
+        shown = v.rows()[v.offset:v.offset + v.page]
+        return bar, tuple(tuple(model.render_row(v.with_metrics(row), cols)) for row in shown)
 
     def table_mouse(self, event: MouseEvent) -> bool:
         v = self.view
