@@ -83,6 +83,7 @@ from kubefwd.serve.dispatch import Dispatcher, Reaper
 from kubefwd.serve.forwarder import ForwardStats
 from kubefwd.serve.live import ForwardSet, RetryBinds
 from kubefwd.serve.routing import Router
+from kubefwd.support.startuptrace import mark
 from kubefwd.support.threads import StoppableThread
 from kubefwd.system.fdlimit import Limit, raise_nofile, shortfall
 from kubefwd.system.loopback import LoopbackStrategy, loopback_strategy
@@ -324,6 +325,7 @@ class Kubefwd:
         """
         o = self.options
         self.started_at = time.monotonic()
+        mark("start")
         self._fd_limit = raise_nofile()
         if self._fd_limit.raised_from:
             log.debug("open-file limit raised from %d to %d", self._fd_limit.raised_from,
@@ -331,7 +333,9 @@ class Kubefwd:
         self._sampler.start()
         check_privileges(o.hosts_path)
         contexts = load_contexts(o.kubeconfig, o.contexts)
+        mark("kubeconfig loaded")
         namespaces = self._namespaces(contexts)
+        mark("namespaces checked")
         if self.stop_requested.is_set():
             return
         # Instances starting at the same time take turns until their names are written, so
@@ -389,11 +393,14 @@ class Kubefwd:
             for ctx in contexts:
                 scope = namespaces[ctx.name] if not o.all_namespaces else [""]
                 self._start_informers(ctx, scope, resources)
+            mark(f"{'/'.join(resources)} informers started")
             self._wait_synced()
+            mark(f"{'/'.join(resources)} listed")
         if self.stop_requested.is_set():
             return
         if not self._dispatcher.wait_idle(30.0):
             log.warning("start-up: forwards still being set up after 30s")
+        mark("forwards set up")
         self._warn_unverified_namespaces()
         self._warn_unmatched_names()
         if not self._hosts.flush(timeout=o.hosts_write_timeout):
@@ -402,6 +409,7 @@ class Kubefwd:
                 f"gave up writing the hosts file {o.hosts_path} after "
                 f"{o.hosts_write_timeout:g}s" + (f": {error.message}" if error else "")
             )
+        mark("hosts file written")
         self._start_lock.release()
         self._hosts.min_interval = HOSTS_INTERVAL  # from now on, changes show up at once
         self._live.announce_all()
@@ -415,6 +423,7 @@ class Kubefwd:
         self._stop_signals.starting = False
         self.report.ready(count, addresses, time.monotonic() - self.started_at,
                           self._hosts.writes)
+        mark("ready")
         self.ready.set()
 
     def _backup_dir(self) -> Path | None:
