@@ -39,6 +39,7 @@ from kubefwd.app.signals import StartupInterrupted, StopSignals, child_pids, end
 from kubefwd.app.startup import (
     START_LOCK_WAIT,
     StartLock,
+    after_synced,
     check_privileges,
     checked_namespaces,
     report_privileged_ports,
@@ -387,15 +388,16 @@ class Kubefwd:
         self._hosts.start()
         if self._coexist.extra:
             self._coexist.publish()
-        # Pods first, then services: every service then meets its pods in its first batch, so
-        # IPs come out in the same order on every run (headless pods next to their service).
-        for resources in (("pods", "endpointslices"), ("services",)):
-            for ctx in contexts:
-                scope = namespaces[ctx.name] if not o.all_namespaces else [""]
-                self._start_informers(ctx, scope, resources)
-            mark(f"{'/'.join(resources)} informers started")
-            self._wait_synced()
-            mark(f"{'/'.join(resources)} listed")
+        # Everything is listed at once, but each namespace's services are handed over only
+        # after its pods and EndpointSlices: every service then meets its pods in its first
+        # batch, so IPs come out in the same order on every run (headless pods next to their
+        # service).
+        for ctx in contexts:
+            scope = namespaces[ctx.name] if not o.all_namespaces else [""]
+            self._start_informers(ctx, scope, ("pods", "endpointslices", "services"))
+        mark("informers started")
+        self._wait_synced()
+        mark("everything listed")
         if self.stop_requested.is_set():
             return
         if not self._dispatcher.wait_idle(30.0):
@@ -488,6 +490,7 @@ class Kubefwd:
         watch_timeout = int(max(1, min(300.0, o.resync_interval)))
         started: list[Informer] = []
         for ns in namespaces:
+            first: list[Informer] = []  # this namespace's pods and slices, before its services
             with self._lock:
                 group = self._groups.setdefault((ctx.name, ns), _WatchGroup())
                 if label_selector is not None:
@@ -506,13 +509,16 @@ class Kubefwd:
                     timeout_seconds=watch_timeout,
                     stop=stop,
                 )
+                callback = self._registry.callback(ctx.name, ns, resource)
+                if services and first:
+                    callback = after_synced(callback, first, stop)
                 informer = Informer(
                     context=ctx.name,
                     namespace=ns,
                     resource=resource,
                     list_fn=list_fn,
                     watch_fn=watch_fn,
-                    callback=self._registry.callback(ctx.name, ns, resource),
+                    callback=callback,
                     interrupt=client.interrupt,
                     backoff=Backoff(initial=min(1.0, o.retry_interval), cap=o.retry_interval),
                     on_error=self._informer_error,
@@ -524,6 +530,8 @@ class Kubefwd:
                     group.informers.append(informer)
                     self._informers.append(informer)
                 started.append(informer)
+                if not services:
+                    first.append(informer)
                 informer.start()
         return started
 
