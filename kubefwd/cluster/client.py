@@ -206,27 +206,25 @@ class KubeClient:
         headers = {"Accept": "application/json", "User-Agent": "kubefwd"}
         active = _Active(stop, None)
         try:
-            headers.update(self.target.auth_headers())
-            if kept is None:
-                conn.connect()
-            active.sock = conn.sock
-            with self._lock:
-                self._active.append(active)
-            if stop is not None and stop.is_set():
-                raise ConnectionAbortedError("stopped")
-            conn.putrequest("GET", path)
-            for name, value in [*headers.items(), *self.target.extra_headers]:
-                conn.putheader(name, value)
-            conn.endheaders()
-            resp = conn.getresponse()
-        except _STALE as e:
-            self._finish(conn, active)
-            if kept is not None and not (stop is not None and stop.is_set()):
+            try:
+                headers.update(self.target.auth_headers())
+                if kept is None:
+                    conn.connect()
+                active.sock = conn.sock
+                with self._lock:
+                    self._active.append(active)
+                if stop is not None and stop.is_set():
+                    raise ConnectionAbortedError("stopped")
+                conn.putrequest("GET", path)
+                for name, value in [*headers.items(), *self.target.extra_headers]:
+                    conn.putheader(name, value)
+                conn.endheaders()
+                resp = conn.getresponse()
+            except _STALE as e:
+                if kept is None or (stop is not None and stop.is_set()):
+                    raise  # a failure like any other, told below
+                self._finish(conn, active)
                 raise _Stale() from e
-            raise ApiError(
-                f"cannot reach the API server at {self.url} "
-                f"(context {self.context.name}): {e or type(e).__name__}"
-            ) from e
         except ProxyError as e:
             self._finish(conn, active)
             raise ApiError(
