@@ -39,6 +39,7 @@ from kubefwd.app.signals import StartupInterrupted, StopSignals, child_pids, end
 from kubefwd.app.startup import (
     START_LOCK_WAIT,
     StartLock,
+    after_synced,
     check_privileges,
     checked_namespaces,
     report_privileged_ports,
@@ -84,6 +85,7 @@ from kubefwd.serve.forwarder import ForwardStats
 from kubefwd.serve.live import ForwardSet, RetryBinds
 from kubefwd.serve.routing import Router
 from kubefwd.support.invoker import sudo_user
+from kubefwd.support.startuptrace import mark
 from kubefwd.support.threads import StoppableThread
 from kubefwd.system.fdlimit import Limit, raise_nofile, shortfall
 from kubefwd.system.loopback import LoopbackStrategy, loopback_strategy
@@ -329,6 +331,7 @@ class Kubefwd:
         """
         o = self.options
         self.started_at = time.monotonic()
+        mark("start")
         self._fd_limit = raise_nofile()
         if self._fd_limit.raised_from:
             log.debug("open-file limit raised from %d to %d", self._fd_limit.raised_from,
@@ -336,7 +339,9 @@ class Kubefwd:
         self._sampler.start()
         check_privileges(o.hosts_path)
         contexts = load_contexts(o.kubeconfig, o.contexts)
+        mark("kubeconfig loaded")
         namespaces = self._namespaces(contexts)
+        mark("namespaces checked")
         if self.stop_requested.is_set():
             return
         # Instances starting at the same time take turns until their names are written, so
@@ -388,17 +393,21 @@ class Kubefwd:
         self._hosts.start()
         if self._coexist.extra:
             self._coexist.publish()
-        # Pods first, then services: every service then meets its pods in its first batch, so
-        # IPs come out in the same order on every run (headless pods next to their service).
-        for resources in (("pods", "endpointslices"), ("services",)):
-            for ctx in contexts:
-                scope = namespaces[ctx.name] if not o.all_namespaces else [""]
-                self._start_informers(ctx, scope, resources)
-            self._wait_synced()
+        # Everything is listed at once, but each namespace's services are handed over only
+        # after its pods and EndpointSlices: every service then meets its pods in its first
+        # batch, so IPs come out in the same order on every run (headless pods next to their
+        # service).
+        for ctx in contexts:
+            scope = namespaces[ctx.name] if not o.all_namespaces else [""]
+            self._start_informers(ctx, scope, ("pods", "endpointslices", "services"))
+        mark("informers started")
+        self._wait_synced()
+        mark("everything listed")
         if self.stop_requested.is_set():
             return
         if not self._dispatcher.wait_idle(30.0):
             log.warning("start-up: forwards still being set up after 30s")
+        mark("forwards set up")
         self._warn_unverified_namespaces()
         self._warn_unmatched_names()
         if not self._hosts.flush(timeout=o.hosts_write_timeout):
@@ -407,6 +416,7 @@ class Kubefwd:
                 f"gave up writing the hosts file {o.hosts_path} after "
                 f"{o.hosts_write_timeout:g}s" + (f": {error.message}" if error else "")
             )
+        mark("hosts file written")
         self._start_lock.release()
         self._hosts.min_interval = HOSTS_INTERVAL  # from now on, changes show up at once
         self._live.announce_all()
@@ -420,6 +430,7 @@ class Kubefwd:
         self._stop_signals.starting = False
         self.report.ready(count, addresses, time.monotonic() - self.started_at,
                           self._hosts.writes)
+        mark("ready")
         self.ready.set()
 
     def _backup_dir(self) -> Path | None:
@@ -484,6 +495,7 @@ class Kubefwd:
         watch_timeout = int(max(1, min(300.0, o.resync_interval)))
         started: list[Informer] = []
         for ns in namespaces:
+            first: list[Informer] = []  # this namespace's pods and slices, before its services
             with self._lock:
                 group = self._groups.setdefault((ctx.name, ns), _WatchGroup())
                 if label_selector is not None:
@@ -502,13 +514,16 @@ class Kubefwd:
                     timeout_seconds=watch_timeout,
                     stop=stop,
                 )
+                callback = self._registry.callback(ctx.name, ns, resource)
+                if services and first:
+                    callback = after_synced(callback, first, stop)
                 informer = Informer(
                     context=ctx.name,
                     namespace=ns,
                     resource=resource,
                     list_fn=list_fn,
                     watch_fn=watch_fn,
-                    callback=self._registry.callback(ctx.name, ns, resource),
+                    callback=callback,
                     interrupt=client.interrupt,
                     backoff=Backoff(initial=min(1.0, o.retry_interval), cap=o.retry_interval),
                     on_error=self._informer_error,
@@ -520,6 +535,8 @@ class Kubefwd:
                     group.informers.append(informer)
                     self._informers.append(informer)
                 started.append(informer)
+                if not services:
+                    first.append(informer)
                 informer.start()
         return started
 

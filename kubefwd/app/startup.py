@@ -12,11 +12,11 @@ import fcntl
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from kubefwd.cluster.client import KubeClient
-from kubefwd.cluster.informer import Informer
+from kubefwd.cluster.informer import Informer, InformerEvent
 from kubefwd.cluster.kubeconfig import ClusterContext
 from kubefwd.errors import ApiError, ConfigError, KubefwdError, PrivilegeError
 from kubefwd.events.report import Reporter
@@ -111,6 +111,31 @@ def wait_synced(
             names = ", ".join(i.name for i in pending)
             raise ApiError(f"timed out listing {names}")
         stop_requested.wait(0.02)
+
+
+def after_synced(
+    callback: Callable[[InformerEvent], None],
+    first: Sequence[Informer],
+    stop: threading.Event,
+) -> Callable[[InformerEvent], None]:
+    """``callback``, holding its first event until every informer of ``first`` has delivered
+    its first list or failed (dropped when ``stop`` is set meanwhile): an informer started
+    together with ``first`` lists at the same time, yet its objects arrive after theirs
+    (services after their namespace's pods, so each service meets its pods in its first
+    batch)."""
+    pending = list(first)
+
+    def gated(event: InformerEvent) -> None:
+        while pending and not stop.is_set():
+            informer = pending[0]
+            if informer.synced.is_set() or informer.failed.is_set():
+                pending.pop(0)
+                continue
+            informer.synced.wait(0.02)
+        if not stop.is_set():
+            callback(event)
+
+    return gated
 
 
 def report_privileged_ports(report: Reporter, privileged_ports: dict[int, list[str]]) -> None:

@@ -61,6 +61,7 @@ class _Connection(http.client.HTTPConnection):
     def __init__(self, target: ApiTarget, timeout: float) -> None:
         super().__init__(target.host, target.port, timeout=timeout)
         self._target = target
+        self.tls_used: ssl.SSLContext | None = None  # the TLS context it was made with
 
     def connect(self) -> None:
         t = self._target
@@ -69,7 +70,7 @@ class _Connection(http.client.HTTPConnection):
         else:
             self.sock = open_socket(t.proxy, t.host, t.port, timeout=self.timeout or 30.0)
         if t.scheme == "https":
-            ctx = t.tls_context()
+            ctx = self.tls_used = t.tls_context()
             self.sock = ctx.wrap_socket(self.sock, server_hostname=t.server_hostname or t.host)
 
 
@@ -85,6 +86,20 @@ def _status_message(body: bytes) -> str:
 
 _STATUS_WORDS = {401: "unauthorized", 403: "forbidden", 404: "not found"}
 
+# Connections kept open between requests (a list's connection serves the watch that follows
+# it, the namespace look-ups share a few): each spares a TCP and TLS handshake on both ends.
+_IDLE_MAX = 16
+_IDLE_FOR = 30.0  # seconds an idle connection is kept (servers close idle ones, too)
+
+# How a connection kept open and closed by the server meanwhile shows when used again.
+_STALE = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError,
+          http.client.RemoteDisconnected, http.client.BadStatusLine, ssl.SSLEOFError,
+          ssl.SSLZeroReturnError)
+
+
+class _Stale(Exception):
+    """A kept connection turned out closed before it answered: send again on a new one."""
+
 
 @dataclass
 class _Active:
@@ -95,8 +110,11 @@ class _Active:
 
 
 class KubeClient:
-    """List and watch raw objects of one context. Thread-safe: every call has its own
-    connection (lists are few; a watch holds its connection for its whole life)."""
+    """List and watch raw objects of one context. Thread-safe: every call has a connection
+    of its own while it runs (a watch holds its connection for its whole life); a request
+    that read its whole answer leaves its connection to the next one (HTTP keep-alive),
+    unless the TLS credentials changed since it was made (an exec plugin's new client
+    certificate)."""
 
     page_size = 500  # items per list request, as kubectl asks
 
@@ -106,6 +124,8 @@ class KubeClient:
         self._timeout = timeout
         self._lock = threading.Lock()
         self._active: list[_Active] = []
+        self._idle: list[tuple[float, _Connection]] = []  # (kept since, connection)
+        self._closed = False
         self.throttle = self.target.throttle or ApiThrottle(f"context {context.name}")
 
     @property
@@ -140,22 +160,71 @@ class KubeClient:
         stop: threading.Event | None,
     ) -> tuple[_Connection, http.client.HTTPResponse, _Active]:
         """Send a GET; the caller must ``_finish`` the returned handle."""
-        conn = _Connection(self.target, timeout)
+        kept = self._take_idle(timeout)
+        if kept is not None:
+            try:
+                return self._send(kept, path, timeout, stop)
+            except _Stale:
+                pass
+        return self._send(None, path, timeout, stop)
+
+    def _take_idle(self, timeout: float) -> _Connection | None:
+        """A connection kept open by an earlier request, if any is fresh enough and made
+        with the TLS credentials a new connection would use now."""
+        with self._lock:
+            if not self._idle:
+                return None
+        tls = self.target.tls_context() if self.target.scheme == "https" else None
+        now = time.monotonic()
+        with self._lock:
+            while self._idle:
+                since, conn = self._idle.pop()
+                if now - since < _IDLE_FOR and conn.sock is not None and conn.tls_used is tls:
+                    break
+                conn.close()
+            else:
+                return None
+        conn.timeout = timeout
+        assert conn.sock is not None
+        try:
+            conn.sock.settimeout(timeout)
+        except OSError:
+            conn.close()
+            return None
+        return conn
+
+    def _send(
+        self,
+        kept: _Connection | None,
+        path: str,
+        timeout: float,
+        stop: threading.Event | None,
+    ) -> tuple[_Connection, http.client.HTTPResponse, _Active]:
+        """``_request`` on ``kept`` (raising _Stale when the server had closed it) or on a
+        new connection."""
+        conn = kept if kept is not None else _Connection(self.target, timeout)
         headers = {"Accept": "application/json", "User-Agent": "kubefwd"}
         active = _Active(stop, None)
         try:
-            headers.update(self.target.auth_headers())
-            conn.connect()
-            active.sock = conn.sock
-            with self._lock:
-                self._active.append(active)
-            if stop is not None and stop.is_set():
-                raise ConnectionAbortedError("stopped")
-            conn.putrequest("GET", path)
-            for name, value in [*headers.items(), *self.target.extra_headers]:
-                conn.putheader(name, value)
-            conn.endheaders()
-            resp = conn.getresponse()
+            try:
+                headers.update(self.target.auth_headers())
+                if kept is None:
+                    conn.connect()
+                active.sock = conn.sock
+                with self._lock:
+                    self._active.append(active)
+                if stop is not None and stop.is_set():
+                    raise ConnectionAbortedError("stopped")
+                conn.putrequest("GET", path)
+                for name, value in [*headers.items(), *self.target.extra_headers]:
+                    conn.putheader(name, value)
+                conn.endheaders()
+                resp = conn.getresponse()
+            except _STALE as e:
+                if kept is None or (stop is not None and stop.is_set()):
+                    raise  # a failure like any other, told below
+                self._finish(conn, active)
+                raise _Stale() from e
         except ProxyError as e:
             self._finish(conn, active)
             raise ApiError(
@@ -205,10 +274,19 @@ class KubeClient:
             self._finish(conn, active)
             self.throttle.refused(resp.status, retry_after, what)
 
-    def _finish(self, conn: _Connection, active: _Active) -> None:
+    def _finish(self, conn: _Connection, active: _Active,
+                resp: http.client.HTTPResponse | None = None) -> None:
+        """Done with a request: its connection is kept for the next one when ``resp`` (its
+        answer) was read to the end and the server keeps the connection open; else closed."""
+        keep = (resp is not None and resp.isclosed() and not resp.will_close
+                and conn.sock is not None)
         with self._lock:
             if active in self._active:
                 self._active.remove(active)
+            if keep and not self._closed and len(self._idle) < _IDLE_MAX and not (
+                    active.stop is not None and active.stop.is_set()):
+                self._idle.append((time.monotonic(), conn))
+                return
         conn.close()
 
     def _raise_for(
@@ -248,12 +326,15 @@ class KubeClient:
         try:
             body = resp.read()
         except (OSError, http.client.HTTPException) as e:
+            self._finish(conn, active)
             raise ApiError(
                 f"connection to the API server at {self.url} broke while reading "
                 f"{self._where(resource, namespace)}: {e or type(e).__name__}"
             ) from e
-        finally:
+        except BaseException:
             self._finish(conn, active)
+            raise
+        self._finish(conn, active, resp)
         if resp.status != 200:
             self._raise_for(verb, resource, namespace, resp.status, body)
         try:
@@ -461,9 +542,14 @@ class KubeClient:
         return "exists"
 
     def close(self) -> None:
-        """Interrupt every request in flight; watches return at once."""
+        """Interrupt every request in flight; watches return at once. Connections kept
+        open are closed, and none is kept from now on."""
         with self._lock:
             active = list(self._active)
+            idle, self._idle = self._idle, []
+            self._closed = True
+        for _, conn in idle:
+            conn.close()
         for a in active:
             if a.stop is not None:
                 a.stop.set()

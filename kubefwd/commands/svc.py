@@ -22,6 +22,7 @@ from kubefwd.registry.reservations import build_reservations
 from kubefwd.registry.svcpick import parse_patterns
 from kubefwd.support.dnsnames import is_dns_label
 from kubefwd.support.selectorsyntax import split_requirements
+from kubefwd.support.startuptrace import mark
 from kubefwd.support.transports import TRANSPORTS
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
@@ -512,6 +513,8 @@ def svc(
     from kubefwd.events.bus import EventBus
     from kubefwd.ui.jsonlines import JsonLines
     from kubefwd.ui.text import TextLog
+
+    mark("options checked, app imported")
 
     bus = EventBus()
     app = Kubefwd(options, bus=bus)

@@ -104,6 +104,12 @@ class IpAllocator:
         self._ns_locks: dict[tuple[int, int], threading.Lock] = {}
         self._by_key: dict[Hashable, str] = {}
         self._by_ip: dict[str, Hashable] = {}
+        # Per range (second, third octet): every host number below ``_low`` is ours, reserved
+        # or blocked, so a scan starts there instead of at the first address (otherwise N
+        # services of one namespace cost N²/2 probes); ``_releases`` counts the releases in
+        # the range, so a scan does not move ``_low`` past an address freed meanwhile.
+        self._low: dict[tuple[int, int], int] = {}
+        self._releases: dict[tuple[int, int], int] = {}
 
     @property
     def reservations(self) -> Mapping[str, str]:
@@ -189,7 +195,12 @@ class IpAllocator:
     def _scan(self, key: Hashable, second: int, third: int, label: str) -> str:
         """Claim the lowest free address of 127.second.third.x for ``key`` (ns lock held)."""
         first_n = self._base[2]
-        for n in range(first_n, _LAST_HOST + 1):
+        rng = (second, third)
+        with self._lock:
+            start = max(first_n, self._low.get(rng, first_n))
+            releases = self._releases.get(rng, 0)
+        low: int | None = None  # the first address skipped for a reason that may pass
+        for n in range(start, _LAST_HOST + 1):
             ip = f"127.{second}.{third}.{n}"
             with self._lock:
                 if key in self._by_key:  # a concurrent call for the same key won
@@ -198,6 +209,7 @@ class IpAllocator:
                     continue
             # Asked outside our lock: it may read a file.
             if self._taken(ip):
+                low = n if low is None else low
                 continue
             with self._lock:
                 if key in self._by_key:
@@ -205,6 +217,8 @@ class IpAllocator:
                 if ip in self._by_ip:
                     continue
                 self._claim(key, ip)
+                if self._releases.get(rng, 0) == releases:
+                    self._low[rng] = n + 1 if low is None else low
                 return ip
         raise AddressesExhausted(
             f"no free loopback address left for namespace {label}: "
@@ -256,11 +270,21 @@ class IpAllocator:
             ip = self._by_key.pop(key_or_ip, None)
             if ip is not None:
                 self._by_ip.pop(ip, None)
+                self._freed(ip)
                 return
             if isinstance(key_or_ip, str):
                 key = self._by_ip.pop(key_or_ip, None)
                 if key is not None:
                     self._by_key.pop(key, None)
+                    self._freed(key_or_ip)
+
+    def _freed(self, ip: str) -> None:
+        """``ip`` is free again: scans of its range start at it at the latest (lock held)."""
+        octets = [int(x) for x in ip.split(".")]
+        rng = (octets[1], octets[2])
+        self._releases[rng] = self._releases.get(rng, 0) + 1
+        if rng in self._low:
+            self._low[rng] = min(self._low[rng], octets[3])
 
     def ip_of(self, key: Hashable) -> str | None:
         with self._lock:

@@ -61,6 +61,7 @@ from kubefwd.registry.model import (
     PortMapping,
     RegistrySnapshot,
 )
+from kubefwd.registry.podindex import LabelIndex
 from kubefwd.registry.podselect import (
     age_key,
     container_port_mappings,
@@ -142,6 +143,11 @@ class Registry:
         self._mappings = dict(mappings or {})
         self._lock = RWLock()
         self._objs: dict[tuple[str, str, str], dict[str, Obj]] = {}
+        # The pods of _objs by label, so a selector does not read every pod of its namespace.
+        self._pod_index = LabelIndex()
+        # Pods the EndpointSlices count as ready, per (context, namespace), worked out once
+        # per recompute (the slices do not change during one).
+        self._ready_memo: dict[tuple[str, str], set[str]] = {}
         self._entries: dict[ForwardKey, _Entry] = {}
         self._service_keys: dict[tuple[str, str, str], set[ForwardKey]] = {}
         self._claims: dict[str, list[tuple[tuple[Any, ...], ForwardKey]]] = {}
@@ -275,6 +281,8 @@ class Registry:
                 by_ns.setdefault(ns, {})[obj_name(obj)] = obj
             for ns, objs in by_ns.items():
                 self._objs[(context, ns, resource)] = objs
+                if resource == PODS:
+                    self._pod_index.replace((context, ns), objs)
                 self._namespace_index(context, ns)
                 services = self._objs.get((context, ns, SERVICES), {})
                 dirty.update((ns, s) for s in services)
@@ -297,6 +305,8 @@ class Registry:
             store.pop(name, None)
         else:
             store[name] = obj
+        if resource == PODS:
+            self._pod_index.update((context, ns), name, old, store.get(name))
         if resource == SERVICES:
             dirty.add((ns, name))
         elif resource == PODS:
@@ -341,7 +351,11 @@ class Registry:
             log.log(level, message, *args)
 
     def _slice_ready(self, context: str, namespace: str) -> set[str]:
-        return ready_in_slices(self._objs.get((context, namespace, ENDPOINTSLICES), {}).values())
+        ready = self._ready_memo.get((context, namespace))
+        if ready is None:
+            slices = self._objs.get((context, namespace, ENDPOINTSLICES), {}).values()
+            ready = self._ready_memo[(context, namespace)] = ready_in_slices(slices)
+        return ready
 
     def _skip_protocol(self, key: ForwardKey, number: int, proto: str) -> None:
         """Note a non-TCP port (once per port): debug now, summed up by ``_log_proto_skips``."""
@@ -440,10 +454,9 @@ class Registry:
         primary, multi, first = ci == 0 and ni == 0, len(self._contexts) > 1, ci == 0
         slice_ready = self._slice_ready(context, namespace)
         if selector:
-            pods = [
-                p for p in self._objs.get((context, namespace, PODS), {}).values()
-                if selector_matches(selector, obj_meta(p).get("labels"))
-            ]
+            known = self._objs.get((context, namespace, PODS), {})
+            pods = [known[n] for n in self._pod_index.matching((context, namespace), selector)
+                    if n in known]
             pods.sort(key=age_key)
             ready = [p for p in pods if pod_ready(p, slice_ready)]
             refs = [pod_ref(p, ports) for p in ready]
@@ -573,6 +586,12 @@ class Registry:
         return [n for n in entry.desired_names if self._claims[n][0][1] == entry.key]
 
     def _recompute(self, context: str, dirty: set[tuple[str, str]]) -> list[Command]:
+        try:
+            return self._recompute_dirty(context, dirty)
+        finally:
+            self._ready_memo.clear()
+
+    def _recompute_dirty(self, context: str, dirty: set[tuple[str, str]]) -> list[Command]:
         affected: set[ForwardKey] = set()
         removed: list[ForwardKey] = []
         released = False

@@ -545,3 +545,87 @@ def test_insecure_skip_tls_verify_warns_once(no_env: Path,
     assert tls.verify_mode == ssl.CERT_NONE and not tls.check_hostname
     warnings = [r for r in caplog.records if "insecure-skip-tls-verify" in r.getMessage()]
     assert len(warnings) == 1
+
+
+class _CountingServer:
+    """A plain-HTTP API server that answers every GET with an empty list, counts the
+    connections it accepted and, with ``close_after``, closes each connection after that
+    many answers without saying so (as a server whose idle timeout ran out)."""
+
+    def __init__(self, close_after: int = 0) -> None:
+        self.close_after = close_after
+        self.connections = 0
+        self.requests = 0
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen()
+        self.port = self._sock.getsockname()[1]
+        self._threads: list[threading.Thread] = []
+        self._accepter = threading.Thread(target=self._accept, name="counting-server")
+        self._accepter.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            t = threading.Thread(target=self._serve, args=(conn,), name="counting-conn")
+            self._threads.append(t)
+            t.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            buf, answered = b"", 0
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        return
+                    buf += chunk
+                _, buf = buf.split(b"\r\n\r\n", 1)
+                self.requests += 1
+                body = b'{"kind":"List","metadata":{"resourceVersion":"7"},"items":[]}'
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+                answered += 1
+                if self.close_after and answered >= self.close_after:
+                    return
+
+    def close(self) -> None:
+        self._sock.shutdown(socket.SHUT_RDWR)
+        self._sock.close()
+        self._accepter.join(5)
+        for t in self._threads:
+            t.join(5)
+
+
+def test_requests_one_after_another_share_one_connection(tmp_path: Path) -> None:
+    server = _CountingServer()
+    try:
+        [ctx] = load_contexts(write(tmp_path / "kc", kubeconfig(
+            server=f"http://127.0.0.1:{server.port}")), [])
+        client = KubeClient(ctx)
+        for ns in ("a", "b", "c"):
+            assert client.list("services", ns) == ([], "7")
+            assert client.namespace_status(ns) == "exists"
+        client.close()
+        assert (server.requests, server.connections) == (6, 1)
+    finally:
+        server.close()
+
+
+def test_a_kept_connection_the_server_closed_is_replaced_unseen(tmp_path: Path) -> None:
+    server = _CountingServer(close_after=1)
+    try:
+        [ctx] = load_contexts(write(tmp_path / "kc", kubeconfig(
+            server=f"http://127.0.0.1:{server.port}")), [])
+        client = KubeClient(ctx)
+        for ns in ("a", "b", "c"):
+            assert client.list("pods", ns) == ([], "7")
+            time.sleep(0.05)  # the server's close reaches us before the next request
+        client.close()
+        assert (server.requests, server.connections) == (3, 3)
+    finally:
+        server.close()

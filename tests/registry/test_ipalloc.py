@@ -285,3 +285,72 @@ def test_a_reserved_address_found_in_use_moves_to_the_first_free_one() -> None:
     alloc = IpAllocator(reservations={"web": "127.1.27.9"})
     assert alloc.allocate("k", 0, 0, ["web"]) == "127.1.27.9"
     assert alloc.move("k") == "127.1.27.1"
+
+
+def test_each_address_is_the_lowest_free_one_after_any_sequence() -> None:
+    # The scan starts past the addresses already handed out; releases (by key or by IP),
+    # blocked and reserved ones and moves never make it skip a free lower address.
+    alloc = IpAllocator(reservations={"r": "127.1.27.4"})
+    held: dict[str, str] = {}
+    reserved = {"127.1.27.4"}
+
+    def lowest_free() -> str:
+        used = set(held.values()) | reserved | blocked
+        return next(f"127.1.27.{n}" for n in range(1, 255) if f"127.1.27.{n}" not in used)
+
+    blocked: set[str] = set()
+    steps = ["a", "b", "c", "d", "-b", "e", "f", "-a", "-e", "g", "h", "block", "i",
+             "-ip:c", "j", "move:d", "k", "l"]
+    for step in steps:
+        if step.startswith("-ip:"):
+            alloc.release(held.pop(step[4:]))
+        elif step.startswith("-"):
+            alloc.release(step[1:])
+            del held[step[1:]]
+        elif step == "block":
+            ip = lowest_free()
+            alloc.block(ip)
+            blocked.add(ip)
+        elif step.startswith("move:"):
+            key = step[5:]
+            blocked.add(held[key])
+            del held[key]
+            held[key] = expected = lowest_free()
+            assert alloc.move(key) == expected
+        else:
+            expected = lowest_free()
+            held[step] = alloc.allocate(step, 0, 0, [step])
+            assert held[step] == expected, step
+    assert alloc.in_use() == {ip: key for key, ip in held.items()}
+
+
+def test_an_address_held_elsewhere_is_asked_about_again() -> None:
+    # Another instance's address is skipped while it holds it, and handed out once it no
+    # longer does: the scan never starts past an address that was only taken elsewhere.
+    others = {"127.1.27.1", "127.1.27.3"}
+    alloc = IpAllocator(taken=others.__contains__)
+    assert alloc.allocate("a", 0, 0, ["a"]) == "127.1.27.2"
+    assert alloc.allocate("b", 0, 0, ["b"]) == "127.1.27.4"
+    others.clear()
+    assert alloc.allocate("c", 0, 0, ["c"]) == "127.1.27.1"
+    assert alloc.allocate("d", 0, 0, ["d"]) == "127.1.27.3"
+    assert alloc.allocate("e", 0, 0, ["e"]) == "127.1.27.5"
+
+
+def test_an_address_released_during_a_scan_is_not_skipped_later() -> None:
+    # ``taken`` is asked outside the allocator's lock: a release that lands meanwhile
+    # must leave the freed lower address to the next allocation.
+    done: list[str] = []
+
+    def release_during(ip: str) -> bool:
+        if ip == "127.1.27.4" and not done:
+            done.append(ip)
+            alloc.release("a")  # frees 127.1.27.1 while "d" is being placed
+        return False
+
+    alloc = IpAllocator(taken=release_during)
+    for key in "abc":
+        alloc.allocate(key, 0, 0, [key])
+    assert alloc.allocate("d", 0, 0, ["d"]) == "127.1.27.4"
+    assert alloc.allocate("e", 0, 0, ["e"]) == "127.1.27.1"
+    assert alloc.allocate("f", 0, 0, ["f"]) == "127.1.27.5"
