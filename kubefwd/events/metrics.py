@@ -4,8 +4,15 @@ The hot path is a forwarder's selector loop: it keeps the ``PortCounters`` of ea
 ports and does ``counters.bytes_in += n``, nothing else, no lock. Each counter has one
 writer (that forward's thread) and any number of readers, which only ever read whole ints.
 Creating the counters of a port takes a lock once; the sampler thread calls ``sample()``
-once a second (O(ports)), which turns the cumulative counts into rates over a rolling window
-and keeps ``history`` samples per forward for sparklines.
+once a second, which turns the cumulative counts into rates over a rolling window and keeps
+``history`` samples per forward for sparklines.
+
+Thousands of forwards mostly sit still, so a sample costs a comparison for a quiet port (its
+counts did not move and its rates are 0): no point is kept for it, and a quiet forward's
+history is not appended to; it records up to which sample it is complete, and readers see
+the samples since as zeros. A quiet port keeps the oldest point of its last window, and the
+registry the times of its last window's samples: when traffic resumes, the port's points are
+what sampling it every second would have kept, and so are its rates.
 
 Direction: ``bytes_in`` came from the pod to the local client, ``bytes_out`` went from the
 local client to the pod. A rate is bytes per second over the last ``window`` seconds (or
@@ -121,13 +128,40 @@ class _PortTrack:
 
 
 class _ForwardTrack:
-    __slots__ = ("history", "ports")
+    """A forward's ports and rate history; ``seq``: the sample its history is complete up
+    to (the samples after it, taken while the forward was quiet, were zeros)."""
 
-    def __init__(self, history: int) -> None:
+    __slots__ = ("history", "ports", "quiet", "seq")
+
+    def __init__(self, history: int, seq: int) -> None:
         self.ports: dict[int, _PortTrack] = {}
         self.history: collections.deque[tuple[float, float]] = collections.deque(
             maxlen=history
         )
+        self.seq = seq
+        self.quiet = True  # every port quiet as of the last sample
+
+    def catch_up(self, seq: int) -> None:
+        """Append the zeros of the samples up to ``seq`` that were skipped (sampler only)."""
+        missing = min(seq - self.seq, self.history.maxlen or 0)
+        if missing > 0:
+            self.history.extend(_ZERO for _ in range(missing))
+        self.seq = seq
+
+    def recent(self, seq: int) -> tuple[tuple[float, float], ...]:
+        """The history as of sample ``seq`` (oldest first), the skipped samples as zeros."""
+        done = self.seq
+        history = tuple(self.history)
+        missing = seq - done
+        if missing <= 0:
+            return history
+        size = self.history.maxlen or 0
+        if missing >= size:
+            return (_ZERO,) * size
+        return (*history, *(_ZERO,) * missing)[-size:]
+
+
+_ZERO = (0.0, 0.0)
 
 
 class MetricsRegistry:
@@ -154,6 +188,10 @@ class MetricsRegistry:
         self._gone_failed = 0
         self._seq = 0
         self._rates: dict[str, tuple[float, float]] = {}
+        self._added = False  # a forward appeared since the last sample
+        # The times of the samples of the last window (and the newest before it): the
+        # points a quiet port would have had.
+        self._times: collections.deque[float] = collections.deque()
         self._totals: MetricsTotals | None = None
 
     def counters(self, key: str, port: int) -> PortCounters:
@@ -166,7 +204,8 @@ class MetricsRegistry:
         with self._lock:
             track = self._forwards.get(key)
             if track is None:
-                track = self._forwards[key] = _ForwardTrack(self._history)
+                track = self._forwards[key] = _ForwardTrack(self._history, self._seq)
+                self._added = True
             port_track = track.ports.get(port)
             if port_track is None:
                 port_track = _PortTrack(PortCounters(), self._clock())
@@ -184,7 +223,8 @@ class MetricsRegistry:
 
     def sample(self) -> None:
         """Compute every port's rates over the window and append one history sample per
-        forward; drop the forwards forgotten since the last sample."""
+        forward; drop the forwards forgotten since the last sample. A quiet port costs a
+        comparison, a quiet forward nothing more."""
         now = self._clock()
         horizon = now - self._window
         with self._lock:
@@ -197,12 +237,24 @@ class MetricsRegistry:
                     self._gone_bytes_out += c.bytes_out
                     self._gone_total += c.total
                     self._gone_failed += c.failed
-        rates: dict[str, tuple[float, float]] = {}
+            added, self._added = self._added, False
+        seq = self._seq + 1
+        times = self._times
+        changed: dict[str, tuple[float, float]] = {}
         for key, track in forwards:
-            fwd_in = fwd_out = 0.0
+            moved = False
             for p in track.ports.values():
                 c = p.counters
                 points = p.points
+                last = points[-1]
+                if (c.bytes_in == last[1] and c.bytes_out == last[2]
+                        and not p.rate_in and not p.rate_out):
+                    continue  # quiet: points[0] stands for every sample since
+                moved = True
+                if len(points) == 1 and times and times[-1] > last[0]:
+                    # Resumed after a quiet spell: the samples skipped would have found
+                    # these counts.
+                    points.extend((t, last[1], last[2]) for t in times if t > last[0])
                 points.append((now, c.bytes_in, c.bytes_out))
                 # The base is the newest point at or before the horizon, or the oldest
                 # point when the port is younger than the window.
@@ -215,12 +267,32 @@ class MetricsRegistry:
                     p.rate_out = (c.bytes_out - base_out) / span
                 else:
                     p.rate_in = p.rate_out = 0.0
+                if not p.rate_in and not p.rate_out:
+                    # Quiet from now on: keep the base alone (its counts are the current ones).
+                    while len(points) > 1:
+                        points.pop()
+            if not moved:  # (a port with rates is never quiet: neither is its forward)
+                continue
+            fwd_in = fwd_out = 0.0
+            for p in track.ports.values():
                 fwd_in += p.rate_in
                 fwd_out += p.rate_out
+            track.catch_up(seq - 1)
             track.history.append((fwd_in, fwd_out))
-            rates[key] = (fwd_in, fwd_out)
-        self._rates = rates
-        self._seq += 1
+            track.seq = seq
+            track.quiet = not fwd_in and not fwd_out
+            changed[key] = (fwd_in, fwd_out)
+        if added or retired:
+            rates = {key: _ZERO if track.quiet else self._rates.get(key, _ZERO)
+                     for key, track in forwards}
+            rates.update(changed)
+            self._rates = rates
+        elif changed:
+            self._rates = {**self._rates, **changed}  # copy on write: readers iterate it
+        times.append(now)
+        while len(times) > 1 and times[1] <= horizon:
+            times.popleft()
+        self._seq = seq
         self._totals = None
 
     def totals(self, max_age: float = 1.0) -> MetricsTotals:
@@ -265,7 +337,7 @@ class MetricsRegistry:
     def forward(self, key: str) -> ForwardMetrics | None:
         """The figures of forward ``key`` alone (O(its ports)), or None when it has none."""
         track = self._forwards.get(key) or self._retiring.get(key)
-        return _forward_metrics(key, track) if track is not None else None
+        return _forward_metrics(key, track, self._seq) if track is not None else None
 
     def snapshot(self) -> MetricsSnapshot:
         """Every figure as of now (rates as of the last sample)."""
@@ -273,7 +345,8 @@ class MetricsRegistry:
             tracks = {**self._retiring, **self._forwards}
             gone = (self._gone_bytes_in, self._gone_bytes_out, self._gone_total,
                     self._gone_failed)
-        forwards = tuple(_forward_metrics(k, tracks[k]) for k in sorted(tracks))
+            seq = self._seq
+        forwards = tuple(_forward_metrics(k, tracks[k], seq) for k in sorted(tracks))
         return MetricsSnapshot(
             time=self._clock(),
             bytes_in=gone[0] + sum(f.bytes_in for f in forwards),
@@ -287,7 +360,7 @@ class MetricsRegistry:
         )
 
 
-def _forward_metrics(key: str, track: _ForwardTrack) -> ForwardMetrics:
+def _forward_metrics(key: str, track: _ForwardTrack, seq: int) -> ForwardMetrics:
     ports = tuple(
         PortMetrics(
             port=port,
@@ -311,7 +384,7 @@ def _forward_metrics(key: str, track: _ForwardTrack) -> ForwardMetrics:
         rate_in=sum(p.rate_in for p in ports),
         rate_out=sum(p.rate_out for p in ports),
         ports=ports,
-        history=tuple(track.history),
+        history=track.recent(seq),
     )
 
 
