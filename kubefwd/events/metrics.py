@@ -188,7 +188,10 @@ class MetricsRegistry:
         self._gone_failed = 0
         self._seq = 0
         self._rates: dict[str, tuple[float, float]] = {}
-        self._added = False  # a forward appeared since the last sample
+        self._added = False  # a forward or port appeared since the last sample
+        # What the sampler goes over: (key, track, port) of every port, rebuilt when
+        # forwards or ports come or go (no allocation per port and sample).
+        self._scan: tuple[tuple[str, _ForwardTrack, _PortTrack], ...] = ()
         # The times of the samples of the last window (and the newest before it): the
         # points a quiet port would have had.
         self._times: collections.deque[float] = collections.deque()
@@ -211,6 +214,7 @@ class MetricsRegistry:
                 port_track = _PortTrack(PortCounters(), self._clock())
                 # Copy on write: the sampler and snapshot iterate ports without the lock.
                 track.ports = {**track.ports, port: port_track}
+                self._added = True
             return port_track.counters
 
     def forget(self, key: str) -> None:
@@ -228,7 +232,6 @@ class MetricsRegistry:
         now = self._clock()
         horizon = now - self._window
         with self._lock:
-            forwards = tuple(self._forwards.items())
             retired, self._retiring = tuple(self._retiring.values()), {}
             for track in retired:
                 for p in track.ports.values():
@@ -238,41 +241,45 @@ class MetricsRegistry:
                     self._gone_total += c.total
                     self._gone_failed += c.failed
             added, self._added = self._added, False
+            if added or retired:
+                forwards = tuple(self._forwards.items())
+                self._scan = tuple((key, track, p) for key, track in forwards
+                                   for p in track.ports.values())
+            scan = self._scan
         seq = self._seq + 1
         times = self._times
+        moved: dict[str, _ForwardTrack] = {}
+        for key, track, p in scan:
+            c = p.counters
+            points = p.points
+            last = points[-1]
+            if (c.bytes_in == last[1] and c.bytes_out == last[2]
+                    and not p.rate_in and not p.rate_out):
+                continue  # quiet: points[0] stands for every sample since
+            moved[key] = track
+            if len(points) == 1 and times and times[-1] > last[0]:
+                # Resumed after a quiet spell: the samples skipped would have found
+                # these counts.
+                points.extend((t, last[1], last[2]) for t in times if t > last[0])
+            points.append((now, c.bytes_in, c.bytes_out))
+            # The base is the newest point at or before the horizon, or the oldest
+            # point when the port is younger than the window.
+            while len(points) > 1 and points[1][0] <= horizon:
+                points.popleft()
+            base_t, base_in, base_out = points[0]
+            span = now - base_t
+            if span > 0:
+                p.rate_in = (c.bytes_in - base_in) / span
+                p.rate_out = (c.bytes_out - base_out) / span
+            else:
+                p.rate_in = p.rate_out = 0.0
+            if not p.rate_in and not p.rate_out:
+                # Quiet from now on: keep the base alone (its counts are the current ones).
+                while len(points) > 1:
+                    points.pop()
+        # A forward none of whose ports moved is quiet (a port with rates is never quiet).
         changed: dict[str, tuple[float, float]] = {}
-        for key, track in forwards:
-            moved = False
-            for p in track.ports.values():
-                c = p.counters
-                points = p.points
-                last = points[-1]
-                if (c.bytes_in == last[1] and c.bytes_out == last[2]
-                        and not p.rate_in and not p.rate_out):
-                    continue  # quiet: points[0] stands for every sample since
-                moved = True
-                if len(points) == 1 and times and times[-1] > last[0]:
-                    # Resumed after a quiet spell: the samples skipped would have found
-                    # these counts.
-                    points.extend((t, last[1], last[2]) for t in times if t > last[0])
-                points.append((now, c.bytes_in, c.bytes_out))
-                # The base is the newest point at or before the horizon, or the oldest
-                # point when the port is younger than the window.
-                while len(points) > 1 and points[1][0] <= horizon:
-                    points.popleft()
-                base_t, base_in, base_out = points[0]
-                span = now - base_t
-                if span > 0:
-                    p.rate_in = (c.bytes_in - base_in) / span
-                    p.rate_out = (c.bytes_out - base_out) / span
-                else:
-                    p.rate_in = p.rate_out = 0.0
-                if not p.rate_in and not p.rate_out:
-                    # Quiet from now on: keep the base alone (its counts are the current ones).
-                    while len(points) > 1:
-                        points.pop()
-            if not moved:  # (a port with rates is never quiet: neither is its forward)
-                continue
+        for key, track in moved.items():
             fwd_in = fwd_out = 0.0
             for p in track.ports.values():
                 fwd_in += p.rate_in
