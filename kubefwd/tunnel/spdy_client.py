@@ -262,6 +262,9 @@ class SpdySession:
                 self._unblocked()
         if not self.conns:
             self._release_buffers()
+            if self._ping_timer is not None:  # idle: TCP keepalive watches it; ``add`` re-arms
+                self._ping_timer.cancel()
+                self._ping_timer = None
 
     def _release_buffers(self) -> None:
         """No connection left: shrink the buffers a bulk transfer grew (an idle tunnel
