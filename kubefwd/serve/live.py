@@ -185,7 +185,7 @@ class ForwardSet:
             if self._closed:
                 return 0
             states = [s for s in self._forwards.values()
-                      if s.upsert.ports and not s.forwarder.bound_ports()]
+                      if s.upsert.ports and not s.forwarder.listens()]
         fixed = 0
         for state in states:
             errors = state.forwarder.reconfigure(state.upsert.ip, self._listen_ports(state.upsert))
