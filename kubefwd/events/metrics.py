@@ -114,17 +114,27 @@ class MetricsTotals:
 
 
 class _PortTrack:
-    """A port's counters and the points of its rolling window, kept by the sampler."""
+    """A port's counters and the points of its rolling window, kept by the sampler; its
+    forward (``key``, ``track``); ``quiet`` while its rates are 0 and its counts were
+    ``seen_in`` and ``seen_out`` (the very int objects: the sampler's look at a quiet port
+    compares identities and touches nothing but the port and its counters)."""
 
-    __slots__ = ("counters", "points", "rate_in", "rate_out")
+    __slots__ = ("counters", "key", "points", "quiet", "rate_in", "rate_out", "seen_in",
+                 "seen_out", "track")
 
-    def __init__(self, counters: PortCounters, now: float) -> None:
+    def __init__(self, counters: PortCounters, now: float, key: str,
+                 track: _ForwardTrack) -> None:
         self.counters = counters
         self.points: collections.deque[tuple[float, int, int]] = collections.deque(
             [(now, 0, 0)]
         )
         self.rate_in = 0.0
         self.rate_out = 0.0
+        self.key = key
+        self.track = track
+        self.quiet = True
+        self.seen_in = counters.bytes_in
+        self.seen_out = counters.bytes_out
 
 
 class _ForwardTrack:
@@ -191,7 +201,7 @@ class MetricsRegistry:
         self._added = False  # a forward or port appeared since the last sample
         # What the sampler goes over: (key, track, port) of every port, rebuilt when
         # forwards or ports come or go (no allocation per port and sample).
-        self._scan: tuple[tuple[str, _ForwardTrack, _PortTrack], ...] = ()
+        self._scan: tuple[_PortTrack, ...] = ()
         # The times of the samples of the last window (and the newest before it): the
         # points a quiet port would have had.
         self._times: collections.deque[float] = collections.deque()
@@ -211,7 +221,7 @@ class MetricsRegistry:
                 self._added = True
             port_track = track.ports.get(port)
             if port_track is None:
-                port_track = _PortTrack(PortCounters(), self._clock())
+                port_track = _PortTrack(PortCounters(), self._clock(), key, track)
                 # Copy on write: the sampler and snapshot iterate ports without the lock.
                 track.ports = {**track.ports, port: port_track}
                 self._added = True
@@ -243,25 +253,24 @@ class MetricsRegistry:
             added, self._added = self._added, False
             if added or retired:
                 forwards = tuple(self._forwards.items())
-                self._scan = tuple((key, track, p) for key, track in forwards
-                                   for p in track.ports.values())
+                self._scan = tuple(p for _key, track in forwards for p in track.ports.values())
             scan = self._scan
         seq = self._seq + 1
         times = self._times
         moved: dict[str, _ForwardTrack] = {}
-        for key, track, p in scan:
+        for p in scan:
             c = p.counters
+            if p.quiet and c.bytes_in is p.seen_in and c.bytes_out is p.seen_out:
+                continue  # quiet: points[0] stands for every sample since
+            b_in, b_out = c.bytes_in, c.bytes_out
+            moved[p.key] = p.track
             points = p.points
             last = points[-1]
-            if (c.bytes_in == last[1] and c.bytes_out == last[2]
-                    and not p.rate_in and not p.rate_out):
-                continue  # quiet: points[0] stands for every sample since
-            moved[key] = track
             if len(points) == 1 and times and times[-1] > last[0]:
                 # Resumed after a quiet spell: the samples skipped would have found
                 # these counts.
                 points.extend((t, last[1], last[2]) for t in times if t > last[0])
-            points.append((now, c.bytes_in, c.bytes_out))
+            points.append((now, b_in, b_out))
             # The base is the newest point at or before the horizon, or the oldest
             # point when the port is younger than the window.
             while len(points) > 1 and points[1][0] <= horizon:
@@ -269,14 +278,16 @@ class MetricsRegistry:
             base_t, base_in, base_out = points[0]
             span = now - base_t
             if span > 0:
-                p.rate_in = (c.bytes_in - base_in) / span
-                p.rate_out = (c.bytes_out - base_out) / span
+                p.rate_in = (b_in - base_in) / span
+                p.rate_out = (b_out - base_out) / span
             else:
                 p.rate_in = p.rate_out = 0.0
-            if not p.rate_in and not p.rate_out:
-                # Quiet from now on: keep the base alone (its counts are the current ones).
+            p.quiet = b_in == base_in and b_out == base_out  # nothing moved in the window
+            if p.quiet:
+                # Quiet from now on (rates 0): keep the base alone, its counts are these.
                 while len(points) > 1:
                     points.pop()
+                p.seen_in, p.seen_out = b_in, b_out
         # A forward none of whose ports moved is quiet (a port with rates is never quiet).
         changed: dict[str, tuple[float, float]] = {}
         for key, track in moved.items():

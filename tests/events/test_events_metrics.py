@@ -356,3 +356,16 @@ def test_a_quiet_forward_costs_no_history_append_and_no_point(clock: FakeClock) 
     fwd = reg.forward(WEB)
     assert fwd is not None and fwd.rate_in == pytest.approx(200)
     assert fwd.history[-1] == (pytest.approx(200), 0.0) and len(fwd.history) == 60
+
+
+def test_bytes_counted_at_the_instant_a_port_appeared_still_make_a_rate(
+    clock: FakeClock,
+) -> None:
+    reg = MetricsRegistry(clock, window=5.0)
+    c = reg.counters(WEB, 80)
+    c.bytes_in += 500
+    reg.sample()  # no time has passed: no rate yet
+    assert reg.forward(WEB).rate_in == 0  # type: ignore[union-attr]
+    clock.now += 1
+    reg.sample()
+    assert reg.forward(WEB).rate_in == pytest.approx(500)  # type: ignore[union-attr]
