@@ -151,17 +151,25 @@ class _ForwardTrack:
         self.seq = seq
         self.quiet = True  # every port quiet as of the last sample
 
-    def catch_up(self, seq: int) -> None:
-        """Append the zeros of the samples up to ``seq`` that were skipped (sampler only)."""
-        missing = min(seq - self.seq, self.history.maxlen or 0)
+    def advance(self, seq: int, sample: tuple[float, float]) -> None:
+        """Sampler only: the zeros of the samples skipped since the last, then ``sample``
+        as sample ``seq``. ``seq`` is -1 meanwhile, for readers to wait."""
+        missing = min(seq - 1 - self.seq, self.history.maxlen or 0)
+        self.seq = -1
         if missing > 0:
             self.history.extend(_ZERO for _ in range(missing))
+        self.history.append(sample)
         self.seq = seq
 
     def recent(self, seq: int) -> tuple[tuple[float, float], ...]:
         """The history as of sample ``seq`` (oldest first), the skipped samples as zeros."""
-        done = self.seq
-        history = tuple(self.history)
+        while True:  # the sampler may append meanwhile: take a history and seq that agree
+            done = self.seq
+            if done >= 0:
+                history = tuple(self.history)
+                if self.seq == done:
+                    break
+            time.sleep(0)  # let the sampler finish
         missing = seq - done
         if missing <= 0:
             return history
@@ -295,9 +303,7 @@ class MetricsRegistry:
             for p in track.ports.values():
                 fwd_in += p.rate_in
                 fwd_out += p.rate_out
-            track.catch_up(seq - 1)
-            track.history.append((fwd_in, fwd_out))
-            track.seq = seq
+            track.advance(seq, (fwd_in, fwd_out))
             track.quiet = not fwd_in and not fwd_out
             changed[key] = (fwd_in, fwd_out)
         if added or retired:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sys
 import threading
 
 import pytest
@@ -369,3 +370,39 @@ def test_bytes_counted_at_the_instant_a_port_appeared_still_make_a_rate(
     clock.now += 1
     reg.sample()
     assert reg.forward(WEB).rate_in == pytest.approx(500)  # type: ignore[union-attr]
+
+
+def test_a_reader_racing_the_sampler_sees_one_sample_a_second_no_more_no_less(
+    clock: FakeClock,
+) -> None:
+    reg = MetricsRegistry(clock, history=100_000)
+    web = reg.counters(WEB, 80)
+    done = threading.Event()
+    bad: list[tuple[int, int, int]] = []
+
+    def read() -> None:
+        while not done.is_set():
+            before = reg.seq
+            fwd = reg.forward(WEB)
+            after = reg.seq
+            assert fwd is not None
+            if not before <= len(fwd.history) <= after + 1:  # (+1: appended, not yet counted)
+                bad.append((before, len(fwd.history), after))
+
+    readers = [threading.Thread(target=read, name=f"test-reader-{i}") for i in range(2)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch often: in the middle of a sample too
+    for reader in readers:
+        reader.start()
+    try:
+        for second in range(3000):  # busy and quiet spells: appends and skipped samples
+            clock.now += 1
+            if (second // 7) % 2:
+                web.bytes_in += 10
+            reg.sample()
+    finally:
+        done.set()
+        for reader in readers:
+            reader.join(10)
+        sys.setswitchinterval(interval)
+    assert bad == []
