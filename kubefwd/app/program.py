@@ -740,16 +740,21 @@ class Kubefwd:
         if self._registry is not None:
             self._registry.expire()  # StatefulSet pod forwards whose pod did not come back
         now = time.monotonic()
-        states = self._live.states()
-        self._live.warn_no_pod(states, now, self.options.timeout)
+        # Only forwards without a pod can be due a warning: no look at the thousands of
+        # others each second.
+        self._live.warn_no_pod(self._live.without_pod(), now, self.options.timeout)
         self._housekeeping_ticks += 1
+        tidy = self._pool is not None and self._housekeeping_ticks % TIDY_EVERY == 0
+        if not (tidy or self.options.auto_reconnect or self._housekeeping_ticks % 10 == 0):
+            return
+        states = self._live.states()
         if self._housekeeping_ticks % 10 == 0:  # forwards come and go (-A, new services)
             self._check_fd_limit(states)
         if self._pool is None:
             return
         # Tunnels of vanished pods wait out a 30 s grace anyway: looking every few seconds
         # is enough, and with thousands of forwards a look is the bulk of an idle second.
-        if self._housekeeping_ticks % TIDY_EVERY == 0:
+        if tidy:
             wanted = {(s.key.context, s.key.namespace, pod.name)
                       for s in states for pod in s.upsert.pods}
             self._router.close_unused(wanted, now)

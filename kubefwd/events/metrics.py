@@ -4,8 +4,15 @@ The hot path is a forwarder's selector loop: it keeps the ``PortCounters`` of ea
 ports and does ``counters.bytes_in += n``, nothing else, no lock. Each counter has one
 writer (that forward's thread) and any number of readers, which only ever read whole ints.
 Creating the counters of a port takes a lock once; the sampler thread calls ``sample()``
-once a second (O(ports)), which turns the cumulative counts into rates over a rolling window
-and keeps ``history`` samples per forward for sparklines.
+once a second, which turns the cumulative counts into rates over a rolling window and keeps
+``history`` samples per forward for sparklines.
+
+Thousands of forwards mostly sit still, so a sample costs a comparison for a quiet port (its
+counts did not move and its rates are 0): no point is kept for it, and a quiet forward's
+history is not appended to; it records up to which sample it is complete, and readers see
+the samples since as zeros. A quiet port keeps the oldest point of its last window, and the
+registry the times of its last window's samples: when traffic resumes, the port's points are
+what sampling it every second would have kept, and so are its rates.
 
 Direction: ``bytes_in`` came from the pod to the local client, ``bytes_out`` went from the
 local client to the pod. A rate is bytes per second over the last ``window`` seconds (or
@@ -107,27 +114,72 @@ class MetricsTotals:
 
 
 class _PortTrack:
-    """A port's counters and the points of its rolling window, kept by the sampler."""
+    """A port's counters and the points of its rolling window, kept by the sampler; its
+    forward (``key``, ``track``); ``quiet`` while its rates are 0 and its counts were
+    ``seen_in`` and ``seen_out`` (the very int objects: the sampler's look at a quiet port
+    compares identities and touches nothing but the port and its counters)."""
 
-    __slots__ = ("counters", "points", "rate_in", "rate_out")
+    __slots__ = ("counters", "key", "points", "quiet", "rate_in", "rate_out", "seen_in",
+                 "seen_out", "track")
 
-    def __init__(self, counters: PortCounters, now: float) -> None:
+    def __init__(self, counters: PortCounters, now: float, key: str,
+                 track: _ForwardTrack) -> None:
         self.counters = counters
         self.points: collections.deque[tuple[float, int, int]] = collections.deque(
             [(now, 0, 0)]
         )
         self.rate_in = 0.0
         self.rate_out = 0.0
+        self.key = key
+        self.track = track
+        self.quiet = True
+        self.seen_in = counters.bytes_in
+        self.seen_out = counters.bytes_out
 
 
 class _ForwardTrack:
-    __slots__ = ("history", "ports")
+    """A forward's ports and rate history; ``seq``: the sample its history is complete up
+    to (the samples after it, taken while the forward was quiet, were zeros)."""
 
-    def __init__(self, history: int) -> None:
+    __slots__ = ("history", "ports", "quiet", "seq")
+
+    def __init__(self, history: int, seq: int) -> None:
         self.ports: dict[int, _PortTrack] = {}
         self.history: collections.deque[tuple[float, float]] = collections.deque(
             maxlen=history
         )
+        self.seq = seq
+        self.quiet = True  # every port quiet as of the last sample
+
+    def advance(self, seq: int, sample: tuple[float, float]) -> None:
+        """Sampler only: the zeros of the samples skipped since the last, then ``sample``
+        as sample ``seq``. ``seq`` is -1 meanwhile, for readers to wait."""
+        missing = min(seq - 1 - self.seq, self.history.maxlen or 0)
+        self.seq = -1
+        if missing > 0:
+            self.history.extend(_ZERO for _ in range(missing))
+        self.history.append(sample)
+        self.seq = seq
+
+    def recent(self, seq: int) -> tuple[tuple[float, float], ...]:
+        """The history as of sample ``seq`` (oldest first), the skipped samples as zeros."""
+        while True:  # the sampler may append meanwhile: take a history and seq that agree
+            done = self.seq
+            if done >= 0:
+                history = tuple(self.history)
+                if self.seq == done:
+                    break
+            time.sleep(0)  # let the sampler finish
+        missing = seq - done
+        if missing <= 0:
+            return history
+        size = self.history.maxlen or 0
+        if missing >= size:
+            return (_ZERO,) * size
+        return (*history, *(_ZERO,) * missing)[-size:]
+
+
+_ZERO = (0.0, 0.0)
 
 
 class MetricsRegistry:
@@ -154,6 +206,13 @@ class MetricsRegistry:
         self._gone_failed = 0
         self._seq = 0
         self._rates: dict[str, tuple[float, float]] = {}
+        self._added = False  # a forward or port appeared since the last sample
+        # What the sampler goes over: (key, track, port) of every port, rebuilt when
+        # forwards or ports come or go (no allocation per port and sample).
+        self._scan: tuple[_PortTrack, ...] = ()
+        # The times of the samples of the last window (and the newest before it): the
+        # points a quiet port would have had.
+        self._times: collections.deque[float] = collections.deque()
         self._totals: MetricsTotals | None = None
 
     def counters(self, key: str, port: int) -> PortCounters:
@@ -166,12 +225,14 @@ class MetricsRegistry:
         with self._lock:
             track = self._forwards.get(key)
             if track is None:
-                track = self._forwards[key] = _ForwardTrack(self._history)
+                track = self._forwards[key] = _ForwardTrack(self._history, self._seq)
+                self._added = True
             port_track = track.ports.get(port)
             if port_track is None:
-                port_track = _PortTrack(PortCounters(), self._clock())
+                port_track = _PortTrack(PortCounters(), self._clock(), key, track)
                 # Copy on write: the sampler and snapshot iterate ports without the lock.
                 track.ports = {**track.ports, port: port_track}
+                self._added = True
             return port_track.counters
 
     def forget(self, key: str) -> None:
@@ -184,11 +245,11 @@ class MetricsRegistry:
 
     def sample(self) -> None:
         """Compute every port's rates over the window and append one history sample per
-        forward; drop the forwards forgotten since the last sample."""
+        forward; drop the forwards forgotten since the last sample. A quiet port costs a
+        comparison, a quiet forward nothing more."""
         now = self._clock()
         horizon = now - self._window
         with self._lock:
-            forwards = tuple(self._forwards.items())
             retired, self._retiring = tuple(self._retiring.values()), {}
             for track in retired:
                 for p in track.ports.values():
@@ -197,30 +258,65 @@ class MetricsRegistry:
                     self._gone_bytes_out += c.bytes_out
                     self._gone_total += c.total
                     self._gone_failed += c.failed
-        rates: dict[str, tuple[float, float]] = {}
-        for key, track in forwards:
+            added, self._added = self._added, False
+            if added or retired:
+                forwards = tuple(self._forwards.items())
+                self._scan = tuple(p for _key, track in forwards for p in track.ports.values())
+            scan = self._scan
+        seq = self._seq + 1
+        times = self._times
+        moved: dict[str, _ForwardTrack] = {}
+        for p in scan:
+            c = p.counters
+            if p.quiet and c.bytes_in is p.seen_in and c.bytes_out is p.seen_out:
+                continue  # quiet: points[0] stands for every sample since
+            b_in, b_out = c.bytes_in, c.bytes_out
+            moved[p.key] = p.track
+            points = p.points
+            last = points[-1]
+            if len(points) == 1 and times and times[-1] > last[0]:
+                # Resumed after a quiet spell: the samples skipped would have found
+                # these counts.
+                points.extend((t, last[1], last[2]) for t in times if t > last[0])
+            points.append((now, b_in, b_out))
+            # The base is the newest point at or before the horizon, or the oldest
+            # point when the port is younger than the window.
+            while len(points) > 1 and points[1][0] <= horizon:
+                points.popleft()
+            base_t, base_in, base_out = points[0]
+            span = now - base_t
+            if span > 0:
+                p.rate_in = (b_in - base_in) / span
+                p.rate_out = (b_out - base_out) / span
+            else:
+                p.rate_in = p.rate_out = 0.0
+            p.quiet = b_in == base_in and b_out == base_out  # nothing moved in the window
+            if p.quiet:
+                # Quiet from now on (rates 0): keep the base alone, its counts are these.
+                while len(points) > 1:
+                    points.pop()
+                p.seen_in, p.seen_out = b_in, b_out
+        # A forward none of whose ports moved is quiet (a port with rates is never quiet).
+        changed: dict[str, tuple[float, float]] = {}
+        for key, track in moved.items():
             fwd_in = fwd_out = 0.0
             for p in track.ports.values():
-                c = p.counters
-                points = p.points
-                points.append((now, c.bytes_in, c.bytes_out))
-                # The base is the newest point at or before the horizon, or the oldest
-                # point when the port is younger than the window.
-                while len(points) > 1 and points[1][0] <= horizon:
-                    points.popleft()
-                base_t, base_in, base_out = points[0]
-                span = now - base_t
-                if span > 0:
-                    p.rate_in = (c.bytes_in - base_in) / span
-                    p.rate_out = (c.bytes_out - base_out) / span
-                else:
-                    p.rate_in = p.rate_out = 0.0
                 fwd_in += p.rate_in
                 fwd_out += p.rate_out
-            track.history.append((fwd_in, fwd_out))
-            rates[key] = (fwd_in, fwd_out)
-        self._rates = rates
-        self._seq += 1
+            track.advance(seq, (fwd_in, fwd_out))
+            track.quiet = not fwd_in and not fwd_out
+            changed[key] = (fwd_in, fwd_out)
+        if added or retired:
+            rates = {key: _ZERO if track.quiet else self._rates.get(key, _ZERO)
+                     for key, track in forwards}
+            rates.update(changed)
+            self._rates = rates
+        elif changed:
+            self._rates = {**self._rates, **changed}  # copy on write: readers iterate it
+        times.append(now)
+        while len(times) > 1 and times[1] <= horizon:
+            times.popleft()
+        self._seq = seq
         self._totals = None
 
     def totals(self, max_age: float = 1.0) -> MetricsTotals:
@@ -265,7 +361,7 @@ class MetricsRegistry:
     def forward(self, key: str) -> ForwardMetrics | None:
         """The figures of forward ``key`` alone (O(its ports)), or None when it has none."""
         track = self._forwards.get(key) or self._retiring.get(key)
-        return _forward_metrics(key, track) if track is not None else None
+        return _forward_metrics(key, track, self._seq) if track is not None else None
 
     def snapshot(self) -> MetricsSnapshot:
         """Every figure as of now (rates as of the last sample)."""
@@ -273,7 +369,8 @@ class MetricsRegistry:
             tracks = {**self._retiring, **self._forwards}
             gone = (self._gone_bytes_in, self._gone_bytes_out, self._gone_total,
                     self._gone_failed)
-        forwards = tuple(_forward_metrics(k, tracks[k]) for k in sorted(tracks))
+            seq = self._seq
+        forwards = tuple(_forward_metrics(k, tracks[k], seq) for k in sorted(tracks))
         return MetricsSnapshot(
             time=self._clock(),
             bytes_in=gone[0] + sum(f.bytes_in for f in forwards),
@@ -287,7 +384,7 @@ class MetricsRegistry:
         )
 
 
-def _forward_metrics(key: str, track: _ForwardTrack) -> ForwardMetrics:
+def _forward_metrics(key: str, track: _ForwardTrack, seq: int) -> ForwardMetrics:
     ports = tuple(
         PortMetrics(
             port=port,
@@ -311,7 +408,7 @@ def _forward_metrics(key: str, track: _ForwardTrack) -> ForwardMetrics:
         rate_in=sum(p.rate_in for p in ports),
         rate_out=sum(p.rate_out for p in ports),
         ports=ports,
-        history=tuple(track.history),
+        history=track.recent(seq),
     )
 
 

@@ -280,6 +280,11 @@ class Forwarder(StoppableThread):
         with self._lock:
             return sorted(self._listeners)
 
+    def listens(self) -> bool:
+        """Whether any port is bound: ``bool(bound_ports())`` without the lock or the list
+        (the listeners change under the lock; whether there are any is one atomic read)."""
+        return bool(self._listeners)
+
     def bind(self) -> list[BindError]:
         """Bind every wanted port not yet bound; returns the errors (the rest still serve)."""
         with self._lock:

@@ -81,6 +81,7 @@ class ForwardSet:
         self._hold_timeout = hold_timeout
         self._lock = threading.Lock()
         self._forwards: dict[str, LiveForward] = {}
+        self._no_pod: dict[str, LiveForward] = {}  # the live forwards with no ready pod
         self._closed = False
 
     # -- registry commands (on the dispatcher thread, in order) ------------------------------
@@ -134,11 +135,16 @@ class ForwardSet:
                     self.report.debug("%s now goes to pod %s", name, pod)
         if upsert.pods:
             state.no_pod_since = None
+            with self._lock:
+                self._no_pod.pop(name, None)
             if state.warned_no_pod:
                 state.warned_no_pod = False
                 self.report.info("%s: pod %s is ready", name, upsert.pods[0].name)
         elif state.no_pod_since is None:
             state.no_pod_since = time.monotonic()
+            with self._lock:
+                if self._forwards.get(name) is state:
+                    self._no_pod[name] = state
         if self._ready.is_set() and not state.announced:
             self._announce(state)
 
@@ -146,6 +152,7 @@ class ForwardSet:
         name = str(key)
         with self._lock:
             state = self._forwards.pop(name, None)
+            self._no_pod.pop(name, None)
         if state is None:
             return
         self._coexist.forget(state.registry_ip)
@@ -185,7 +192,7 @@ class ForwardSet:
             if self._closed:
                 return 0
             states = [s for s in self._forwards.values()
-                      if s.upsert.ports and not s.forwarder.bound_ports()]
+                      if s.upsert.ports and not s.forwarder.listens()]
         fixed = 0
         for state in states:
             errors = state.forwarder.reconfigure(state.upsert.ip, self._listen_ports(state.upsert))
@@ -289,6 +296,12 @@ class ForwardSet:
                 for name, s in self._forwards.items()
             }
 
+    def without_pod(self) -> list[LiveForward]:
+        """The live forwards that have no ready pod now (for ``warn_no_pod``: the others
+        need no look)."""
+        with self._lock:
+            return list(self._no_pod.values())
+
     def warn_no_pod(self, states: list[LiveForward], now: float, timeout: float) -> None:
         """Warn, once each, about forwards that have had no ready pod for ``timeout``."""
         for state in states:
@@ -312,6 +325,7 @@ class ForwardSet:
         with self._lock:
             states = list(self._forwards.values())
             self._forwards.clear()
+            self._no_pod.clear()
         for state in states:
             state.forwarder.stop()
         for state in states:

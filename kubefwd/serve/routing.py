@@ -148,15 +148,18 @@ class Router:
         pool = self.pool
         if pool is None:
             return
+        contexts: dict[int, str] = {}  # target → its (first) context: a look-up a tunnel
+        for context, target in self._targets.items():
+            contexts.setdefault(id(target), context)
+        tunnel_bytes, last_used = self._tunnel_bytes, self._pod_last_used
         for tunnel in pool.tunnels():
-            ctx = next((c for c, t in self._targets.items() if t is tunnel.target), "")
-            pod_key = (ctx, tunnel.namespace, tunnel.pod)
+            pod_key = (contexts.get(id(tunnel.target), ""), tunnel.namespace, tunnel.pod)
             # Traffic counts as use: a long-lived connection to a pod that went unready is
             # not cut just because new connections go elsewhere.
             moved = tunnel.bytes_in + tunnel.bytes_out
-            if self._tunnel_bytes.get(pod_key) != moved:
-                self._tunnel_bytes[pod_key] = moved
-                self._pod_last_used[pod_key] = now
+            if tunnel_bytes.get(pod_key) != moved:
+                tunnel_bytes[pod_key] = moved
+                last_used[pod_key] = now
             if pod_key not in wanted:
                 last = self._pod_last_used.get(pod_key, 0.0)
                 if now - last > UNUSED_TUNNEL_GRACE:

@@ -194,10 +194,13 @@ class Loop:
     def run_once(self, timeout: float | None) -> None:
         """Wait for events (at most ``timeout`` seconds, or until a timer is due) and handle
         them, then due timers, then calls handed over by other threads."""
+        timers = self._timers
+        while timers and timers[0][2].cancelled:  # a cancelled timer wakes nobody
+            heapq.heappop(timers)
         if self._calls:
             timeout = 0.0
-        elif self._timers:
-            due = max(0.0, self._timers[0][0] - time.monotonic())
+        elif timers:
+            due = max(0.0, timers[0][0] - time.monotonic())
             timeout = due if timeout is None else min(timeout, due)
         for key, mask in self._sel.select(timeout):
             entry: _Entry | None = key.data

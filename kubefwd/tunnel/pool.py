@@ -92,9 +92,9 @@ class TunnelPool:
         (called with the lock held)."""
         done = [t for _k, t in self._retired if not t.retiring]
         self._retired = [(k, t) for k, t in self._retired if t.retiring]
-        for key, tunnel in list(self._tunnels.items()):
-            if tunnel.state == "closed":
-                del self._tunnels[key]
+        closed = [key for key, tunnel in self._tunnels.items() if tunnel.state == "closed"]
+        for key in closed:
+            del self._tunnels[key]
         return done
 
     def _tunnel_died(self, key: tuple[str, str, str], _tunnel: PodTunnel) -> None:

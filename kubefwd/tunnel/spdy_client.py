@@ -34,7 +34,8 @@ Toward the API server: while it has too much queued, local sockets are not read.
 Thousands of sessions may be open and idle at once, so an idle one costs little: its read
 and write buffers are dropped while it carries no connection, the header blocks the server
 sends are not inflated (nothing in a port-forward reply is used, and skipping them spares
-each session zlib's 32 KiB window), and keepalive pings run only while it carries
+each session zlib's 32 KiB window), ours are written as stored deflate blocks (no zlib state
+either), and keepalive pings run only while it carries
 connections; an idle session is watched by TCP keepalive in the kernel instead, which wakes
 no thread, and a closed one is seen at once by its selector.
 """
@@ -89,17 +90,40 @@ _HEADER = struct.Struct(">II")
 
 
 class HeaderCompressor:
-    """Our side's SPDY header compression, with a small window and little memory (about
-    12 KiB instead of 90 KiB a session): our header blocks are a few dozen bytes, and any
-    zlib reader takes a smaller window than its own."""
+    """Our side's SPDY header blocks as one zlib stream of stored (uncompressed) deflate
+    blocks, each ended by a sync flush: byte for byte what zlib writes at level 0, which
+    every zlib reader takes, with no compression state at all (zlib's would be 15 KiB a
+    session at its smallest useful settings). Our header blocks are a few dozen bytes a
+    connection: compressing them saved nothing worth that memory."""
+
+    __slots__ = ("_started",)
 
     def __init__(self) -> None:
-        self._z = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, 11, 1,
-                                   zlib.Z_DEFAULT_STRATEGY, spdyframes.DICTIONARY)
+        self._started = False
 
     def compress(self, headers: dict[str, str]) -> bytes:
-        raw = spdyframes.encode_header_block(headers)
-        return self._z.compress(raw) + self._z.flush(zlib.Z_SYNC_FLUSH)
+        return self.wrap(spdyframes.encode_header_block(headers))
+
+    def wrap(self, raw: bytes) -> bytes:
+        """``raw`` as the next piece of the stream (the zlib header and the dictionary's
+        id first), as ``compress(raw) + flush(Z_SYNC_FLUSH)`` does at level 0."""
+        parts: list[bytes | memoryview] = [] if self._started else [_ZLIB_HEADER]
+        self._started = True
+        view = memoryview(raw)
+        for at in range(0, len(raw), _STORED_MAX):
+            piece = view[at:at + _STORED_MAX]
+            parts += [_STORED.pack(0, len(piece), len(piece) ^ 0xFFFF), piece]
+        parts.append(_SYNC_FLUSH)
+        return b"".join(parts)
+
+
+# A zlib stream: deflate with a 32 KiB window at level 0 (0x78 0x3f), a preset dictionary
+# (FDICT) named by its Adler-32. Then stored blocks: not final, type 0, byte-aligned, their
+# length and its complement; an empty one is the sync-flush mark.
+_ZLIB_HEADER = b"\x78\x3f" + zlib.adler32(spdyframes.DICTIONARY).to_bytes(4, "big")
+_STORED = struct.Struct("<BHH")
+_STORED_MAX = 0xFFFF
+_SYNC_FLUSH = _STORED.pack(0, 0, 0xFFFF)
 
 
 def never_reached(message: str) -> bool:
@@ -238,6 +262,9 @@ class SpdySession:
                 self._unblocked()
         if not self.conns:
             self._release_buffers()
+            if self._ping_timer is not None:  # idle: TCP keepalive watches it; ``add`` re-arms
+                self._ping_timer.cancel()
+                self._ping_timer = None
 
     def _release_buffers(self) -> None:
         """No connection left: shrink the buffers a bulk transfer grew (an idle tunnel

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sys
 import threading
 
 import pytest
@@ -257,3 +258,151 @@ def test_totals_forward_and_rates_agree_with_the_snapshot(clock: FakeClock) -> N
     reg.sample()
     assert reg.totals().bytes_in == reg.snapshot().bytes_in == 1551
     assert reg.forward(DB) is None
+
+
+class ReferenceRates:
+    """Every port sampled every second, as the registry did before quiet ports were skipped:
+    the figures the registry must still give."""
+
+    def __init__(self, window: float, history: int) -> None:
+        self.window = window
+        self.points: dict[tuple[str, int], list[tuple[float, int, int]]] = {}
+        self.history: dict[str, list[tuple[float, float]]] = {}
+        self.size = history
+
+    def add(self, key: str, port: int, now: float) -> None:
+        self.points[(key, port)] = [(now, 0, 0)]
+        self.history.setdefault(key, [])
+
+    def sample(self, now: float, counts: dict[tuple[str, int], PortCounters]) -> None:
+        rates: dict[str, tuple[float, float]] = {}
+        for (key, port), points in self.points.items():
+            c = counts[(key, port)]
+            points.append((now, c.bytes_in, c.bytes_out))
+            while len(points) > 1 and points[1][0] <= now - self.window:
+                points.pop(0)
+            t, b_in, b_out = points[0]
+            span = now - t
+            r = ((c.bytes_in - b_in) / span, (c.bytes_out - b_out) / span) if span > 0 \
+                else (0.0, 0.0)
+            old = rates.get(key, (0.0, 0.0))
+            rates[key] = (old[0] + r[0], old[1] + r[1])
+        for key, r in rates.items():
+            self.history[key] = (self.history[key] + [r])[-self.size:]
+        self.rates = rates
+
+
+def test_quiet_spells_give_the_figures_of_sampling_every_port_every_second(
+    clock: FakeClock,
+) -> None:
+    import random
+
+    rng = random.Random(7)
+    reg = MetricsRegistry(clock, window=5.0, history=20)
+    ref = ReferenceRates(5.0, 20)
+    counts: dict[tuple[str, int], PortCounters] = {}
+    for key, port in [(WEB, 80), (WEB, 443), (DB, 5432)]:
+        counts[(key, port)] = reg.counters(key, port)
+        ref.add(key, port, clock.now)
+    for second in range(300):
+        clock.now += 1
+        if second == 150:  # a forward appears in the middle
+            counts[("ctx/shop/late", 9)] = reg.counters("ctx/shop/late", 9)
+            ref.add("ctx/shop/late", 9, clock.now)
+        # Bursts of traffic between quiet spells longer and shorter than the window.
+        for c in counts.values():
+            if (second // 13) % 3 == 0 and rng.random() < 0.7:
+                c.bytes_in += rng.randrange(1, 5000)
+            if second % 29 == 0:
+                c.bytes_out += rng.randrange(1, 50)
+        reg.sample()
+        ref.sample(clock.now, counts)
+        snap = reg.snapshot()
+        for fwd in snap.forwards:
+            assert (fwd.rate_in, fwd.rate_out) == pytest.approx(ref.rates[fwd.key]), second
+            flat = [x for pair in fwd.history for x in pair]
+            assert flat == pytest.approx([x for pair in ref.history[fwd.key] for x in pair])
+            assert reg.forward(fwd.key) == fwd
+        assert reg.rates().keys() == ref.rates.keys()
+        for key, pair in reg.rates().items():
+            assert pair == pytest.approx(ref.rates[key]), second
+
+
+def test_a_quiet_forward_costs_no_history_append_and_no_point(clock: FakeClock) -> None:
+    reg = MetricsRegistry(clock, window=5.0, history=60)
+    web = reg.counters(WEB, 80)
+    web.bytes_in += 100
+    clock.now += 1
+    reg.sample()
+    for _ in range(10):  # the rate falls to 0 within the window
+        clock.now += 1
+        reg.sample()
+    assert reg.forward(WEB).rate_in == 0  # type: ignore[union-attr]
+    track = reg._forwards[WEB]
+    kept, port = len(track.history), track.ports[80]
+    points = tuple(port.points)
+    assert len(points) == 1
+    for _ in range(100):
+        clock.now += 1
+        reg.sample()
+    assert len(track.history) == kept and tuple(port.points) == points
+    # Readers still see one sample a second: the quiet ones as zeros.
+    history = reg.forward(WEB).history  # type: ignore[union-attr]
+    assert len(history) == 60 and set(history) == {(0.0, 0.0)}
+    assert reg.seq == 111
+    # Traffic again: measured over the window, as if every second had been sampled.
+    web.bytes_in += 1000
+    clock.now += 1
+    reg.sample()
+    fwd = reg.forward(WEB)
+    assert fwd is not None and fwd.rate_in == pytest.approx(200)
+    assert fwd.history[-1] == (pytest.approx(200), 0.0) and len(fwd.history) == 60
+
+
+def test_bytes_counted_at_the_instant_a_port_appeared_still_make_a_rate(
+    clock: FakeClock,
+) -> None:
+    reg = MetricsRegistry(clock, window=5.0)
+    c = reg.counters(WEB, 80)
+    c.bytes_in += 500
+    reg.sample()  # no time has passed: no rate yet
+    assert reg.forward(WEB).rate_in == 0  # type: ignore[union-attr]
+    clock.now += 1
+    reg.sample()
+    assert reg.forward(WEB).rate_in == pytest.approx(500)  # type: ignore[union-attr]
+
+
+def test_a_reader_racing_the_sampler_sees_one_sample_a_second_no_more_no_less(
+    clock: FakeClock,
+) -> None:
+    reg = MetricsRegistry(clock, history=100_000)
+    web = reg.counters(WEB, 80)
+    done = threading.Event()
+    bad: list[tuple[int, int, int]] = []
+
+    def read() -> None:
+        while not done.is_set():
+            before = reg.seq
+            fwd = reg.forward(WEB)
+            after = reg.seq
+            assert fwd is not None
+            if not before <= len(fwd.history) <= after + 1:  # (+1: appended, not yet counted)
+                bad.append((before, len(fwd.history), after))
+
+    readers = [threading.Thread(target=read, name=f"test-reader-{i}") for i in range(2)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch often: in the middle of a sample too
+    for reader in readers:
+        reader.start()
+    try:
+        for second in range(3000):  # busy and quiet spells: appends and skipped samples
+            clock.now += 1
+            if (second // 7) % 2:
+                web.bytes_in += 10
+            reg.sample()
+    finally:
+        done.set()
+        for reader in readers:
+            reader.join(10)
+        sys.setswitchinterval(interval)
+    assert bad == []

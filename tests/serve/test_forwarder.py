@@ -194,7 +194,12 @@ def test_port_in_use_is_a_clear_error_naming_the_address() -> None:
         message = str(errors[0])
         assert f"{IP}:{port}" in message and "already in use" in message
         assert isinstance(errors[0], NetworkError)
+        assert not fwd.listens() and fwd.bound_ports() == []
+        holder.close()
+        assert fwd.bind() == []  # the address is free again
+        assert fwd.listens() and fwd.bound_ports() == [port]
         fwd.stop_and_join()  # never started: still closes what it opened
+        assert not fwd.listens()
     finally:
         holder.close()
 

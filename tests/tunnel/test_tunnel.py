@@ -663,6 +663,32 @@ def test_an_idle_session_sends_no_pings_and_pings_again_once_it_carries_a_connec
         stub.close()
 
 
+@pytest.mark.parametrize("transport", ["spdy-ws", "spdy"])
+def test_a_session_whose_last_connection_ended_keeps_no_ping_timer(
+    cluster: SimCluster, transport: str,
+) -> None:
+    """Its keepalive timer is cancelled and dropped at once, not left to wake the loop for
+    nothing one ping interval later (thousands of sessions just used all at once)."""
+
+    def keepalives() -> list[Any]:
+        return [t for _when, _seq, t in tunnel.loop._timers
+                if not t.cancelled and getattr(t.fn, "__name__", "") == "_keepalive"]
+
+    with tunnel_to(cluster, "web", transport=transport, ping_interval=30.0) as tunnel:
+        client = connect_through(tunnel, HTTP_PORT)
+        wait_until(lambda: tunnel.load == 1 and len(keepalives()) == 1)
+        client.close()
+        wait_until(lambda: tunnel.load == 0, 5)
+        tunnel.loop.call_soon(lambda: None)  # one more round: the loop drops what it can
+        wait_until(lambda: not keepalives() and not any(
+            t.cancelled for _when, _seq, t in tunnel.loop._timers), 5)
+        again = connect_through(tunnel, HTTP_PORT)  # a new connection pings again
+        wait_until(lambda: len(keepalives()) == 1)
+        again.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert read_all(again).endswith(b"web\n")
+        again.close()
+
+
 def spdy_then_goaway(sock: socket.socket, head: ws.HttpHead) -> None:
     sock.sendall(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
                  b"Upgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: portforward.k8s.io\r\n\r\n")
