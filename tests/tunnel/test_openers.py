@@ -80,3 +80,20 @@ def test_a_job_that_raises_does_not_stop_the_next(caplog: pytest.LogCaptureFixtu
 def test_limit_must_be_positive() -> None:
     with pytest.raises(ValueError):
         Openers(limit=0)
+
+
+def test_while_others_dial_a_free_thread_waits_for_the_next_job_then_all_end() -> None:
+    openers = Openers(limit=4, name="test-linger", linger=5.0)
+    gate = threading.Event()
+    quick, later = threading.Event(), threading.Event()
+    openers.submit(lambda: gate.wait(5))  # a slow dial keeps the burst going
+    openers.submit(quick.set)
+    assert quick.wait(5)
+    assert _wait(lambda: openers._waiting == 1)  # its thread waits rather than ends
+    openers.submit(later.set)
+    assert later.wait(5)
+    assert openers.started == 2  # the waiting thread took it: no third thread
+    gate.set()  # the burst ends: every thread ends at once, not after the linger
+    assert _wait(lambda: openers.running == 0, 2.0)
+    assert _wait(lambda: not [t for t in threading.enumerate()
+                              if t.name.startswith("test-linger")], 2.0)
