@@ -3,7 +3,8 @@
 A tunnel is a state machine without threads of its own: it lives on a ``Loop`` (the one of
 the forwarder that sends it connections) and every socket it has is driven by that loop.
 Only dialing blocks (TCP, TLS, the upgrade, maybe an exec credential plugin), so each dial
-runs on a short-lived opener thread that hands the upgraded connection back to the loop.
+runs on one of a few shared opener threads (``openers``) and hands the upgraded connection
+back to the loop.
 A tunnel made without a loop runs one of its own on a thread (tests and tools).
 
 States: idle (no session) → opening → open → dead (a failure; the pool replaces it) or back
@@ -21,6 +22,7 @@ had bytes relayed is never replayed: it ends with its tunnel.
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import socket
 import threading
@@ -42,6 +44,7 @@ from kubefwd.tunnel.dial import (
 )
 from kubefwd.tunnel.io import UNMETERED, GiveBack, LocalConn, Tap, close_local, hand_back
 from kubefwd.tunnel.loop import Loop, LoopThread, Timer
+from kubefwd.tunnel.openers import OPENERS, Openers
 from kubefwd.tunnel.spdy_client import SpdySession
 from kubefwd.tunnel.ws_v4 import V4Link
 
@@ -74,7 +77,7 @@ class PodTunnel:
                  on_dead: Callable[[PodTunnel], None] | None = None,
                  ping_interval: float = PING_INTERVAL, open_timeout: float = 10.0,
                  idle_timeout: float = IDLE_TIMEOUT, prefer: str = "",
-                 loop: Loop | None = None) -> None:
+                 loop: Loop | None = None, openers: Openers | None = None) -> None:
         if transport not in TRANSPORTS:
             raise ValueError(f"unknown transport {transport!r}; one of {', '.join(TRANSPORTS)}")
         self.target = target
@@ -110,9 +113,14 @@ class PodTunnel:
                                   bytes, Tap | None]] = []
         self._session: SpdySession | None = None
         self._links: set[V4Link] = set()
-        self._dialing: dict[int, LocalConn | None] = {}  # opener ident -> its connection
+        # Dials under way, by number: the connection each is for (None: the session), the
+        # socket being dialed, and an event set once the dial has handed its outcome over.
+        self._dialing: dict[int, LocalConn | None] = {}
         self._dial_socks: dict[int, AnySocket] = {}
-        self._openers: dict[int, threading.Thread] = {}
+        self._openers: dict[int, threading.Event] = {}
+        self._dials_begun: set[int] = set()  # taken up by a thread (under the lock)
+        self._dial_numbers = itertools.count()
+        self._opener_pool = openers if openers is not None else OPENERS
         self._next_request = 0
         self._idle_timer: Timer | None = None
         self._opened_at = 0.0  # monotonic time the current session opened
@@ -280,31 +288,46 @@ class PodTunnel:
     def _begin_opening(self) -> None:
         self._cancel_idle()
         self._set_state(_OPENING)
-        self._start_opener(f"tunnel-open {self._label}", self._dial_session, None)
+        self._start_opener(self._dial_session, None)
 
-    def _start_opener(self, name: str, dial: Callable[[Callable[[Any], None]], Any],
+    def _start_opener(self, dial: Callable[[Callable[[Any], None]], Any],
                       conn: LocalConn | None) -> None:
-        thread = threading.Thread(target=self._opener_main, args=(dial,), name=name,
-                                  daemon=True)
-        thread.start()
-        assert thread.ident is not None
-        self._openers[thread.ident] = thread
-        self._dialing[thread.ident] = conn
+        ident = next(self._dial_numbers)
+        done = threading.Event()
+        self._openers[ident] = done
+        self._dialing[ident] = conn
+        try:
+            self._opener_pool.submit(functools.partial(self._opener_main, ident, dial, done))
+        except BaseException:
+            del self._openers[ident], self._dialing[ident]
+            raise
 
-    def _opener_main(self, dial: Callable[[Callable[[Any], None]], Any]) -> None:
+    def _opener_main(self, ident: int, dial: Callable[[Callable[[Any], None]], Any],
+                     done: threading.Event) -> None:
         """On an opener thread: dial, then hand the outcome to the loop."""
-        ident = threading.get_ident()
         result: Any = None
         error: TunnelError | None = None
+        with self._lock:
+            closed = self._state == _CLOSED  # closed while this dial waited for a thread
+            if not closed:
+                self._dials_begun.add(ident)
         try:
-            result = dial(functools.partial(self._track, ident))
+            if closed:
+                error = TunnelError("the tunnel was closed")
+            else:
+                result = dial(functools.partial(self._track, ident))
         except TunnelError as e:
             error = e
         except Exception as e:  # a bug must not leave the tunnel opening forever
             log.exception("tunnel %s: opening failed", self._label)
             error = TunnelError(f"opening failed: {e}")
-        if not self.loop.call_soon(functools.partial(self._dialed, ident, result, error)):
-            _close_result(result)
+        try:
+            if not self.loop.call_soon(functools.partial(self._dialed, ident, result, error)):
+                _close_result(result)
+        finally:
+            with self._lock:
+                self._dials_begun.discard(ident)
+            done.set()
 
     def _track(self, ident: int, sock: AnySocket | None) -> None:
         """Opener threads: the socket being dialed, so that ``close`` can cut it."""
@@ -323,10 +346,8 @@ class PodTunnel:
                          label=self._label)
 
     def _dialed(self, ident: int, result: Any, error: TunnelError | None) -> None:
-        thread = self._openers.pop(ident, None)
+        self._openers.pop(ident, None)  # it has handed over
         conn = self._dialing.pop(ident, None)
-        if thread is not None:
-            thread.join(5.0)  # it has handed over and is returning
         if conn is not None:
             self._v4_dialed(conn, result, error)
         elif self._state != _OPENING:  # closed meanwhile
@@ -384,7 +405,7 @@ class PodTunnel:
         def dial(track: Callable[[Any], None]) -> tuple[AnySocket, bytes]:
             return dial_v4(target, path, port, timeout=timeout, track=track)
 
-        self._start_opener(f"tunnel-ws {self._label}#{conn.rid}", dial, conn)
+        self._start_opener(dial, conn)
 
     def _v4_dialed(self, conn: LocalConn, result: Any, error: TunnelError | None) -> None:
         if conn.closed or self._state != _OPEN:
@@ -558,9 +579,10 @@ class PodTunnel:
             hand_back(local, give_back, prefix)
         for conn in unstarted:
             conn.release()
-        for thread in list(self._openers.values()):
-            if thread is not threading.current_thread():
-                thread.join(10.0)
+        with self._lock:  # dials still queued see the state and do not begin
+            begun = [self._openers[i] for i in self._dials_begun if i in self._openers]
+        for done in begun:
+            done.wait(10.0)  # its socket was shut down: it ends soon
         self._openers.clear()
         self._dialing.clear()
         self.loop.detach(self)

@@ -25,6 +25,7 @@ from kubefwd.cluster.target import ApiTarget
 from kubefwd.errors import TunnelError
 from kubefwd.sim import SimCluster
 from kubefwd.tunnel import Loop, LoopThread, PodTunnel, TunnelPool
+from kubefwd.tunnel.openers import Openers
 from kubefwd.wire import spdyframes
 from kubefwd.wire import websocket as ws
 
@@ -985,3 +986,22 @@ def test_a_kept_tls_session_is_replaced_when_a_dial_does_not_resume_or_it_is_old
     assert sessions.get(target, context) is not kept and sessions.taken == 3
     for sock in (first, second, third, fourth):
         sock.close()
+
+
+def test_tunnels_opening_at_once_share_a_few_opener_threads(cluster: SimCluster) -> None:
+    openers = Openers(limit=2, name="test-dialer")
+    with shared_loop() as loop:
+        tunnels = [PodTunnel(target_for(cluster), NS, "web", loop=loop, openers=openers)
+                   for _ in range(8)]
+        try:
+            clients = [connect_through(t, HTTP_PORT) for t in tunnels]
+            for client in clients:
+                client.sendall(b"GET / HTTP/1.0\r\nHost: web\r\n\r\n")
+                assert read_all(client).endswith(b"web\n")
+                client.close()
+            assert all(t.sessions == 1 for t in tunnels)
+            assert 1 <= openers.started <= 2  # eight dials, not eight threads
+        finally:
+            for t in tunnels:
+                t.close()
+    wait_until(lambda: openers.running == 0)
