@@ -117,3 +117,23 @@ def test_the_clis_view_freezes_the_collector_after_its_first_redraw(
     with running(h2_app) as h2:  # an embedding program's view leaves the collector alone
         h2.keys("j")
     assert frozen == [1]
+
+
+def test_no_collection_starts_while_the_clis_view_draws_a_frame() -> None:
+    import gc
+
+    during: list[bool] = []
+    app = FakeApp(services=3)
+    with running(app) as h:
+        h.tui.freeze_gc = True
+        h.tui.application.before_render += lambda _a: during.append(gc.isenabled())
+        h.keys("j")
+        h.keys("k")
+        assert during and not any(during)  # off while a frame is drawn
+        assert gc.isenabled()  # and on again after it
+    embedded: list[bool] = []
+    with running(FakeApp(services=3)) as h2:  # an embedding program's view: left alone
+        h2.tui.application.before_render += lambda _a: embedded.append(gc.isenabled())
+        h2.keys("j")
+    assert embedded and all(embedded)
+    assert gc.isenabled()

@@ -59,6 +59,7 @@ class Tui:
         )
         self.application.ttimeoutlen = 0.05
         self.redraws = 0
+        self.application.before_render += self._rendering
         self.application.after_render += self._rendered
         self._seen: tuple[Any, ...] = ()
         self._figures_at: tuple[int, int] = (-1, -1)
@@ -66,10 +67,19 @@ class Tui:
         self._moved: tuple[int, int, int] = (-1, -1, -1)
         self._moved_seq = 0  # the last sample with traffic, or with a count or row changed
 
+    def _rendering(self, _app: Any) -> None:
+        # The process's own view: no collection starts in the middle of a frame (a full one
+        # costs tens of milliseconds with thousands of forwards); one that comes due while
+        # drawing runs at the next allocation after it, on whichever thread makes it.
+        if self.freeze_gc:
+            gc.disable()
+
     def _rendered(self, _app: Any) -> None:
         self.redraws += 1
-        if self.redraws == 1 and self.freeze_gc:
-            gc.freeze()
+        if self.freeze_gc:
+            gc.enable()
+            if self.redraws == 1:
+                gc.freeze()
 
     def _invalidate(self) -> None:
         self.application.invalidate()
@@ -130,4 +140,6 @@ class Tui:
         try:
             self.application.run(pre_run=pre_run, handle_sigint=False)
         finally:
+            if self.freeze_gc:
+                gc.enable()  # a frame that failed half-way did not
             self.view.close()
