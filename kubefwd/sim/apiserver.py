@@ -76,7 +76,9 @@ class Backend(Protocol):
 class ApiServer:
     """Listens on ``host:port`` and serves the Kubernetes API from ``backend``."""
 
-    bookmark_interval = 5.0
+    # A watch that asked for bookmarks gets one after this long without an event: about once
+    # a minute, as kube-apiserver sends them (tests that need them sooner set it lower).
+    bookmark_interval = 60.0
     default_watch_timeout = 1800.0
     # Who a request with the cluster's bearer token is.
     token_user = ("sim-user", ("system:authenticated",))
