@@ -121,16 +121,26 @@ def test_the_clis_view_freezes_the_collector_after_its_first_redraw(
 
 def test_no_collection_starts_while_the_clis_view_draws_a_frame() -> None:
     import gc
+    import sys
 
     during: list[bool] = []
+    switch: list[float] = []
+    after: list[tuple[bool, float]] = []
+    usual = sys.getswitchinterval()
     app = FakeApp(services=3)
     with running(app) as h:
         h.tui.freeze_gc = True
         h.tui.application.before_render += lambda _a: during.append(gc.isenabled())
+        h.tui.application.before_render += lambda _a: switch.append(sys.getswitchinterval())
+        h.tui.application.after_render += lambda _a: after.append(
+            (gc.isenabled(), sys.getswitchinterval()))
         h.keys("j")
         h.keys("k")
-        assert during and not any(during)  # off while a frame is drawn
-        assert gc.isenabled()  # and on again after it
+    assert during and not any(during)  # off while a frame is drawn
+    # A frame is not handed to other threads every few milliseconds...
+    assert switch and min(switch) > usual
+    # ...and after each frame both are as they were.
+    assert after and set(after) == {(True, usual)}
     embedded: list[bool] = []
     with running(FakeApp(services=3)) as h2:  # an embedding program's view: left alone
         h2.tui.application.before_render += lambda _a: embedded.append(gc.isenabled())

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 import time
 from typing import Any
 
@@ -27,6 +28,7 @@ from kubefwd.ui.tui.view import Copier, View, default_copier
 from kubefwd.ui.tui.widgets import MESSAGE_SECONDS, Screen, style_for
 
 TICK = 0.25
+FRAME_SWITCH_INTERVAL = 0.05
 
 
 class Tui:
@@ -59,6 +61,7 @@ class Tui:
         )
         self.application.ttimeoutlen = 0.05
         self.redraws = 0
+        self._switch = sys.getswitchinterval()
         self.application.before_render += self._rendering
         self.application.after_render += self._rendered
         self._seen: tuple[Any, ...] = ()
@@ -73,11 +76,16 @@ class Tui:
         # drawing runs at the next allocation after it, on whichever thread makes it.
         if self.freeze_gc:
             gc.disable()
+            # and the frame is not handed to a forwarding thread every 5 ms: it holds the
+            # interpreter until done or until it waits (a frame takes ~10 ms of CPU).
+            self._switch = sys.getswitchinterval()
+            sys.setswitchinterval(FRAME_SWITCH_INTERVAL)
 
     def _rendered(self, _app: Any) -> None:
         self.redraws += 1
         if self.freeze_gc:
             gc.enable()
+            sys.setswitchinterval(self._switch)
             if self.redraws == 1:
                 gc.freeze()
 
@@ -140,6 +148,7 @@ class Tui:
         try:
             self.application.run(pre_run=pre_run, handle_sigint=False)
         finally:
-            if self.freeze_gc:
-                gc.enable()  # a frame that failed half-way did not
+            if self.freeze_gc:  # a frame that failed half-way did not
+                gc.enable()
+                sys.setswitchinterval(self._switch)
             self.view.close()
