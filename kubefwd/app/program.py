@@ -264,6 +264,10 @@ class Kubefwd:
             _step("stop waiting for readiness", functools.partial(_join, writer))
             _step("remove the ready file", lambda: remove_ready_file(writer.path))
         self.shutdown("signal")
+        # The process ends now: what is left of the run lives until then. Out of the
+        # collector's sight it spares the interpreter's last collections on the way out a
+        # walk over the whole heap (~0.3 s of the shutdown with 2000 services forwarded).
+        gc.freeze()
         return int(ExitCode.HOSTS if self.hosts_cleanup_failed else ExitCode.OK)
 
     # -- -- CMD and --ready-file ---------------------------------------------------------------
