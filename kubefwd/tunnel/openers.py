@@ -16,12 +16,15 @@ server is mostly CPU (the TLS handshake, the upgrade), and Python runs one threa
 a time: more threads than that only wait for each other (at 32 threads most of a dial's
 context switches were waits for the interpreter lock, and each open cost ~20 % more CPU
 than at 4). A dial to a far-away server mostly waits on the network, and there every thread
-more is a dial more under way. So each dial is timed, wall clock and its thread's CPU
-(``time.thread_time``), and its wait is what is left of its wall time once the CPU of the
-dials that ran beside it is taken out (``wall - concurrent * cpu``: the CPU parts are taken
-as run one after another, as the interpreter lock runs them). That wait is network or
-server, which another thread can overlap; waiting for the CPU or the lock is not counted,
-so many threads do not talk themselves into more. With running averages of both, the number
+more is a dial more under way. So each dial is timed: wall clock, its thread's CPU
+(``time.thread_time``) and the whole process's CPU meanwhile (``time.process_time``: every
+thread, the other dials and the forwards' loops too). Its wait is what is left of its wall
+time once the process's CPU meanwhile is taken out: time in which kubefwd as a whole was
+not running, so waiting on the network or the server, which another thread can overlap.
+Time spent waiting for the CPU or the interpreter lock while other threads of kubefwd ran
+is not counted, so many threads do not talk themselves into more (timed against the dials
+beside it alone, a dial at 2000 services still looked like 30 ms of waiting for 1.5 ms of
+CPU: the forwards' loops held the lock). With running averages of both, the number
 wanted is ``1 + wait / cpu`` (one thread on the CPU while the others wait), between
 ``floor`` (two: one dial's network round trips overlap another's handshake) and ``limit``.
 A CPU-bound dial keeps two threads; a dial that sleeps on the network grows the pool to the
@@ -138,10 +141,10 @@ class Openers:
         """Jobs waiting for a thread."""
         return len(self._jobs)
 
-    def _learn(self, cpu: float, wall: float, beside: float) -> None:
-        """A job took ``wall`` seconds and ``cpu`` of its thread's, ``beside`` jobs running
-        on average (itself included): update the averages and ``wanted`` (lock held)."""
-        wait = max(0.0, wall - max(1.0, beside) * cpu)
+    def _learn(self, cpu: float, wall: float, process_cpu: float) -> None:
+        """A job took ``wall`` seconds, ``cpu`` of its thread's and ``process_cpu`` of the
+        whole process's meanwhile: update the averages and ``wanted`` (lock held)."""
+        wait = max(0.0, wall - max(cpu, process_cpu))
         if self._samples == 0:
             self._cpu, self._wait = cpu, wait
         else:
@@ -216,19 +219,19 @@ class Openers:
         self._busy += 1
         self.peak = max(self.peak, self._busy)
         self._last_begun = time.monotonic()
-        beside = self._busy
         if not self._jobs and self._spare:
             self._spare_wait.notify_all()  # nothing left for them: they end
         self._cond.release()
-        began, cpu = time.perf_counter(), time.thread_time()
+        began, cpu, process = time.perf_counter(), time.thread_time(), time.process_time()
         try:
             job()
         except Exception:
             log.exception("a tunnel dial failed unexpectedly")
         finally:
             wall, cpu = time.perf_counter() - began, time.thread_time() - cpu
+            process = time.process_time() - process
             self._cond.acquire()
-            self._learn(cpu, wall, (beside + self._busy) / 2)
+            self._learn(cpu, wall, process)
             self._busy -= 1
             if self._spare and self._busy < self.wanted:
                 self._spare_wait.notify()

@@ -150,17 +150,18 @@ def test_dials_that_wait_on_the_network_grow_the_threads_to_the_limit() -> None:
 
 def test_the_size_follows_what_dials_wait_on_not_how_many_wait_for_the_cpu() -> None:
     openers = Openers(limit=32, name="test-learn")
-    # 5 ms of CPU in 20 ms among four dials: the CPU of the three others explains 15 ms of
-    # it; the other 0 ms is no wait another thread could overlap.
+    # 5 ms of CPU in 20 ms while the process ran all along (other dials, the forwards'
+    # loops): waiting for the CPU or the lock, which more threads would not shorten.
     for _ in range(20):
-        openers._learn(cpu=0.005, wall=0.020, beside=4)
+        openers._learn(cpu=0.005, wall=0.020, process_cpu=0.020)
     assert openers.wanted == 2
-    # 5 ms of CPU and 45 ms more on the network, alone: ten threads keep the CPU busy.
+    # 5 ms of CPU and 45 ms with nothing of the process running: the network. Ten threads
+    # keep the CPU busy.
     for _ in range(40):
-        openers._learn(cpu=0.005, wall=0.050, beside=1)
+        openers._learn(cpu=0.005, wall=0.050, process_cpu=0.005)
     assert openers.wanted == 10
     for _ in range(40):  # a far-away server: capped
-        openers._learn(cpu=0.001, wall=0.200, beside=1)
+        openers._learn(cpu=0.001, wall=0.200, process_cpu=0.001)
     assert openers.wanted == 32
 
 
