@@ -293,6 +293,43 @@ def test_watch_streams_events_and_raises_watch_expired(
         next(client.watch("services", "shop", rv, stop=stop, timeout_seconds=10))
 
 
+def test_a_watch_on_a_kept_connection_stops_at_once(
+    cluster: SimCluster, client: KubeClient
+) -> None:
+    """The list leaves its connection to the watch that follows (keep-alive); stopping the
+    informer must cut that watch at once, not leave it to the server's timeout."""
+    stop = threading.Event()
+    _, rv = client.list("services", "shop", stop=stop)
+    assert client._idle  # the list's connection is kept for the watch
+    ended = threading.Event()
+
+    def watch() -> None:
+        try:
+            for _ in client.watch("services", "shop", rv, stop=stop, timeout_seconds=60):
+                pass
+        except ApiError:  # cut before the answer's head: the informer ends as well
+            assert stop.is_set()
+        ended.set()
+
+    thread = threading.Thread(target=watch, name="kept-watch")
+    thread.start()
+    assert _eventually(lambda: client._active and not client._idle)  # the watch took it
+    began = time.monotonic()
+    stop.set()
+    client.interrupt(stop)  # as an informer's stop does
+    thread.join(5)
+    assert ended.is_set() and time.monotonic() - began < 1.0
+
+
+def _eventually(check: Callable[[], object], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def test_forbidden_names_the_verb_and_resource(cluster: SimCluster, client: KubeClient) -> None:
     cluster.forbid("services", "list")
     with pytest.raises(ApiError) as info:

@@ -1139,6 +1139,20 @@ def test_auto_reconnect_keeps_a_tunnel_open_before_any_connection(
     fwd.stop_cleanly()
 
 
+def test_verbose_shutdown_logs_each_step_with_its_time_in_order(
+    run: Callable[..., Kubefwd]
+) -> None:
+    """With -v, each step of the ordered shutdown says how long it took and the CPU spent
+    meanwhile: where a slow shutdown goes is read off the log."""
+    fwd = run("-n", "shop", "-v")
+    fwd.stop_cleanly()
+    took = re.compile(r"shutdown: (.+) took (\d+\.\d{3}) s \(CPU (\d+\.\d{3}) s\)")
+    steps = [m.group(1) for m in map(took.search, fwd.lines) if m]
+    order = ["stop informers", "stop forwarders", "close tunnels", "remove hosts entries",
+             "remove loopback addresses"]
+    assert [s for s in steps if s in order] == order, fwd.output
+
+
 def test_connection_held_through_an_api_outage_is_answered_as_soon_as_the_api_is_back(
     cluster: SimCluster, hosts: Path, tmp_path: Path, block: int
 ) -> None:
