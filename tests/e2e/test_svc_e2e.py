@@ -1249,10 +1249,14 @@ def test_stdout_full_keeps_forwarding_quietly(
     conf.write_text(f"baseUnreservedIP: 127.1.{block}.1\n")
     env = dict(os.environ, HOME=str(tmp_path), PYTHONUNBUFFERED="1")
     argv = [sys.executable, "-m", "kubefwd", "svc", "-c", str(cluster.kubeconfig_path),
-            "--hosts-path", str(hosts), "-n", "shop", "-z", str(conf)]
+            "--hosts-path", str(hosts), "-n", "shop", "-z", str(conf),
+            # The log cannot say when start-up is over: the ready file does (a SIGINT
+            # before it is an interrupted start-up, exit 130).
+            "--ready-file", str(tmp_path / "ready")]
     with open("/dev/full", "w") as full:
         proc = subprocess.Popen(argv, stdout=full, stderr=subprocess.PIPE, text=True, env=env)
     try:
+        wait_for(lambda: (tmp_path / "ready").exists(), 30, "the ready file")
         ip = wait_for(lambda: hosts_entries(hosts).get("web.shop"), 20, "web.shop in hosts")
         assert wait_for(lambda: try_http(ip, 80), 10, "web answers").startswith("web-")
         proc.send_signal(signal.SIGINT)
