@@ -147,3 +147,29 @@ def test_no_collection_starts_while_the_clis_view_draws_a_frame() -> None:
         h2.keys("j")
     assert embedded and all(embedded)
     assert gc.isenabled()
+
+
+def test_a_flood_of_redraws_asked_by_other_threads_is_a_few_frames_and_none_is_lost() -> None:
+    import threading
+
+    app = FakeApp(services=3)
+    with running(app) as h:
+        h.screen()
+        time.sleep(0.3)
+        before = h.tui.redraws
+
+        def flood() -> None:
+            for _ in range(2000):  # a pod log pouring lines for ~1 s
+                h.tui._invalidate()
+                time.sleep(0.0005)
+
+        worker = threading.Thread(target=flood, name="test-flood")
+        started = time.monotonic()
+        worker.start()
+        worker.join()
+        took = time.monotonic() - started
+        time.sleep(0.6)  # the ticker draws what was asked for last
+        frames = h.tui.redraws - before
+        # At most one frame per gap (and the ticker's), not one per request; at least one.
+        assert 1 <= frames <= took / 0.05 + took / 0.25 + 3, (frames, took)
+        assert not h.tui._asked  # the last request was drawn, not dropped

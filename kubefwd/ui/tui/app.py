@@ -3,8 +3,10 @@
 The forwards keep running on their own threads. A ticker in the application's loop looks
 four times a second at what changed (the store's version, the metrics' sample, new log
 lines, the open detail view's clock) and asks for one redraw when anything did, so a burst
-of events is one redraw and an idle view costs next to nothing; prompt_toolkit's
-``min_redraw_interval`` caps redraws triggered from other threads (the pod log follower).
+of events is one redraw and an idle view costs next to nothing. Other threads (the pod log
+follower, look-ups) get at most one redraw per ``THREAD_REDRAW_GAP``, the ticker draws what
+they asked for sooner; a key press is drawn at once (no minimum interval between frames,
+which made a key wait for the one before it).
 The application ends on ``q``/Ctrl-C, or when the app is asked to stop (a signal): the
 caller then runs the ordinary ordered shutdown.
 """
@@ -29,6 +31,7 @@ from kubefwd.ui.tui.widgets import MESSAGE_SECONDS, Screen, style_for
 
 TICK = 0.25
 FRAME_SWITCH_INTERVAL = 0.05
+THREAD_REDRAW_GAP = 0.05
 
 
 class Tui:
@@ -55,12 +58,13 @@ class Tui:
             style=style_for(theme),
             full_screen=True,
             mouse_support=True,
-            min_redraw_interval=0.05,
             input=input,
             output=output,
         )
         self.application.ttimeoutlen = 0.05
         self.redraws = 0
+        self._asked_at = 0.0  # the last redraw another thread asked for
+        self._asked = False  # one asked for since, left to the ticker
         self._switch = sys.getswitchinterval()
         self.application.before_render += self._rendering
         self.application.after_render += self._rendered
@@ -90,7 +94,14 @@ class Tui:
                 gc.freeze()
 
     def _invalidate(self) -> None:
-        self.application.invalidate()
+        """A redraw asked for by another thread: now, or by the ticker when one was asked
+        for less than ``THREAD_REDRAW_GAP`` ago (a flood of pod log lines is a few frames)."""
+        now = time.monotonic()
+        if now - self._asked_at >= THREAD_REDRAW_GAP:
+            self._asked_at = now
+            self.application.invalidate()
+        else:
+            self._asked = True
 
     def _focus_filter(self, on: bool) -> None:
         layout = self.application.layout
@@ -135,8 +146,8 @@ class Tui:
                 return
             self.view.pump()
             seen = self._signature()
-            if seen != self._seen:
-                self._seen = seen
+            if seen != self._seen or self._asked:
+                self._seen, self._asked = seen, False
                 self.application.invalidate()
 
     def run(self) -> None:
