@@ -52,6 +52,21 @@ def user_home(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     yield home, passwd
 
 
+def hosts_and_conf(tmp_path: Path, octet: int) -> tuple[Path, Path]:
+    """The file bound over /etc/hosts, and a -z file placing the forwards in 127.1.OCTET."""
+    hosts = tmp_path / "etc-hosts"
+    hosts.write_bytes(BASE)
+    conf = tmp_path / "base.yaml"
+    conf.write_text(f"baseUnreservedIP: 127.1.{octet}.1\n")
+    return hosts, conf
+
+
+def sudo_wrapper(hosts: Path, passwd: Path) -> list[str]:
+    """Runs what follows as root 'under sudo' by USER, in a mount namespace (see above)."""
+    return ["unshare", "--mount", "sh", "-c", NAMESPACE_SCRIPT, "sh", str(hosts), str(passwd),
+            USER, str(UID), str(GID)]
+
+
 def root_owned(home: Path) -> list[str]:
     """Everything under ``home`` (and itself) not owned by the invoking user."""
     found = []
@@ -72,10 +87,7 @@ def test_under_sudo_files_in_the_users_home_are_theirs_and_the_backup_stays_clea
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     home, passwd = user_home
-    hosts = tmp_path / "etc-hosts"
-    hosts.write_bytes(BASE)
-    conf = tmp_path / "base.yaml"
-    conf.write_text(f"baseUnreservedIP: 127.1.{block}.1\n")
+    hosts, conf = hosts_and_conf(tmp_path, block)
     backup = home / "hosts.original"
     # The user's own kubeconfig, in their ~/.kube (kubefwd must leave nothing of root's there).
     kube = home / ".kube"
@@ -88,8 +100,7 @@ def test_under_sudo_files_in_the_users_home_are_theirs_and_the_backup_stays_clea
     started: list[Kubefwd] = []
 
     def sudo_kubefwd(*args: str) -> Kubefwd:
-        wrapper = ["unshare", "--mount", "sh", "-c", NAMESPACE_SCRIPT, "sh", str(hosts),
-                   str(passwd), USER, str(UID), str(GID)]
+        wrapper = sudo_wrapper(hosts, passwd)
         # HOME left at the user's, as ``sudo -E`` (and older sudo) does: whatever kubefwd
         # puts under ``~`` lands in their home.
         fwd = Kubefwd(users_cluster, Path("/etc/hosts"),  # type: ignore[arg-type]
@@ -144,16 +155,12 @@ def test_under_sudo_the_command_runs_as_the_user_who_ran_sudo(
     as_root: bool,
 ) -> None:
     home, passwd = user_home
-    hosts = tmp_path / "etc-hosts"
-    hosts.write_bytes(BASE)
-    conf = tmp_path / "base.yaml"
-    conf.write_text(f"baseUnreservedIP: 127.1.{block}.1\n")
+    hosts, conf = hosts_and_conf(tmp_path, block)
     # The command, whoever it runs as, writes here (pytest's own folders are root's, 0700).
     shared = Path(tempfile.mkdtemp(prefix="kubefwd-sudo-cmd-"))
     shared.chmod(0o777)
     out, ready = shared / "who", shared / "ready"
-    wrapper = ["unshare", "--mount", "sh", "-c", NAMESPACE_SCRIPT, "sh", str(hosts),
-               str(passwd), USER, str(UID), str(GID)]
+    wrapper = sudo_wrapper(hosts, passwd)
     script = f'{{ id -u; id -g; echo "$HOME"; stat -c %u "{ready}"; }} > "{out}"'
     extra = ["--command-as-root"] if as_root else []
     fwd = Kubefwd(cluster, Path("/etc/hosts"), "-z", str(conf), "-n", "shop",  # type: ignore[arg-type]
