@@ -72,7 +72,9 @@ def _credentials_dir() -> str:
 
 
 def _wipe_credentials_dir() -> None:
-    """The SSL context holds the material now: don't leave key files lying around."""
+    """The SSL context holds the material now: don't leave key files lying around, nor the
+    directory (a process killed later would leave it behind; the next need makes another)."""
+    global _private_dir
     with _private_dir_lock:
         if _private_dir is None:
             return
@@ -81,6 +83,11 @@ def _wipe_credentials_dir() -> None:
                 os.unlink(os.path.join(_private_dir, name))
             except OSError:
                 pass
+        try:
+            os.rmdir(_private_dir)
+        except OSError:
+            return
+        _private_dir = None
 
 
 def kubeconfig_paths(kubeconfig: str | None) -> list[str]:

@@ -8,6 +8,7 @@ import socket
 import ssl
 import stat
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -144,7 +145,13 @@ def test_kubeconfig_env_list_is_merged(no_env: Path, monkeypatch: pytest.MonkeyP
     assert load_contexts(None, [])[0].name == "dev"  # the first file's current-context wins
 
 
-def test_client_certificate_data_goes_to_a_private_temp_dir(no_env: Path) -> None:
+def test_client_certificate_data_goes_to_a_private_temp_dir(
+    no_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    monkeypatch.setattr(kube, "_private_dir", None)
     creds = simtls.generate()
     kube_dir = no_env / "home" / ".kube"
     kube_dir.mkdir(parents=True)
@@ -156,9 +163,11 @@ def test_client_certificate_data_goes_to_a_private_temp_dir(no_env: Path) -> Non
     path = write(kube_dir / "config", kubeconfig(user=user, cluster=cluster))
     [ctx] = load_contexts(None, [])
     assert path and sorted(os.listdir(kube_dir)) == ["config"]  # nothing written next to it
-    private = kube._credentials_dir()
-    assert stat.S_IMODE(os.stat(private).st_mode) == 0o700
-    assert os.listdir(private) == []  # loaded into the SSL context, then removed
+    # Loaded into the SSL context, then removed, the directory too: a process killed later
+    # (kill -9) leaves nothing in the temp folder.
+    assert os.listdir(temp) == []
+    private = kube._credentials_dir()  # the next need makes another, private one
+    assert stat.S_IMODE(os.stat(private).st_mode) == 0o700 and Path(private).parent == temp
     sslctx = ctx.target.ssl_context
     assert isinstance(sslctx, ssl.SSLContext) and sslctx.verify_mode == ssl.CERT_REQUIRED
     assert any(c.get("subject") for c in sslctx.get_ca_certs())
