@@ -169,8 +169,13 @@ def informer_events(
                 if stop.is_set():
                     return
                 relist = True
-                if _is_expired(e) and expired_in_a_row == 0:
-                    expired_in_a_row += 1
+                # An expiry is routine (the server compacted its history): relist at once,
+                # quietly, unless the watch expired at once again (a tight loop otherwise).
+                # A watch that ran a while before expiring is a fresh expiry, not a repeat.
+                if _is_expired(e) and (expired_in_a_row == 0
+                                       or clock() - started >= min_quiet_watch):
+                    expired_in_a_row = 1
+                    backoff.reset()
                     log.debug("%s: resourceVersion %s expired, listing again", what, rv)
                     continue
                 delay = backoff.next_delay()

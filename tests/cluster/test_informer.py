@@ -364,3 +364,26 @@ def test_informer_thread_dies_once_on_a_bug_and_says_so() -> None:
     records = [r for r in handler.records if r.exc_info]
     assert len(records) == 1 and "informer/sim/shop/pods" in records[0].getMessage()
     assert informer.stop_and_join(1)
+
+
+def test_expiries_minutes_apart_relist_quietly_each_time_without_back_off() -> None:
+    # A quiet namespace: no event between two expiries (the server compacting its history);
+    # each is routine. Only one that comes at once after the relist backs off.
+    stop = FakeStop()
+    now = [0.0]
+    expired = {"type": "ERROR", "object": {"kind": "Status", "code": 410, "message": "old"}}
+
+    class Timed(Script):
+        def watch_fn(self, rv: str) -> Iterator[dict[str, Any]]:
+            now[0] += 120.0  # the watch ran two minutes, quietly, then expired
+            return super().watch_fn(rv)
+
+    script = Timed(lists=[([], "2"), ([], "3"), ([], "4"), ([], "5")],
+                   watches=[[expired], [expired], [expired], []])
+    errors: list[float] = []
+    gen = informer_events(script.list_fn, script.watch_fn, stop=stop, clock=lambda: now[0],
+                          on_error=lambda e, d: errors.append(d))
+    syncs = take(gen, 4)
+    assert [e.type for e in syncs] == [SYNC] * 4
+    assert stop.waits == [] and errors == []
+    gen.close()
