@@ -102,6 +102,17 @@ def without_padding(data: bytes) -> bytes:
     return data
 
 
+def cut_between_pages(data: bytes, versions: set[bytes], page: int = 4096) -> bool:
+    """Is ``data`` one version's first pages over the rest of another, cut at a page?"""
+    for new in versions:
+        for old in versions:
+            for cut in range(page, len(data), page):
+                if data[:cut] == new[:cut] and data[cut:] == old[cut:] \
+                        and new[:cut] != old[:cut]:
+                    return True
+    return False
+
+
 def _kill_writer(script: str, hosts: Path, pause: float) -> tuple[int, int | None]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     child = subprocess.Popen(["unshare", *PRIVATE_MOUNTS, sys.executable, "-c", script,
@@ -130,14 +141,20 @@ def test_kill_9_mid_in_place_write_leaves_old_or_new_and_the_next_run_cleans_up(
     tmp_path: Path,
 ) -> None:
     rng = random.Random(os.environ.get("KUBEFWD_CRASH_SEED", "7"))
-    seen = {"old or new": 0, "new + padding": 0}
+    seen = {"old or new": 0, "new + padding": 0, "cut between pages of one write": 0}
     for trial in range(IN_PLACE_TRIALS):
         hosts = hosts_file(tmp_path, FOREIGN, name=f"hosts{trial}")
         pid, start = _kill_writer(IN_PLACE_WRITER, hosts, rng.uniform(0.0, 0.15))
         data = hosts.read_bytes()
         core = without_padding(data)
-        assert core in contents_of(pid, start), f"trial {trial}: torn file, {len(data)} B"
-        seen["new + padding" if core != data else "old or new"] += 1
+        versions = contents_of(pid, start)
+        if core not in versions and cut_between_pages(data, versions):
+            # The one case the README names as not covered: Linux may stop a write() of
+            # several pages between two of them on SIGKILL (new pages, then the old ones).
+            seen["cut between pages of one write"] += 1
+        else:
+            assert core in versions, f"trial {trial}: torn file, {len(data)} B"
+            seen["new + padding" if core != data else "old or new"] += 1
         update_hosts(hosts, Marker(os.getpid(), process_start(os.getpid())), None)
         assert hosts.read_bytes() == FOREIGN
     print(seen)
